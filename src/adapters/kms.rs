@@ -1,0 +1,128 @@
+//! AWS KMS: generating and unwrapping the data keys.
+
+use std::collections::HashMap;
+
+use aws_sdk_kms::error::DisplayErrorContext;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+
+use crate::crypto::{DataKey, KeyPurpose};
+
+/// The application name bound into every encryption context.
+pub const CONTEXT_APPLICATION: &str = "etl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    #[error("KMS {operation} failed: {detail}")]
+    Call {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("KMS {operation} returned no {what}")]
+    Incomplete {
+        operation: &'static str,
+        what: &'static str,
+    },
+    #[error("KMS returned a {purpose} data key of the wrong length")]
+    KeyLength { purpose: &'static str },
+}
+
+/// A data key as KMS wrapped it, ready to store.
+pub struct WrappedKey {
+    /// The ARN of the KMS key that wrapped it (KMS resolves aliases and ids to it).
+    pub kms_key_arn: String,
+    pub blob: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Kms {
+    client: aws_sdk_kms::Client,
+}
+
+/// The encryption context of a data key: the application, the purpose and the version, never
+/// personal data. Unwrapping must present the same context, so a blob moved to another purpose or
+/// version does not unwrap.
+pub fn encryption_context(purpose: KeyPurpose, version: i32) -> HashMap<String, String> {
+    HashMap::from([
+        ("application".to_owned(), CONTEXT_APPLICATION.to_owned()),
+        ("purpose".to_owned(), purpose.as_str().to_owned()),
+        ("key_version".to_owned(), version.to_string()),
+    ])
+}
+
+impl Kms {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_kms::Client::new(config),
+        }
+    }
+
+    /// Generates a fresh AES-256 data key under `kms_key_id` and returns only its wrapped form.
+    pub async fn generate_data_key(
+        &self,
+        kms_key_id: &str,
+        purpose: KeyPurpose,
+        version: i32,
+    ) -> Result<WrappedKey, KmsError> {
+        const OP: &str = "GenerateDataKeyWithoutPlaintext";
+        let output = self
+            .client
+            .generate_data_key_without_plaintext()
+            .key_id(kms_key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(encryption_context(purpose, version)))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        Ok(WrappedKey {
+            kms_key_arn: output.key_id.ok_or(KmsError::Incomplete {
+                operation: OP,
+                what: "key id",
+            })?,
+            blob: output
+                .ciphertext_blob
+                .ok_or(KmsError::Incomplete {
+                    operation: OP,
+                    what: "ciphertext",
+                })?
+                .into_inner(),
+        })
+    }
+
+    /// Unwraps a stored data key, presenting the key id and the encryption context.
+    pub async fn decrypt_data_key(
+        &self,
+        kms_key_id: &str,
+        purpose: KeyPurpose,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<DataKey, KmsError> {
+        const OP: &str = "Decrypt";
+        let output = self
+            .client
+            .decrypt()
+            .key_id(kms_key_id)
+            .ciphertext_blob(Blob::new(wrapped))
+            .set_encryption_context(Some(encryption_context(purpose, version)))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        let plaintext = output
+            .plaintext
+            .ok_or(KmsError::Incomplete {
+                operation: OP,
+                what: "plaintext",
+            })?
+            .into_inner();
+        DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
+            purpose: purpose.as_str(),
+        })
+    }
+}
+
+fn call_error<E: std::error::Error>(operation: &'static str, err: E) -> KmsError {
+    KmsError::Call {
+        operation,
+        detail: DisplayErrorContext(err).to_string(),
+    }
+}

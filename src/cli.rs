@@ -1,0 +1,165 @@
+//! Raw command-line flags. `configuration` turns them into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Moves user-login events from Amazon SQS into PostgreSQL, masking ip and device_id with a keyed
+/// HMAC and sealing their original values in an encrypted vault.
+///
+/// AWS region, credentials and endpoint come from the AWS SDK's usual sources (AWS_REGION,
+/// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, profiles, instance roles).
+///
+/// Exit codes: 0 success, 2 error.
+#[derive(Debug, Parser)]
+#[command(name = "etl", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, env = "ETL_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` EnvFilter syntax (for example `info` or `etl=debug`).
+    #[arg(long, global = true, env = "ETL_LOG", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the schema migrations in `migrations/` (same as `sqlx migrate run`).
+    Migrate(DatabaseArgs),
+    /// Manage the data keys (mask key and vault key) wrapped by KMS.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Consume the queue into `user_logins`, the vault and quarantine.
+    Ingest(IngestArgs),
+    /// Inspect quarantined messages.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL, for example postgres://user:pass@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the mask key and the vault key under a KMS key. Idempotent: when both exist, nothing
+    /// changes.
+    Init {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// KMS key that wraps the data keys: key id, key ARN, alias name or alias ARN.
+        #[arg(long, env = "ETL_KMS_KEY_ID")]
+        kms_key_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the SQS queue to consume.
+    #[arg(long, env = "ETL_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// Exit when the queue is empty (an empty receive, then zero visible and zero in-flight
+    /// messages) and print a summary, instead of running until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub drain: bool,
+
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    pub summary_json: bool,
+
+    /// Concurrent receive → write → delete loops (each handles up to 10 messages at a time).
+    #[arg(long, env = "ETL_POLLERS", default_value_t = 4)]
+    pub pollers: usize,
+
+    /// Long-poll wait per receive, 0 to 20 seconds [default: 20, or 1 with --drain so the run
+    /// ends promptly once the queue is empty].
+    #[arg(long, env = "ETL_WAIT_SECONDS")]
+    pub wait_seconds: Option<u8>,
+
+    /// Database connections [default: pollers + 1].
+    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined messages (id, reason, times; never the body).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Show at most this many of the newest entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Send synthetic login events (or the lines of a file) to a queue with SendMessageBatch.
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// URL of the SQS queue to fill.
+    #[arg(long, env = "ETL_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// Number of synthetic messages to send (ignored with --from-file).
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+
+    /// Send each line of this file as one message body, byte for byte, instead of synthetic
+    /// events (`-` reads stdin).
+    #[arg(long)]
+    pub from_file: Option<PathBuf>,
+
+    /// Share of synthetic events with `"locale": null`.
+    #[arg(long, default_value_t = 0.29)]
+    pub null_locale_share: f64,
+
+    /// Share of synthetic events that reuse an ip and a device_id already sent.
+    #[arg(long, default_value_t = 0.2)]
+    pub duplicate_share: f64,
+
+    /// Share of synthetic messages that are malformed.
+    #[arg(long, default_value_t = 0.01)]
+    pub malformed_share: f64,
+
+    /// Random seed, for a reproducible set of messages.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Concurrent SendMessageBatch calls.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}

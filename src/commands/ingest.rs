@@ -1,0 +1,84 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::adapters::aws;
+use crate::adapters::kms::Kms;
+use crate::adapters::postgres;
+use crate::adapters::sqs::SqsQueue;
+use crate::cli::IngestArgs;
+use crate::configuration::IngestSettings;
+use crate::pipeline::{self, IngestOptions};
+use crate::startup;
+
+/// Headroom of each SQS attempt over the long-poll wait, so a healthy receive never times out.
+const ATTEMPT_HEADROOM: Duration = Duration::from_secs(10);
+
+pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
+    let settings = IngestSettings::try_from(args)?;
+    let sdk = aws::load_config(settings.wait + ATTEMPT_HEADROOM).await;
+    let pool = postgres::pool(
+        settings.database.options.clone(),
+        settings.db_max_connections,
+    );
+    let transformer = startup::load_transformer(&pool, &Kms::new(&sdk))
+        .await
+        .context("refusing to start without the data keys")?;
+    let queue = SqsQueue::new(&sdk, settings.queue_url.as_str());
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    info!(
+        pollers = settings.pollers,
+        drain = settings.drain,
+        "ingest started"
+    );
+    let summary = pipeline::run(
+        queue,
+        pool,
+        Arc::new(transformer),
+        IngestOptions {
+            pollers: settings.pollers,
+            wait: settings.wait,
+            drain: settings.drain,
+        },
+        shutdown,
+    )
+    .await;
+    info!(
+        written = summary.written,
+        quarantined = summary.quarantined,
+        "ingest stopped"
+    );
+    if settings.summary_json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{summary}");
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM stops polling; what is in flight is finished.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    info!("shutdown requested; finishing the batches in flight");
+    shutdown.cancel();
+}

@@ -1,0 +1,211 @@
+//! Validated settings built from the raw flags in `cli`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+use crate::adapters::postgres;
+use crate::adapters::sqs::MAX_WAIT_SECONDS;
+use crate::cli::{DatabaseArgs, IngestArgs, SeedArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // The URL itself is not echoed: it may contain a password.
+    #[error("--database-url / DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    DatabaseUrl(String),
+    #[error("--queue-url / ETL_QUEUE_URL must be an http(s) URL of an SQS queue")]
+    QueueUrl,
+    #[error("{flag} must be {expected}")]
+    OutOfRange {
+        flag: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub options: PgConnectOptions,
+}
+
+impl TryFrom<&DatabaseArgs> for DatabaseSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &DatabaseArgs) -> Result<Self, ConfigError> {
+        let url = args.database_url.trim_start();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::DatabaseUrl(
+                "it must start with postgres:// or postgresql://".to_owned(),
+            ));
+        }
+        postgres::connect_options(&args.database_url)
+            .map(|options| Self { options })
+            .map_err(|err| ConfigError::DatabaseUrl(describe_url_error(&err)))
+    }
+}
+
+/// sqlx's URL errors can quote the URL; keep only their kind.
+fn describe_url_error(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Configuration(_) => "unparseable URL or unsupported option".to_owned(),
+        _ => "invalid".to_owned(),
+    }
+}
+
+/// An SQS queue URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueUrl(String);
+
+impl QueueUrl {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+            .ok_or(ConfigError::QueueUrl)?;
+        match rest.split_once('/') {
+            Some((host, path)) if !host.is_empty() && !path.trim_matches('/').is_empty() => {
+                Ok(Self(text.to_owned()))
+            }
+            _ => Err(ConfigError::QueueUrl),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub database: DatabaseSettings,
+    pub queue_url: QueueUrl,
+    pub pollers: usize,
+    pub wait: Duration,
+    pub drain: bool,
+    pub summary_json: bool,
+    pub db_max_connections: u32,
+}
+
+/// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
+const DRAIN_WAIT_SECONDS: u8 = 1;
+const MAX_POLLERS: usize = 256;
+
+impl TryFrom<&IngestArgs> for IngestSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &IngestArgs) -> Result<Self, ConfigError> {
+        if !(1..=MAX_POLLERS).contains(&args.pollers) {
+            return Err(ConfigError::OutOfRange {
+                flag: "--pollers",
+                expected: "between 1 and 256",
+            });
+        }
+        let default_wait = if args.drain {
+            DRAIN_WAIT_SECONDS
+        } else {
+            MAX_WAIT_SECONDS
+        };
+        let wait_seconds = args.wait_seconds.unwrap_or(default_wait);
+        if wait_seconds > MAX_WAIT_SECONDS {
+            return Err(ConfigError::OutOfRange {
+                flag: "--wait-seconds",
+                expected: "between 0 and 20",
+            });
+        }
+        let db_max_connections = args.db_max_connections.unwrap_or(args.pollers as u32 + 1);
+        if db_max_connections == 0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--db-max-connections",
+                expected: "at least 1",
+            });
+        }
+        Ok(Self {
+            database: DatabaseSettings::try_from(&args.database)?,
+            queue_url: QueueUrl::parse(&args.queue_url)?,
+            pollers: args.pollers,
+            wait: Duration::from_secs(wait_seconds.into()),
+            drain: args.drain,
+            summary_json: args.summary_json,
+            db_max_connections,
+        })
+    }
+}
+
+/// What `etl dev seed` sends.
+#[derive(Debug, Clone)]
+pub struct SeedSettings {
+    pub queue_url: QueueUrl,
+    pub source: SeedSource,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum SeedSource {
+    File(PathBuf),
+    Synthetic(crate::synthetic::SyntheticOptions),
+}
+
+impl TryFrom<&SeedArgs> for SeedSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &SeedArgs) -> Result<Self, ConfigError> {
+        let share = |value: f64, flag: &'static str| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::OutOfRange {
+                    flag,
+                    expected: "between 0 and 1",
+                })
+            }
+        };
+        let source = match &args.from_file {
+            Some(path) => SeedSource::File(path.clone()),
+            None => SeedSource::Synthetic(crate::synthetic::SyntheticOptions {
+                count: args.count,
+                null_locale_share: share(args.null_locale_share, "--null-locale-share")?,
+                duplicate_share: share(args.duplicate_share, "--duplicate-share")?,
+                malformed_share: share(args.malformed_share, "--malformed-share")?,
+                seed: args.seed,
+            }),
+        };
+        if args.concurrency == 0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--concurrency",
+                expected: "at least 1",
+            });
+        }
+        Ok(Self {
+            queue_url: QueueUrl::parse(&args.queue_url)?,
+            source,
+            concurrency: args.concurrency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_urls() {
+        assert!(QueueUrl::parse("http://localhost:4566/000000000000/login-queue").is_ok());
+        assert!(QueueUrl::parse("https://sqs.us-east-1.amazonaws.com/123/q").is_ok());
+        assert!(QueueUrl::parse("login-queue").is_err());
+        assert!(QueueUrl::parse("http://host/").is_err());
+        assert!(QueueUrl::parse("ftp://host/q").is_err());
+    }
+
+    #[test]
+    fn database_url_errors_do_not_echo_the_url() {
+        let args = DatabaseArgs {
+            database_url: "mysql://user:hunter2@host/db".into(),
+        };
+        let err = DatabaseSettings::try_from(&args)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,241 @@
+//! Sealing personal values into the vault, and quarantined bodies, with AES-256-GCM-SIV.
+//!
+//! Vault entries are deterministic: the nonce is a keyed PRF of (field, value), so the same value
+//! always gives the same ciphertext and `ON CONFLICT DO NOTHING` keeps one row per value. This
+//! leaks equality only, which the mask already reveals by design. GCM-SIV stays safe when a nonce
+//! repeats with the same plaintext, which is exactly the deterministic case. The associated data
+//! binds field, mask and key version, so a ciphertext copied into another row does not open.
+//!
+//! Stored layout of a ciphertext: `nonce (12 bytes) || AES-GCM-SIV ciphertext and tag`.
+
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use hmac::Mac;
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::{derive_subkey, hmac_state, DataKey, HmacSha256};
+use crate::domain::PiiField;
+
+const NONCE_LEN: usize = 12;
+const VAULT_AAD_LABEL: &[u8] = b"etl/vault/v1";
+const QUARANTINE_AAD_LABEL: &[u8] = b"etl/quarantine/v1";
+
+/// Why a ciphertext did not open. Deliberately carries no detail: AEAD failures must not say more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("ciphertext is too short to hold a nonce and a tag")]
+    Truncated,
+    #[error("ciphertext does not open under this key, field, mask and key version")]
+    Unauthentic,
+    #[error("encryption failed")]
+    Encrypt,
+    #[error("decrypted vault value is not UTF-8 text")]
+    NotText,
+}
+
+/// Seals and opens vault entries and quarantined bodies with one version of the vault key.
+pub struct Sealer {
+    version: i32,
+    vault: Aes256GcmSiv,
+    nonce_prf: HmacSha256,
+    quarantine: Aes256GcmSiv,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    pub fn new(key: &DataKey) -> Self {
+        let material = key.material();
+        let cipher = |label: &str| {
+            let subkey = derive_subkey(material, label);
+            Aes256GcmSiv::new(subkey.as_slice().into())
+        };
+        Self {
+            version: key.version(),
+            vault: cipher("etl/vault/enc/v1"),
+            nonce_prf: hmac_state(derive_subkey(material, "etl/vault/nonce/v1").as_slice()),
+            quarantine: cipher("etl/quarantine/enc/v1"),
+        }
+    }
+
+    /// The vault key version, stored beside every ciphertext.
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    /// Deterministic ciphertext of a canonical value for the vault row `(field, mask)`.
+    pub fn seal_value(
+        &self,
+        field: PiiField,
+        mask: &str,
+        canonical: &str,
+    ) -> Result<Vec<u8>, SealError> {
+        let mut prf = self.nonce_prf.clone();
+        prf.update(field.as_str().as_bytes());
+        prf.update(&[0]);
+        prf.update(canonical.as_bytes());
+        let digest = prf.finalize().into_bytes();
+        let nonce = Nonce::from_slice(&digest[..NONCE_LEN]);
+        let aad = vault_aad(field, mask, self.version);
+        let sealed = self
+            .vault
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: canonical.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Encrypt)?;
+        Ok([nonce.as_slice(), &sealed].concat())
+    }
+
+    /// Opens a vault ciphertext; fails unless field, mask and key version are the ones it was sealed for.
+    pub fn open_value(
+        &self,
+        field: PiiField,
+        mask: &str,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<String>, SealError> {
+        let aad = vault_aad(field, mask, self.version);
+        let plain = open(&self.vault, &aad, ciphertext)?;
+        String::from_utf8(plain.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|err| {
+                let mut bytes = err.into_bytes();
+                zeroize::Zeroize::zeroize(&mut bytes);
+                SealError::NotText
+            })
+    }
+
+    /// Randomised ciphertext of a quarantined body, bound to its message id.
+    pub fn seal_body(&self, message_id: &str, body: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = quarantine_aad(message_id, self.version);
+        let sealed = self
+            .quarantine
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Encrypt)?;
+        Ok([nonce.as_slice(), &sealed].concat())
+    }
+
+    /// Opens a quarantined body sealed by [`Sealer::seal_body`].
+    pub fn open_body(
+        &self,
+        message_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        open(
+            &self.quarantine,
+            &quarantine_aad(message_id, self.version),
+            ciphertext,
+        )
+    }
+}
+
+fn open(
+    cipher: &Aes256GcmSiv,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    if ciphertext.len() < NONCE_LEN + 16 {
+        return Err(SealError::Truncated);
+    }
+    let (nonce, sealed) = ciphertext.split_at(NONCE_LEN);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| SealError::Unauthentic)
+}
+
+/// `label 0 field 0 mask 0 version(big-endian)`: unambiguous because field and mask hold no NUL.
+fn vault_aad(field: PiiField, mask: &str, version: i32) -> Vec<u8> {
+    [
+        VAULT_AAD_LABEL,
+        &[0],
+        field.as_str().as_bytes(),
+        &[0],
+        mask.as_bytes(),
+        &[0],
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+
+fn quarantine_aad(message_id: &str, version: i32) -> Vec<u8> {
+    [
+        QUARANTINE_AAD_LABEL,
+        &[0],
+        &version.to_be_bytes(),
+        &[0],
+        message_id.as_bytes(),
+    ]
+    .concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KEY_LEN;
+
+    fn sealer(version: i32) -> Sealer {
+        Sealer::new(&DataKey::from_plaintext(version, vec![9; KEY_LEN]).unwrap())
+    }
+
+    #[test]
+    fn vault_seal_is_deterministic_and_opens() {
+        let s = sealer(1);
+        let a = s.seal_value(PiiField::Ip, "m1", "10.0.0.1").unwrap();
+        assert_eq!(a, s.seal_value(PiiField::Ip, "m1", "10.0.0.1").unwrap());
+        assert_ne!(a, s.seal_value(PiiField::Ip, "m2", "10.0.0.2").unwrap());
+        assert_eq!(
+            s.open_value(PiiField::Ip, "m1", &a).unwrap().as_str(),
+            "10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn vault_ciphertext_is_bound_to_its_row() {
+        let s = sealer(1);
+        let a = s.seal_value(PiiField::Ip, "m1", "10.0.0.1").unwrap();
+        assert_eq!(
+            s.open_value(PiiField::DeviceId, "m1", &a),
+            Err(SealError::Unauthentic)
+        );
+        assert_eq!(
+            s.open_value(PiiField::Ip, "m2", &a),
+            Err(SealError::Unauthentic)
+        );
+        assert_eq!(
+            sealer(2).open_value(PiiField::Ip, "m1", &a),
+            Err(SealError::Unauthentic)
+        );
+        assert_eq!(
+            s.open_value(PiiField::Ip, "m1", &a[..20]),
+            Err(SealError::Truncated)
+        );
+    }
+
+    #[test]
+    fn quarantine_seal_is_randomised_and_bound_to_message() {
+        let s = sealer(1);
+        let a = s.seal_body("id-1", b"{oops").unwrap();
+        assert_ne!(a, s.seal_body("id-1", b"{oops").unwrap());
+        assert_eq!(s.open_body("id-1", &a).unwrap().as_slice(), b"{oops");
+        assert_eq!(s.open_body("id-2", &a), Err(SealError::Unauthentic));
+    }
+}

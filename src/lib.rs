@@ -1,0 +1,17 @@
+//! `etl`: user-login events from Amazon SQS into PostgreSQL, with ip and device_id replaced by
+//! keyed masks and their original values sealed in an encrypted vault.
+//!
+//! Layers: [`domain`] (events, validation, app_version) · [`crypto`] (keys, mask, seal) ·
+//! [`adapters`] (SQS, KMS, PostgreSQL) · [`pipeline`] (poll → transform → write → ack) ·
+//! [`commands`] (the CLI's subcommands).
+
+pub mod adapters;
+pub mod cli;
+pub mod commands;
+pub mod configuration;
+pub mod crypto;
+pub mod domain;
+pub mod pipeline;
+pub mod startup;
+pub mod synthetic;
+pub mod telemetry;

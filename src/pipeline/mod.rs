@@ -1,0 +1,9 @@
+//! The ingest pipeline: poll → transform → write → ack.
+
+mod ingest;
+mod stats;
+mod transform;
+
+pub use ingest::{run, IngestOptions};
+pub use stats::{Stats, Summary};
+pub use transform::Transformer;
