@@ -1,8 +1,16 @@
 //! Logging. Lines go to stderr (stdout carries command output such as summaries); the format is
-//! readable text or one JSON object per line. Nothing logged anywhere carries personal data: the
-//! code logs message ids, counts and reasons, never bodies, ips, device ids or keys.
+//! readable text or one JSON object per line.
+//!
+//! No personal data reaches a log line at any level: our code logs message ids, counts and
+//! reasons, never bodies, ips, device ids or keys; and events of other crates are kept at INFO
+//! or less verbose whatever the filter says, because the AWS SDK's and HTTP stack's debug and
+//! trace events include request and response bodies (that is, message bodies).
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, Layer};
 
 use crate::cli::LogFormat;
 
@@ -12,18 +20,28 @@ pub fn init(format: LogFormat, filter: &str) {
         Ok(env_filter) => (env_filter, false),
         Err(_) => (EnvFilter::new("info"), true),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let layer = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-    }
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter_fn(is_safe))
+                .with_filter(env_filter),
+        )
+        .init();
     if bad_filter {
         tracing::warn!("invalid --log-level / ETL_LOG filter; using `info`");
     }
+}
+
+/// Our own events at any level; other crates' events at INFO, WARN and ERROR only.
+fn is_safe(metadata: &Metadata<'_>) -> bool {
+    metadata.target().starts_with("etl") || *metadata.level() <= Level::INFO
 }

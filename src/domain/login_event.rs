@@ -448,7 +448,10 @@ mod tests {
         let nested = format!("{}{}", "[".repeat(131_000), "]".repeat(131_000));
         assert_eq!(
             reject(&with_raw("ip", &nested)),
-            RejectReason::WrongType { field: "ip", found: "an array" }
+            RejectReason::WrongType {
+                field: "ip",
+                found: "an array"
+            }
         );
         assert!(LoginEvent::parse(&with_raw("extra", &nested)).is_ok());
     }

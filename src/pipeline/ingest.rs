@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::{Stats, Summary, Transformer};
 use crate::adapters::postgres::{self, writer};
@@ -202,7 +202,7 @@ impl Poller {
             };
             tokio::time::sleep(delay).await;
         }
-        info!(messages = messages.len(), "batch done");
+        debug!(messages = messages.len(), "batch done");
     }
 }
 

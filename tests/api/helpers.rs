@@ -1,0 +1,238 @@
+//! `TestApp`: a fresh database, queue and KMS key per test, and the `etl` binary to drive them.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+use etl::adapters::aws;
+use etl::adapters::kms::Kms;
+use etl::adapters::sqs::SqsQueue;
+use etl::pipeline::Transformer;
+
+/// The admin URL of the test server, from `scripts/stack up`.
+fn admin_database_url() -> String {
+    std::env::var("ETL_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| {
+            panic!("DATABASE_URL is not set: run `scripts/test`, or `eval \"$(scripts/stack up)\"` first")
+        })
+}
+
+pub struct TestApp {
+    pub database_url: String,
+    pub pool: PgPool,
+    pub queue_url: String,
+    pub kms_key_id: String,
+    pub sqs: aws_sdk_sqs::Client,
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl TestApp {
+    /// A migrated database with data keys, an empty queue and a KMS key.
+    pub async fn spawn() -> Self {
+        let app = Self::spawn_bare().await;
+        app.etl_ok(&["migrate"]).await;
+        app.etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
+            .await;
+        app
+    }
+
+    /// A new, empty database (no migrations, no keys), queue and KMS key.
+    pub async fn spawn_bare() -> Self {
+        let admin_url = admin_database_url();
+        let name = format!("etl_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach the test PostgreSQL server: {err}"));
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .unwrap();
+        let database_url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("DATABASE_URL has no database name"),
+        };
+        let pool = PgPool::connect(&database_url).await.unwrap();
+
+        let sdk = aws::load_config(Duration::from_secs(30)).await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let kms = aws_sdk_kms::Client::new(&sdk);
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("etl-test-{}", uuid::Uuid::new_v4().simple()))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach SQS at AWS_ENDPOINT_URL: {err:?}"))
+            .queue_url
+            .unwrap();
+        let kms_key_id = kms
+            .create_key()
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .key_id;
+        Self {
+            database_url,
+            pool,
+            queue_url,
+            kms_key_id,
+            sqs,
+            sdk,
+        }
+    }
+
+    /// The `etl` binary with this app's database and queue in its environment.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+        command
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("ETL_QUEUE_URL", &self.queue_url)
+            .env_remove("ETL_KMS_KEY_ID")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    pub async fn etl(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    /// Runs `etl` and fails the test unless it exits 0; returns stdout.
+    pub async fn etl_ok(&self, args: &[&str]) -> String {
+        let output = self.etl(args).await;
+        assert!(
+            output.status.success(),
+            "etl {args:?} failed with {}:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `etl ingest --drain --summary-json`, returning the summary and the log output.
+    pub async fn drain(&self, extra: &[&str]) -> (Value, String) {
+        let mut args = vec!["ingest", "--drain", "--summary-json"];
+        args.extend_from_slice(extra);
+        let output = self.etl(&args).await;
+        let logs = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "drain failed with {}:\n{logs}",
+            output.status
+        );
+        let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "summary is not JSON ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        (summary, logs)
+    }
+
+    pub async fn send(&self, bodies: &[String]) {
+        let queue = self.queue();
+        for chunk in bodies.chunks(10) {
+            assert_eq!(
+                queue.send_batch(chunk).await.unwrap(),
+                0,
+                "SQS refused messages"
+            );
+        }
+    }
+
+    pub fn queue(&self) -> SqsQueue {
+        SqsQueue::new(&self.sdk, &self.queue_url)
+    }
+
+    /// Visible plus in-flight messages.
+    pub async fn queue_depth(&self) -> u64 {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default();
+        let count = |name| {
+            attributes
+                .get(&name)
+                .map_or(0, |v: &String| v.parse::<u64>().unwrap())
+        };
+        count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+    }
+
+    /// The unwrapped keys, as `etl ingest` holds them.
+    pub async fn transformer(&self) -> Transformer {
+        etl::startup::load_transformer(&self.pool, &Kms::new(&self.sdk))
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real queue content, when this checkout sits in the workspace that has it.
+pub fn real_sample_path() -> Option<PathBuf> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/login-queue-sample.jsonl");
+    path.exists().then_some(path)
+}
+
+/// The real sample's bodies, or 100 generated ones of the same shape where it is absent.
+pub fn sample_bodies() -> Vec<String> {
+    match real_sample_path() {
+        Some(path) => std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => etl::synthetic::Generator::new(etl::synthetic::SyntheticOptions {
+            count: 100,
+            seed: Some(100),
+            duplicate_share: 0.0,
+            malformed_share: 0.02,
+            ..Default::default()
+        })
+        .collect(),
+    }
+}
+
+/// A valid body with the given ip and device_id.
+pub fn event(ip: &str, device_id: &str) -> String {
+    serde_json::json!({
+        "user_id": uuid::Uuid::new_v4().to_string(),
+        "app_version": "2.3.0",
+        "device_type": "android",
+        "ip": ip,
+        "locale": "RU",
+        "device_id": device_id,
+    })
+    .to_string()
+}

@@ -1,0 +1,9 @@
+//! Integration tests against the real local stack: a PostgreSQL server and LocalStack's SQS and
+//! KMS, reached over HTTP by the AWS SDK. Start it with `eval "$(scripts/stack up)"` (the test
+//! command `scripts/test` does). Each test gets its own database, queue and KMS key.
+
+mod helpers;
+mod ingest;
+mod keys_and_schema;
+mod privacy;
+mod real_data;
