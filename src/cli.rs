@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// AWS region, credentials and endpoint come from the AWS SDK's usual sources (AWS_REGION,
 /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, profiles, instance roles).
 ///
-/// Exit codes: 0 success, 2 error.
+/// Exit codes: 0 success, 1 nothing found (`recover`), 2 error or denied.
 #[derive(Debug, Parser)]
 #[command(name = "etl", version, propagate_version = true)]
 pub struct Cli {
@@ -47,6 +47,8 @@ pub enum Command {
     Keys(KeysCommand),
     /// Consume the queue into `user_logins`, the vault and quarantine.
     Ingest(IngestArgs),
+    /// Recover the original value of a mask (for members of etl_recoverer; every call is audited).
+    Recover(RecoverArgs),
     /// Inspect quarantined messages.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -73,6 +75,77 @@ pub enum KeysCommand {
         #[arg(long, env = "ETL_KMS_KEY_ID")]
         kms_key_id: String,
     },
+    /// Create a new version of a data key. New vault entries use the newest vault key; older
+    /// entries stay readable because each records its key version. The mask key is not rotated
+    /// in place (see SECURITY.md).
+    Rotate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Which key to rotate.
+        #[arg(long, value_enum)]
+        purpose: PurposeArg,
+        /// KMS key for the new version [default: the KMS key of the current version].
+        #[arg(long, env = "ETL_KMS_KEY_ID")]
+        kms_key_id: Option<String>,
+    },
+    /// Re-wrap every stored data key under another KMS key (for a KMS key retirement). The data
+    /// keys themselves, and so every mask and ciphertext, stay the same.
+    Rewrap {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The KMS key to wrap under from now on.
+        #[arg(long)]
+        kms_key_id: String,
+    },
+    /// List the data keys: purpose, version, KMS key, creation time (never key material).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PurposeArg {
+    Mask,
+    Vault,
+}
+
+/// `etl recover --masked-ip <MASK>`, or `etl recover --masked-ip --from-file <PATH>` for many
+/// masks of the same field.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("field").required(true).args(["masked_ip", "masked_device_id"])))]
+pub struct RecoverArgs {
+    /// Database URL of the recovering user, who must be a member of etl_recoverer.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The masked_ip to recover; without a value, with --from-file, the file holds masked_ips.
+    #[arg(long, num_args = 0..=1, value_name = "MASK")]
+    pub masked_ip: Option<Option<String>>,
+
+    /// The masked_device_id to recover; without a value, with --from-file, the file holds
+    /// masked_device_ids.
+    #[arg(long, num_args = 0..=1, value_name = "MASK")]
+    pub masked_device_id: Option<Option<String>>,
+
+    /// Read masks from this file, one per line (`-` for stdin); one audit row per mask.
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+
+    /// Why the value is needed. Required; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+
+    /// Ticket or case reference, recorded in the audit log.
+    #[arg(long)]
+    pub ticket: Option<String>,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,8 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::adapters::postgres;
 use crate::adapters::sqs::MAX_WAIT_SECONDS;
-use crate::cli::{DatabaseArgs, IngestArgs, SeedArgs};
+use crate::cli::{DatabaseArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs};
+use crate::domain::PiiField;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -16,6 +17,12 @@ pub enum ConfigError {
     DatabaseUrl(String),
     #[error("--queue-url / ETL_QUEUE_URL must be an http(s) URL of an SQS queue")]
     QueueUrl,
+    #[error("{0}")]
+    Recover(&'static str),
+    #[error("line {line} of the mask file is not a mask (64 hexadecimal characters)")]
+    BadMaskLine { line: usize },
+    #[error("cannot read the mask file: {0}")]
+    MaskFile(std::io::Error),
     #[error("{flag} must be {expected}")]
     OutOfRange {
         flag: &'static str,
@@ -184,9 +191,107 @@ impl TryFrom<&SeedArgs> for SeedSettings {
     }
 }
 
+/// What `etl recover` asks for.
+#[derive(Debug, Clone)]
+pub struct RecoverSettings {
+    pub database: DatabaseSettings,
+    pub field: PiiField,
+    pub masks: Vec<String>,
+    /// Whether the masks came from a file (bulk output) or the command line (one value).
+    pub bulk: bool,
+    pub reason: String,
+    pub ticket: Option<String>,
+    pub format: OutputFormat,
+}
+
+impl TryFrom<&RecoverArgs> for RecoverSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &RecoverArgs) -> Result<Self, ConfigError> {
+        let (field, mask) = match (&args.masked_ip, &args.masked_device_id) {
+            (Some(mask), None) => (PiiField::Ip, mask),
+            (None, Some(mask)) => (PiiField::DeviceId, mask),
+            _ => {
+                return Err(ConfigError::Recover(
+                    "give exactly one of --masked-ip and --masked-device-id",
+                ))
+            }
+        };
+        let masks = match (mask, &args.from_file) {
+            (Some(mask), None) => {
+                vec![normalize_mask(mask).ok_or(ConfigError::BadMaskLine { line: 1 })?]
+            }
+            (None, Some(path)) => read_masks(path)?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Recover(
+                    "give the mask on the command line or --from-file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::Recover(
+                    "give a mask after --masked-ip / --masked-device-id, or --from-file",
+                ))
+            }
+        };
+        if masks.is_empty() {
+            return Err(ConfigError::Recover("the mask file holds no masks"));
+        }
+        let reason = args.reason.trim();
+        if reason.is_empty() {
+            return Err(ConfigError::Recover(
+                "--reason must say why the value is needed; it is recorded in the audit log",
+            ));
+        }
+        Ok(Self {
+            database: DatabaseSettings::try_from(&args.database)?,
+            field,
+            masks,
+            bulk: args.from_file.is_some(),
+            reason: reason.to_owned(),
+            ticket: args
+                .ticket
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+            format: args.format,
+        })
+    }
+}
+
+/// A mask is 64 hex characters; accepted in either case, stored lowercase.
+fn normalize_mask(text: &str) -> Option<String> {
+    let text = text.trim();
+    (text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| text.to_ascii_lowercase())
+}
+
+fn read_masks(path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(ConfigError::MaskFile)?
+    } else {
+        std::fs::read_to_string(path).map_err(ConfigError::MaskFile)?
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            normalize_mask(line).ok_or(ConfigError::BadMaskLine { line: index + 1 })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_are_validated_and_lowercased() {
+        let mask = "AB".repeat(32);
+        assert_eq!(normalize_mask(&format!(" {mask} ")), Some("ab".repeat(32)));
+        assert_eq!(normalize_mask("abc"), None);
+        assert_eq!(normalize_mask(&"g".repeat(64)), None);
+    }
 
     #[test]
     fn queue_urls() {

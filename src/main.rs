@@ -3,14 +3,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use etl::cli::Cli;
+use etl::commands::Outcome;
 
-/// Exit codes: 0 success, 2 error (clap also uses 2 for usage errors).
+/// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     etl::telemetry::init(cli.log_format, &cli.log_level);
     match etl::commands::run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound) => ExitCode::from(1),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_kms::error::DisplayErrorContext;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
@@ -13,6 +13,19 @@ pub const CONTEXT_APPLICATION: &str = "etl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
+    #[error(
+        "KMS denied {operation}: this AWS identity needs kms:{operation} on the key, allowed for \
+         the encryption context application=etl ({detail})"
+    )]
+    Denied {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error(
+        "KMS could not unwrap the data key: the wrapped key, the KMS key or the encryption context \
+         (purpose, key_version) does not match what it was wrapped with ({detail})"
+    )]
+    InvalidCiphertext { detail: String },
     #[error("KMS {operation} failed: {detail}")]
     Call {
         operation: &'static str,
@@ -118,11 +131,56 @@ impl Kms {
             purpose: purpose.as_str(),
         })
     }
+
+    /// Re-wraps a data key under another KMS key inside KMS: this process never sees the key.
+    pub async fn re_encrypt(
+        &self,
+        source_kms_key_id: &str,
+        destination_kms_key_id: &str,
+        purpose: KeyPurpose,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<WrappedKey, KmsError> {
+        const OP: &str = "ReEncrypt";
+        let context = encryption_context(purpose, version);
+        let output = self
+            .client
+            .re_encrypt()
+            .source_key_id(source_kms_key_id)
+            .destination_key_id(destination_kms_key_id)
+            .ciphertext_blob(Blob::new(wrapped))
+            .set_source_encryption_context(Some(context.clone()))
+            .set_destination_encryption_context(Some(context))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        Ok(WrappedKey {
+            kms_key_arn: output.key_id.ok_or(KmsError::Incomplete {
+                operation: OP,
+                what: "key id",
+            })?,
+            blob: output
+                .ciphertext_blob
+                .ok_or(KmsError::Incomplete {
+                    operation: OP,
+                    what: "ciphertext",
+                })?
+                .into_inner(),
+        })
+    }
 }
 
-fn call_error<E: std::error::Error>(operation: &'static str, err: E) -> KmsError {
-    KmsError::Call {
-        operation,
-        detail: DisplayErrorContext(err).to_string(),
+fn call_error<E>(operation: &'static str, err: E) -> KmsError
+where
+    E: std::error::Error + ProvideErrorMetadata,
+{
+    let code = err.code().map(str::to_owned);
+    let detail = DisplayErrorContext(err).to_string();
+    match code.as_deref() {
+        Some("AccessDeniedException") => KmsError::Denied { operation, detail },
+        Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+            KmsError::InvalidCiphertext { detail }
+        }
+        _ => KmsError::Call { operation, detail },
     }
 }

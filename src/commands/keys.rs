@@ -3,7 +3,7 @@ use anyhow::Context;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::keyring;
-use crate::cli::DatabaseArgs;
+use crate::cli::{DatabaseArgs, OutputFormat, PurposeArg};
 use crate::crypto::KeyPurpose;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
@@ -58,6 +58,146 @@ pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<(
     }
     if created == 0 {
         println!("nothing changed: both data keys already exist");
+    }
+    Ok(())
+}
+
+/// A new version of the vault key. The mask key is refused: see SECURITY.md.
+pub async fn rotate(
+    database: &DatabaseArgs,
+    purpose: PurposeArg,
+    kms_key_id: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        purpose == PurposeArg::Vault,
+        "the mask key is not rotated in place: masks are the analysts' join key, and a new mask key \
+         would split every ip and device_id into two unrelated masks. See SECURITY.md, \"Rotation\", \
+         for what to do instead"
+    );
+    let pool = super::pool(database)?;
+    let current = keyring::latest(&pool, KeyPurpose::Vault)
+        .await
+        .context("reading keyring.data_keys")?
+        .ok_or_else(|| anyhow::anyhow!("no vault key exists yet: run `etl keys init` first"))?;
+    let kms_key_id = kms_key_id
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .unwrap_or(&current.kms_key_id);
+    let version = current.version + 1;
+    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let wrapped = kms
+        .generate_data_key(kms_key_id, KeyPurpose::Vault, version)
+        .await
+        .context("generating the new vault data key")?;
+    let stored = keyring::insert_if_absent(
+        &pool,
+        KeyPurpose::Vault,
+        version,
+        &wrapped.kms_key_arn,
+        &wrapped.blob,
+    )
+    .await
+    .context("storing the wrapped data key")?;
+    anyhow::ensure!(
+        stored,
+        "another rotation created vault key version {version} at the same time; nothing changed"
+    );
+    println!(
+        "vault key: version {version} created (wrapped by {}); ingest processes use it from their next start",
+        wrapped.kms_key_arn
+    );
+    Ok(())
+}
+
+/// Re-wraps every data key under `kms_key_id`, inside KMS.
+pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
+    let kms_key_id = kms_key_id.trim();
+    anyhow::ensure!(!kms_key_id.is_empty(), "--kms-key-id is empty");
+    let pool = super::pool(database)?;
+    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let keys = keyring::list(&pool)
+        .await
+        .context("reading keyring.data_keys")?;
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "no data keys exist yet: run `etl keys init` first"
+    );
+    for key in keys {
+        let purpose = KeyPurpose::parse(&key.purpose).ok_or_else(|| {
+            anyhow::anyhow!("unknown key purpose {:?} in keyring.data_keys", key.purpose)
+        })?;
+        let wrapped = kms
+            .re_encrypt(
+                &key.kms_key_id,
+                kms_key_id,
+                purpose,
+                key.version,
+                &key.wrapped_key,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "re-wrapping the {} key version {}",
+                    key.purpose, key.version
+                )
+            })?;
+        keyring::rewrap(
+            &pool,
+            &key.purpose,
+            key.version,
+            &wrapped.kms_key_arn,
+            &wrapped.blob,
+        )
+        .await
+        .context("storing the re-wrapped key")?;
+        println!(
+            "{} key version {}: now wrapped by {}",
+            key.purpose, key.version, wrapped.kms_key_arn
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct KeyInfo<'a> {
+    purpose: &'a str,
+    version: i32,
+    kms_key_id: &'a str,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Versions, purposes, KMS keys and creation times; never key material.
+pub async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let pool = super::pool(database)?;
+    let keys = keyring::list(&pool)
+        .await
+        .context("reading keyring.data_keys")?;
+    let infos: Vec<KeyInfo> = keys
+        .iter()
+        .map(|key| KeyInfo {
+            purpose: &key.purpose,
+            version: key.version,
+            kms_key_id: &key.kms_key_id,
+            created_at: key.created_at,
+        })
+        .collect();
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
+        OutputFormat::Text => {
+            println!(
+                "{:<8} {:>7}  {:<20}  kms key",
+                "purpose", "version", "created"
+            );
+            for info in &infos {
+                println!(
+                    "{:<8} {:>7}  {:<20}  {}",
+                    info.purpose,
+                    info.version,
+                    info.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    info.kms_key_id
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ mod ingest;
 mod keys;
 mod migrate;
 mod quarantine;
+mod recover;
 mod seed;
 
 use sqlx::PgPool;
@@ -12,14 +13,35 @@ use crate::adapters::postgres;
 use crate::cli::{Command, DevCommand, KeysCommand, QuarantineCommand};
 use crate::configuration::DatabaseSettings;
 
+/// How a command that ran without error ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Something asked for does not exist (exit code 1).
+    NotFound,
+}
+
 /// Runs a parsed command.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
+        Command::Recover(args) => return recover::run(&args).await,
         Command::Migrate(database) => migrate::run(&database).await,
         Command::Keys(KeysCommand::Init {
             database,
             kms_key_id,
         }) => keys::init(&database, &kms_key_id).await,
+        Command::Keys(KeysCommand::Rotate {
+            database,
+            purpose,
+            kms_key_id,
+        }) => keys::rotate(&database, purpose, kms_key_id.as_deref()).await,
+        Command::Keys(KeysCommand::Rewrap {
+            database,
+            kms_key_id,
+        }) => keys::rewrap(&database, &kms_key_id).await,
+        Command::Keys(KeysCommand::List { database, format }) => {
+            keys::list(&database, format).await
+        }
         Command::Ingest(args) => ingest::run(&args).await,
         Command::Quarantine(QuarantineCommand::List {
             database,
@@ -27,7 +49,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             limit,
         }) => quarantine::list(&database, format, limit).await,
         Command::Dev(DevCommand::Seed(args)) => seed::run(&args).await,
-    }
+    }?;
+    Ok(Outcome::Success)
 }
 
 /// A small pool for one-shot commands.

@@ -179,6 +179,27 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A new login user in `group` (etl_ingest, etl_analyst or etl_recoverer): its name and a
+    /// URL to this app's database as that user.
+    pub async fn login_user(&self, group: &str) -> (String, String) {
+        let name = format!("u_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        sqlx::query(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
+        ))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let (_, after_scheme) = self.database_url.split_once("://").unwrap();
+        let (_, host_and_db) = after_scheme.split_once('@').unwrap();
+        (name.clone(), format!("postgres://{name}:pw@{host_and_db}"))
+    }
+
+    /// Sends `bodies` and drains them as the admin user.
+    pub async fn ingest(&self, bodies: &[String]) -> Value {
+        self.send(bodies).await;
+        self.drain(&[]).await.0
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }

@@ -7,3 +7,4 @@ mod ingest;
 mod keys_and_schema;
 mod privacy;
 mod real_data;
+mod recovery;

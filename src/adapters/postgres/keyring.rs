@@ -58,3 +58,34 @@ pub async fn insert_if_absent(
     .await?;
     Ok(result.rows_affected() == 1)
 }
+
+/// Every stored key, by purpose then version.
+pub async fn list(pool: &PgPool) -> Result<Vec<StoredKey>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT purpose, version, kms_key_id, wrapped_key, created_at FROM keyring.data_keys \
+         ORDER BY purpose, version",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Replaces a key's wrapping (same data key, wrapped under another KMS key).
+pub async fn rewrap(
+    pool: &PgPool,
+    purpose: &str,
+    version: i32,
+    kms_key_id: &str,
+    wrapped: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keyring.data_keys SET kms_key_id = $3, wrapped_key = $4 \
+         WHERE purpose = $1 AND version = $2",
+    )
+    .bind(purpose)
+    .bind(version)
+    .bind(kms_key_id)
+    .bind(wrapped)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

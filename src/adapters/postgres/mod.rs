@@ -2,6 +2,7 @@
 
 pub mod keyring;
 pub mod quarantine;
+pub mod recovery;
 pub mod writer;
 
 use std::str::FromStr;

@@ -1,0 +1,140 @@
+//! `etl recover`: audited recovery of original values, for members of etl_recoverer.
+//!
+//! 1. `recovery.request` records who asks for which masks and why, and commits.
+//! 2. `recovery.fetch` returns the ciphertexts and the wrapped vault keys of that request.
+//! 3. KMS unwraps each vault key version once (key id and encryption context presented).
+//! 4. The ciphertexts are opened and the values printed on stdout, and nowhere else.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::Outcome;
+use crate::adapters::aws;
+use crate::adapters::kms::Kms;
+use crate::adapters::postgres::{self, recovery};
+use crate::cli::{OutputFormat, RecoverArgs};
+use crate::configuration::RecoverSettings;
+use crate::crypto::{KeyPurpose, Sealer};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(
+        "the database refused the recovery: your database user needs the etl_recoverer role \
+         (an administrator runs: GRANT etl_recoverer TO <your user>)"
+    )]
+    NotRecoverer,
+    #[error("database error during recovery: {0}")]
+    Database(sqlx::Error),
+    #[error("cannot unwrap vault key version {version}: {source}")]
+    Unwrap {
+        version: i32,
+        source: crate::adapters::kms::KmsError,
+    },
+    #[error("vault entry for mask {mask} does not open: {source}")]
+    Open {
+        mask: String,
+        source: crate::crypto::SealError,
+    },
+    #[error("vault entry for mask {mask} has no vault key on record")]
+    MissingKey { mask: String },
+}
+
+fn database_error(err: sqlx::Error) -> RecoverError {
+    match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+            RecoverError::NotRecoverer
+        }
+        _ => RecoverError::Database(err),
+    }
+}
+
+#[derive(Serialize)]
+struct Recovered {
+    field: &'static str,
+    mask: String,
+    outcome: String,
+    value: Option<String>,
+}
+
+pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
+    let settings = RecoverSettings::try_from(args)?;
+    let pool = postgres::pool(settings.database.options.clone(), 1);
+    let request_id = recovery::request(
+        &pool,
+        settings.field,
+        &settings.masks,
+        &settings.reason,
+        settings.ticket.as_deref(),
+    )
+    .await
+    .map_err(database_error)?;
+    let rows = recovery::fetch(&pool, request_id)
+        .await
+        .map_err(database_error)?;
+
+    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let mut sealers: HashMap<i32, Sealer> = HashMap::new();
+    let mut results = Vec::with_capacity(rows.len());
+    for row in rows {
+        let value = match (&row.ciphertext, row.vault_key_version) {
+            (Some(ciphertext), Some(version)) => {
+                if !sealers.contains_key(&version) {
+                    let (Some(kms_key_id), Some(wrapped)) = (&row.kms_key_id, &row.wrapped_key)
+                    else {
+                        return Err(RecoverError::MissingKey { mask: row.mask }.into());
+                    };
+                    let key = kms
+                        .decrypt_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
+                        .await
+                        .map_err(|source| RecoverError::Unwrap { version, source })?;
+                    sealers.insert(version, Sealer::new(&key));
+                }
+                let sealer = &sealers[&version];
+                let plain = sealer
+                    .open_value(settings.field, &row.mask, ciphertext)
+                    .map_err(|source| RecoverError::Open {
+                        mask: row.mask.clone(),
+                        source,
+                    })?;
+                Some(plain.to_string())
+            }
+            _ => None,
+        };
+        results.push(Recovered {
+            field: settings.field.as_str(),
+            mask: row.mask,
+            outcome: row.outcome,
+            value,
+        });
+    }
+    print(&results, settings.bulk, settings.format)?;
+    let all_found = results.iter().all(|r| r.value.is_some());
+    Ok(if all_found {
+        Outcome::Success
+    } else {
+        Outcome::NotFound
+    })
+}
+
+fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {
+    match (format, bulk) {
+        (OutputFormat::Json, false) => println!("{}", serde_json::to_string(&results[0])?),
+        (OutputFormat::Json, true) => println!("{}", serde_json::to_string(results)?),
+        (OutputFormat::Text, false) => match &results[0].value {
+            Some(value) => println!("{value}"),
+            None => eprintln!("not found: no {} has this mask", results[0].field),
+        },
+        (OutputFormat::Text, true) => {
+            for result in results {
+                println!(
+                    "{}\t{}",
+                    result.mask,
+                    result.value.as_deref().unwrap_or("NOT FOUND")
+                );
+            }
+        }
+    }
+    Ok(())
+}
