@@ -5,7 +5,7 @@
 //! 3. KMS unwraps each vault key version once (key id and encryption context presented).
 //! 4. The ciphertexts are opened and the values printed on stdout, and nowhere else.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use serde::Serialize;
 
@@ -80,18 +80,20 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
     for row in rows {
         let value = match (&row.ciphertext, row.vault_key_version) {
             (Some(ciphertext), Some(version)) => {
-                if !sealers.contains_key(&version) {
-                    let (Some(kms_key_id), Some(wrapped)) = (&row.kms_key_id, &row.wrapped_key)
-                    else {
-                        return Err(RecoverError::MissingKey { mask: row.mask }.into());
-                    };
-                    let key = kms
-                        .decrypt_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
-                        .await
-                        .map_err(|source| RecoverError::Unwrap { version, source })?;
-                    sealers.insert(version, Sealer::new(&key));
-                }
-                let sealer = &sealers[&version];
+                let sealer = match sealers.entry(version) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(slot) => {
+                        let (Some(kms_key_id), Some(wrapped)) = (&row.kms_key_id, &row.wrapped_key)
+                        else {
+                            return Err(RecoverError::MissingKey { mask: row.mask }.into());
+                        };
+                        let key = kms
+                            .decrypt_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
+                            .await
+                            .map_err(|source| RecoverError::Unwrap { version, source })?;
+                        slot.insert(Sealer::new(&key))
+                    }
+                };
                 let plain = sealer
                     .open_value(settings.field, &row.mask, ciphertext)
                     .map_err(|source| RecoverError::Open {
