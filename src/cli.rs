@@ -175,6 +175,12 @@ pub struct IngestArgs {
     #[arg(long, env = "ETL_WAIT_SECONDS")]
     pub wait_seconds: Option<u8>,
 
+    /// Seconds a received message stays hidden from other consumers. A batch still in flight at
+    /// half this time gets it extended (a heartbeat), so this bounds only how long a crashed
+    /// consumer's messages wait before redelivery.
+    #[arg(long, env = "ETL_VISIBILITY_TIMEOUT", default_value_t = 30)]
+    pub visibility_timeout: u64,
+
     /// Database connections [default: pollers + 1].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,

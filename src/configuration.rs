@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::adapters::postgres;
-use crate::adapters::sqs::MAX_WAIT_SECONDS;
+use crate::adapters::sqs::{MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::cli::{DatabaseArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs};
 use crate::domain::PiiField;
 
@@ -92,6 +92,7 @@ pub struct IngestSettings {
     pub drain: bool,
     pub summary_json: bool,
     pub db_max_connections: u32,
+    pub visibility: Duration,
 }
 
 /// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
@@ -127,9 +128,16 @@ impl TryFrom<&IngestArgs> for IngestSettings {
                 expected: "at least 1",
             });
         }
+        if !(2..=MAX_VISIBILITY_SECONDS).contains(&args.visibility_timeout) {
+            return Err(ConfigError::OutOfRange {
+                flag: "--visibility-timeout",
+                expected: "between 2 and 43200 seconds",
+            });
+        }
         Ok(Self {
             database: DatabaseSettings::try_from(&args.database)?,
             queue_url: QueueUrl::parse(&args.queue_url)?,
+            visibility: Duration::from_secs(args.visibility_timeout),
             pollers: args.pollers,
             wait: Duration::from_secs(wait_seconds.into()),
             drain: args.drain,

@@ -27,7 +27,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     let transformer = startup::load_transformer(&pool, &Kms::new(&sdk))
         .await
         .context("refusing to start without the data keys")?;
-    let queue = SqsQueue::new(&sdk, settings.queue_url.as_str());
+    let queue = SqsQueue::json(&sdk, settings.queue_url.as_str());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -44,6 +44,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
             pollers: settings.pollers,
             wait: settings.wait,
             drain: settings.drain,
+            visibility: settings.visibility,
         },
         shutdown,
     )

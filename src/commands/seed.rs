@@ -16,7 +16,7 @@ pub async fn run(args: &SeedArgs) -> anyhow::Result<()> {
         SeedSource::File(path) => read_lines(path)?,
         SeedSource::Synthetic(options) => Generator::new(options.clone()).collect(),
     };
-    let queue = SqsQueue::new(
+    let queue = SqsQueue::json(
         &aws::load_config(Duration::from_secs(30)).await,
         settings.queue_url.as_str(),
     );

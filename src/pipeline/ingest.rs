@@ -23,6 +23,8 @@ pub struct IngestOptions {
     pub wait: Duration,
     /// Stop when the queue is empty instead of running until shut down.
     pub drain: bool,
+    /// Visibility timeout asked for on each receive.
+    pub visibility: Duration,
 }
 
 /// Runs until `shutdown` is cancelled or, with `drain`, until the queue is empty. Work already
@@ -73,7 +75,7 @@ impl Poller {
                 // Dropping an in-flight receive loses nothing: whatever SQS handed out becomes
                 // visible again after the visibility timeout.
                 () = self.shutdown.cancelled() => break,
-                received = self.queue.receive(MAX_BATCH, self.options.wait) => received,
+                received = self.queue.receive(MAX_BATCH, self.options.wait, self.options.visibility) => received,
             };
             let messages = match received {
                 Ok(messages) => {

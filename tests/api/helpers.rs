@@ -148,7 +148,7 @@ impl TestApp {
     }
 
     pub fn queue(&self) -> SqsQueue {
-        SqsQueue::new(&self.sdk, &self.queue_url)
+        SqsQueue::json(&self.sdk, &self.queue_url)
     }
 
     /// Visible plus in-flight messages.

@@ -84,7 +84,12 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
     let transformer = app.transformer().await;
     let mut received = Vec::new();
     while received.len() < bodies.len() {
-        received.extend(queue.receive(10, Duration::from_secs(1)).await.unwrap());
+        received.extend(
+            queue
+                .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+                .await
+                .unwrap(),
+        );
     }
     let batch = transformer.prepare(&received, chrono::Utc::now()).unwrap();
     let outcome = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
