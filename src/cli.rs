@@ -181,6 +181,12 @@ pub struct IngestArgs {
     #[arg(long, env = "ETL_VISIBILITY_TIMEOUT", default_value_t = 30)]
     pub visibility_timeout: u64,
 
+    /// After this many receives (SQS ApproximateReceiveCount), a message that still cannot be
+    /// written is quarantined instead of returned to the queue, so one poison message cannot
+    /// block it. Keep it below the maxReceiveCount of the queue's redrive policy, if it has one.
+    #[arg(long, env = "ETL_MAX_RECEIVES", default_value_t = 10)]
+    pub max_receives: i32,
+
     /// Database connections [default: pollers + 1].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,

@@ -93,6 +93,7 @@ pub struct IngestSettings {
     pub summary_json: bool,
     pub db_max_connections: u32,
     pub visibility: Duration,
+    pub max_receives: i32,
 }
 
 /// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
@@ -128,6 +129,12 @@ impl TryFrom<&IngestArgs> for IngestSettings {
                 expected: "at least 1",
             });
         }
+        if args.max_receives < 1 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-receives",
+                expected: "at least 1",
+            });
+        }
         if !(2..=MAX_VISIBILITY_SECONDS).contains(&args.visibility_timeout) {
             return Err(ConfigError::OutOfRange {
                 flag: "--visibility-timeout",
@@ -138,6 +145,7 @@ impl TryFrom<&IngestArgs> for IngestSettings {
             database: DatabaseSettings::try_from(&args.database)?,
             queue_url: QueueUrl::parse(&args.queue_url)?,
             visibility: Duration::from_secs(args.visibility_timeout),
+            max_receives: args.max_receives,
             pollers: args.pollers,
             wait: Duration::from_secs(wait_seconds.into()),
             drain: args.drain,

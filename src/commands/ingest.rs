@@ -45,6 +45,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
             wait: settings.wait,
             drain: settings.drain,
             visibility: settings.visibility,
+            max_receives: settings.max_receives,
         },
         shutdown,
     )

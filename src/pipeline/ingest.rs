@@ -2,6 +2,7 @@
 //! one transaction and deletes it only after the commit. In-flight work is bounded by
 //! `pollers × 10` messages.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::{Stats, Summary, Transformer};
-use crate::adapters::postgres::{self, writer};
+use crate::adapters::postgres;
+use crate::adapters::postgres::writer::{self, WriteBatch};
 use crate::adapters::sqs::{Receipt, ReceivedMessage, SqsQueue, MAX_BATCH};
+use crate::crypto::SealError;
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -25,6 +28,8 @@ pub struct IngestOptions {
     pub drain: bool,
     /// Visibility timeout asked for on each receive.
     pub visibility: Duration,
+    /// Receives after which a message that still cannot be written is quarantined.
+    pub max_receives: i32,
 }
 
 /// Runs until `shutdown` is cancelled or, with `drain`, until the queue is empty. Work already
@@ -132,50 +137,130 @@ impl Poller {
         }
     }
 
+    /// Commits a batch while a heartbeat keeps it hidden, then deletes it; or, if it cannot be
+    /// committed, hides it for a backoff delay so it comes back later.
     async fn process(&self, messages: &[ReceivedMessage]) {
         for message in messages {
             debug!(message_id = %message.message_id, receive_count = ?message.receive_count, "received");
         }
-        let batch = match self.transformer.prepare(messages, chrono::Utc::now()) {
-            Ok(batch) => batch,
+        let receipts = receipts(messages);
+        match self.with_heartbeat(&receipts, self.commit(messages)).await {
+            Ok(()) => self.delete(receipts).await,
             Err(err) => {
                 self.stats.write_failed();
-                error!(error = %err, messages = messages.len(), "could not seal batch; left on the queue");
-                return;
+                let delay = redelivery_delay(messages);
+                error!(error = %err, messages = messages.len(), retry_in_s = delay.as_secs(),
+                       "batch not committed; it stays on the queue and comes back after the delay");
+                if let Err(err) = self.queue.change_visibility_batch(&receipts, delay).await {
+                    warn!(error = %err, "could not set the redelivery delay; the visibility timeout applies");
+                }
             }
-        };
-        let write = || writer::write_batch(&self.pool, &batch);
-        let outcome = write
+        }
+    }
+
+    /// Runs `work`, extending the visibility of `receipts` every half visibility timeout so no
+    /// other consumer receives them while this one still works on them.
+    async fn with_heartbeat<T>(&self, receipts: &[Receipt], work: impl Future<Output = T>) -> T {
+        let period = self.options.visibility / 2;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = ticks.tick() => {
+                    match self.queue.change_visibility_batch(receipts, self.options.visibility).await {
+                        Ok(failures) if failures.is_empty() => debug!("visibility extended"),
+                        Ok(failures) => warn!(failed = failures.len(), "visibility not extended for some messages"),
+                        Err(err) => warn!(error = %err, "visibility heartbeat failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a batch with retries of transient errors. When the database rejects the batch
+    /// itself, it is split in halves until the offending messages are isolated; those are
+    /// quarantined and the rest written, so one bad row never costs good ones.
+    async fn commit(&self, messages: &[ReceivedMessage]) -> Result<(), CommitError> {
+        let mut pending: Vec<&[ReceivedMessage]> = vec![messages];
+        while let Some(part) = pending.pop() {
+            let batch = self.transformer.prepare(part, chrono::Utc::now())?;
+            match self.write(&batch).await {
+                Ok(()) => {}
+                Err(err) if postgres::is_transient(&err) => {
+                    return self.quarantine_exhausted(part, err).await;
+                }
+                Err(err) if part.len() > 1 => {
+                    debug!(error = %err, messages = part.len(), "batch rejected; splitting it");
+                    let (left, right) = part.split_at(part.len() / 2);
+                    pending.extend([right, left]);
+                }
+                Err(err) => {
+                    let [message] = part else { continue };
+                    warn!(message_id = %message.message_id, error = %err, "the database rejected this message; quarantining it");
+                    let detail =
+                        format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
+                    let batch = self.transformer.prepare_quarantine(
+                        message,
+                        "database_rejected",
+                        detail,
+                    )?;
+                    self.write(&batch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After transient errors outlasted the retries: messages received too often are
+    /// quarantined (if the database takes it) so a poison message cannot block the queue;
+    /// the others stay on the queue.
+    async fn quarantine_exhausted(
+        &self,
+        part: &[ReceivedMessage],
+        err: sqlx::Error,
+    ) -> Result<(), CommitError> {
+        let limit = self.options.max_receives;
+        let (poisoned, others): (Vec<&ReceivedMessage>, Vec<&ReceivedMessage>) = part
+            .iter()
+            .partition(|m| m.receive_count.is_some_and(|count| count >= limit));
+        if poisoned.is_empty() || !others.is_empty() {
+            return Err(err.into());
+        }
+        for message in poisoned {
+            warn!(message_id = %message.message_id, "received too many times; quarantining it");
+            let detail = format!(
+                "not written after {} receives ({})",
+                message.receive_count.unwrap_or(limit),
+                describe_db_error(&err)
+            );
+            let batch =
+                self.transformer
+                    .prepare_quarantine(message, "max_receives_exceeded", detail)?;
+            self.write(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// One batch write, retrying transient errors with backoff; counts what it committed.
+    async fn write(&self, batch: &WriteBatch) -> Result<(), sqlx::Error> {
+        let outcome = (|| writer::write_batch(&self.pool, batch))
             .retry(backoff())
             .when(postgres::is_transient)
             .notify(|err, delay| {
                 warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
             })
-            .await;
-        match outcome {
-            Ok(outcome) => {
-                debug!(written = outcome.written, quarantined = ?outcome.quarantined,
-                       duplicates_skipped = outcome.duplicates_skipped, "batch committed");
-                self.stats.committed(&outcome);
-                self.delete(messages).await;
-            }
-            Err(err) => {
-                self.stats.write_failed();
-                error!(error = %err, messages = messages.len(),
-                       "batch not written; its messages stay on the queue and will be redelivered");
-            }
-        }
+            .await?;
+        debug!(written = outcome.written, quarantined = ?outcome.quarantined,
+               duplicates_skipped = outcome.duplicates_skipped, "batch committed");
+        self.stats.committed(&outcome);
+        Ok(())
     }
 
     /// Deletes committed messages, retrying the entries SQS failed for transient reasons.
-    async fn delete(&self, messages: &[ReceivedMessage]) {
-        let mut pending: Vec<Receipt> = messages
-            .iter()
-            .map(|m| Receipt {
-                message_id: m.message_id.clone(),
-                receipt_handle: m.receipt_handle.clone(),
-            })
-            .collect();
+    async fn delete(&self, receipts: Vec<Receipt>) {
+        let total = receipts.len();
+        let mut pending = receipts;
         let mut delays = backoff().build();
         while !pending.is_empty() {
             match self.queue.delete_batch(&pending).await {
@@ -204,8 +289,55 @@ impl Poller {
             };
             tokio::time::sleep(delay).await;
         }
-        debug!(messages = messages.len(), "batch done");
+        debug!(messages = total, "batch done");
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error("cannot seal: {0}")]
+    Seal(#[from] SealError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn receipts(messages: &[ReceivedMessage]) -> Vec<Receipt> {
+    messages
+        .iter()
+        .map(|m| Receipt {
+            message_id: m.message_id.clone(),
+            receipt_handle: m.receipt_handle.clone(),
+        })
+        .collect()
+}
+
+/// SQLSTATE and constraint of a database error. Not its message: PostgreSQL messages and details
+/// can quote row values.
+fn describe_db_error(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match (db.code(), db.constraint()) {
+            (Some(code), Some(constraint)) => format!("SQLSTATE {code}, constraint {constraint}"),
+            (Some(code), None) => format!("SQLSTATE {code}"),
+            _ => "database error".to_owned(),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            "database unreachable".to_owned()
+        }
+        _ => "database error".to_owned(),
+    }
+}
+
+/// How long a batch that could not be committed stays hidden: doubling with each receive from
+/// 2 s, capped at 5 minutes, with up to 20 % jitter so retries of many batches spread out.
+fn redelivery_delay(messages: &[ReceivedMessage]) -> Duration {
+    let receives = messages
+        .iter()
+        .filter_map(|m| m.receive_count)
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let base = Duration::from_secs(2u64 << (receives - 1).min(8)).min(Duration::from_secs(300));
+    base + base.mul_f64(rand::random::<f64>() * 0.2)
 }
 
 /// Exponential backoff with jitter: 100 ms doubling to 10 s, eight tries.

@@ -70,21 +70,54 @@ impl Transformer {
                         .push(create_date(message.sent_timestamp.as_deref(), now));
                 }
                 Err(reason) => {
-                    let sealed = self
-                        .sealer
-                        .seal_body(&message.message_id, message.body.as_bytes())?;
-                    let rows = &mut batch.quarantine;
-                    rows.message_id.push(message.message_id.clone());
-                    rows.reason.push(reason.code().as_str());
-                    rows.detail.push(reason.to_string());
-                    rows.sent_at
-                        .push(sent_at(message.sent_timestamp.as_deref()));
-                    rows.receive_count.push(message.receive_count);
-                    rows.body_ciphertext.push(sealed);
+                    self.quarantine_into(
+                        &mut batch,
+                        message,
+                        reason.code().as_str(),
+                        reason.to_string(),
+                    )?;
                 }
             }
         }
         Ok(batch)
+    }
+
+    /// A batch that quarantines `message` whatever its content: for a message the database
+    /// rejects, or one that failed too many times. `detail` must hold no personal data.
+    pub fn prepare_quarantine(
+        &self,
+        message: &ReceivedMessage,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<WriteBatch, SealError> {
+        let mut batch = WriteBatch {
+            mask_key_version: self.masker.version(),
+            vault_key_version: self.sealer.version(),
+            ..WriteBatch::default()
+        };
+        self.quarantine_into(&mut batch, message, reason, detail)?;
+        Ok(batch)
+    }
+
+    fn quarantine_into(
+        &self,
+        batch: &mut WriteBatch,
+        message: &ReceivedMessage,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<(), SealError> {
+        let sealed = self
+            .sealer
+            .seal_body(&message.message_id, message.body.as_bytes())?;
+        let rows = &mut batch.quarantine;
+        rows.message_id.push(message.message_id.clone());
+        rows.reason.push(reason);
+        rows.detail.push(detail);
+        rows.sent_at
+            .push(sent_at(message.sent_timestamp.as_deref()));
+        rows.receive_count.push(message.receive_count);
+        rows.body_ciphertext.push(sealed);
+        Ok(())
     }
 
     /// Masks a value, adds its vault entry once per batch, and returns the mask.

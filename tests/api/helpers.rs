@@ -257,3 +257,117 @@ pub fn event(ip: &str, device_id: &str) -> String {
     })
     .to_string()
 }
+
+/// A TCP forwarder on loopback that can be cut: while paused it closes every open connection and
+/// every new one at once, as a crashed or unreachable server would. Each test gets its own, so a
+/// test can take "PostgreSQL" or "SQS" down without touching the shared servers.
+pub struct TcpProxy {
+    pub port: u16,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (paused_flag, live) = (paused.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if paused_flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                live.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            paused,
+            connections,
+            accept,
+        }
+    }
+
+    /// The target's outage begins: open connections are cut, new ones closed at once.
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.pause();
+    }
+}
+
+/// Host and port of a URL like `scheme://user:pass@host:port/path`.
+pub fn socket_addr_of(url: &str) -> std::net::SocketAddr {
+    let after_scheme = url.split_once("://").unwrap().1;
+    let authority = after_scheme.split('/').next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
+}
+
+/// Generated bodies: `count` messages with a share of malformed ones; returns them with the
+/// number of valid events among them.
+pub fn generated(count: usize, seed: u64) -> (Vec<String>, usize) {
+    let bodies: Vec<String> = etl::synthetic::Generator::new(etl::synthetic::SyntheticOptions {
+        count,
+        seed: Some(seed),
+        malformed_share: 0.02,
+        ..Default::default()
+    })
+    .collect();
+    let valid = bodies.iter().filter(|b| etl::domain::LoginEvent::parse(b).is_ok()).count();
+    (bodies, valid)
+}
+
+impl TestApp {
+    /// Sends many bodies quickly, with concurrent batch sends.
+    pub async fn send_many(&self, bodies: &[String]) {
+        let mut sends = tokio::task::JoinSet::new();
+        for chunk in bodies.chunks(100) {
+            let (queue, chunk) = (self.queue(), chunk.to_vec());
+            sends.spawn(async move {
+                for batch in chunk.chunks(10) {
+                    assert_eq!(queue.send_batch(batch).await.unwrap(), 0);
+                }
+            });
+            if sends.len() >= 8 {
+                sends.join_next().await.unwrap().unwrap();
+            }
+        }
+        while let Some(joined) = sends.join_next().await {
+            joined.unwrap();
+        }
+    }
+
+    /// Exactly one row per valid message, one quarantine entry per invalid one, an empty queue.
+    pub async fn assert_exactly_once(&self, valid: usize, invalid: usize) {
+        assert_eq!(self.count("SELECT count(*) FROM user_logins").await, valid as i64, "rows");
+        assert_eq!(
+            self.count("SELECT count(DISTINCT message_id) FROM user_logins").await,
+            valid as i64,
+            "a message made two rows"
+        );
+        assert_eq!(self.count("SELECT count(*) FROM etl.quarantine").await, invalid as i64, "quarantine");
+        assert_eq!(self.queue_depth().await, 0, "queue not empty");
+    }
+}
