@@ -2,6 +2,7 @@
 //! KMS, reached over HTTP by the AWS SDK. Start it with `eval "$(scripts/stack up)"` (the test
 //! command `scripts/test` does). Each test gets its own database, queue and KMS key.
 
+mod faults;
 mod helpers;
 mod ingest;
 mod keys_and_schema;
