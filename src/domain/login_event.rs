@@ -544,6 +544,28 @@ mod tests {
         assert!(!shown.contains("593-47-5928"), "{shown}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(body in "\\PC{0,400}") {
+            let _ = LoginEvent::parse(&body);
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_lossy_text_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = LoginEvent::parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn any_unicode_in_free_text_fields_is_accepted(user in "[^\\x00]{1,64}", device in "[^\\x00]{1,32}") {
+            proptest::prop_assume!(!user.trim().is_empty() && !device.trim().is_empty());
+            let body = with("user_id", &serde_json::Value::String(user.clone()).to_string());
+            let body = body.replace("\"android\"", &serde_json::Value::String(device.clone()).to_string());
+            let event = LoginEvent::parse(&body).unwrap();
+            proptest::prop_assert_eq!(event.user_id, user);
+            proptest::prop_assert_eq!(event.device_type, device);
+        }
+    }
+
     #[test]
     fn reasons_never_echo_the_body() {
         for body in [

@@ -4,6 +4,7 @@
 
 mod faults;
 mod helpers;
+mod hostile;
 mod ingest;
 mod keys_and_schema;
 mod privacy;
