@@ -187,6 +187,11 @@ pub struct IngestArgs {
     #[arg(long, env = "ETL_MAX_RECEIVES", default_value_t = 10)]
     pub max_receives: i32,
 
+    /// Address of the operations endpoint: Prometheus /metrics, /healthz and /readyz. Port 0
+    /// picks a free port (logged at start).
+    #[arg(long, env = "ETL_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: std::net::SocketAddr,
+
     /// Database connections [default: pollers + 1].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,

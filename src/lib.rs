@@ -12,6 +12,7 @@ pub mod configuration;
 pub mod crypto;
 pub mod domain;
 pub mod pipeline;
+pub mod server;
 pub mod startup;
 pub mod synthetic;
 pub mod telemetry;

@@ -1,41 +1,72 @@
 //! Logging. Lines go to stderr (stdout carries command output such as summaries); the format is
-//! readable text or one JSON object per line.
+//! readable text or one JSON object per line (`--log-format json`).
 //!
 //! No personal data reaches a log line at any level: our code logs message ids, counts and
 //! reasons, never bodies, ips, device ids or keys; and events of other crates are kept at INFO
 //! or less verbose whatever the filter says, because the AWS SDK's and HTTP stack's debug and
 //! trace events include request and response bodies (that is, message bodies).
 
+use std::io::IsTerminal;
+
 use tracing::{Level, Metadata};
+use tracing_indicatif::filter::{hide_indicatif_span_fields, IndicatifFilter};
+use tracing_indicatif::IndicatifLayer;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer};
 
 use crate::cli::LogFormat;
 
-/// Installs the global subscriber. An invalid filter falls back to `info` with a warning.
+/// Installs the global subscriber. An invalid filter falls back to `info` with a warning. Text
+/// logs on a terminal go through `tracing-indicatif`, so progress bars (spans with an
+/// `indicatif.pb_show` field) and log lines do not tear each other.
 pub fn init(format: LogFormat, filter: &str) {
     let (env_filter, bad_filter) = match EnvFilter::try_new(filter) {
         Ok(env_filter) => (env_filter, false),
         Err(_) => (EnvFilter::new("info"), true),
     };
-    let layer = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(
-            layer
-                .with_filter(filter_fn(is_safe))
-                .with_filter(env_filter),
-        )
-        .init();
+    let registry = tracing_subscriber::registry();
+    match format {
+        LogFormat::Text if std::io::stderr().is_terminal() => {
+            let indicatif = IndicatifLayer::new()
+                .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
+            let layer = fmt::layer().with_writer(indicatif.get_stderr_writer());
+            registry
+                .with(
+                    layer
+                        .with_filter(filter_fn(is_safe))
+                        .with_filter(env_filter),
+                )
+                .with(indicatif.with_filter(IndicatifFilter::new(false)))
+                .init();
+        }
+        LogFormat::Text => {
+            let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+            registry
+                .with(
+                    layer
+                        .with_filter(filter_fn(is_safe))
+                        .with_filter(env_filter),
+                )
+                .init();
+        }
+        LogFormat::Json => {
+            let layer = fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_writer(std::io::stderr);
+            registry
+                .with(
+                    layer
+                        .with_filter(filter_fn(is_safe))
+                        .with_filter(env_filter),
+                )
+                .init();
+        }
+    }
     if bad_filter {
         tracing::warn!("invalid --log-level / ETL_LOG filter; using `info`");
     }

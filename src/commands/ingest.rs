@@ -11,7 +11,8 @@ use crate::adapters::postgres;
 use crate::adapters::sqs::SqsQueue;
 use crate::cli::IngestArgs;
 use crate::configuration::IngestSettings;
-use crate::pipeline::{self, IngestOptions};
+use crate::pipeline::{self, progress, IngestOptions, Stats};
+use crate::server::{self, Readiness};
 use crate::startup;
 
 /// Headroom of each SQS attempt over the long-poll wait, so a healthy receive never times out.
@@ -24,18 +25,32 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
         settings.database.options.clone(),
         settings.db_max_connections,
     );
+    let queue = SqsQueue::json(&sdk, settings.queue_url.as_str());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    // The endpoint comes up before the keys load, so /healthz answers during startup.
+    let readiness = Readiness::new(pool.clone(), queue.clone());
+    server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
     let transformer = startup::load_transformer(&pool, &Kms::new(&sdk))
         .await
         .context("refusing to start without the data keys")?;
-    let queue = SqsQueue::json(&sdk, settings.queue_url.as_str());
+    readiness.keys_loaded();
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(
         pollers = settings.pollers,
         drain = settings.drain,
         "ingest started"
     );
+    let stats = Arc::new(Stats::default());
+    let progress_done = CancellationToken::new();
+    if settings.drain {
+        tokio::spawn(progress::report(
+            Arc::clone(&stats),
+            queue.clone(),
+            progress_done.clone(),
+        ));
+    }
     let summary = pipeline::run(
         queue,
         pool,
@@ -47,9 +62,12 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
             visibility: settings.visibility,
             max_receives: settings.max_receives,
         },
-        shutdown,
+        stats,
+        shutdown.clone(),
     )
     .await;
+    progress_done.cancel();
+    shutdown.cancel();
     info!(
         written = summary.written,
         quarantined = summary.quarantined,

@@ -39,10 +39,10 @@ pub async fn run(
     pool: PgPool,
     transformer: Arc<Transformer>,
     options: IngestOptions,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
-    let stats = Arc::new(Stats::default());
     let mut pollers = JoinSet::new();
     for poller in 0..options.pollers.max(1) {
         let worker = Poller {
@@ -143,11 +143,16 @@ impl Poller {
         for message in messages {
             debug!(message_id = %message.message_id, receive_count = ?message.receive_count, "received");
         }
+        let started = Instant::now();
         let receipts = receipts(messages);
         match self.with_heartbeat(&receipts, self.commit(messages)).await {
             Ok(()) => self.delete(receipts).await,
             Err(err) => {
-                self.stats.write_failed();
+                if matches!(err, CommitError::Seal(_)) {
+                    self.stats.transform_failed();
+                } else {
+                    self.stats.write_failed();
+                }
                 let delay = redelivery_delay(messages);
                 error!(error = %err, messages = messages.len(), retry_in_s = delay.as_secs(),
                        "batch not committed; it stays on the queue and comes back after the delay");
@@ -156,6 +161,7 @@ impl Poller {
                 }
             }
         }
+        self.stats.batch_finished(messages.len(), started.elapsed());
     }
 
     /// Runs `work`, extending the visibility of `receipts` every half visibility timeout so no

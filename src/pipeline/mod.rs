@@ -1,6 +1,7 @@
 //! The ingest pipeline: poll → transform → write → ack.
 
 mod ingest;
+pub mod progress;
 mod stats;
 mod transform;
 

@@ -1,4 +1,6 @@
-//! Counters shared by the pollers, and the summary printed at the end of a run.
+//! Counters shared by the pollers, the summary printed at the end of a run, and the Prometheus
+//! metrics fed at the same points (names follow Prometheus conventions; labels never hold
+//! personal data: only reason codes and stage names).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,27 @@ pub struct Stats {
 impl Stats {
     pub fn received(&self, n: usize) {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("etl_messages_received_total").increment(n as u64);
+        metrics::gauge!("etl_messages_in_flight").increment(n as f64);
+    }
+
+    /// A received batch is done with (committed and deleted, or given back to the queue).
+    pub fn batch_finished(&self, n: usize, elapsed: Duration) {
+        metrics::gauge!("etl_messages_in_flight").decrement(n as f64);
+        metrics::histogram!("etl_batch_duration_seconds").record(elapsed.as_secs_f64());
+    }
+
+    /// Messages committed so far (written, quarantined, or skipped as redeliveries).
+    pub fn settled(&self) -> u64 {
+        let quarantined: u64 = self
+            .quarantined
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .values()
+            .sum();
+        self.written.load(Ordering::Relaxed)
+            + quarantined
+            + self.duplicates_skipped.load(Ordering::Relaxed)
     }
 
     pub fn committed(&self, outcome: &WriteOutcome) {
@@ -36,23 +59,36 @@ impl Stats {
             .unwrap_or_else(|poison| poison.into_inner());
         for (reason, n) in &outcome.quarantined {
             *quarantined.entry(reason.clone()).or_default() += n;
+            metrics::counter!("etl_messages_quarantined_total", "reason" => reason.clone())
+                .increment(*n);
         }
+        metrics::counter!("etl_rows_written_total").increment(outcome.written);
+        metrics::counter!("etl_redeliveries_skipped_total").increment(outcome.duplicates_skipped);
     }
 
     pub fn deleted(&self, n: usize) {
         self.deleted.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("etl_messages_deleted_total").increment(n as u64);
     }
 
     pub fn delete_failed(&self, n: usize) {
         self.delete_failed.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("etl_errors_total", "stage" => "delete").increment(n as u64);
     }
 
     pub fn write_failed(&self) {
         self.write_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("etl_errors_total", "stage" => "write").increment(1);
+    }
+
+    pub fn transform_failed(&self) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("etl_errors_total", "stage" => "transform").increment(1);
     }
 
     pub fn receive_failed(&self) {
         self.receive_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("etl_errors_total", "stage" => "receive").increment(1);
     }
 
     pub fn summary(&self, elapsed: Duration) -> Summary {

@@ -44,7 +44,15 @@ async fn a_database_outage_mid_drain_is_waited_out() {
         &format!(":{}/", proxy.port),
     );
     let drain = app
-        .command(&["ingest", "--drain", "--summary-json", "--pollers", "2", "--visibility-timeout", "5"])
+        .command(&[
+            "ingest",
+            "--drain",
+            "--summary-json",
+            "--pollers",
+            "2",
+            "--visibility-timeout",
+            "5",
+        ])
         .env("DATABASE_URL", &proxied_url)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -57,8 +65,15 @@ async fn a_database_outage_mid_drain_is_waited_out() {
     proxy.pause();
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.resume();
-    let output = tokio::time::timeout(Duration::from_secs(240), drain.wait_with_output()).await.unwrap().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::time::timeout(Duration::from_secs(240), drain.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     app.assert_exactly_once(valid, bodies.len() - valid).await;
 }
 
@@ -71,7 +86,15 @@ async fn an_sqs_outage_mid_drain_is_waited_out() {
     let proxy = TcpProxy::start(socket_addr_of(&endpoint)).await;
     let proxied = format!("http://127.0.0.1:{}", proxy.port);
     let drain = app
-        .command(&["ingest", "--drain", "--summary-json", "--pollers", "2", "--visibility-timeout", "5"])
+        .command(&[
+            "ingest",
+            "--drain",
+            "--summary-json",
+            "--pollers",
+            "2",
+            "--visibility-timeout",
+            "5",
+        ])
         .env("AWS_ENDPOINT_URL", &proxied)
         .env("ETL_QUEUE_URL", app.queue_url.replace(&endpoint, &proxied))
         .stdout(std::process::Stdio::piped())
@@ -85,8 +108,15 @@ async fn an_sqs_outage_mid_drain_is_waited_out() {
     proxy.pause();
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.resume();
-    let output = tokio::time::timeout(Duration::from_secs(240), drain.wait_with_output()).await.unwrap().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::time::timeout(Duration::from_secs(240), drain.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     app.assert_exactly_once(valid, bodies.len() - valid).await;
 }
 
@@ -118,27 +148,50 @@ async fn four_consumers_share_a_queue_without_duplicates() {
 #[tokio::test]
 async fn a_slow_batch_keeps_its_messages_hidden_with_a_heartbeat() {
     let app = TestApp::spawn().await;
-    let bodies: Vec<String> = (0..5).map(|i| event(&format!("10.7.0.{i}"), &format!("700-00-{i:04}"))).collect();
+    let bodies: Vec<String> = (0..5)
+        .map(|i| event(&format!("10.7.0.{i}"), &format!("700-00-{i:04}")))
+        .collect();
     app.send(&bodies).await;
     // Hold user_logins locked so the batch cannot commit for longer than its visibility timeout.
     let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let drain = app
-        .command(&["ingest", "--drain", "--summary-json", "--pollers", "1", "--visibility-timeout", "2"])
+        .command(&[
+            "ingest",
+            "--drain",
+            "--summary-json",
+            "--pollers",
+            "1",
+            "--visibility-timeout",
+            "2",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(30), "the batch to be received", || async {
-        let depth = app.queue().depth().await.unwrap();
-        depth.visible == 0 && depth.in_flight == 5
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the batch to be received",
+        || async {
+            let depth = app.queue().depth().await.unwrap();
+            depth.visible == 0 && depth.in_flight == 5
+        },
+    )
     .await;
     // Three visibility timeouts later, another consumer still gets nothing.
     let rival = app.queue();
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
-        let got = rival.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
-        assert!(got.is_empty(), "a message in flight was handed to another consumer");
+        let got = rival
+            .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "a message in flight was handed to another consumer"
+        );
     }
     blocker.rollback().await.unwrap();
     let output = drain.wait_with_output().await.unwrap();
@@ -151,12 +204,19 @@ async fn a_slow_batch_keeps_its_messages_hidden_with_a_heartbeat() {
 async fn a_row_the_database_rejects_is_quarantined_and_the_rest_written() {
     let app = TestApp::spawn().await;
     // A rule the validator does not know, standing for any row-level database rejection.
-    sqlx::query("ALTER TABLE user_logins ADD CONSTRAINT test_no_explode CHECK (device_type <> 'explode')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let mut bodies: Vec<String> = (0..9).map(|i| event(&format!("10.8.0.{i}"), &format!("800-00-{i:04}"))).collect();
-    bodies.insert(4, event("10.8.0.99", "800-00-0099").replace("\"android\"", "\"explode\""));
+    sqlx::query(
+        "ALTER TABLE user_logins ADD CONSTRAINT test_no_explode CHECK (device_type <> 'explode')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut bodies: Vec<String> = (0..9)
+        .map(|i| event(&format!("10.8.0.{i}"), &format!("800-00-{i:04}")))
+        .collect();
+    bodies.insert(
+        4,
+        event("10.8.0.99", "800-00-0099").replace("\"android\"", "\"explode\""),
+    );
     app.send(&bodies).await;
     let (summary, _) = app.drain(&["--pollers", "1"]).await;
     assert_eq!(summary["written"], 9);
@@ -165,6 +225,9 @@ async fn a_row_the_database_rejects_is_quarantined_and_the_rest_written() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert!(detail.contains("23514") && detail.contains("test_no_explode"), "{detail}");
+    assert!(
+        detail.contains("23514") && detail.contains("test_no_explode"),
+        "{detail}"
+    );
     app.assert_exactly_once(9, 1).await;
 }

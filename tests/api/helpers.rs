@@ -95,6 +95,7 @@ impl TestApp {
             .env("DATABASE_URL", &self.database_url)
             .env("ETL_QUEUE_URL", &self.queue_url)
             .env_remove("ETL_KMS_KEY_ID")
+            .env("ETL_METRICS_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command
@@ -306,7 +307,8 @@ impl TcpProxy {
     }
 
     pub fn resume(&self) {
-        self.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -322,7 +324,10 @@ pub fn socket_addr_of(url: &str) -> std::net::SocketAddr {
     let after_scheme = url.split_once("://").unwrap().1;
     let authority = after_scheme.split('/').next().unwrap();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap()
 }
 
 /// Generated bodies: `count` messages with a share of malformed ones; returns them with the
@@ -335,7 +340,10 @@ pub fn generated(count: usize, seed: u64) -> (Vec<String>, usize) {
         ..Default::default()
     })
     .collect();
-    let valid = bodies.iter().filter(|b| etl::domain::LoginEvent::parse(b).is_ok()).count();
+    let valid = bodies
+        .iter()
+        .filter(|b| etl::domain::LoginEvent::parse(b).is_ok())
+        .count();
     (bodies, valid)
 }
 
@@ -361,13 +369,22 @@ impl TestApp {
 
     /// Exactly one row per valid message, one quarantine entry per invalid one, an empty queue.
     pub async fn assert_exactly_once(&self, valid: usize, invalid: usize) {
-        assert_eq!(self.count("SELECT count(*) FROM user_logins").await, valid as i64, "rows");
         assert_eq!(
-            self.count("SELECT count(DISTINCT message_id) FROM user_logins").await,
+            self.count("SELECT count(*) FROM user_logins").await,
+            valid as i64,
+            "rows"
+        );
+        assert_eq!(
+            self.count("SELECT count(DISTINCT message_id) FROM user_logins")
+                .await,
             valid as i64,
             "a message made two rows"
         );
-        assert_eq!(self.count("SELECT count(*) FROM etl.quarantine").await, invalid as i64, "quarantine");
+        assert_eq!(
+            self.count("SELECT count(*) FROM etl.quarantine").await,
+            invalid as i64,
+            "quarantine"
+        );
         assert_eq!(self.queue_depth().await, 0, "queue not empty");
     }
 }

@@ -13,7 +13,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::Bool),
         any::<i64>().prop_map(|n| serde_json::json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::json!(f)),
         ".{0,40}".prop_map(serde_json::Value::String),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
@@ -70,7 +72,10 @@ fn hostile_body() -> impl Strategy<Value = String> {
 #[tokio::test]
 async fn generated_and_hand_picked_hostile_bodies_each_end_exactly_once() {
     let app = TestApp::spawn().await;
-    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+    );
     let strategy = hostile_body();
     let mut bodies: Vec<String> = (0..300)
         .map(|_| strategy.new_tree(&mut runner).unwrap().current())
@@ -87,7 +92,11 @@ async fn generated_and_hand_picked_hostile_bodies_each_end_exactly_once() {
         valid.replace("\"RU\"", "\"\\udc00\""),
         format!("{{\"a\": {}{}}}", "[".repeat(5000), "]".repeat(5000)),
         // Near the 256 KiB SQS limit.
-        valid.replacen('{', &format!("{{\"padding\": \"{}\", ", "x".repeat(255 * 1024)), 1),
+        valid.replacen(
+            '{',
+            &format!("{{\"padding\": \"{}\", ", "x".repeat(255 * 1024)),
+            1,
+        ),
         "[]".into(),
         "null".into(),
         "\u{feff}{}".into(),
@@ -101,6 +110,10 @@ async fn generated_and_hand_picked_hostile_bodies_each_end_exactly_once() {
     assert_eq!(summary["deleted"], bodies.len());
     assert!(rows >= 4, "the valid hand-picked bodies are written");
     assert!(quarantined >= 100, "most generated bodies are rejected");
-    assert_eq!(app.count("SELECT count(*) FROM user_logins WHERE device_type LIKE '%DROP TABLE%'").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE device_type LIKE '%DROP TABLE%'")
+            .await,
+        1
+    );
     assert_eq!(app.queue_depth().await, 0);
 }

@@ -1,0 +1,145 @@
+//! The operations endpoint of `etl ingest`: Prometheus metrics at `/metrics`, liveness at
+//! `/healthz` and readiness at `/readyz` (database and queue reachable, keys loaded), on one
+//! address, loopback by default.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::adapters::sqs::SqsQueue;
+
+/// Batch durations, from a fast local commit to a long outage.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// How often the queue depth gauge is refreshed.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    #[error("cannot listen on --metrics-addr {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What `/readyz` checks.
+pub struct Readiness {
+    pool: PgPool,
+    queue: SqsQueue,
+    keys_loaded: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(pool: PgPool, queue: SqsQueue) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            queue,
+            keys_loaded: AtomicBool::new(false),
+        })
+    }
+
+    pub fn keys_loaded(&self) {
+        self.keys_loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// One line per failing check; empty when ready.
+    async fn problems(&self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if !self.keys_loaded.load(Ordering::Relaxed) {
+            problems.push("keys: not loaded yet");
+        }
+        let database =
+            tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        if !matches!(database, Ok(Ok(_))) {
+            problems.push("database: unreachable");
+        }
+        let queue = tokio::time::timeout(CHECK_TIMEOUT, self.queue.depth()).await;
+        if !matches!(queue, Ok(Ok(_))) {
+            problems.push("queue: unreachable");
+        }
+        problems
+    }
+}
+
+/// Installs the Prometheus recorder and serves the endpoint until `shutdown`. Returns the bound
+/// address (useful with port 0).
+pub async fn start(
+    addr: SocketAddr,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, ServerError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS)
+        .and_then(|builder| builder.install_recorder())
+        .map_err(|err| ServerError::Recorder(err.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .with_state(handle)
+        .merge(
+            Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/readyz", get(ready))
+                .with_state(Arc::clone(&readiness)),
+        );
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(err) = served.await {
+            warn!(error = %err, "metrics endpoint stopped");
+        }
+    });
+    tokio::spawn(refresh_depth(readiness, shutdown));
+    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(bound)
+}
+
+async fn render(State(handle): State<PrometheusHandle>) -> String {
+    handle.render()
+}
+
+async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) {
+    let problems = readiness.problems().await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
+/// Keeps `etl_queue_messages{state="visible"|"in_flight"}` current.
+async fn refresh_depth(readiness: Arc<Readiness>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(DEPTH_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Ok(depth) = readiness.queue.depth().await {
+            metrics::gauge!("etl_queue_messages", "state" => "visible").set(depth.visible as f64);
+            metrics::gauge!("etl_queue_messages", "state" => "in_flight")
+                .set(depth.in_flight as f64);
+        }
+    }
+}
