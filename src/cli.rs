@@ -49,6 +49,9 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Recover the original value of a mask (for members of etl_recoverer; every call is audited).
     Recover(RecoverArgs),
+    /// Check configuration, database, migrations, roles, queue, KMS and data keys; one line per
+    /// check, with what to do for each failure. Exit code 0 only if all pass.
+    Doctor(DoctorArgs),
     /// Inspect quarantined messages.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -195,6 +198,19 @@ pub struct IngestArgs {
     /// Database connections [default: pollers + 1].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// URL of the SQS queue.
+    #[arg(long, env = "ETL_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// KMS key that wraps (or will wrap) the data keys.
+    #[arg(long, env = "ETL_KMS_KEY_ID")]
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

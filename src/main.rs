@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     etl::telemetry::init(cli.log_format, &cli.log_level);
     match etl::commands::run(cli.command).await {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::NotFound) => ExitCode::from(1),
+        Ok(Outcome::Negative) => ExitCode::from(1),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)

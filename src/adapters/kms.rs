@@ -132,6 +132,39 @@ impl Kms {
         })
     }
 
+    /// The key's ARN, if it is enabled for encryption and decryption.
+    pub async fn describe_usable_key(
+        &self,
+        kms_key_id: &str,
+    ) -> Result<Result<String, String>, KmsError> {
+        const OP: &str = "DescribeKey";
+        let output = self
+            .client
+            .describe_key()
+            .key_id(kms_key_id)
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        let metadata = output.key_metadata.ok_or(KmsError::Incomplete {
+            operation: OP,
+            what: "key metadata",
+        })?;
+        let usage = metadata.key_usage.as_ref().map(|u| u.as_str().to_owned());
+        Ok(if !metadata.enabled {
+            Err(format!(
+                "key {} is disabled",
+                metadata.arn.unwrap_or(metadata.key_id)
+            ))
+        } else if usage.as_deref().is_some_and(|u| u != "ENCRYPT_DECRYPT") {
+            Err(format!(
+                "key usage is {}, not ENCRYPT_DECRYPT",
+                usage.unwrap_or_default()
+            ))
+        } else {
+            Ok(metadata.arn.unwrap_or(metadata.key_id))
+        })
+    }
+
     /// Re-wraps a data key under another KMS key inside KMS: this process never sees the key.
     pub async fn re_encrypt(
         &self,

@@ -1,5 +1,6 @@
 //! One module per subcommand: each builds its settings, runs, and prints its result on stdout.
 
+mod doctor;
 mod ingest;
 mod keys;
 mod migrate;
@@ -17,14 +18,15 @@ use crate::configuration::DatabaseSettings;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// Something asked for does not exist (exit code 1).
-    NotFound,
+    /// A negative answer: a mask not found, or a doctor check failed (exit code 1).
+    Negative,
 }
 
 /// Runs a parsed command.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Recover(args) => return recover::run(&args).await,
+        Command::Doctor(args) => return doctor::run(&args).await,
         Command::Migrate(database) => migrate::run(&database).await,
         Command::Keys(KeysCommand::Init {
             database,

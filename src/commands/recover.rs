@@ -116,7 +116,7 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
     Ok(if all_found {
         Outcome::Success
     } else {
-        Outcome::NotFound
+        Outcome::Negative
     })
 }
 

@@ -1,0 +1,222 @@
+//! `etl doctor`: one line per check, OK or FAIL, and for each failure what to do.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::Outcome;
+use crate::adapters::aws;
+use crate::adapters::kms::Kms;
+use crate::adapters::postgres::{self, MIGRATOR};
+use crate::adapters::sqs::SqsQueue;
+use crate::cli::DoctorArgs;
+use crate::configuration::QueueUrl;
+use crate::startup;
+
+const ROLES: [&str; 3] = ["etl_ingest", "etl_analyst", "etl_recoverer"];
+
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, result: Result<String, (String, String)>) {
+        match result {
+            Ok(detail) => println!("OK    {name}: {detail}"),
+            Err((problem, fix)) => {
+                self.failures += 1;
+                println!("FAIL  {name}: {problem}\n      → {fix}");
+            }
+        }
+    }
+}
+
+pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
+    let mut report = Report { failures: 0 };
+    let sdk = aws::load_config(Duration::from_secs(10)).await;
+    report.check(
+        "AWS region",
+        sdk.region()
+            .map(|region| region.to_string())
+            .ok_or_else(|| {
+                (
+                    "no region configured".into(),
+                    "set AWS_REGION (or a profile with a region)".into(),
+                )
+            }),
+    );
+
+    let pool = database(&mut report, args.database_url.as_deref()).await;
+    if let Some(pool) = &pool {
+        migrations(&mut report, pool).await;
+        roles(&mut report, pool).await;
+    }
+
+    match args.queue_url.as_deref().map(QueueUrl::parse) {
+        None => report.check(
+            "queue",
+            Err((
+                "no queue URL".into(),
+                "set ETL_QUEUE_URL or --queue-url".into(),
+            )),
+        ),
+        Some(Err(err)) => report.check(
+            "queue",
+            Err((err.to_string(), "give the queue's full URL".into())),
+        ),
+        Some(Ok(url)) => {
+            let queue = SqsQueue::json(&sdk, url.as_str());
+            report.check(
+                "queue reachable",
+                queue
+                    .depth()
+                    .await
+                    .map(|depth| format!("{} visible, {} in flight (AWS JSON protocol)", depth.visible, depth.in_flight))
+                    .map_err(|err| {
+                        (err.to_string(), "check the URL, AWS_ENDPOINT_URL, credentials and sqs:GetQueueAttributes".into())
+                    }),
+            );
+        }
+    }
+
+    let kms = Kms::new(&sdk);
+    match args.kms_key_id.as_deref() {
+        None => report.check("KMS key", Ok("not given (only `etl keys` needs it)".into())),
+        Some(id) => report.check(
+            "KMS key usable",
+            match kms.describe_usable_key(id).await {
+                Ok(Ok(arn)) => Ok(arn),
+                Ok(Err(problem)) => Err((
+                    problem,
+                    "enable the key, or give a symmetric ENCRYPT_DECRYPT key".into(),
+                )),
+                Err(err) => Err((
+                    err.to_string(),
+                    "check the key id and kms:DescribeKey permission".into(),
+                )),
+            },
+        ),
+    }
+    if let Some(pool) = &pool {
+        report.check(
+            "data keys",
+            startup::load_transformer(pool, &kms)
+                .await
+                .map(|t| {
+                    format!(
+                        "mask key v{} and vault key v{} unwrap",
+                        t.masker().version(),
+                        t.sealer().version()
+                    )
+                })
+                .map_err(|err| {
+                    (
+                        err.to_string(),
+                        "run `etl keys init`, or grant kms:Decrypt for context application=etl"
+                            .into(),
+                    )
+                }),
+        );
+    }
+
+    println!();
+    if report.failures == 0 {
+        println!("all checks passed");
+        Ok(Outcome::Success)
+    } else {
+        println!("{} check(s) failed", report.failures);
+        Ok(Outcome::Negative)
+    }
+}
+
+async fn database(report: &mut Report, url: Option<&str>) -> Option<PgPool> {
+    let Some(url) = url else {
+        report.check(
+            "database",
+            Err((
+                "no database URL".into(),
+                "set DATABASE_URL or --database-url".into(),
+            )),
+        );
+        return None;
+    };
+    let options =
+        match crate::configuration::DatabaseSettings::try_from(&crate::cli::DatabaseArgs {
+            database_url: url.to_owned(),
+        }) {
+            Ok(settings) => settings.options,
+            Err(err) => {
+                report.check("database", Err((err.to_string(), "fix the URL".into())));
+                return None;
+            }
+        };
+    let pool = postgres::pool(options, 1);
+    match sqlx::query_scalar::<_, String>("SHOW server_version")
+        .fetch_one(&pool)
+        .await
+    {
+        Ok(version) => {
+            report.check("database reachable", Ok(format!("PostgreSQL {version}")));
+            Some(pool)
+        }
+        Err(err) => {
+            report.check(
+                "database reachable",
+                Err((
+                    err.to_string(),
+                    "check host, port, credentials and that the server runs".into(),
+                )),
+            );
+            None
+        }
+    }
+}
+
+async fn migrations(report: &mut Report, pool: &PgPool) {
+    let applied: Result<Vec<i64>, _> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await;
+    let expected: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    report.check(
+        "migrations applied",
+        match applied {
+            Ok(applied) if expected.iter().all(|v| applied.contains(v)) => {
+                Ok(format!("{} of {}", expected.len(), expected.len()))
+            }
+            Ok(applied) => Err((
+                format!(
+                    "{} of {} applied",
+                    expected.iter().filter(|v| applied.contains(v)).count(),
+                    expected.len()
+                ),
+                "run `etl migrate`".into(),
+            )),
+            Err(_) => Err(("no migrations applied".into(), "run `etl migrate`".into())),
+        },
+    );
+}
+
+async fn roles(report: &mut Report, pool: &PgPool) {
+    let present: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+            .bind(&ROLES[..])
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing: Vec<&str> = ROLES
+        .into_iter()
+        .filter(|r| !present.iter().any(|p| p == r))
+        .collect();
+    report.check(
+        "roles present",
+        if missing.is_empty() {
+            Ok(ROLES.join(", "))
+        } else {
+            Err((
+                format!("missing {}", missing.join(", ")),
+                "run `etl migrate` as a role that may create roles".into(),
+            ))
+        },
+    );
+}
