@@ -157,8 +157,19 @@ pub struct IngestArgs {
     pub database: DatabaseArgs,
 
     /// URL of the SQS queue to consume.
-    #[arg(long, env = "ETL_QUEUE_URL")]
-    pub queue_url: String,
+    #[arg(long, env = "ETL_QUEUE_URL", required_unless_present = "from_file")]
+    pub queue_url: Option<String>,
+
+    /// Read one JSON body per line from this file (`-` for stdin) instead of SQS: a backfill or a
+    /// dead-letter queue export, through the same validation, masking, vault and quarantine.
+    /// Each line's id is `file:<SHA-256 prefix of the body>:<line number>`, so replaying a file
+    /// writes nothing twice. Ends at the end of the input.
+    #[arg(long, value_name = "PATH", conflicts_with = "drain")]
+    pub from_file: Option<PathBuf>,
+
+    /// Messages per transaction with --from-file.
+    #[arg(long, default_value_t = 2000)]
+    pub batch_size: usize,
 
     /// Exit when the queue is empty (an empty receive, then zero visible and zero in-flight
     /// messages) and print a summary, instead of running until SIGINT/SIGTERM.

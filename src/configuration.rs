@@ -83,10 +83,17 @@ impl QueueUrl {
     }
 }
 
+/// Where `etl ingest` reads messages.
+#[derive(Debug, Clone)]
+pub enum IngestSource {
+    Queue(QueueUrl),
+    File { path: PathBuf, batch_size: usize },
+}
+
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub database: DatabaseSettings,
-    pub queue_url: QueueUrl,
+    pub source: IngestSource,
     pub pollers: usize,
     pub wait: Duration,
     pub drain: bool,
@@ -143,7 +150,22 @@ impl TryFrom<&IngestArgs> for IngestSettings {
         }
         Ok(Self {
             database: DatabaseSettings::try_from(&args.database)?,
-            queue_url: QueueUrl::parse(&args.queue_url)?,
+            source: match (&args.from_file, &args.queue_url) {
+                (Some(path), _) => {
+                    if !(1..=100_000).contains(&args.batch_size) {
+                        return Err(ConfigError::OutOfRange {
+                            flag: "--batch-size",
+                            expected: "between 1 and 100000",
+                        });
+                    }
+                    IngestSource::File {
+                        path: path.clone(),
+                        batch_size: args.batch_size,
+                    }
+                }
+                (None, Some(url)) => IngestSource::Queue(QueueUrl::parse(url)?),
+                (None, None) => return Err(ConfigError::QueueUrl),
+            },
             visibility: Duration::from_secs(args.visibility_timeout),
             max_receives: args.max_receives,
             pollers: args.pollers,

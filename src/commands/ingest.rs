@@ -1,3 +1,5 @@
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use crate::adapters::postgres;
 use crate::adapters::sqs::SqsQueue;
 use crate::cli::IngestArgs;
 use crate::configuration::IngestSettings;
-use crate::pipeline::{self, progress, IngestOptions, Stats};
+use crate::configuration::IngestSource;
+use crate::pipeline::file_source::{self, FileOptions};
+use crate::pipeline::{self, progress, Committer, IngestOptions, Stats, Summary, Transformer};
 use crate::server::{self, Readiness};
 use crate::startup;
 
@@ -25,16 +29,57 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
         settings.database.options.clone(),
         settings.db_max_connections,
     );
-    let queue = SqsQueue::json(&sdk, settings.queue_url.as_str());
+    let summary = match &settings.source {
+        IngestSource::Queue(url) => {
+            from_queue(
+                &settings,
+                args,
+                &sdk,
+                pool,
+                SqsQueue::json(&sdk, url.as_str()),
+            )
+            .await?
+        }
+        IngestSource::File { path, batch_size } => {
+            from_file(&settings, &sdk, pool, path, *batch_size).await?
+        }
+    };
+    info!(
+        written = summary.written,
+        quarantined = summary.quarantined,
+        "ingest stopped"
+    );
+    if settings.summary_json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{summary}");
+    }
+    Ok(())
+}
+
+async fn load_keys(
+    pool: &sqlx::PgPool,
+    sdk: &aws_config::SdkConfig,
+) -> anyhow::Result<Arc<Transformer>> {
+    let transformer = startup::load_transformer(pool, &Kms::new(sdk))
+        .await
+        .context("refusing to start without the data keys")?;
+    Ok(Arc::new(transformer))
+}
+
+async fn from_queue(
+    settings: &IngestSettings,
+    args: &IngestArgs,
+    sdk: &aws_config::SdkConfig,
+    pool: sqlx::PgPool,
+    queue: SqsQueue,
+) -> anyhow::Result<Summary> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-
     // The endpoint comes up before the keys load, so /healthz answers during startup.
     let readiness = Readiness::new(pool.clone(), queue.clone());
     server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
-    let transformer = startup::load_transformer(&pool, &Kms::new(&sdk))
-        .await
-        .context("refusing to start without the data keys")?;
+    let transformer = load_keys(&pool, sdk).await?;
     readiness.keys_loaded();
 
     info!(
@@ -54,7 +99,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     let summary = pipeline::run(
         queue,
         pool,
-        Arc::new(transformer),
+        transformer,
         IngestOptions {
             pollers: settings.pollers,
             wait: settings.wait,
@@ -68,17 +113,41 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     .await;
     progress_done.cancel();
     shutdown.cancel();
-    info!(
-        written = summary.written,
-        quarantined = summary.quarantined,
-        "ingest stopped"
-    );
-    if settings.summary_json {
-        println!("{}", serde_json::to_string(&summary)?);
+    Ok(summary)
+}
+
+async fn from_file(
+    settings: &IngestSettings,
+    sdk: &aws_config::SdkConfig,
+    pool: sqlx::PgPool,
+    path: &Path,
+    batch_size: usize,
+) -> anyhow::Result<Summary> {
+    let input: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
+        Box::new(BufReader::new(std::io::stdin()))
     } else {
-        print!("{summary}");
-    }
-    Ok(())
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Box::new(BufReader::with_capacity(1 << 20, file))
+    };
+    let transformer = load_keys(&pool, sdk).await?;
+    info!(
+        writers = settings.pollers,
+        batch_size, "ingest from file started"
+    );
+    let committer = Committer {
+        pool,
+        transformer,
+        stats: Arc::new(Stats::default()),
+        max_receives: settings.max_receives,
+    };
+    let options = FileOptions {
+        batch_size,
+        writers: settings.pollers,
+    };
+    file_source::run(input, committer, options)
+        .await
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// SIGINT or SIGTERM stops polling; what is in flight is finished.

@@ -6,17 +6,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::BackoffBuilder;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
+use super::commit::{backoff, CommitError, Committer};
 use super::{Stats, Summary, Transformer};
-use crate::adapters::postgres;
-use crate::adapters::postgres::writer::{self, WriteBatch};
 use crate::adapters::sqs::{Receipt, ReceivedMessage, SqsQueue, MAX_BATCH};
-use crate::crypto::SealError;
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -47,8 +45,12 @@ pub async fn run(
     for poller in 0..options.pollers.max(1) {
         let worker = Poller {
             queue: queue.clone(),
-            pool: pool.clone(),
-            transformer: Arc::clone(&transformer),
+            committer: Committer {
+                pool: pool.clone(),
+                transformer: Arc::clone(&transformer),
+                stats: Arc::clone(&stats),
+                max_receives: options.max_receives,
+            },
             stats: Arc::clone(&stats),
             options: options.clone(),
             shutdown: shutdown.clone(),
@@ -65,8 +67,7 @@ pub async fn run(
 
 struct Poller {
     queue: SqsQueue,
-    pool: PgPool,
-    transformer: Arc<Transformer>,
+    committer: Committer,
     stats: Arc<Stats>,
     options: IngestOptions,
     shutdown: CancellationToken,
@@ -145,7 +146,10 @@ impl Poller {
         }
         let started = Instant::now();
         let receipts = receipts(messages);
-        match self.with_heartbeat(&receipts, self.commit(messages)).await {
+        match self
+            .with_heartbeat(&receipts, self.committer.commit(messages))
+            .await
+        {
             Ok(()) => self.delete(receipts).await,
             Err(err) => {
                 if matches!(err, CommitError::Seal(_)) {
@@ -184,85 +188,6 @@ impl Poller {
         }
     }
 
-    /// Writes a batch with retries of transient errors. When the database rejects the batch
-    /// itself, it is split in halves until the offending messages are isolated; those are
-    /// quarantined and the rest written, so one bad row never costs good ones.
-    async fn commit(&self, messages: &[ReceivedMessage]) -> Result<(), CommitError> {
-        let mut pending: Vec<&[ReceivedMessage]> = vec![messages];
-        while let Some(part) = pending.pop() {
-            let batch = self.transformer.prepare(part, chrono::Utc::now())?;
-            match self.write(&batch).await {
-                Ok(()) => {}
-                Err(err) if postgres::is_transient(&err) => {
-                    return self.quarantine_exhausted(part, err).await;
-                }
-                Err(err) if part.len() > 1 => {
-                    debug!(error = %err, messages = part.len(), "batch rejected; splitting it");
-                    let (left, right) = part.split_at(part.len() / 2);
-                    pending.extend([right, left]);
-                }
-                Err(err) => {
-                    let [message] = part else { continue };
-                    warn!(message_id = %message.message_id, error = %err, "the database rejected this message; quarantining it");
-                    let detail =
-                        format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
-                    let batch = self.transformer.prepare_quarantine(
-                        message,
-                        "database_rejected",
-                        detail,
-                    )?;
-                    self.write(&batch).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// After transient errors outlasted the retries: messages received too often are
-    /// quarantined (if the database takes it) so a poison message cannot block the queue;
-    /// the others stay on the queue.
-    async fn quarantine_exhausted(
-        &self,
-        part: &[ReceivedMessage],
-        err: sqlx::Error,
-    ) -> Result<(), CommitError> {
-        let limit = self.options.max_receives;
-        let (poisoned, others): (Vec<&ReceivedMessage>, Vec<&ReceivedMessage>) = part
-            .iter()
-            .partition(|m| m.receive_count.is_some_and(|count| count >= limit));
-        if poisoned.is_empty() || !others.is_empty() {
-            return Err(err.into());
-        }
-        for message in poisoned {
-            warn!(message_id = %message.message_id, "received too many times; quarantining it");
-            let detail = format!(
-                "not written after {} receives ({})",
-                message.receive_count.unwrap_or(limit),
-                describe_db_error(&err)
-            );
-            let batch =
-                self.transformer
-                    .prepare_quarantine(message, "max_receives_exceeded", detail)?;
-            self.write(&batch).await?;
-        }
-        Ok(())
-    }
-
-    /// One batch write, retrying transient errors with backoff; counts what it committed.
-    async fn write(&self, batch: &WriteBatch) -> Result<(), sqlx::Error> {
-        let outcome = (|| writer::write_batch(&self.pool, batch))
-            .retry(backoff())
-            .when(postgres::is_transient)
-            .notify(|err, delay| {
-                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
-            })
-            .await?;
-        debug!(written = outcome.written, quarantined = ?outcome.quarantined,
-               duplicates_skipped = outcome.duplicates_skipped, "batch committed");
-        self.stats.committed(&outcome);
-        Ok(())
-    }
-
     /// Deletes committed messages, retrying the entries SQS failed for transient reasons.
     async fn delete(&self, receipts: Vec<Receipt>) {
         let total = receipts.len();
@@ -299,14 +224,6 @@ impl Poller {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum CommitError {
-    #[error("cannot seal: {0}")]
-    Seal(#[from] SealError),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
 fn receipts(messages: &[ReceivedMessage]) -> Vec<Receipt> {
     messages
         .iter()
@@ -315,22 +232,6 @@ fn receipts(messages: &[ReceivedMessage]) -> Vec<Receipt> {
             receipt_handle: m.receipt_handle.clone(),
         })
         .collect()
-}
-
-/// SQLSTATE and constraint of a database error. Not its message: PostgreSQL messages and details
-/// can quote row values.
-fn describe_db_error(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Database(db) => match (db.code(), db.constraint()) {
-            (Some(code), Some(constraint)) => format!("SQLSTATE {code}, constraint {constraint}"),
-            (Some(code), None) => format!("SQLSTATE {code}"),
-            _ => "database error".to_owned(),
-        },
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            "database unreachable".to_owned()
-        }
-        _ => "database error".to_owned(),
-    }
 }
 
 /// How long a batch that could not be committed stays hidden: doubling with each receive from
@@ -344,13 +245,4 @@ fn redelivery_delay(messages: &[ReceivedMessage]) -> Duration {
         .clamp(1, 16);
     let base = Duration::from_secs(2u64 << (receives - 1).min(8)).min(Duration::from_secs(300));
     base + base.mul_f64(rand::random::<f64>() * 0.2)
-}
-
-/// Exponential backoff with jitter: 100 ms doubling to 10 s, eight tries.
-fn backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_max_times(8)
 }

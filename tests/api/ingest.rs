@@ -237,3 +237,46 @@ async fn every_bad_body_is_quarantined_with_its_reason() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_file_backfill_takes_the_same_path_and_replays_idempotently() {
+    let app = TestApp::spawn().await;
+    let bodies = crate::helpers::sample_bodies();
+    let valid = bodies
+        .iter()
+        .filter(|b| etl::domain::LoginEvent::parse(b).is_ok())
+        .count();
+    let file = std::env::temp_dir().join(format!("backfill-{}.jsonl", uuid::Uuid::new_v4()));
+    // Blank lines are skipped; CRLF endings are accepted.
+    std::fs::write(&file, bodies.join("\r\n") + "\n\n").unwrap();
+    let path = file.display().to_string();
+    let run = || async {
+        let output = app
+            .etl_ok(&[
+                "ingest",
+                "--from-file",
+                &path,
+                "--summary-json",
+                "--batch-size",
+                "7",
+            ])
+            .await;
+        serde_json::from_str::<serde_json::Value>(&output).unwrap()
+    };
+    let first = run().await;
+    assert_eq!(first["written"], valid);
+    assert_eq!(first["quarantined"], bodies.len() - valid);
+    let second = run().await;
+    assert_eq!(second["written"], 0);
+    assert_eq!(second["duplicates_skipped"], bodies.len());
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins").await,
+        valid as i64
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE message_id LIKE 'file:%'")
+            .await,
+        valid as i64
+    );
+}

@@ -91,15 +91,25 @@ async fn migrate_applies_over_the_reference_table_and_twice() {
 #[tokio::test]
 async fn doctor_passes_on_a_ready_setup_and_says_what_to_do_otherwise() {
     let app = TestApp::spawn().await;
-    let output = app.command(&["doctor", "--kms-key-id", &app.kms_key_id]).output().await.unwrap();
+    let output = app
+        .command(&["doctor", "--kms-key-id", &app.kms_key_id])
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("all checks passed") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("all checks passed") && !stdout.contains("FAIL"),
+        "{stdout}"
+    );
 
     let bare = TestApp::spawn_bare().await;
     let output = bare.command(&["doctor"]).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAIL  migrations applied") && stdout.contains("run `etl migrate`"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  migrations applied") && stdout.contains("run `etl migrate`"),
+        "{stdout}"
+    );
     assert!(stdout.contains("FAIL  data keys"), "{stdout}");
 }

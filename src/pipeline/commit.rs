@@ -1,0 +1,138 @@
+//! Committing a set of messages: one transaction with retries of transient errors; a batch the
+//! database rejects is split until the offending messages are isolated and quarantined, so one
+//! bad row never costs good ones. Shared by the SQS and the file sources.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::PgPool;
+use tracing::{debug, warn};
+
+use super::{Stats, Transformer};
+use crate::adapters::postgres;
+use crate::adapters::postgres::writer::{self, WriteBatch};
+use crate::adapters::sqs::ReceivedMessage;
+use crate::crypto::SealError;
+
+pub struct Committer {
+    pub pool: PgPool,
+    pub transformer: Arc<Transformer>,
+    pub stats: Arc<Stats>,
+    /// Receives after which a message that still cannot be written is quarantined.
+    pub max_receives: i32,
+}
+
+impl Committer {
+    /// Writes a batch with retries of transient errors. When the database rejects the batch
+    /// itself, it is split in halves until the offending messages are isolated; those are
+    /// quarantined and the rest written, so one bad row never costs good ones.
+    pub async fn commit(&self, messages: &[ReceivedMessage]) -> Result<(), CommitError> {
+        let mut pending: Vec<&[ReceivedMessage]> = vec![messages];
+        while let Some(part) = pending.pop() {
+            let batch = self.transformer.prepare(part, chrono::Utc::now())?;
+            match self.write(&batch).await {
+                Ok(()) => {}
+                Err(err) if postgres::is_transient(&err) => {
+                    return self.quarantine_exhausted(part, err).await;
+                }
+                Err(err) if part.len() > 1 => {
+                    debug!(error = %err, messages = part.len(), "batch rejected; splitting it");
+                    let (left, right) = part.split_at(part.len() / 2);
+                    pending.extend([right, left]);
+                }
+                Err(err) => {
+                    let [message] = part else { continue };
+                    warn!(message_id = %message.message_id, error = %err, "the database rejected this message; quarantining it");
+                    let detail =
+                        format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
+                    let batch = self.transformer.prepare_quarantine(
+                        message,
+                        "database_rejected",
+                        detail,
+                    )?;
+                    self.write(&batch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After transient errors outlasted the retries: messages received too often are
+    /// quarantined (if the database takes it) so a poison message cannot block the queue;
+    /// the others stay on the queue.
+    async fn quarantine_exhausted(
+        &self,
+        part: &[ReceivedMessage],
+        err: sqlx::Error,
+    ) -> Result<(), CommitError> {
+        let limit = self.max_receives;
+        let (poisoned, others): (Vec<&ReceivedMessage>, Vec<&ReceivedMessage>) = part
+            .iter()
+            .partition(|m| m.receive_count.is_some_and(|count| count >= limit));
+        if poisoned.is_empty() || !others.is_empty() {
+            return Err(err.into());
+        }
+        for message in poisoned {
+            warn!(message_id = %message.message_id, "received too many times; quarantining it");
+            let detail = format!(
+                "not written after {} receives ({})",
+                message.receive_count.unwrap_or(limit),
+                describe_db_error(&err)
+            );
+            let batch =
+                self.transformer
+                    .prepare_quarantine(message, "max_receives_exceeded", detail)?;
+            self.write(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// One batch write, retrying transient errors with backoff; counts what it committed.
+    async fn write(&self, batch: &WriteBatch) -> Result<(), sqlx::Error> {
+        let outcome = (|| writer::write_batch(&self.pool, batch))
+            .retry(backoff())
+            .when(postgres::is_transient)
+            .notify(|err, delay| {
+                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+            })
+            .await?;
+        debug!(written = outcome.written, quarantined = ?outcome.quarantined,
+               duplicates_skipped = outcome.duplicates_skipped, "batch committed");
+        self.stats.committed(&outcome);
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("cannot seal: {0}")]
+    Seal(#[from] SealError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// SQLSTATE and constraint of a database error. Not its message: PostgreSQL messages and details
+/// can quote row values.
+fn describe_db_error(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match (db.code(), db.constraint()) {
+            (Some(code), Some(constraint)) => format!("SQLSTATE {code}, constraint {constraint}"),
+            (Some(code), None) => format!("SQLSTATE {code}"),
+            _ => "database error".to_owned(),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            "database unreachable".to_owned()
+        }
+        _ => "database error".to_owned(),
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 10 s, eight tries.
+pub fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(8)
+}
