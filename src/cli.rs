@@ -243,6 +243,38 @@ pub enum QuarantineCommand {
 pub enum DevCommand {
     /// Send synthetic login events (or the lines of a file) to a queue with SendMessageBatch.
     Seed(SeedArgs),
+    /// Print synthetic login events on stdout, one JSON body per line (for `ingest --from-file`
+    /// and benchmarks).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of bodies.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+}
+
+/// The shape of synthetic events.
+#[derive(Debug, Args)]
+pub struct ShapeArgs {
+    /// Share of synthetic events with `"locale": null`.
+    #[arg(long, default_value_t = 0.29)]
+    pub null_locale_share: f64,
+
+    /// Share of synthetic events that reuse an ip and a device_id already sent.
+    #[arg(long, default_value_t = 0.2)]
+    pub duplicate_share: f64,
+
+    /// Share of synthetic messages that are malformed.
+    #[arg(long, default_value_t = 0.01)]
+    pub malformed_share: f64,
+
+    /// Random seed, for a reproducible set of messages.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -260,21 +292,8 @@ pub struct SeedArgs {
     #[arg(long)]
     pub from_file: Option<PathBuf>,
 
-    /// Share of synthetic events with `"locale": null`.
-    #[arg(long, default_value_t = 0.29)]
-    pub null_locale_share: f64,
-
-    /// Share of synthetic events that reuse an ip and a device_id already sent.
-    #[arg(long, default_value_t = 0.2)]
-    pub duplicate_share: f64,
-
-    /// Share of synthetic messages that are malformed.
-    #[arg(long, default_value_t = 0.01)]
-    pub malformed_share: f64,
-
-    /// Random seed, for a reproducible set of messages.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
 
     /// Concurrent SendMessageBatch calls.
     #[arg(long, default_value_t = 8)]

@@ -7,7 +7,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::adapters::postgres;
 use crate::adapters::sqs::{MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
-use crate::cli::{DatabaseArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs};
+use crate::cli::{DatabaseArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs, ShapeArgs};
 use crate::domain::PiiField;
 
 #[derive(Debug, thiserror::Error)]
@@ -195,25 +195,9 @@ impl TryFrom<&SeedArgs> for SeedSettings {
     type Error = ConfigError;
 
     fn try_from(args: &SeedArgs) -> Result<Self, ConfigError> {
-        let share = |value: f64, flag: &'static str| {
-            if (0.0..=1.0).contains(&value) {
-                Ok(value)
-            } else {
-                Err(ConfigError::OutOfRange {
-                    flag,
-                    expected: "between 0 and 1",
-                })
-            }
-        };
         let source = match &args.from_file {
             Some(path) => SeedSource::File(path.clone()),
-            None => SeedSource::Synthetic(crate::synthetic::SyntheticOptions {
-                count: args.count,
-                null_locale_share: share(args.null_locale_share, "--null-locale-share")?,
-                duplicate_share: share(args.duplicate_share, "--duplicate-share")?,
-                malformed_share: share(args.malformed_share, "--malformed-share")?,
-                seed: args.seed,
-            }),
+            None => SeedSource::Synthetic(synthetic_options(args.count, &args.shape)?),
         };
         if args.concurrency == 0 {
             return Err(ConfigError::OutOfRange {
@@ -295,6 +279,30 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             format: args.format,
         })
     }
+}
+
+/// Validated synthetic-event options.
+pub fn synthetic_options(
+    count: usize,
+    shape: &ShapeArgs,
+) -> Result<crate::synthetic::SyntheticOptions, ConfigError> {
+    let share = |value: f64, flag: &'static str| {
+        if (0.0..=1.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::OutOfRange {
+                flag,
+                expected: "between 0 and 1",
+            })
+        }
+    };
+    Ok(crate::synthetic::SyntheticOptions {
+        count,
+        null_locale_share: share(shape.null_locale_share, "--null-locale-share")?,
+        duplicate_share: share(shape.duplicate_share, "--duplicate-share")?,
+        malformed_share: share(shape.malformed_share, "--malformed-share")?,
+        seed: shape.seed,
+    })
 }
 
 /// A mask is 64 hex characters; accepted in either case, stored lowercase.

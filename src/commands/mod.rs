@@ -51,6 +51,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             limit,
         }) => quarantine::list(&database, format, limit).await,
         Command::Dev(DevCommand::Seed(args)) => seed::run(&args).await,
+        Command::Dev(DevCommand::Generate(args)) => seed::generate(&args),
     }?;
     Ok(Outcome::Success)
 }

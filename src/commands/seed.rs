@@ -1,4 +1,4 @@
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -6,8 +6,8 @@ use tokio::task::JoinSet;
 
 use crate::adapters::aws;
 use crate::adapters::sqs::{SqsQueue, MAX_BATCH};
-use crate::cli::SeedArgs;
-use crate::configuration::{SeedSettings, SeedSource};
+use crate::cli::{GenerateArgs, SeedArgs};
+use crate::configuration::{synthetic_options, SeedSettings, SeedSource};
 use crate::synthetic::Generator;
 
 pub async fn run(args: &SeedArgs) -> anyhow::Result<()> {
@@ -48,6 +48,17 @@ fn joined(
         Some(joined) => Ok(joined.context("send task failed")??),
         None => Ok(0),
     }
+}
+
+/// `etl dev generate`: synthetic bodies on stdout.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let options = synthetic_options(args.count, &args.shape)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for body in Generator::new(options) {
+        writeln!(out, "{body}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// One body per non-empty line, as written (SQS refuses empty bodies).
