@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::adapters::sqs::SqsProtocol;
+
 /// Moves user-login events from Amazon SQS into PostgreSQL, masking ip and device_id with a keyed
 /// HMAC and sealing their original values in an encrypted vault.
 ///
@@ -171,6 +173,11 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 2000)]
     pub batch_size: usize,
 
+    /// SQS wire protocol: `auto` probes once at start (AWS JSON, then Query); `query` is what the
+    /// reference LocalStack 0.14 image speaks.
+    #[arg(long, value_enum, env = "ETL_SQS_PROTOCOL", default_value_t = SqsProtocol::Auto)]
+    pub sqs_protocol: SqsProtocol,
+
     /// Exit when the queue is empty (an empty receive, then zero visible and zero in-flight
     /// messages) and print a summary, instead of running until SIGINT/SIGTERM.
     #[arg(long)]
@@ -222,6 +229,9 @@ pub struct DoctorArgs {
     /// KMS key that wraps (or will wrap) the data keys.
     #[arg(long, env = "ETL_KMS_KEY_ID")]
     pub kms_key_id: Option<String>,
+    /// SQS wire protocol to check.
+    #[arg(long, value_enum, env = "ETL_SQS_PROTOCOL", default_value_t = SqsProtocol::Auto)]
+    pub sqs_protocol: SqsProtocol,
 }
 
 #[derive(Debug, Subcommand)]

@@ -65,13 +65,16 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
             Err((err.to_string(), "give the queue's full URL".into())),
         ),
         Some(Ok(url)) => {
-            let queue = SqsQueue::json(&sdk, url.as_str());
+            let reached = match SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol).await {
+                Ok((queue, protocol)) => queue.depth().await.map(|depth| (depth, protocol)),
+                Err(err) => Err(err),
+            };
             report.check(
                 "queue reachable",
-                queue
-                    .depth()
-                    .await
-                    .map(|depth| format!("{} visible, {} in flight (AWS JSON protocol)", depth.visible, depth.in_flight))
+                reached
+                    .map(|(depth, protocol)| {
+                        format!("{} visible, {} in flight, speaks the {} protocol", depth.visible, depth.in_flight, protocol.as_str())
+                    })
                     .map_err(|err| {
                         (err.to_string(), "check the URL, AWS_ENDPOINT_URL, credentials and sqs:GetQueueAttributes".into())
                     }),

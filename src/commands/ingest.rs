@@ -31,14 +31,11 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     );
     let summary = match &settings.source {
         IngestSource::Queue(url) => {
-            from_queue(
-                &settings,
-                args,
-                &sdk,
-                pool,
-                SqsQueue::json(&sdk, url.as_str()),
-            )
-            .await?
+            let (queue, protocol) = SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol)
+                .await
+                .context("cannot reach the queue")?;
+            info!(protocol = protocol.as_str(), "SQS protocol");
+            from_queue(&settings, args, &sdk, pool, queue).await?
         }
         IngestSource::File { path, batch_size } => {
             from_file(&settings, &sdk, pool, path, *batch_size).await?

@@ -8,5 +8,6 @@ mod hostile;
 mod ingest;
 mod keys_and_schema;
 mod privacy;
+mod query_protocol;
 mod real_data;
 mod recovery;

@@ -99,6 +99,27 @@ impl BatchFailures {
     }
 }
 
+/// Which SQS wire protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqsProtocol {
+    /// Try AWS JSON once at start; fall back to Query if the endpoint does not answer it.
+    Auto,
+    /// AWS JSON 1.0 through the AWS SDK (real SQS, current emulators).
+    Json,
+    /// The Query protocol with XML replies (the reference LocalStack 0.14 image).
+    Query,
+}
+
+impl SqsProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Json => "json",
+            Self::Query => "query",
+        }
+    }
+}
+
 /// A queue, whichever protocol reaches it.
 #[derive(Clone, Debug)]
 pub enum SqsQueue {
@@ -107,6 +128,37 @@ pub enum SqsQueue {
 }
 
 impl SqsQueue {
+    /// The queue at `queue_url` over `protocol`; `Auto` probes with `GetQueueAttributes`, first
+    /// over AWS JSON, then over Query. Returns the protocol chosen.
+    pub async fn connect(
+        config: &aws_config::SdkConfig,
+        queue_url: &str,
+        protocol: SqsProtocol,
+    ) -> Result<(Self, SqsProtocol), SqsError> {
+        match protocol {
+            SqsProtocol::Json => Ok((Self::json(config, queue_url), SqsProtocol::Json)),
+            SqsProtocol::Query => Ok((
+                Self::Query(QueryQueue::new(config, queue_url)),
+                SqsProtocol::Query,
+            )),
+            SqsProtocol::Auto => {
+                let json = Self::json(config, queue_url);
+                let json_error = match json.depth().await {
+                    Ok(_) => return Ok((json, SqsProtocol::Json)),
+                    Err(err) => err,
+                };
+                let query = Self::Query(QueryQueue::new(config, queue_url));
+                match query.depth().await {
+                    Ok(_) => Ok((query, SqsProtocol::Query)),
+                    Err(query_error) => Err(SqsError::Call {
+                        operation: "GetQueueAttributes",
+                        detail: format!("neither protocol answered; AWS JSON: {json_error}; Query: {query_error}"),
+                    }),
+                }
+            }
+        }
+    }
+
     /// A queue reached through the AWS SDK (AWS JSON protocol).
     pub fn json(config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
         Self::Json(JsonQueue::new(config, queue_url))
