@@ -21,7 +21,8 @@ const HTTP_HEADROOM: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct QueryQueue {
     http: reqwest::Client,
-    config: aws_config::SdkConfig,
+    /// Shared: the configuration is large and every clone of the queue would copy it.
+    config: std::sync::Arc<aws_config::SdkConfig>,
     queue_url: String,
 }
 
@@ -29,7 +30,7 @@ impl QueryQueue {
     pub fn new(config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
         Self {
             http: reqwest::Client::new(),
-            config: config.clone(),
+            config: std::sync::Arc::new(config.clone()),
             queue_url: queue_url.into(),
         }
     }
