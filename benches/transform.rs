@@ -1,0 +1,42 @@
+//! Transform alone: validate + 2 masks + 2 seals per event, as `Transformer::prepare` does it for
+//! a batch of distinct events. Run with `cargo bench --bench transform`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use etl::adapters::sqs::ReceivedMessage;
+use etl::crypto::{DataKey, Masker, Sealer, KEY_LEN};
+use etl::pipeline::Transformer;
+use etl::synthetic::{Generator, SyntheticOptions};
+
+const BATCH: usize = 1000;
+
+fn transform(c: &mut Criterion) {
+    let key = |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());
+    let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)));
+    let messages: Vec<ReceivedMessage> = Generator::new(SyntheticOptions {
+        count: BATCH,
+        duplicate_share: 0.0,
+        malformed_share: 0.0,
+        seed: Some(1),
+        ..SyntheticOptions::default()
+    })
+    .enumerate()
+    .map(|(i, body)| ReceivedMessage {
+        message_id: format!("m-{i}"),
+        receipt_handle: String::new(),
+        body,
+        sent_timestamp: Some("1709251200000".into()),
+        receive_count: Some(1),
+    })
+    .collect();
+    let now = chrono::Utc::now();
+    let mut group = c.benchmark_group("transform");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("prepare 1000 distinct events", |b| {
+        b.iter_batched(|| (), |()| transformer.prepare(&messages, now), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, transform);
+criterion_main!(benches);
