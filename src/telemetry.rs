@@ -72,7 +72,13 @@ pub fn init(format: LogFormat, filter: &str) {
     }
 }
 
-/// Our own events at any level; other crates' events at INFO, WARN and ERROR only.
+/// Our own events at any level; other crates' events at INFO, WARN and ERROR only, and
+/// PostgreSQL's notices (such as "policy does not exist, skipping" during migrations) from WARN.
 fn is_safe(metadata: &Metadata<'_>) -> bool {
-    metadata.target().starts_with("etl") || *metadata.level() <= Level::INFO
+    let target = metadata.target();
+    if target.starts_with("etl") {
+        return true;
+    }
+    let ceiling = if target == "sqlx::postgres::notice" { Level::WARN } else { Level::INFO };
+    *metadata.level() <= ceiling
 }
