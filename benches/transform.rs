@@ -11,7 +11,8 @@ use etl::synthetic::{Generator, SyntheticOptions};
 const BATCH: usize = 1000;
 
 fn transform(c: &mut Criterion) {
-    let key = |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());
+    let key =
+        |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());
     let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)));
     let messages: Vec<ReceivedMessage> = Generator::new(SyntheticOptions {
         count: BATCH,
@@ -33,7 +34,11 @@ fn transform(c: &mut Criterion) {
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("prepare 1000 distinct events", |b| {
-        b.iter_batched(|| (), |()| transformer.prepare(&messages, now), BatchSize::SmallInput)
+        b.iter_batched(
+            || (),
+            |()| transformer.prepare(&messages, now),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -10,7 +10,9 @@ use etl::adapters::sqs::{Receipt, SqsQueue};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().ok_or_else(|| anyhow::anyhow!("usage: raw_drain <queue-url> <concurrency>"))?;
+    let url = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: raw_drain <queue-url> <concurrency>"))?;
     let concurrency: usize = args.next().as_deref().unwrap_or("4").parse()?;
     let config = etl::adapters::aws::load_config(Duration::from_secs(30)).await;
     let queue = SqsQueue::json(&config, url);
@@ -21,20 +23,16 @@ async fn main() -> anyhow::Result<()> {
         loops.spawn(async move {
             let mut drained = 0u64;
             loop {
-                let messages = queue.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await?;
+                let messages = queue
+                    .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+                    .await?;
                 if messages.is_empty() {
                     if queue.depth().await?.is_empty() {
                         return anyhow::Ok(drained);
                     }
                     continue;
                 }
-                let receipts: Vec<Receipt> = messages
-                    .iter()
-                    .map(|m| Receipt {
-                        message_id: m.message_id.clone(),
-                        receipt_handle: m.receipt_handle.clone(),
-                    })
-                    .collect();
+                let receipts = Receipt::of_all(&messages);
                 queue.delete_batch(&receipts).await?;
                 drained += receipts.len() as u64;
             }
@@ -45,6 +43,9 @@ async fn main() -> anyhow::Result<()> {
         total += joined??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    println!(r#"{{"drained": {total}, "elapsed_seconds": {seconds:.3}, "messages_per_second": {:.1}}}"#, total as f64 / seconds);
+    println!(
+        r#"{{"drained": {total}, "elapsed_seconds": {seconds:.3}, "messages_per_second": {:.1}}}"#,
+        total as f64 / seconds
+    );
     Ok(())
 }

@@ -79,6 +79,10 @@ fn is_safe(metadata: &Metadata<'_>) -> bool {
     if target.starts_with("etl") {
         return true;
     }
-    let ceiling = if target == "sqlx::postgres::notice" { Level::WARN } else { Level::INFO };
+    let ceiling = if target == "sqlx::postgres::notice" {
+        Level::WARN
+    } else {
+        Level::INFO
+    };
     *metadata.level() <= ceiling
 }

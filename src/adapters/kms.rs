@@ -47,6 +47,28 @@ pub struct WrappedKey {
     pub blob: Vec<u8>,
 }
 
+impl WrappedKey {
+    /// The key id and ciphertext of a KMS reply, both required.
+    fn from_reply(
+        operation: &'static str,
+        key_id: Option<String>,
+        blob: Option<Blob>,
+    ) -> Result<Self, KmsError> {
+        Ok(Self {
+            kms_key_arn: key_id.ok_or(KmsError::Incomplete {
+                operation,
+                what: "key id",
+            })?,
+            blob: blob
+                .ok_or(KmsError::Incomplete {
+                    operation,
+                    what: "ciphertext",
+                })?
+                .into_inner(),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Kms {
     client: aws_sdk_kms::Client,
@@ -87,19 +109,7 @@ impl Kms {
             .send()
             .await
             .map_err(|err| call_error(OP, err))?;
-        Ok(WrappedKey {
-            kms_key_arn: output.key_id.ok_or(KmsError::Incomplete {
-                operation: OP,
-                what: "key id",
-            })?,
-            blob: output
-                .ciphertext_blob
-                .ok_or(KmsError::Incomplete {
-                    operation: OP,
-                    what: "ciphertext",
-                })?
-                .into_inner(),
-        })
+        WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.
@@ -187,19 +197,7 @@ impl Kms {
             .send()
             .await
             .map_err(|err| call_error(OP, err))?;
-        Ok(WrappedKey {
-            kms_key_arn: output.key_id.ok_or(KmsError::Incomplete {
-                operation: OP,
-                what: "key id",
-            })?,
-            blob: output
-                .ciphertext_blob
-                .ok_or(KmsError::Incomplete {
-                    operation: OP,
-                    what: "ciphertext",
-                })?
-                .into_inner(),
-        })
+        WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
 }
 

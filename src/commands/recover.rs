@@ -111,6 +111,12 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
             value,
         });
     }
+    anyhow::ensure!(
+        results.len() == settings.masks.len(),
+        "the recovery request returned {} of {} masks",
+        results.len(),
+        settings.masks.len()
+    );
     print(&results, settings.bulk, settings.format)?;
     let all_found = results.iter().all(|r| r.value.is_some());
     Ok(if all_found {
@@ -121,14 +127,14 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {
-    match (format, bulk) {
-        (OutputFormat::Json, false) => println!("{}", serde_json::to_string(&results[0])?),
-        (OutputFormat::Json, true) => println!("{}", serde_json::to_string(results)?),
-        (OutputFormat::Text, false) => match &results[0].value {
+    match (format, bulk, results) {
+        (OutputFormat::Json, false, [one]) => println!("{}", serde_json::to_string(one)?),
+        (OutputFormat::Text, false, [one]) => match &one.value {
             Some(value) => println!("{value}"),
-            None => eprintln!("not found: no {} has this mask", results[0].field),
+            None => eprintln!("not found: no {} has this mask", one.field),
         },
-        (OutputFormat::Text, true) => {
+        (OutputFormat::Json, _, _) => println!("{}", serde_json::to_string(results)?),
+        (OutputFormat::Text, _, _) => {
             for result in results {
                 println!(
                     "{}\t{}",

@@ -145,7 +145,7 @@ impl Poller {
             debug!(message_id = %message.message_id, receive_count = ?message.receive_count, "received");
         }
         let started = Instant::now();
-        let receipts = receipts(messages);
+        let receipts = Receipt::of_all(messages);
         match self
             .with_heartbeat(&receipts, self.committer.commit(messages))
             .await
@@ -222,16 +222,6 @@ impl Poller {
         }
         debug!(messages = total, "batch done");
     }
-}
-
-fn receipts(messages: &[ReceivedMessage]) -> Vec<Receipt> {
-    messages
-        .iter()
-        .map(|m| Receipt {
-            message_id: m.message_id.clone(),
-            receipt_handle: m.receipt_handle.clone(),
-        })
-        .collect()
 }
 
 /// How long a batch that could not be committed stays hidden: doubling with each receive from

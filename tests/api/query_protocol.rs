@@ -37,13 +37,7 @@ async fn query_client_round_trips_bodies_byte_for_byte() {
         .iter()
         .all(|m| m.sent_timestamp.is_some() && m.receive_count == Some(1)));
 
-    let receipts: Vec<Receipt> = received
-        .iter()
-        .map(|m| Receipt {
-            message_id: m.message_id.clone(),
-            receipt_handle: m.receipt_handle.clone(),
-        })
-        .collect();
+    let receipts = Receipt::of_all(&received);
     assert!(queue
         .change_visibility_batch(&receipts, Duration::ZERO)
         .await
@@ -59,13 +53,7 @@ async fn query_client_round_trips_bodies_byte_for_byte() {
         );
     }
     assert!(again.iter().all(|m| m.receive_count == Some(2)));
-    let receipts: Vec<Receipt> = again
-        .iter()
-        .map(|m| Receipt {
-            message_id: m.message_id.clone(),
-            receipt_handle: m.receipt_handle.clone(),
-        })
-        .collect();
+    let receipts = Receipt::of_all(&again);
     assert!(queue.delete_batch(&receipts).await.unwrap().is_empty());
     let depth = queue.depth().await.unwrap();
     assert_eq!((depth.visible, depth.in_flight), (0, 0));

@@ -67,6 +67,19 @@ pub struct Receipt {
     pub receipt_handle: String,
 }
 
+impl Receipt {
+    /// The receipts of received messages.
+    pub fn of_all(messages: &[ReceivedMessage]) -> Vec<Receipt> {
+        messages
+            .iter()
+            .map(|m| Receipt {
+                message_id: m.message_id.clone(),
+                receipt_handle: m.receipt_handle.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Entries of a batch call that SQS did not carry out.
 #[derive(Debug, Default)]
 pub struct BatchFailures {
