@@ -8,8 +8,7 @@
 //!
 //! Stored layout of a ciphertext: `nonce (12 bytes) || AES-GCM-SIV ciphertext and tag`.
 
-use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM_SIV};
 use hmac::Mac;
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -18,6 +17,7 @@ use super::{derive_subkey, hmac_state, DataKey, HmacSha256};
 use crate::domain::PiiField;
 
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 const VAULT_AAD_LABEL: &[u8] = b"etl/vault/v1";
 const QUARANTINE_AAD_LABEL: &[u8] = b"etl/quarantine/v1";
 
@@ -37,9 +37,9 @@ pub enum SealError {
 /// Seals and opens vault entries and quarantined bodies with one version of the vault key.
 pub struct Sealer {
     version: i32,
-    vault: Aes256GcmSiv,
+    vault: LessSafeKey,
     nonce_prf: HmacSha256,
-    quarantine: Aes256GcmSiv,
+    quarantine: LessSafeKey,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -55,7 +55,10 @@ impl Sealer {
         let material = key.material();
         let cipher = |label: &str| {
             let subkey = derive_subkey(material, label);
-            Aes256GcmSiv::new(subkey.as_slice().into())
+            // A 32-byte key is exactly what AES-256-GCM-SIV takes, so this cannot fail.
+            UnboundKey::new(&AES_256_GCM_SIV, subkey.as_slice())
+                .map(LessSafeKey::new)
+                .unwrap_or_else(|_| unreachable!("AES-256-GCM-SIV takes a 32-byte key"))
         };
         Self {
             version: key.version(),
@@ -82,19 +85,14 @@ impl Sealer {
         prf.update(&[0]);
         prf.update(canonical.as_bytes());
         let digest = prf.finalize().into_bytes();
-        let nonce = Nonce::from_slice(&digest[..NONCE_LEN]);
-        let aad = vault_aad(field, mask, self.version);
-        let sealed = self
-            .vault
-            .encrypt(
-                nonce,
-                Payload {
-                    msg: canonical.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| SealError::Encrypt)?;
-        Ok([nonce.as_slice(), &sealed].concat())
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&digest[..NONCE_LEN]);
+        seal(
+            &self.vault,
+            nonce,
+            &vault_aad(field, mask, self.version),
+            canonical.as_bytes(),
+        )
     }
 
     /// Opens a vault ciphertext; fails unless field, mask and key version are the ones it was sealed for.
@@ -119,18 +117,12 @@ impl Sealer {
     pub fn seal_body(&self, message_id: &str, body: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let aad = quarantine_aad(message_id, self.version);
-        let sealed = self
-            .quarantine
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| SealError::Encrypt)?;
-        Ok([nonce.as_slice(), &sealed].concat())
+        seal(
+            &self.quarantine,
+            nonce,
+            &quarantine_aad(message_id, self.version),
+            body,
+        )
     }
 
     /// Opens a quarantined body sealed by [`Sealer::seal_body`].
@@ -147,19 +139,40 @@ impl Sealer {
     }
 }
 
-fn open(
-    cipher: &Aes256GcmSiv,
+/// `nonce || ciphertext || tag`, in one allocation.
+fn seal(
+    key: &LessSafeKey,
+    nonce: [u8; NONCE_LEN],
     aad: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    if ciphertext.len() < NONCE_LEN + 16 {
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut sealed[NONCE_LEN..],
+        )
+        .map_err(|_| SealError::Encrypt)?;
+    sealed.extend_from_slice(tag.as_ref());
+    Ok(sealed)
+}
+
+fn open(key: &LessSafeKey, aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    if ciphertext.len() < NONCE_LEN + TAG_LEN {
         return Err(SealError::Truncated);
     }
     let (nonce, sealed) = ciphertext.split_at(NONCE_LEN);
-    cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-        .map(Zeroizing::new)
-        .map_err(|_| SealError::Unauthentic)
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Truncated)?;
+    let mut buffer = Zeroizing::new(sealed.to_vec());
+    let plain_len = key
+        .open_in_place(nonce, Aad::from(aad), buffer.as_mut_slice())
+        .map_err(|_| SealError::Unauthentic)?
+        .len();
+    buffer.truncate(plain_len);
+    Ok(buffer)
 }
 
 /// `label 0 field 0 mask 0 version(big-endian)`: unambiguous because field and mask hold no NUL.
@@ -228,6 +241,28 @@ mod tests {
             s.open_value(PiiField::Ip, "m1", &a[..20]),
             Err(SealError::Truncated)
         );
+    }
+
+    #[test]
+    fn output_is_byte_identical_to_the_reference_implementation() {
+        use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+        let sealed = sealer(1)
+            .seal_value(PiiField::Ip, "m1", "10.0.0.1")
+            .unwrap();
+        let material = DataKey::from_plaintext(1, vec![9; KEY_LEN]).unwrap();
+        let subkey = derive_subkey(material.material(), "etl/vault/enc/v1");
+        let reference = aes_gcm_siv::Aes256GcmSiv::new(subkey.as_slice().into());
+        let aad = vault_aad(PiiField::Ip, "m1", 1);
+        let expected = reference
+            .encrypt(
+                sealed[..NONCE_LEN].into(),
+                Payload {
+                    msg: b"10.0.0.1",
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        assert_eq!(&sealed[NONCE_LEN..], expected.as_slice());
     }
 
     #[test]
