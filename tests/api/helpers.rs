@@ -69,14 +69,7 @@ impl TestApp {
             .unwrap_or_else(|err| panic!("cannot reach SQS at AWS_ENDPOINT_URL: {err:?}"))
             .queue_url
             .unwrap();
-        let kms_key_id = kms
-            .create_key()
-            .send()
-            .await
-            .unwrap()
-            .key_metadata
-            .unwrap()
-            .key_id;
+        let kms_key_id = create_kms_key(&kms).await;
         Self {
             database_url,
             pool,
@@ -204,6 +197,17 @@ impl TestApp {
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+}
+
+/// A new symmetric KMS key; returns its id.
+pub async fn create_kms_key(kms: &aws_sdk_kms::Client) -> String {
+    kms.create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.

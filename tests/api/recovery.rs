@@ -2,7 +2,7 @@
 
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{event, TestApp};
+use crate::helpers::{create_kms_key, event, TestApp};
 
 /// Whether `sql` fails with "permission denied" (SQLSTATE 42501) for this connection.
 async fn denied(connection: &mut PgConnection, sql: &str) -> bool {
@@ -322,15 +322,7 @@ async fn rotated_and_rewrapped_keys_keep_every_value_recoverable() {
     };
     assert_eq!(recover_all().await, vec!["10.9.4.1\n", "10.9.4.2\n"]);
 
-    let sdk_kms = aws_sdk_kms::Client::new(&app.sdk);
-    let new_key = sdk_kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let new_key = create_kms_key(&aws_sdk_kms::Client::new(&app.sdk)).await;
     app.etl_ok(&["keys", "rewrap", "--kms-key-id", &new_key])
         .await;
     let listed: serde_json::Value =
