@@ -23,6 +23,18 @@ pub enum StartupError {
     },
 }
 
+impl StartupError {
+    /// Whether trying again may succeed: a lost database connection or a KMS call that failed
+    /// for a reason other than a denial or a mismatched key.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(err) => crate::adapters::postgres::is_transient(err),
+            Self::Unwrap { source, .. } => matches!(source, KmsError::Call { .. }),
+            Self::MissingKey(_) => false,
+        }
+    }
+}
+
 /// Loads the newest mask and vault keys, unwraps each once with KMS (key id and encryption context
 /// presented), and keeps only the derived, zeroizing states.
 pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, StartupError> {

@@ -4,20 +4,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::Retryable;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres;
 use crate::adapters::sqs::SqsQueue;
 use crate::cli::IngestArgs;
-use crate::configuration::IngestSettings;
-use crate::configuration::IngestSource;
+use crate::configuration::{IngestSettings, IngestSource};
+use crate::pipeline::backoff;
 use crate::pipeline::file_source::{self, FileOptions};
 use crate::pipeline::{self, progress, Committer, IngestOptions, Stats, Summary, Transformer};
 use crate::server::{self, Readiness};
-use crate::startup;
+use crate::startup::{self, StartupError};
 
 /// Headroom of each SQS attempt over the long-poll wait, so a healthy receive never times out.
 const ATTEMPT_HEADROOM: Duration = Duration::from_secs(10);
@@ -58,7 +59,13 @@ async fn load_keys(
     pool: &sqlx::PgPool,
     sdk: &aws_config::SdkConfig,
 ) -> anyhow::Result<Arc<Transformer>> {
-    let transformer = startup::load_transformer(pool, &Kms::new(sdk))
+    let kms = Kms::new(sdk);
+    // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
+    // a denial or a wrong encryption context is not.
+    let transformer = (|| startup::load_transformer(pool, &kms))
+        .retry(backoff())
+        .when(StartupError::is_transient)
+        .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
         .await
         .context("refusing to start without the data keys")?;
     Ok(Arc::new(transformer))

@@ -7,7 +7,7 @@ pub mod progress;
 mod stats;
 mod transform;
 
-pub use commit::Committer;
+pub use commit::{backoff, Committer};
 pub use ingest::{run, IngestOptions};
 pub use stats::{Stats, Summary};
 pub use transform::Transformer;
