@@ -37,13 +37,13 @@ impl Committer {
                     return self.quarantine_exhausted(part, err).await;
                 }
                 Err(err) if part.len() > 1 => {
-                    debug!(error = %err, messages = part.len(), "batch rejected; splitting it");
+                    debug!(error = %describe_db_error(&err), messages = part.len(), "batch rejected; splitting it");
                     let (left, right) = part.split_at(part.len() / 2);
                     pending.extend([right, left]);
                 }
                 Err(err) => {
                     let [message] = part else { continue };
-                    warn!(message_id = %message.message_id, error = %err, "the database rejected this message; quarantining it");
+                    warn!(message_id = %message.message_id, error = %describe_db_error(&err), "the database rejected this message; quarantining it");
                     let detail =
                         format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
                     let batch = self.transformer.prepare_quarantine(
@@ -94,7 +94,7 @@ impl Committer {
             .retry(backoff())
             .when(postgres::is_transient)
             .notify(|err, delay| {
-                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                warn!(error = %describe_db_error(err), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
             })
             .await?;
         debug!(written = outcome.written, quarantined = ?outcome.quarantined,
@@ -108,7 +108,8 @@ impl Committer {
 pub enum CommitError {
     #[error("cannot seal: {0}")]
     Seal(#[from] SealError),
-    #[error("database: {0}")]
+    // PostgreSQL messages can quote row values, so only SQLSTATE and constraint are shown.
+    #[error("database: {}", describe_db_error(.0))]
     Database(#[from] sqlx::Error),
 }
 
@@ -121,10 +122,13 @@ fn describe_db_error(err: &sqlx::Error) -> String {
             (Some(code), None) => format!("SQLSTATE {code}"),
             _ => "database error".to_owned(),
         },
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            "database unreachable".to_owned()
+        sqlx::Error::Io(io) => format!("database connection failed ({})", io.kind()),
+        sqlx::Error::PoolTimedOut => "no database connection within the pool timeout".to_owned(),
+        // These can carry a value that failed to encode or decode.
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => {
+            "a value could not be encoded or decoded".to_owned()
         }
-        _ => "database error".to_owned(),
+        other => other.to_string(),
     }
 }
 
