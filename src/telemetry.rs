@@ -27,46 +27,33 @@ pub fn init(format: LogFormat, filter: &str) {
         Ok(env_filter) => (env_filter, false),
         Err(_) => (EnvFilter::new("info"), true),
     };
-    let registry = tracing_subscriber::registry();
-    match format {
-        LogFormat::Text if std::io::stderr().is_terminal() => {
-            let indicatif = IndicatifLayer::new()
-                .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
-            let layer = fmt::layer().with_writer(indicatif.get_stderr_writer());
-            registry
-                .with(
-                    layer
-                        .with_filter(filter_fn(is_safe))
-                        .with_filter(env_filter),
-                )
-                .with(indicatif.with_filter(IndicatifFilter::new(false)))
-                .init();
-        }
-        LogFormat::Text => {
-            let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(false);
-            registry
-                .with(
-                    layer
-                        .with_filter(filter_fn(is_safe))
-                        .with_filter(env_filter),
-                )
-                .init();
-        }
-        LogFormat::Json => {
-            let layer = fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_writer(std::io::stderr);
-            registry
-                .with(
-                    layer
-                        .with_filter(filter_fn(is_safe))
-                        .with_filter(env_filter),
-                )
-                .init();
-        }
-    }
+    let indicatif = (format == LogFormat::Text && std::io::stderr().is_terminal()).then(|| {
+        IndicatifLayer::new()
+            .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()))
+    });
+    let lines = match (&indicatif, format) {
+        (Some(indicatif), _) => fmt::layer()
+            .with_writer(indicatif.get_stderr_writer())
+            .boxed(),
+        (None, LogFormat::Text) => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .boxed(),
+        (None, LogFormat::Json) => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            lines
+                .with_filter(filter_fn(is_safe))
+                .with_filter(env_filter),
+        )
+        .with(indicatif.map(|layer| layer.with_filter(IndicatifFilter::new(false))))
+        .init();
     if bad_filter {
         tracing::warn!("invalid --log-level / ETL_LOG filter; using `info`");
     }

@@ -10,7 +10,7 @@ mod mask;
 mod seal;
 
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
-pub use mask::Masker;
+pub use mask::{MaskDigest, MaskHex, Masker};
 pub use seal::{SealError, Sealer};
 
 use hmac::{Hmac, Mac};

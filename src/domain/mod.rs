@@ -1,6 +1,7 @@
 //! The login event, its validation and the rules that turn it into a `user_logins` row.
 
 mod app_version;
+pub mod file_line;
 mod login_event;
 mod rejection;
 mod sent_timestamp;

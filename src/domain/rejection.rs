@@ -3,8 +3,6 @@
 //! Every reason names the problem and the field but never carries a value from the body, so it can
 //! be logged, counted and stored in quarantine without exposing personal data.
 
-use serde::Serialize;
-
 /// A specific, personal-data-free reason for rejecting a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
@@ -42,8 +40,7 @@ pub enum RejectReason {
 
 /// Stable, machine-readable names of [`RejectReason`] kinds, used in quarantine rows, summaries and
 /// metrics labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ReasonCode {
     NotJson,
     NotObject,

@@ -9,6 +9,7 @@ use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
+use super::known_masks::KnownMasks;
 use super::{Stats, Transformer};
 use crate::adapters::postgres;
 use crate::adapters::postgres::writer::{self, WriteBatch};
@@ -18,6 +19,8 @@ use crate::crypto::SealError;
 pub struct Committer {
     pub pool: PgPool,
     pub transformer: Arc<Transformer>,
+    /// Masks committed to the vault, shared by all writers of the process.
+    pub known_masks: Arc<KnownMasks>,
     pub stats: Arc<Stats>,
     /// Receives after which a message that still cannot be written is quarantined.
     pub max_receives: i32,
@@ -30,7 +33,9 @@ impl Committer {
     pub async fn commit(&self, messages: &[ReceivedMessage]) -> Result<(), CommitError> {
         let mut pending: Vec<&[ReceivedMessage]> = vec![messages];
         while let Some(part) = pending.pop() {
-            let batch = self.transformer.prepare(part, chrono::Utc::now())?;
+            let batch = self
+                .transformer
+                .prepare(part, chrono::Utc::now(), &self.known_masks)?;
             match self.write(&batch).await {
                 Ok(()) => {}
                 Err(err) if postgres::is_transient(&err) => {
@@ -100,6 +105,8 @@ impl Committer {
         debug!(written = outcome.written, quarantined = ?outcome.quarantined,
                duplicates_skipped = outcome.duplicates_skipped, "batch committed");
         self.stats.committed(&outcome);
+        self.known_masks
+            .insert_committed(batch.vault.iter().map(|entry| (entry.field, entry.mask)));
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::commit::{backoff, CommitError, Committer};
+use super::known_masks::{self, KnownMasks};
 use super::{Stats, Summary, Transformer};
 use crate::adapters::sqs::{Receipt, ReceivedMessage, SqsQueue, MAX_BATCH};
 
@@ -41,6 +42,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
+    let known_masks = Arc::new(KnownMasks::new(known_masks::DEFAULT_CAPACITY));
     let mut pollers = JoinSet::new();
     for poller in 0..options.pollers.max(1) {
         let worker = Poller {
@@ -48,6 +50,7 @@ pub async fn run(
             committer: Committer {
                 pool: pool.clone(),
                 transformer: Arc::clone(&transformer),
+                known_masks: Arc::clone(&known_masks),
                 stats: Arc::clone(&stats),
                 max_receives: options.max_receives,
             },

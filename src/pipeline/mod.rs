@@ -3,6 +3,7 @@
 mod commit;
 pub mod file_source;
 mod ingest;
+pub mod known_masks;
 pub mod progress;
 mod stats;
 mod transform;

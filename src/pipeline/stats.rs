@@ -66,6 +66,15 @@ impl Stats {
         metrics::counter!("etl_redeliveries_skipped_total").increment(outcome.duplicates_skipped);
     }
 
+    /// Lines of a file that an earlier run committed: counted as received and skipped.
+    pub fn already_committed(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.duplicates_skipped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("etl_messages_received_total").increment(n as u64);
+        metrics::counter!("etl_redeliveries_skipped_total").increment(n as u64);
+    }
+
     pub fn deleted(&self, n: usize) {
         self.deleted.fetch_add(n as u64, Ordering::Relaxed);
         metrics::counter!("etl_messages_deleted_total").increment(n as u64);

@@ -4,9 +4,15 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::adapters::postgres::writer::WriteBatch;
+use foldhash::fast::RandomState;
+
+use super::known_masks::KnownMasks;
+use crate::adapters::postgres::writer::{
+    Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
+};
 use crate::adapters::sqs::ReceivedMessage;
 use crate::crypto::{Masker, SealError, Sealer};
+use crate::domain::file_line::LinesDigest;
 use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
@@ -30,44 +36,52 @@ impl Transformer {
     }
 
     /// Builds the write batch of a set of messages. A message id listed twice is kept once.
+    /// Values in `known` (committed to the vault already) are masked but not sealed again.
     pub fn prepare(
         &self,
         messages: &[ReceivedMessage],
         now: DateTime<Utc>,
+        known: &KnownMasks,
     ) -> Result<WriteBatch, SealError> {
-        let mut batch = WriteBatch {
-            mask_key_version: self.masker.version(),
-            vault_key_version: self.sealer.version(),
-            ..WriteBatch::default()
-        };
+        let mut batch = self.empty_batch(messages);
+        batch.logins.reserve(messages.len());
         let mut seen_ids = HashSet::with_capacity(messages.len());
-        let mut seen_masks = HashSet::with_capacity(messages.len() * 2);
+        let mut sealed =
+            HashSet::with_capacity_and_hasher(messages.len() * 2, RandomState::default());
+        let known = known.view();
         for message in messages {
             if !seen_ids.insert(message.message_id.as_str()) {
                 continue;
             }
             match LoginEvent::parse(&message.body) {
                 Ok(event) => {
-                    let ip = event.ip.canonical();
-                    let masked_ip =
-                        self.seal_into(&mut batch, &mut seen_masks, PiiField::Ip, &ip)?;
-                    let masked_device_id = self.seal_into(
-                        &mut batch,
-                        &mut seen_masks,
-                        PiiField::DeviceId,
-                        event.device_id.canonical(),
-                    )?;
-                    let rows = &mut batch.logins;
-                    rows.message_id.push(message.message_id.clone());
-                    rows.user_id.push(event.user_id);
-                    rows.device_type.push(event.device_type);
-                    rows.masked_ip.push(masked_ip);
-                    rows.masked_device_id.push(masked_device_id);
-                    rows.locale.push(event.locale);
-                    rows.app_version.push(event.app_version.code());
-                    rows.app_version_text.push(event.app_version_text);
-                    rows.create_date
-                        .push(create_date(message.sent_timestamp.as_deref(), now));
+                    let mut mask = |field: PiiField, canonical: &str| {
+                        let digest = self.masker.digest(field, canonical);
+                        if !known.contains(field, digest) && sealed.insert((field, digest)) {
+                            let hex = digest.hex();
+                            let ciphertext =
+                                self.sealer.seal_value(field, hex.as_str(), canonical)?;
+                            batch.vault.push(VaultEntry {
+                                field,
+                                mask: digest,
+                                ciphertext,
+                            });
+                        }
+                        Ok::<_, SealError>(digest.hex())
+                    };
+                    let masked_ip = mask(PiiField::Ip, &event.ip.canonical())?;
+                    let masked_device_id = mask(PiiField::DeviceId, event.device_id.canonical())?;
+                    batch.logins.push(LoginRow {
+                        message_id: message.message_id.clone(),
+                        user_id: event.user_id,
+                        device_type: event.device_type,
+                        masked_ip,
+                        masked_device_id,
+                        locale: event.locale,
+                        app_version: event.app_version.code(),
+                        app_version_text: event.app_version_text,
+                        create_date: create_date(message.sent_timestamp.as_deref(), now),
+                    });
                 }
                 Err(reason) => {
                     self.quarantine_into(
@@ -90,11 +104,7 @@ impl Transformer {
         reason: &'static str,
         detail: String,
     ) -> Result<WriteBatch, SealError> {
-        let mut batch = WriteBatch {
-            mask_key_version: self.masker.version(),
-            vault_key_version: self.sealer.version(),
-            ..WriteBatch::default()
-        };
+        let mut batch = self.empty_batch(std::slice::from_ref(message));
         self.quarantine_into(&mut batch, message, reason, detail)?;
         Ok(batch)
     }
@@ -109,32 +119,46 @@ impl Transformer {
         let sealed = self
             .sealer
             .seal_body(&message.message_id, message.body.as_bytes())?;
-        let rows = &mut batch.quarantine;
-        rows.message_id.push(message.message_id.clone());
-        rows.reason.push(reason);
-        rows.detail.push(detail);
-        rows.sent_at
-            .push(sent_at(message.sent_timestamp.as_deref()));
-        rows.receive_count.push(message.receive_count);
-        rows.body_ciphertext.push(sealed);
+        batch.quarantine.push(QuarantineRow {
+            message_id: message.message_id.clone(),
+            reason,
+            detail,
+            sent_at: sent_at(message.sent_timestamp.as_deref()),
+            receive_count: message.receive_count,
+            body_ciphertext: sealed,
+        });
         Ok(())
     }
 
-    /// Masks a value, adds its vault entry once per batch, and returns the mask.
-    fn seal_into(
-        &self,
-        batch: &mut WriteBatch,
-        seen: &mut HashSet<(PiiField, String)>,
-        field: PiiField,
-        canonical: &str,
-    ) -> Result<String, SealError> {
-        let mask = self.masker.mask(field, canonical);
-        if seen.insert((field, mask.clone())) {
-            let ciphertext = self.sealer.seal_value(field, &mask, canonical)?;
-            batch.vault.field.push(field.as_str());
-            batch.vault.mask.push(mask.clone());
-            batch.vault.ciphertext.push(ciphertext);
+    /// A batch of these messages with nothing in it yet: the key versions and the claim.
+    fn empty_batch(&self, messages: &[ReceivedMessage]) -> WriteBatch {
+        WriteBatch {
+            mask_key_version: self.masker.version(),
+            vault_key_version: self.sealer.version(),
+            claim: claim_of(messages),
+            ..WriteBatch::default()
         }
-        Ok(mask)
     }
+}
+
+/// Messages from a file claim their line range (they come in line order); SQS messages their ids.
+fn claim_of(messages: &[ReceivedMessage]) -> Claim {
+    let Some(first) = messages.first().and_then(|m| m.line) else {
+        return Claim::MessageIds;
+    };
+    let mut digest = LinesDigest::default();
+    let mut last = first.number;
+    for message in messages {
+        if let Some(line) = message.line {
+            digest.add(line.number, message.body.as_bytes());
+            last = line.number;
+        }
+    }
+    let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Claim::FileLines(LineRange {
+        source: first.source,
+        first: number(first.number),
+        last: number(last),
+        digest: digest.finish(),
+    })
 }

@@ -91,7 +91,10 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
                 .unwrap(),
         );
     }
-    let batch = transformer.prepare(&received, chrono::Utc::now()).unwrap();
+    let known = etl::pipeline::known_masks::KnownMasks::new(16);
+    let batch = transformer
+        .prepare(&received, chrono::Utc::now(), &known)
+        .unwrap();
     let outcome = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
         .await
         .unwrap();

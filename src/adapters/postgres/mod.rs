@@ -1,5 +1,7 @@
-//! PostgreSQL: connection, schema migrations, the keyring, the batch writer and quarantine.
+//! PostgreSQL: connection, schema migrations, the keyring, the batch writer (with its binary COPY
+//! encoder) and quarantine.
 
+mod copy;
 pub mod keyring;
 pub mod quarantine;
 pub mod recovery;

@@ -1,61 +1,88 @@
-//! One transaction per batch: vault entries, `user_logins` rows, quarantine rows and processed
-//! message ids, each written with one set-based statement over UNNEST-ed arrays.
+//! One transaction per batch: claim, new vault entries, `user_logins` rows, quarantine rows.
 //!
-//! Idempotency: `etl.processed_messages` has the SQS message id as primary key. The batch claims
-//! its ids with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, and only claimed messages get a row
-//! or a quarantine entry, in the same statement. A redelivered message whose id is committed makes
-//! nothing new; one still being written by another consumer blocks on the key until that
-//! transaction ends, then is skipped. Inputs are sorted so concurrent batches take row locks in
-//! the same order.
+//! Claims make every write idempotent, in the same transaction as the rows:
+//! - SQS messages: `etl.processed_messages` has the message id as primary key. The batch claims
+//!   its ids with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, and only claimed messages get a
+//!   row or a quarantine entry. A redelivered message whose id is committed makes nothing new; one
+//!   still being written by another consumer blocks on the key until that transaction ends, then
+//!   is skipped.
+//! - File lines: one `etl.file_batches` row per batch, keyed by source and first line; the file
+//!   source skips committed ranges on replay (see `pipeline::file_source`).
+//!
+//! `user_logins` rows go in with a binary `COPY`: no per-row statement work, no parameter arrays
+//! to decode. Vault entries need `ON CONFLICT DO NOTHING`, so they go in with one set-based
+//! statement over UNNEST-ed arrays, sorted so concurrent batches take index locks in one order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-/// Column arrays of one batch, as bound to the statements.
+use super::copy::BinaryCopy;
+use crate::crypto::{MaskDigest, MaskHex};
+use crate::domain::PiiField;
+
+/// Everything one batch writes.
 #[derive(Default)]
 pub struct WriteBatch {
     pub mask_key_version: i32,
     pub vault_key_version: i32,
-    pub vault: VaultColumns,
-    pub logins: LoginColumns,
-    pub quarantine: QuarantineColumns,
+    pub claim: Claim,
+    /// Entries not known to be in the vault already.
+    pub vault: Vec<VaultEntry>,
+    pub logins: Vec<LoginRow>,
+    pub quarantine: Vec<QuarantineRow>,
 }
 
-#[derive(Default)]
-pub struct VaultColumns {
-    pub field: Vec<&'static str>,
-    pub mask: Vec<String>,
-    pub ciphertext: Vec<Vec<u8>>,
+/// How a batch proves it is written once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Claim {
+    /// Each message id is claimed in `etl.processed_messages`.
+    #[default]
+    MessageIds,
+    /// The batch's lines are claimed as one range of a file source.
+    FileLines(LineRange),
 }
 
-#[derive(Default)]
-pub struct LoginColumns {
-    pub message_id: Vec<String>,
-    pub user_id: Vec<String>,
-    pub device_type: Vec<String>,
-    pub masked_ip: Vec<String>,
-    pub masked_device_id: Vec<String>,
-    pub locale: Vec<Option<String>>,
-    pub app_version: Vec<i32>,
-    pub app_version_text: Vec<String>,
-    pub create_date: Vec<NaiveDate>,
+/// Lines `first..=last` of the source with this fingerprint, and the digest of their content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineRange {
+    pub source: [u8; 16],
+    pub first: i64,
+    pub last: i64,
+    pub digest: [u8; 32],
 }
 
-#[derive(Default)]
-pub struct QuarantineColumns {
-    pub message_id: Vec<String>,
-    pub reason: Vec<&'static str>,
-    pub detail: Vec<String>,
-    pub sent_at: Vec<Option<DateTime<Utc>>>,
-    pub receive_count: Vec<Option<i32>>,
-    pub body_ciphertext: Vec<Vec<u8>>,
+pub struct VaultEntry {
+    pub field: PiiField,
+    pub mask: MaskDigest,
+    pub ciphertext: Vec<u8>,
+}
+
+pub struct LoginRow {
+    pub message_id: String,
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: MaskHex,
+    pub masked_device_id: MaskHex,
+    pub locale: Option<String>,
+    pub app_version: i32,
+    pub app_version_text: String,
+    pub create_date: NaiveDate,
+}
+
+pub struct QuarantineRow {
+    pub message_id: String,
+    pub reason: &'static str,
+    pub detail: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub receive_count: Option<i32>,
+    pub body_ciphertext: Vec<u8>,
 }
 
 impl WriteBatch {
     pub fn message_count(&self) -> usize {
-        self.logins.message_id.len() + self.quarantine.message_id.len()
+        self.logins.len() + self.quarantine.len()
     }
 }
 
@@ -65,113 +92,242 @@ pub struct WriteOutcome {
     pub written: u64,
     /// Newly quarantined messages by reason code.
     pub quarantined: BTreeMap<String, u64>,
-    /// Messages already processed by an earlier delivery.
+    /// Messages already processed by an earlier delivery or run.
     pub duplicates_skipped: u64,
 }
 
+const CLAIM_MESSAGES: &str = "\
+INSERT INTO etl.processed_messages (message_id, outcome)
+SELECT m.message_id, m.outcome
+FROM UNNEST($1::text[], $2::text[]) AS m(message_id, outcome)
+ORDER BY m.message_id
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id";
+
+const CLAIM_LINES: &str = "\
+INSERT INTO etl.file_batches (source, first_line, last_line, lines_digest)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (source, first_line) DO NOTHING
+RETURNING first_line";
+
 const INSERT_VAULT: &str = "\
+INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
+SELECT v.field, v.mask, $1, $2, v.ciphertext
+FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
+ORDER BY v.field, v.mask";
+
+const INSERT_VAULT_SKIPPING_EXISTING: &str = "\
 INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
 FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
 ORDER BY v.field, v.mask
 ON CONFLICT (field, mask) DO NOTHING";
 
-const INSERT_MESSAGES: &str = "\
-WITH input AS (
-    SELECT m.message_id, m.outcome
-    FROM UNNEST($1::text[], $2::text[]) AS m(message_id, outcome)
-), claimed AS (
-    INSERT INTO etl.processed_messages (message_id, outcome)
-    SELECT message_id, outcome FROM input ORDER BY message_id
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id
-), logins AS (
-    INSERT INTO user_logins (user_id, device_type, masked_ip, masked_device_id, locale,
-                             app_version, create_date, app_version_text, mask_key_version, message_id)
-    SELECT r.user_id, r.device_type, r.masked_ip, r.masked_device_id, r.locale,
-           r.app_version, r.create_date, r.app_version_text, $3, r.message_id
-    FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                $10::int4[], $11::text[], $12::date[])
-         AS r(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-              app_version, app_version_text, create_date)
-    JOIN claimed USING (message_id)
-    RETURNING 1
-), quarantined AS (
-    INSERT INTO etl.quarantine (message_id, reason, detail, received_at, sent_at, receive_count,
-                                vault_key_version, body_ciphertext)
-    SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $13, q.body
-    FROM UNNEST($14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::int4[], $19::bytea[])
-         AS q(message_id, reason, detail, sent_at, receive_count, body)
-    JOIN claimed USING (message_id)
-    RETURNING reason
-)
-SELECT 'written' AS kind, count(*) AS n FROM logins
-UNION ALL
-SELECT reason, count(*) FROM quarantined GROUP BY reason";
+/// SQLSTATE unique_violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+const COPY_LOGINS: &str = "\
+COPY user_logins (user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+                  create_date, app_version_text, mask_key_version, message_id)
+FROM STDIN (FORMAT binary)";
+
+const INSERT_QUARANTINE: &str = "\
+INSERT INTO etl.quarantine (message_id, reason, detail, received_at, sent_at, receive_count,
+                            vault_key_version, body_ciphertext)
+SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body
+FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[])
+     AS q(message_id, reason, detail, sent_at, receive_count, body)";
 
 /// Writes one batch in one transaction. The caller must not list a message id twice.
 pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if !batch.vault.mask.is_empty() {
-        sqlx::query(INSERT_VAULT)
-            .bind(batch.mask_key_version)
-            .bind(batch.vault_key_version)
-            .bind(&batch.vault.field)
-            .bind(&batch.vault.mask)
-            .bind(&batch.vault.ciphertext)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let (ids, outcomes) = claims(batch);
-    let (logins, quarantine) = (&batch.logins, &batch.quarantine);
-    let counts: Vec<(String, i64)> = sqlx::query_as(INSERT_MESSAGES)
-        .bind(&ids)
-        .bind(&outcomes)
-        .bind(batch.mask_key_version)
-        .bind(&logins.message_id)
-        .bind(&logins.user_id)
-        .bind(&logins.device_type)
-        .bind(&logins.masked_ip)
-        .bind(&logins.masked_device_id)
-        .bind(&logins.locale)
-        .bind(&logins.app_version)
-        .bind(&logins.app_version_text)
-        .bind(&logins.create_date)
-        .bind(batch.vault_key_version)
-        .bind(&quarantine.message_id)
-        .bind(&quarantine.reason)
-        .bind(&quarantine.detail)
-        .bind(&quarantine.sent_at)
-        .bind(&quarantine.receive_count)
-        .bind(&quarantine.body_ciphertext)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-
+    let claimed = claim(&mut tx, batch).await?;
     let mut outcome = WriteOutcome::default();
-    for (kind, n) in counts {
-        let n = u64::try_from(n).unwrap_or(0);
-        if kind == "written" {
-            outcome.written = n;
-        } else {
-            outcome.quarantined.insert(kind, n);
-        }
+    if !claimed.is_none() {
+        insert_vault(&mut tx, batch).await?;
+        outcome.written = copy_logins(&mut tx, batch, &claimed).await?;
+        outcome.quarantined = insert_quarantine(&mut tx, batch, &claimed).await?;
     }
-    let claimed = outcome.written + outcome.quarantined.values().sum::<u64>();
-    outcome.duplicates_skipped = (batch.message_count() as u64).saturating_sub(claimed);
+    tx.commit().await?;
+    let done = outcome.written + outcome.quarantined.values().sum::<u64>();
+    outcome.duplicates_skipped = (batch.message_count() as u64).saturating_sub(done);
     Ok(outcome)
 }
 
-fn claims(batch: &WriteBatch) -> (Vec<&str>, Vec<&'static str>) {
-    let written = batch
+/// Which of the batch's messages this transaction may write.
+enum Claimed {
+    All,
+    None,
+    Ids(HashSet<String>),
+}
+
+impl Claimed {
+    fn is_none(&self) -> bool {
+        match self {
+            Self::None => true,
+            Self::Ids(ids) => ids.is_empty(),
+            Self::All => false,
+        }
+    }
+
+    fn contains(&self, message_id: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::None => false,
+            Self::Ids(ids) => ids.contains(message_id),
+        }
+    }
+}
+
+async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, sqlx::Error> {
+    match &batch.claim {
+        Claim::FileLines(range) => {
+            let claimed: Option<i64> = sqlx::query_scalar(CLAIM_LINES)
+                .bind(range.source.as_slice())
+                .bind(range.first)
+                .bind(range.last)
+                .bind(range.digest.as_slice())
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(if claimed.is_some() {
+                Claimed::All
+            } else {
+                Claimed::None
+            })
+        }
+        Claim::MessageIds => {
+            let written = batch.logins.iter().map(|r| (&r.message_id, "written"));
+            let quarantined = batch
+                .quarantine
+                .iter()
+                .map(|r| (&r.message_id, "quarantined"));
+            let (ids, outcomes): (Vec<&String>, Vec<&str>) = written.chain(quarantined).unzip();
+            let claimed: Vec<String> = sqlx::query_scalar(CLAIM_MESSAGES)
+                .bind(ids)
+                .bind(outcomes)
+                .fetch_all(&mut *conn)
+                .await?;
+            Ok(Claimed::Ids(claimed.into_iter().collect()))
+        }
+    }
+}
+
+async fn insert_vault(conn: &mut PgConnection, batch: &WriteBatch) -> Result<(), sqlx::Error> {
+    if batch.vault.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<&str> = batch.vault.iter().map(|e| e.field.as_str()).collect();
+    let masks: Vec<String> = batch
+        .vault
+        .iter()
+        .map(|e| e.mask.hex().as_str().to_owned())
+        .collect();
+    let ciphertexts: Vec<&[u8]> = batch
+        .vault
+        .iter()
+        .map(|e| e.ciphertext.as_slice())
+        .collect();
+    // Entries reach here only when this process has not seen them committed, so most are new to
+    // the vault too. A plain insert checks uniqueness in the same index descent that inserts;
+    // ON CONFLICT probes the index first and then inserts, about twice the work. So the plain
+    // insert is tried first, under a savepoint, and ON CONFLICT only if a row already existed.
+    let insert = |statement| {
+        sqlx::query(statement)
+            .bind(batch.mask_key_version)
+            .bind(batch.vault_key_version)
+            .bind(&fields)
+            .bind(&masks)
+            .bind(&ciphertexts)
+    };
+    sqlx::query("SAVEPOINT vault_insert")
+        .execute(&mut *conn)
+        .await?;
+    match insert(INSERT_VAULT).execute(&mut *conn).await {
+        Ok(_) => {
+            sqlx::query("RELEASE SAVEPOINT vault_insert")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT vault_insert")
+                .execute(&mut *conn)
+                .await?;
+            insert(INSERT_VAULT_SKIPPING_EXISTING)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Err(err) => return Err(err),
+    }
+    Ok(())
+}
+
+async fn copy_logins(
+    conn: &mut PgConnection,
+    batch: &WriteBatch,
+    claimed: &Claimed,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = BinaryCopy::with_capacity(batch.logins.len() * 300);
+    let mut rows = 0u64;
+    for row in batch
         .logins
-        .message_id
         .iter()
-        .map(|id| (id.as_str(), "written"));
-    let quarantined = batch
+        .filter(|r| claimed.contains(&r.message_id))
+    {
+        copy.row(10);
+        copy.text(&row.user_id);
+        copy.text(&row.device_type);
+        copy.text(row.masked_ip.as_str());
+        copy.text(row.masked_device_id.as_str());
+        copy.optional_text(row.locale.as_deref());
+        copy.int4(row.app_version);
+        copy.date(row.create_date);
+        copy.text(&row.app_version_text);
+        copy.int4(batch.mask_key_version);
+        copy.text(&row.message_id);
+        rows += 1;
+    }
+    if rows == 0 {
+        return Ok(0);
+    }
+    let mut sink = conn.copy_in_raw(COPY_LOGINS).await?;
+    sink.send(copy.finish()).await?;
+    sink.finish().await
+}
+
+async fn insert_quarantine(
+    conn: &mut PgConnection,
+    batch: &WriteBatch,
+    claimed: &Claimed,
+) -> Result<BTreeMap<String, u64>, sqlx::Error> {
+    let rows: Vec<&QuarantineRow> = batch
         .quarantine
-        .message_id
         .iter()
-        .map(|id| (id.as_str(), "quarantined"));
-    written.chain(quarantined).unzip()
+        .filter(|r| claimed.contains(&r.message_id))
+        .collect();
+    let mut by_reason = BTreeMap::new();
+    if rows.is_empty() {
+        return Ok(by_reason);
+    }
+    sqlx::query(INSERT_QUARANTINE)
+        .bind(batch.vault_key_version)
+        .bind(
+            rows.iter()
+                .map(|r| r.message_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.receive_count).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.body_ciphertext.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    for row in rows {
+        *by_reason.entry(row.reason.to_owned()).or_insert(0) += 1;
+    }
+    Ok(by_reason)
 }

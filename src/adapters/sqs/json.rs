@@ -60,6 +60,7 @@ impl JsonQueue {
                     receive_count: attributes
                         .get(&MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|count| count.parse().ok()),
+                    line: None,
                 })
             })
             .collect())

@@ -8,6 +8,8 @@ pub mod query;
 
 use std::time::Duration;
 
+use crate::domain::file_line::FileLine;
+
 pub use json::JsonQueue;
 pub use query::QueryQueue;
 
@@ -36,6 +38,8 @@ pub struct ReceivedMessage {
     /// `SentTimestamp` as sent: milliseconds on real SQS, seconds on the reference LocalStack.
     pub sent_timestamp: Option<String>,
     pub receive_count: Option<i32>,
+    /// Set by the file source instead of SQS: the input and line the body came from.
+    pub line: Option<FileLine>,
 }
 
 impl std::fmt::Debug for ReceivedMessage {
