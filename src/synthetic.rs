@@ -37,19 +37,36 @@ pub struct Generator {
     options: SyntheticOptions,
     history: Vec<(String, String)>,
     produced: usize,
+    /// New (ip, device_id) pairs made so far, and the seeded offsets of the permutations that
+    /// turn this counter into values.
+    fresh: u64,
+    offsets: (u64, u64),
 }
+
+/// A prime: multiplying by it permutes the residues modulo the sizes below (it divides neither),
+/// so new values never repeat until 10^9 of them were made.
+const PERMUTATION: u64 = 2_654_435_761;
+/// IPv4 addresses with a first octet of at least 1.
+const IP_SPACE: u64 = (1 << 32) - (1 << 24);
+const DEVICE_SPACE: u64 = 1_000_000_000;
 
 impl Generator {
     pub fn new(options: SyntheticOptions) -> Self {
-        let rng = match options.seed {
+        let mut rng = match options.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let offsets = (
+            rng.random_range(0..IP_SPACE),
+            rng.random_range(0..DEVICE_SPACE),
+        );
         Self {
             rng,
             options,
             history: Vec::new(),
             produced: 0,
+            fresh: 0,
+            offsets,
         }
     }
 
@@ -59,7 +76,7 @@ impl Generator {
             let index = self.rng.random_range(0..self.history.len());
             self.history[index].clone()
         } else {
-            let pair = (self.ip(), self.device_id());
+            let pair = self.new_pair();
             if self.history.len() < HISTORY {
                 self.history.push(pair.clone());
             } else {
@@ -101,18 +118,21 @@ impl Generator {
             .to_string()
     }
 
-    fn ip(&mut self) -> String {
-        let [a, b, c, d]: [u8; 4] = self.rng.random();
-        format!("{}.{b}.{c}.{d}", a.max(1))
-    }
-
-    fn device_id(&mut self) -> String {
-        let n: u32 = self.rng.random_range(0..1_000_000_000);
-        format!(
-            "{:03}-{:02}-{:04}",
-            n / 1_000_000,
-            n / 10_000 % 100,
-            n % 10_000
+    /// An ip and a device_id neither of which was made before.
+    fn new_pair(&mut self) -> (String, String) {
+        let n = self.fresh;
+        self.fresh += 1;
+        let ip = (n * PERMUTATION + self.offsets.0) % IP_SPACE + (1 << 24);
+        let [a, b, c, d] = u32::try_from(ip).unwrap_or(u32::MAX).to_be_bytes();
+        let device = (n * PERMUTATION + self.offsets.1) % DEVICE_SPACE;
+        (
+            format!("{a}.{b}.{c}.{d}"),
+            format!(
+                "{:03}-{:02}-{:04}",
+                device / 1_000_000,
+                device / 10_000 % 100,
+                device % 10_000
+            ),
         )
     }
 
@@ -173,6 +193,25 @@ mod tests {
             distinct_ips.len() < events.len() * 9 / 10,
             "too few repeated ips"
         );
+    }
+
+    #[test]
+    fn without_duplicates_every_value_is_distinct() {
+        let options = SyntheticOptions {
+            count: 20_000,
+            seed: Some(3),
+            duplicate_share: 0.0,
+            malformed_share: 0.0,
+            ..SyntheticOptions::default()
+        };
+        let events: Vec<LoginEvent> = Generator::new(options)
+            .map(|b| LoginEvent::parse(&b).unwrap())
+            .collect();
+        let ips: std::collections::HashSet<_> = events.iter().map(|e| e.ip).collect();
+        let devices: std::collections::HashSet<_> =
+            events.iter().map(|e| e.device_id.clone()).collect();
+        assert_eq!(ips.len(), 20_000);
+        assert_eq!(devices.len(), 20_000);
     }
 
     #[test]

@@ -62,6 +62,10 @@ impl Masker {
 pub struct MaskDigest([u8; 32]);
 
 impl MaskDigest {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The stored form: lowercase hex, in a stack buffer.
     pub fn hex(&self) -> MaskHex {
         let mut text = [0u8; 64];

@@ -165,3 +165,48 @@ async fn values_repeated_across_batches_have_one_vault_row_each() {
     );
     std::fs::remove_file(path).unwrap();
 }
+
+#[tokio::test]
+async fn every_vault_row_opens_to_the_value_of_its_mask_when_the_vault_held_some_already() {
+    let app = TestApp::spawn().await;
+    let all = bodies(900);
+    // A first run puts every third value in the vault; a second process, which knows none of
+    // them, then writes all 900 in big batches whose chunks meet existing rows.
+    let some: Vec<String> = all.iter().step_by(3).cloned().collect();
+    let first = write_input(&some);
+    ingest(&app, &first, "1000").await;
+    let mut reversed = all.clone();
+    reversed.reverse();
+    let second = write_input(&reversed);
+    let summary = ingest(&app, &second, "1000").await;
+    assert_eq!(summary["written"], 900, "{summary}");
+
+    let rows: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT field, mask, ciphertext FROM vault.entries")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1800);
+    let transformer = app.transformer().await;
+    let mut opened = std::collections::HashSet::new();
+    for (field_name, mask, ciphertext) in &rows {
+        let field = if field_name == "ip" {
+            etl::domain::PiiField::Ip
+        } else {
+            etl::domain::PiiField::DeviceId
+        };
+        let value = transformer
+            .sealer()
+            .open_value(field, mask, ciphertext)
+            .unwrap();
+        assert_eq!(&transformer.masker().mask(field, &value), mask);
+        opened.insert(value.to_string());
+    }
+    for body in &all {
+        let event = etl::domain::LoginEvent::parse(body).unwrap();
+        assert!(opened.contains(&event.ip.canonical()));
+        assert!(opened.contains(event.device_id.canonical()));
+    }
+    std::fs::remove_file(first).unwrap();
+    std::fs::remove_file(second).unwrap();
+}

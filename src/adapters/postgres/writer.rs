@@ -114,13 +114,13 @@ const INSERT_VAULT: &str = "\
 INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
 FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
-ORDER BY v.field, v.mask";
+ORDER BY v.field COLLATE \"C\", v.mask COLLATE \"C\"";
 
 const INSERT_VAULT_SKIPPING_EXISTING: &str = "\
 INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
 FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
-ORDER BY v.field, v.mask
+ORDER BY v.field COLLATE \"C\", v.mask COLLATE \"C\"
 ON CONFLICT (field, mask) DO NOTHING";
 
 /// SQLSTATE unique_violation.
@@ -213,24 +213,38 @@ async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, s
 }
 
 async fn insert_vault(conn: &mut PgConnection, batch: &WriteBatch) -> Result<(), sqlx::Error> {
-    if batch.vault.is_empty() {
-        return Ok(());
+    // Sorted as the statement sorts them (byte-wise: hex order is digest order), so the server's
+    // sort finds them presorted and concurrent batches lock index entries in one order.
+    let mut entries: Vec<&VaultEntry> = batch.vault.iter().collect();
+    entries.sort_unstable_by(|a, b| {
+        (a.field.as_str().as_bytes(), a.mask.as_bytes())
+            .cmp(&(b.field.as_str().as_bytes(), b.mask.as_bytes()))
+    });
+    for chunk in entries.chunks(VAULT_CHUNK) {
+        insert_vault_chunk(conn, batch, chunk).await?;
     }
-    let fields: Vec<&str> = batch.vault.iter().map(|e| e.field.as_str()).collect();
-    let masks: Vec<String> = batch
-        .vault
+    Ok(())
+}
+
+/// Vault entries per insert statement: small enough that a value the vault already holds (one
+/// this process forgot, or another process wrote) sends only its chunk down the slower path.
+const VAULT_CHUNK: usize = 250;
+
+/// Entries reach here only when this process has not seen them committed, so most are new to the
+/// vault too. A plain insert checks uniqueness in the same index descent that inserts; ON
+/// CONFLICT probes the index first and then inserts, about twice the work. So the plain insert is
+/// tried first, under a savepoint, and ON CONFLICT only if a row already existed.
+async fn insert_vault_chunk(
+    conn: &mut PgConnection,
+    batch: &WriteBatch,
+    entries: &[&VaultEntry],
+) -> Result<(), sqlx::Error> {
+    let fields: Vec<&str> = entries.iter().map(|e| e.field.as_str()).collect();
+    let masks: Vec<String> = entries
         .iter()
         .map(|e| e.mask.hex().as_str().to_owned())
         .collect();
-    let ciphertexts: Vec<&[u8]> = batch
-        .vault
-        .iter()
-        .map(|e| e.ciphertext.as_slice())
-        .collect();
-    // Entries reach here only when this process has not seen them committed, so most are new to
-    // the vault too. A plain insert checks uniqueness in the same index descent that inserts;
-    // ON CONFLICT probes the index first and then inserts, about twice the work. So the plain
-    // insert is tried first, under a savepoint, and ON CONFLICT only if a row already existed.
+    let ciphertexts: Vec<&[u8]> = entries.iter().map(|e| e.ciphertext.as_slice()).collect();
     let insert = |statement| {
         sqlx::query(statement)
             .bind(batch.mask_key_version)
