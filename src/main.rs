@@ -5,6 +5,9 @@ use clap::Parser;
 use etl::cli::Cli;
 use etl::commands::Outcome;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
 #[tokio::main]
 async fn main() -> ExitCode {

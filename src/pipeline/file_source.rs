@@ -19,6 +19,7 @@
 //! A reader thread parses lines into batches and hands them over a bounded channel to `writers`
 //! tasks, so reading, transforming and writing overlap and memory stays flat.
 
+use std::fmt::Write;
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +32,9 @@ use tracing::{error, info};
 use super::commit::Committer;
 use super::{Stats, Summary};
 use crate::adapters::sqs::ReceivedMessage;
-use crate::domain::file_line::{fingerprint, FileLine, Fingerprint, LinesDigest};
+use crate::domain::file_line::{
+    fingerprint, message_id_prefix, FileLine, Fingerprint, LinesDigest,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct FileOptions {
@@ -96,6 +99,7 @@ pub async fn run(
     let (batches, receiver) = mpsc::channel::<Vec<ReceivedMessage>>(options.writers * 2);
     let reader = Reader {
         source,
+        id_prefix: message_id_prefix(source),
         batch_size: options.batch_size,
         committed,
         next_range: 0,
@@ -199,6 +203,8 @@ async fn committed_ranges(
 /// Turns lines into batches, skipping (after checking) the lines of committed ranges.
 struct Reader {
     source: Fingerprint,
+    /// `file:<fingerprint>:`, so a line's id is one concatenation.
+    id_prefix: String,
     batch_size: usize,
     committed: Vec<CommittedRange>,
     /// Index of the first committed range not yet passed.
@@ -235,7 +241,10 @@ impl Reader {
 
     /// Handles one non-empty line; returns whether the writers still take batches.
     fn line(&mut self, number: u64, line: &[u8]) -> Result<bool, FileSourceError> {
-        let body = String::from_utf8_lossy(line).into_owned();
+        let body = match std::str::from_utf8(line) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(line).into_owned(),
+        };
         let position = i64::try_from(number).unwrap_or(i64::MAX);
         if self
             .checking
@@ -264,8 +273,12 @@ impl Reader {
             source: self.source,
             number,
         };
+        let mut message_id = String::with_capacity(self.id_prefix.len() + 20);
+        message_id.push_str(&self.id_prefix);
+        // Writing into a String cannot fail.
+        let _ = write!(message_id, "{number}");
         self.batch.push(ReceivedMessage {
-            message_id: line.message_id(),
+            message_id,
             receipt_handle: String::new(),
             body,
             sent_timestamp: None,

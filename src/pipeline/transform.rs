@@ -45,32 +45,28 @@ impl Transformer {
     ) -> Result<WriteBatch, SealError> {
         let mut batch = self.empty_batch(messages);
         batch.logins.reserve(messages.len());
-        let mut seen_ids = HashSet::with_capacity(messages.len());
-        let mut sealed =
+        let mut seen_ids =
+            HashSet::with_capacity_and_hasher(messages.len(), RandomState::default());
+        // Values new to this batch, to seal unless the vault is known to hold them already.
+        let mut candidates = Vec::new();
+        let mut in_batch =
             HashSet::with_capacity_and_hasher(messages.len() * 2, RandomState::default());
-        let known = known.view();
         for message in messages {
             if !seen_ids.insert(message.message_id.as_str()) {
                 continue;
             }
             match LoginEvent::parse(&message.body) {
                 Ok(event) => {
-                    let mut mask = |field: PiiField, canonical: &str| {
-                        let digest = self.masker.digest(field, canonical);
-                        if !known.contains(field, digest) && sealed.insert((field, digest)) {
-                            let hex = digest.hex();
-                            let ciphertext =
-                                self.sealer.seal_value(field, hex.as_str(), canonical)?;
-                            batch.vault.push(VaultEntry {
-                                field,
-                                mask: digest,
-                                ciphertext,
-                            });
+                    let mut mask = |field: PiiField, canonical: String| {
+                        let digest = self.masker.digest(field, &canonical);
+                        if in_batch.insert((field, digest)) {
+                            candidates.push((field, digest, canonical));
                         }
-                        Ok::<_, SealError>(digest.hex())
+                        digest.hex()
                     };
-                    let masked_ip = mask(PiiField::Ip, &event.ip.canonical())?;
-                    let masked_device_id = mask(PiiField::DeviceId, event.device_id.canonical())?;
+                    let masked_ip = mask(PiiField::Ip, event.ip.canonical());
+                    let masked_device_id =
+                        mask(PiiField::DeviceId, event.device_id.canonical().to_owned());
                     batch.logins.push(LoginRow {
                         message_id: message.message_id.clone(),
                         user_id: event.user_id,
@@ -92,6 +88,22 @@ impl Transformer {
                     )?;
                 }
             }
+        }
+        // One short lock for the lookups; the writers' hashing and sealing run in parallel.
+        {
+            let known = known.view();
+            candidates.retain(|(field, digest, _)| !known.contains(*field, *digest));
+        }
+        batch.vault.reserve(candidates.len());
+        for (field, digest, canonical) in candidates {
+            let ciphertext = self
+                .sealer
+                .seal_value(field, digest.hex().as_str(), &canonical)?;
+            batch.vault.push(VaultEntry {
+                field,
+                mask: digest,
+                ciphertext,
+            });
         }
         Ok(batch)
     }
