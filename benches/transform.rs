@@ -11,6 +11,10 @@ use etl::synthetic::{Generator, SyntheticOptions};
 
 const BATCH: usize = 1000;
 
+// The allocator the `etl` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn transform(c: &mut Criterion) {
     let key =
         |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());

@@ -96,7 +96,8 @@ pub async fn run(
         );
     }
 
-    let (batches, receiver) = mpsc::channel::<Vec<ReceivedMessage>>(options.writers * 2);
+    // One batch waiting per writer keeps every writer busy; more would only hold memory.
+    let (batches, receiver) = mpsc::channel::<Vec<ReceivedMessage>>(options.writers);
     let reader = Reader {
         source,
         id_prefix: message_id_prefix(source),

@@ -15,8 +15,9 @@ use foldhash::fast::RandomState;
 use crate::crypto::MaskDigest;
 use crate::domain::PiiField;
 
-/// Default bound: two generations of 131,072 masks, about 10 MiB at most.
-pub const DEFAULT_CAPACITY: usize = 1 << 17;
+/// Default bound: two generations of 114,688 masks. That is 7/8 of 2^17, the most a hash table of
+/// 2^17 buckets holds before it doubles, so each generation stays at about 4.5 MiB.
+pub const DEFAULT_CAPACITY: usize = (1 << 17) / 8 * 7;
 
 type Set = HashSet<(PiiField, MaskDigest), RandomState>;
 
