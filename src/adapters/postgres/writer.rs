@@ -1,4 +1,5 @@
-//! One transaction per batch: claim, new vault entries, `user_logins` rows, quarantine rows.
+//! Writing a batch: new vault entries first, then one transaction with the claim, the
+//! `user_logins` rows and the quarantine rows.
 //!
 //! Claims make every write idempotent, in the same transaction as the rows:
 //! - SQS messages: `etl.processed_messages` has the message id as primary key. The batch claims
@@ -10,8 +11,8 @@
 //!   source skips committed ranges on replay (see `pipeline::file_source`).
 //!
 //! `user_logins` rows go in with a binary `COPY`: no per-row statement work, no parameter arrays
-//! to decode. Vault entries need `ON CONFLICT DO NOTHING`, so they go in with one set-based
-//! statement over UNNEST-ed arrays, sorted so concurrent batches take index locks in one order.
+//! to decode. Vault entries go in first, committed on their own, with set-based statements over
+//! UNNEST-ed arrays (`COPY` is refused on tables with row level security).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -140,11 +141,11 @@ FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $
 
 /// Writes one batch in one transaction. The caller must not list a message id twice.
 pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
+    insert_vault(pool, batch).await?;
     let mut tx = pool.begin().await?;
     let claimed = claim(&mut tx, batch).await?;
     let mut outcome = WriteOutcome::default();
     if !claimed.is_none() {
-        insert_vault(&mut tx, batch).await?;
         outcome.written = copy_logins(&mut tx, batch, &claimed).await?;
         outcome.quarantined = insert_quarantine(&mut tx, batch, &claimed).await?;
     }
@@ -212,7 +213,11 @@ async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, s
     }
 }
 
-async fn insert_vault(conn: &mut PgConnection, batch: &WriteBatch) -> Result<(), sqlx::Error> {
+/// Vault entries are committed before the rows that use their masks, in short transactions of
+/// their own: a concurrent batch that meets the same new value waits for this short transaction,
+/// not for a whole batch. A crash in between leaves vault rows no row uses yet; the messages come
+/// back and use them. The vault is append-only, so a committed entry stays valid.
+async fn insert_vault(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
     // Sorted as the statement sorts them (byte-wise: hex order is digest order), so the server's
     // sort finds them presorted and concurrent batches lock index entries in one order.
     let mut entries: Vec<&VaultEntry> = batch.vault.iter().collect();
@@ -221,23 +226,23 @@ async fn insert_vault(conn: &mut PgConnection, batch: &WriteBatch) -> Result<(),
             .cmp(&(b.mask.as_bytes(), b.field.as_str().as_bytes()))
     });
     for chunk in entries.chunks(VAULT_CHUNK) {
-        insert_vault_chunk(conn, batch, chunk).await?;
+        insert_vault_chunk(pool, batch, chunk).await?;
     }
     Ok(())
 }
 
 /// Vault entries per insert statement. A value the vault already holds (one this process forgot,
 /// or another process wrote) sends its whole chunk down the slower path, so smaller is safer; but
-/// each statement costs a sort, a savepoint and round trips, and on 1,000,000 distinct events
+/// each statement costs a sort, a transaction and round trips, and on 1,000,000 distinct events
 /// chunks of 250 / 1,000 / 2,000 / 4,000 gave 94k / 104k / 111k / 114k events/s (BENCHMARKS.md).
 const VAULT_CHUNK: usize = 2000;
 
 /// Entries reach here only when this process has not seen them committed, so most are new to the
 /// vault too. A plain insert checks uniqueness in the same index descent that inserts; ON
 /// CONFLICT probes the index first and then inserts, about twice the work. So the plain insert is
-/// tried first, under a savepoint, and ON CONFLICT only if a row already existed.
+/// tried first, and ON CONFLICT only if a row already existed.
 async fn insert_vault_chunk(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     batch: &WriteBatch,
     entries: &[&VaultEntry],
 ) -> Result<(), sqlx::Error> {
@@ -255,26 +260,16 @@ async fn insert_vault_chunk(
             .bind(&masks)
             .bind(&ciphertexts)
     };
-    sqlx::query("SAVEPOINT vault_insert")
-        .execute(&mut *conn)
-        .await?;
-    match insert(INSERT_VAULT).execute(&mut *conn).await {
-        Ok(_) => {
-            sqlx::query("RELEASE SAVEPOINT vault_insert")
-                .execute(&mut *conn)
-                .await?;
-        }
+    match insert(INSERT_VAULT).execute(pool).await {
+        Ok(_) => Ok(()),
         Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(UNIQUE_VIOLATION) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT vault_insert")
-                .execute(&mut *conn)
-                .await?;
             insert(INSERT_VAULT_SKIPPING_EXISTING)
-                .execute(&mut *conn)
-                .await?;
+                .execute(pool)
+                .await
+                .map(|_| ())
         }
-        Err(err) => return Err(err),
+        Err(err) => Err(err),
     }
-    Ok(())
 }
 
 async fn copy_logins(
