@@ -1,6 +1,7 @@
 //! The ingest loop. Each of `pollers` tasks long-polls SQS, transforms what it got, writes it in
-//! one transaction and deletes it only after the commit. In-flight work is bounded by
-//! `pollers × 10` messages.
+//! one transaction and deletes it only after the commit; the delete runs while the poller
+//! receives its next batch. In-flight work is bounded by `pollers × 10` messages being written
+//! plus `pollers × 2` committed batches being deleted.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,9 +77,15 @@ struct Poller {
     shutdown: CancellationToken,
 }
 
+/// Deletes of committed batches that may run while the poller receives the next one. The messages
+/// are committed, so a delete that never happens costs only a skipped redelivery; the bound keeps
+/// a slow SQS from piling them up.
+const DELETES_IN_FLIGHT: usize = 2;
+
 impl Poller {
     async fn run(self) {
         let mut receive_backoff = backoff().build();
+        let mut deletes = JoinSet::new();
         loop {
             let received = tokio::select! {
                 // Dropping an in-flight receive loses nothing: whatever SQS handed out becomes
@@ -109,10 +116,17 @@ impl Poller {
             }
             self.stats.received(messages.len());
             let batch_id = uuid::Uuid::new_v4().simple().to_string();
-            self.process(&messages)
-                .instrument(info_span!("batch", batch_id = &batch_id[..12]))
-                .await;
+            let span = info_span!("batch", batch_id = &batch_id[..12]);
+            if let Some(committed) = self.process(&messages).instrument(span.clone()).await {
+                while deletes.len() >= DELETES_IN_FLIGHT {
+                    deletes.join_next().await;
+                }
+                let (queue, stats) = (self.queue.clone(), Arc::clone(&self.stats));
+                deletes.spawn(delete(queue, stats, committed).instrument(span));
+            }
         }
+        // Shutdown or drained: the committed batches' deletes finish before the poller ends.
+        while deletes.join_next().await.is_some() {}
     }
 
     /// Sleeps unless shutdown comes first; returns whether it did.
@@ -141,19 +155,20 @@ impl Poller {
         }
     }
 
-    /// Commits a batch while a heartbeat keeps it hidden, then deletes it; or, if it cannot be
-    /// committed, hides it for a backoff delay so it comes back later.
-    async fn process(&self, messages: &[ReceivedMessage]) {
+    /// Commits a batch while a heartbeat keeps it hidden and returns its receipts to delete; or, if
+    /// it cannot be committed, hides it for a backoff delay so it comes back later.
+    async fn process(&self, messages: &[ReceivedMessage]) -> Option<Vec<Receipt>> {
         for message in messages {
             debug!(message_id = %message.message_id, receive_count = ?message.receive_count, "received");
         }
         let started = Instant::now();
         let receipts = Receipt::of_all(messages);
-        match self
+        let outcome = self
             .with_heartbeat(&receipts, self.committer.commit(messages))
-            .await
-        {
-            Ok(()) => self.delete(receipts).await,
+            .await;
+        self.stats.batch_finished(messages.len(), started.elapsed());
+        match outcome {
+            Ok(()) => Some(receipts),
             Err(err) => {
                 if matches!(err, CommitError::Seal(_)) {
                     self.stats.transform_failed();
@@ -166,9 +181,9 @@ impl Poller {
                 if let Err(err) = self.queue.change_visibility_batch(&receipts, delay).await {
                     warn!(error = %err, "could not set the redelivery delay; the visibility timeout applies");
                 }
+                None
             }
         }
-        self.stats.batch_finished(messages.len(), started.elapsed());
     }
 
     /// Runs `work`, extending the visibility of `receipts` every half visibility timeout so no
@@ -190,41 +205,41 @@ impl Poller {
             }
         }
     }
+}
 
-    /// Deletes committed messages, retrying the entries SQS failed for transient reasons.
-    async fn delete(&self, receipts: Vec<Receipt>) {
-        let total = receipts.len();
-        let mut pending = receipts;
-        let mut delays = backoff().build();
-        while !pending.is_empty() {
-            match self.queue.delete_batch(&pending).await {
-                Ok(failures) => {
-                    let failed = failures.retryable.len() + failures.permanent.len();
-                    self.stats.deleted(pending.len() - failed);
-                    for receipt in &failures.permanent {
-                        warn!(message_id = %receipt.message_id,
-                              "SQS refused the delete; the message will be redelivered and skipped");
-                    }
-                    self.stats.delete_failed(failures.permanent.len());
-                    pending = failures.retryable;
+/// Deletes committed messages, retrying the entries SQS failed for transient reasons.
+async fn delete(queue: SqsQueue, stats: Arc<Stats>, receipts: Vec<Receipt>) {
+    let total = receipts.len();
+    let mut pending = receipts;
+    let mut delays = backoff().build();
+    while !pending.is_empty() {
+        match queue.delete_batch(&pending).await {
+            Ok(failures) => {
+                let failed = failures.retryable.len() + failures.permanent.len();
+                stats.deleted(pending.len() - failed);
+                for receipt in &failures.permanent {
+                    warn!(message_id = %receipt.message_id,
+                          "SQS refused the delete; the message will be redelivered and skipped");
                 }
-                Err(err) => warn!(error = %err, "delete failed; retrying"),
+                stats.delete_failed(failures.permanent.len());
+                pending = failures.retryable;
             }
-            if pending.is_empty() {
-                break;
-            }
-            let Some(delay) = delays.next() else {
-                self.stats.delete_failed(pending.len());
-                warn!(
-                    messages = pending.len(),
-                    "giving up deleting; the messages will be redelivered and skipped"
-                );
-                break;
-            };
-            tokio::time::sleep(delay).await;
+            Err(err) => warn!(error = %err, "delete failed; retrying"),
         }
-        debug!(messages = total, "batch done");
+        if pending.is_empty() {
+            break;
+        }
+        let Some(delay) = delays.next() else {
+            stats.delete_failed(pending.len());
+            warn!(
+                messages = pending.len(),
+                "giving up deleting; the messages will be redelivered and skipped"
+            );
+            break;
+        };
+        tokio::time::sleep(delay).await;
     }
+    debug!(messages = total, "batch done");
 }
 
 /// How long a batch that could not be committed stays hidden: doubling with each receive from
