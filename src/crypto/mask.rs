@@ -4,7 +4,7 @@
 
 use hmac::Mac;
 
-use super::{derive_subkey, hmac_state, DataKey, HmacSha256};
+use super::{derive_subkey, hmac_state, DataKey, HmacSha256, LineKey};
 use crate::domain::PiiField;
 
 /// Computes masks with one version of the mask key.
@@ -12,6 +12,7 @@ pub struct Masker {
     version: i32,
     ip: HmacSha256,
     device_id: HmacSha256,
+    lines: LineKey,
 }
 
 impl std::fmt::Debug for Masker {
@@ -28,11 +29,18 @@ impl Masker {
             let subkey = derive_subkey(key.material(), &format!("etl/mask/v1/{}", field.as_str()));
             hmac_state(subkey.as_slice())
         };
+        let lines = derive_subkey(key.material(), "etl/file/v1");
         Self {
             version: key.version(),
             ip: field_state(PiiField::Ip),
             device_id: field_state(PiiField::DeviceId),
+            lines: LineKey::new(hmac_state(lines.as_slice())),
         }
+    }
+
+    /// The key of the fingerprints and range digests of backfilled lines.
+    pub fn line_key(&self) -> &LineKey {
+        &self.lines
     }
 
     /// The mask key version, stored beside every mask.

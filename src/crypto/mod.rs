@@ -1,15 +1,17 @@
 //! Key material, the keyed mask and the vault seal.
 //!
 //! Key hierarchy: a KMS key wraps two 256-bit data keys stored in `keyring.data_keys`; the mask
-//! key derives one HMAC key per field, and the vault key derives the vault encryption key, the
+//! key derives one HMAC key per field and one for the digests of backfilled lines, and the vault key derives the vault encryption key, the
 //! vault nonce key and the quarantine key. Derivation is HMAC-SHA256 with fixed labels, so one data
 //! key never serves two purposes directly.
 
 mod keys;
+mod lines;
 mod mask;
 mod seal;
 
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
+pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker};
 pub use seal::{SealError, Sealer};
 

@@ -2,10 +2,11 @@
 //! backfill) through the same validate → mask → seal → write path as SQS, with the same
 //! quarantine and summary.
 //!
-//! Idempotency without a row per line: the input is known by its fingerprint (a digest of its
-//! first non-empty line), each line by its number, so a line's stable id is
+//! Idempotency without a row per line: the input is known by its fingerprint (a keyed digest of
+//! its first non-empty line), each line by its number, so a line's stable id is
 //! `file:<fingerprint>:<line number>` (stored in `user_logins.message_id`). Each batch claims its
-//! line range with a digest of the lines' content in `etl.file_batches`, in its own transaction.
+//! line range with a keyed digest of the lines' content in `etl.file_batches`, in its own
+//! transaction.
 //! A replay reads the committed ranges first, checks that the input's lines in each range have
 //! the committed digest, and skips them; so replaying the same file, or a longer one that starts
 //! with it (an export that grew, a run cut short), writes nothing twice. If the lines in a
@@ -32,9 +33,8 @@ use tracing::{error, info};
 use super::commit::Committer;
 use super::{Stats, Summary};
 use crate::adapters::sqs::ReceivedMessage;
-use crate::domain::file_line::{
-    fingerprint, message_id_prefix, FileLine, Fingerprint, LinesDigest,
-};
+use crate::crypto::{LineKey, LinesDigest};
+use crate::domain::file_line::{message_id_prefix, FileLine, Fingerprint};
 
 #[derive(Debug, Clone, Copy)]
 pub struct FileOptions {
@@ -85,7 +85,8 @@ pub async fn run(
     let Some((first_number, first_line)) = first else {
         return Ok(stats.summary(started.elapsed()));
     };
-    let source = fingerprint(&first_line);
+    let line_key = committer.transformer.masker().line_key().clone();
+    let source = line_key.fingerprint(&first_line);
     // Held to the end of the run: closing it releases the lock.
     let lock = lock_source(&committer.pool, source).await?;
     let committed = committed_ranges(&committer.pool, source).await?;
@@ -99,6 +100,7 @@ pub async fn run(
     // One batch waiting per writer keeps every writer busy; more would only hold memory.
     let (batches, receiver) = mpsc::channel::<Vec<ReceivedMessage>>(options.writers);
     let reader = Reader {
+        line_key,
         source,
         id_prefix: message_id_prefix(source),
         batch_size: options.batch_size,
@@ -203,6 +205,7 @@ async fn committed_ranges(
 
 /// Turns lines into batches, skipping (after checking) the lines of committed ranges.
 struct Reader {
+    line_key: LineKey,
     source: Fingerprint,
     /// `file:<fingerprint>:`, so a line's id is one concatenation.
     id_prefix: String,
@@ -261,7 +264,7 @@ impl Reader {
                 if !self.flush() {
                     return Ok(false);
                 }
-                self.checking = Some((range, LinesDigest::default(), 0));
+                self.checking = Some((range, self.line_key.range(), 0));
                 self.next_range += 1;
             }
         }

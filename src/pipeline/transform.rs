@@ -12,7 +12,6 @@ use crate::adapters::postgres::writer::{
 };
 use crate::adapters::sqs::ReceivedMessage;
 use crate::crypto::{Masker, SealError, Sealer};
-use crate::domain::file_line::LinesDigest;
 use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
@@ -147,30 +146,31 @@ impl Transformer {
         WriteBatch {
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
-            claim: claim_of(messages),
+            claim: self.claim_of(messages),
             ..WriteBatch::default()
         }
     }
-}
 
-/// Messages from a file claim their line range (they come in line order); SQS messages their ids.
-fn claim_of(messages: &[ReceivedMessage]) -> Claim {
-    let Some(first) = messages.first().and_then(|m| m.line) else {
-        return Claim::MessageIds;
-    };
-    let mut digest = LinesDigest::default();
-    let mut last = first.number;
-    for message in messages {
-        if let Some(line) = message.line {
-            digest.add(line.number, message.body.as_bytes());
-            last = line.number;
+    /// Messages from a file claim their line range (they come in line order); SQS messages their
+    /// ids.
+    fn claim_of(&self, messages: &[ReceivedMessage]) -> Claim {
+        let Some(first) = messages.first().and_then(|m| m.line) else {
+            return Claim::MessageIds;
+        };
+        let mut digest = self.masker.line_key().range();
+        let mut last = first.number;
+        for message in messages {
+            if let Some(line) = message.line {
+                digest.add(line.number, message.body.as_bytes());
+                last = line.number;
+            }
         }
+        let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Claim::FileLines(LineRange {
+            source: first.source,
+            first: number(first.number),
+            last: number(last),
+            digest: digest.finish(),
+        })
     }
-    let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    Claim::FileLines(LineRange {
-        source: first.source,
-        first: number(first.number),
-        last: number(last),
-        digest: digest.finish(),
-    })
 }
