@@ -164,8 +164,9 @@ pub struct IngestArgs {
 
     /// Read one JSON body per line from this file (`-` for stdin) instead of SQS: a backfill or a
     /// dead-letter queue export, through the same validation, masking, vault and quarantine.
-    /// Each line's id is `file:<SHA-256 prefix of the body>:<line number>`, so replaying a file
-    /// writes nothing twice. Ends at the end of the input.
+    /// Each line's id is `file:<fingerprint of the first line>:<line number>`; replaying the
+    /// file, or a longer one that starts with it, writes nothing twice. Ends at the end of the
+    /// input.
     #[arg(long, value_name = "PATH", conflicts_with = "drain")]
     pub from_file: Option<PathBuf>,
 
