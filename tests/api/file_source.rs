@@ -210,3 +210,31 @@ async fn every_vault_row_opens_to_the_value_of_its_mask_when_the_vault_held_some
     std::fs::remove_file(first).unwrap();
     std::fs::remove_file(second).unwrap();
 }
+
+#[tokio::test]
+async fn the_ingest_role_can_backfill_and_replay() {
+    let app = TestApp::spawn().await;
+    let (_, url) = app.login_user("etl_ingest").await;
+    let path = write_input(&bodies(25));
+    for expected_written in [25, 0] {
+        let output = app
+            .command(&[
+                "ingest",
+                "--from-file",
+                path.to_str().unwrap(),
+                "--summary-json",
+                "--batch-size",
+                "10",
+            ])
+            .env("DATABASE_URL", &url)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["written"], expected_written, "{summary}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 25);
+    std::fs::remove_file(path).unwrap();
+}
