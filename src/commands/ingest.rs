@@ -53,6 +53,14 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     } else {
         print!("{summary}");
     }
+    // From SQS, a batch that was not written stays on the queue and comes back; from a file, its
+    // lines wait for the next run, so the run must not look successful.
+    if matches!(settings.source, IngestSource::File { .. }) && summary.write_failures > 0 {
+        anyhow::bail!(
+            "{} batches were not written; run the same command again to write them (committed lines are skipped)",
+            summary.write_failures
+        );
+    }
     Ok(())
 }
 

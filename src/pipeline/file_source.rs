@@ -58,6 +58,15 @@ pub enum FileSourceError {
         first: i64,
         last: i64,
     },
+    #[error("the input ends at line {end}, inside lines {first}-{last} committed from an input with the same first line (fingerprint {fingerprint}); is it a truncated copy? Nothing from line {first} on was written")]
+    Truncated {
+        fingerprint: String,
+        first: i64,
+        last: i64,
+        end: u64,
+    },
+    #[error("the writers stopped before the input was read to its end: {0}")]
+    Writers(String),
 }
 
 /// A range of lines an earlier run committed.
@@ -110,6 +119,7 @@ pub async fn run(
         batch: Vec::with_capacity(options.batch_size),
         batches,
         stats: Arc::clone(&stats),
+        last_number: 0,
     };
     let reading = tokio::task::spawn_blocking(move || {
         let mut reader = reader;
@@ -140,10 +150,18 @@ pub async fn run(
             }
         });
     }
-    while writers.join_next().await.is_some() {}
+    let mut writer_failure = None;
+    while let Some(joined) = writers.join_next().await {
+        if let Err(err) = joined {
+            writer_failure = Some(FileSourceError::Writers(err.to_string()));
+        }
+    }
     let read = reading.await.map_err(std::io::Error::other)?;
     // The lock goes with the connection; a failed close only means the server already dropped it.
     let _ = lock.close().await;
+    if let Some(failure) = writer_failure {
+        return Err(failure);
+    }
     read?;
     Ok(stats.summary(started.elapsed()))
 }
@@ -218,6 +236,8 @@ struct Reader {
     batch: Vec<ReceivedMessage>,
     batches: mpsc::Sender<Vec<ReceivedMessage>>,
     stats: Arc<Stats>,
+    /// Number of the last non-empty line read.
+    last_number: u64,
 }
 
 impl Reader {
@@ -234,17 +254,28 @@ impl Reader {
             }
             number += 1;
             trim_line_end(&mut line);
-            if !line.is_empty() && !self.line(number, &line)? {
-                return Ok(());
+            if !line.is_empty() {
+                self.line(number, &line)?;
+            }
+        }
+        if let Some((range, _, _)) = &self.checking {
+            let end = self.last_number;
+            if i64::try_from(end).unwrap_or(i64::MAX) < range.last_line {
+                return Err(FileSourceError::Truncated {
+                    fingerprint: hex::encode(self.source),
+                    first: range.first_line,
+                    last: range.last_line,
+                    end,
+                });
             }
         }
         self.finish_check()?;
-        self.flush();
-        Ok(())
+        self.flush()
     }
 
-    /// Handles one non-empty line; returns whether the writers still take batches.
-    fn line(&mut self, number: u64, line: &[u8]) -> Result<bool, FileSourceError> {
+    /// Handles one non-empty line.
+    fn line(&mut self, number: u64, line: &[u8]) -> Result<(), FileSourceError> {
+        self.last_number = number;
         let body = match std::str::from_utf8(line) {
             Ok(text) => text.to_owned(),
             Err(_) => String::from_utf8_lossy(line).into_owned(),
@@ -261,9 +292,7 @@ impl Reader {
             let next = self.committed.get(self.next_range).cloned();
             if let Some(range) = next.filter(|range| position >= range.first_line) {
                 // A batch never spans a committed range, so claimed ranges never overlap.
-                if !self.flush() {
-                    return Ok(false);
-                }
+                self.flush()?;
                 self.checking = Some((range, self.line_key.range(), 0));
                 self.next_range += 1;
             }
@@ -271,7 +300,7 @@ impl Reader {
         if let Some((_, digest, lines)) = self.checking.as_mut() {
             digest.add(number, body.as_bytes());
             *lines += 1;
-            return Ok(true);
+            return Ok(());
         }
         let line = FileLine {
             source: self.source,
@@ -290,9 +319,9 @@ impl Reader {
             line: Some(line),
         });
         if self.batch.len() >= self.batch_size {
-            return Ok(self.flush());
+            self.flush()?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Compares the range being checked with what was committed.
@@ -311,12 +340,14 @@ impl Reader {
         Ok(())
     }
 
-    /// Sends the batch being built; returns whether the writers still take batches.
-    fn flush(&mut self) -> bool {
+    /// Sends the batch being built to the writers.
+    fn flush(&mut self) -> Result<(), FileSourceError> {
         if self.batch.is_empty() {
-            return true;
+            return Ok(());
         }
         let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
-        self.batches.blocking_send(full).is_ok()
+        self.batches
+            .blocking_send(full)
+            .map_err(|_| FileSourceError::Writers("they no longer take batches".to_owned()))
     }
 }

@@ -109,8 +109,12 @@ impl Poller {
                 }
             };
             if messages.is_empty() {
-                if self.options.drain && self.queue_is_drained().await {
-                    break;
+                if self.options.drain {
+                    // Messages whose delete is still running count as in flight.
+                    while deletes.join_next().await.is_some() {}
+                    if self.queue_is_drained().await {
+                        break;
+                    }
                 }
                 continue;
             }

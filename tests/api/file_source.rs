@@ -238,3 +238,30 @@ async fn the_ingest_role_can_backfill_and_replay() {
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 25);
     std::fs::remove_file(path).unwrap();
 }
+
+#[tokio::test]
+async fn a_truncated_copy_of_an_ingested_input_is_named_as_such() {
+    let app = TestApp::spawn().await;
+    let all = bodies(30);
+    let whole = write_input(&all);
+    let truncated = write_input(&all[..15]);
+    ingest(&app, &whole, "10").await;
+    let output = app
+        .etl(&[
+            "ingest",
+            "--from-file",
+            truncated.to_str().unwrap(),
+            "--batch-size",
+            "10",
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ends at line 15, inside lines 11-20"),
+        "{stderr}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 30);
+    std::fs::remove_file(whole).unwrap();
+    std::fs::remove_file(truncated).unwrap();
+}
