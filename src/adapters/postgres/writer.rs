@@ -139,7 +139,8 @@ SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, 
 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[])
      AS q(message_id, reason, detail, sent_at, receive_count, body)";
 
-/// Writes one batch in one transaction. The caller must not list a message id twice.
+/// Writes one batch: its new vault entries, then one transaction with the claim, the rows and the
+/// quarantine rows. The caller must not list a message id twice.
 pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
     insert_vault(pool, batch).await?;
     let mut tx = pool.begin().await?;
