@@ -16,7 +16,7 @@ use crate::cli::IngestArgs;
 use crate::configuration::{IngestSettings, IngestSource};
 use crate::pipeline::backoff;
 use crate::pipeline::file_source::{self, FileOptions};
-use crate::pipeline::known_masks::{self, KnownMasks};
+use crate::pipeline::known_masks::KnownMasks;
 use crate::pipeline::{self, progress, Committer, IngestOptions, Stats, Summary, Transformer};
 use crate::server::{self, Readiness};
 use crate::startup::{self, StartupError};
@@ -151,7 +151,7 @@ async fn from_file(
     let committer = Committer {
         pool,
         transformer,
-        known_masks: Arc::new(KnownMasks::new(known_masks::DEFAULT_CAPACITY)),
+        known_masks: Arc::new(KnownMasks::default()),
         stats: Arc::new(Stats::default()),
         max_receives: settings.max_receives,
     };

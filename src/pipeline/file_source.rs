@@ -11,8 +11,10 @@
 //! the committed digest, and skips them; so replaying the same file, or a longer one that starts
 //! with it (an export that grew, a run cut short), writes nothing twice. If the lines in a
 //! committed range differ, the run stops with an error naming the range, before writing any
-//! later line: another input that shares the first line is refused, never half-merged. One run
-//! per input at a time: a session advisory lock on the fingerprint refuses a second.
+//! later line: another input that shares the first line is refused there (lines before that
+//! range which no earlier run committed are written under its ids). One run per input at a time:
+//! a session advisory lock on the fingerprint refuses a second; it lives on one connection, so a
+//! cut connection lifts it.
 //!
 //! Lines have no SentTimestamp, so their `create_date` is the processing date. Bytes that are not
 //! UTF-8 are replaced (U+FFFD) and the line is judged as text. Empty lines are skipped.
@@ -20,6 +22,7 @@
 //! A reader thread parses lines into batches and hands them over a bounded channel to `writers`
 //! tasks, so reading, transforming and writing overlap and memory stays flat.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::io::BufRead;
 use std::sync::Arc;
@@ -48,7 +51,7 @@ pub struct FileOptions {
 pub enum FileSourceError {
     #[error("cannot read the input: {0}")]
     Io(#[from] std::io::Error),
-    #[error("cannot read the committed line ranges: {0}")]
+    #[error("cannot read the input's progress from the database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("another `etl ingest --from-file` is ingesting an input with this first line (fingerprint {0}); wait for it to end")]
     Busy(String),
@@ -276,9 +279,10 @@ impl Reader {
     /// Handles one non-empty line.
     fn line(&mut self, number: u64, line: &[u8]) -> Result<(), FileSourceError> {
         self.last_number = number;
+        // Borrowed until it joins a batch: lines of committed ranges are only digested.
         let body = match std::str::from_utf8(line) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(line).into_owned(),
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line),
         };
         let position = i64::try_from(number).unwrap_or(i64::MAX);
         if self
@@ -313,7 +317,7 @@ impl Reader {
         self.batch.push(ReceivedMessage {
             message_id,
             receipt_handle: String::new(),
-            body,
+            body: body.into_owned(),
             sent_timestamp: None,
             receive_count: None,
             line: Some(line),

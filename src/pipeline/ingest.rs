@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::commit::{backoff, CommitError, Committer};
-use super::known_masks::{self, KnownMasks};
+use super::known_masks::KnownMasks;
 use super::{Stats, Summary, Transformer};
 use crate::adapters::sqs::{Receipt, ReceivedMessage, SqsQueue, MAX_BATCH};
 
@@ -43,7 +43,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
-    let known_masks = Arc::new(KnownMasks::new(known_masks::DEFAULT_CAPACITY));
+    let known_masks = Arc::new(KnownMasks::default());
     let mut pollers = JoinSet::new();
     for poller in 0..options.pollers.max(1) {
         let worker = Poller {

@@ -17,7 +17,7 @@ use crate::domain::PiiField;
 
 /// Default bound: two generations of 114,688 masks. That is 7/8 of 2^17, the most a hash table of
 /// 2^17 buckets holds before it doubles, so each generation stays at about 4.5 MiB.
-pub const DEFAULT_CAPACITY: usize = (1 << 17) / 8 * 7;
+const DEFAULT_CAPACITY: usize = (1 << 17) / 8 * 7;
 
 type Set = HashSet<(PiiField, MaskDigest), RandomState>;
 
@@ -66,6 +66,12 @@ impl KnownMasks {
         self.generations
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for KnownMasks {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
     }
 }
 

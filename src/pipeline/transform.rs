@@ -56,16 +56,16 @@ impl Transformer {
             }
             match LoginEvent::parse(&message.body) {
                 Ok(event) => {
-                    let mut mask = |field: PiiField, canonical: String| {
-                        let digest = self.masker.digest(field, &canonical);
+                    // The value is copied only when it may need sealing: most repeat.
+                    let mut mask = |field: PiiField, canonical: &str| {
+                        let digest = self.masker.digest(field, canonical);
                         if in_batch.insert((field, digest)) {
-                            candidates.push((field, digest, canonical));
+                            candidates.push((field, digest, canonical.to_owned()));
                         }
                         digest.hex()
                     };
-                    let masked_ip = mask(PiiField::Ip, event.ip.canonical());
-                    let masked_device_id =
-                        mask(PiiField::DeviceId, event.device_id.canonical().to_owned());
+                    let masked_ip = mask(PiiField::Ip, &event.ip.canonical());
+                    let masked_device_id = mask(PiiField::DeviceId, event.device_id.canonical());
                     batch.logins.push(LoginRow {
                         message_id: message.message_id.clone(),
                         user_id: event.user_id,

@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::copy::BinaryCopy;
 use crate::crypto::{MaskDigest, MaskHex};
+use crate::domain::file_line::Fingerprint;
 use crate::domain::PiiField;
 
 /// Everything one batch writes.
@@ -48,7 +49,7 @@ pub enum Claim {
 /// Lines `first..=last` of the source with this fingerprint, and the digest of their content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineRange {
-    pub source: [u8; 16],
+    pub source: Fingerprint,
     pub first: i64,
     pub last: i64,
     pub digest: [u8; 32],
@@ -111,18 +112,22 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (source, first_line) DO NOTHING
 RETURNING first_line";
 
-const INSERT_VAULT: &str = "\
-INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
+/// The vault insert; the fallback adds only its `ON CONFLICT` clause.
+macro_rules! insert_vault_sql {
+    () => {
+        "INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
 FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
-ORDER BY v.mask COLLATE \"C\", v.field COLLATE \"C\"";
+ORDER BY v.mask COLLATE \"C\", v.field COLLATE \"C\""
+    };
+}
 
-const INSERT_VAULT_SKIPPING_EXISTING: &str = "\
-INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
-SELECT v.field, v.mask, $1, $2, v.ciphertext
-FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
-ORDER BY v.mask COLLATE \"C\", v.field COLLATE \"C\"
-ON CONFLICT (field, mask) DO NOTHING";
+const INSERT_VAULT: &str = insert_vault_sql!();
+
+const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
+    insert_vault_sql!(),
+    "\nON CONFLICT (field, mask) DO NOTHING"
+);
 
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
