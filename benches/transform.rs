@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use etl::adapters::sqs::ReceivedMessage;
-use etl::crypto::{DataKey, Masker, Sealer, KEY_LEN};
+use etl::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
 use etl::pipeline::known_masks::KnownMasks;
 use etl::pipeline::Transformer;
 use etl::synthetic::{Generator, SyntheticOptions};
@@ -18,7 +18,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn transform(c: &mut Criterion) {
     let key =
         |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());
-    let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)));
+    let quarantine = QuarantineSealer::from_public_key(1, &quarantine_key_pair(&key(3)).1)
+        .unwrap_or_else(|| unreachable!());
+    let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)), quarantine);
     let messages: Vec<ReceivedMessage> = Generator::new(SyntheticOptions {
         count: BATCH,
         duplicate_share: 0.0,

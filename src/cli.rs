@@ -49,12 +49,16 @@ pub enum Command {
     Keys(KeysCommand),
     /// Consume the queue into `user_logins`, the vault and quarantine.
     Ingest(IngestArgs),
-    /// Recover the original value of a mask (for members of etl_recoverer; every call is audited).
+    /// Recover the original value of a mask (for members of etl_recoverer; every call is audited),
+    /// or show and set the recovery policy (`etl recover policy`).
     Recover(RecoverArgs),
+    /// Check and anchor the tamper-evident audit log of recoveries and quarantine openings.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check configuration, database, migrations, roles, queue, KMS and data keys; one line per
     /// check, with what to do for each failure. Exit code 0 only if all pass.
     Doctor(DoctorArgs),
-    /// Inspect quarantined messages.
+    /// Inspect quarantined messages, and open one on record.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
     /// Development helpers.
@@ -80,9 +84,9 @@ pub enum KeysCommand {
         #[arg(long, env = "ETL_KMS_KEY_ID")]
         kms_key_id: String,
     },
-    /// Create a new version of a data key. New vault entries use the newest vault key; older
-    /// entries stay readable because each records its key version. The mask key is not rotated
-    /// in place (see SECURITY.md).
+    /// Create a new version of a data key. New vault entries and quarantined bodies use the newest
+    /// vault key and quarantine key pair; older ones stay readable because each records its key
+    /// version. The mask key is not rotated in place (see SECURITY.md).
     Rotate {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -116,16 +120,25 @@ pub enum KeysCommand {
 pub enum PurposeArg {
     Mask,
     Vault,
+    Quarantine,
 }
 
 /// `etl recover --masked-ip <MASK>`, or `etl recover --masked-ip --from-file <PATH>` for many
 /// masks of the same field.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("field").required(true).args(["masked_ip", "masked_device_id"])))]
+#[command(
+    group(clap::ArgGroup::new("field").required(true).args(["masked_ip", "masked_device_id"])),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct RecoverArgs {
-    /// Database URL of the recovering user, who must be a member of etl_recoverer.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    #[command(subcommand)]
+    pub command: Option<RecoverCommand>,
+
+    /// Database URL of the recovering user, who must be a member of etl_recoverer. (Not the shared
+    /// `DatabaseArgs`: with `etl recover policy`, this level's arguments are not required.)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required = true)]
+    pub database_url: Option<String>,
 
     /// The masked_ip to recover; without a value, with --from-file, the file holds masked_ips.
     #[arg(long, num_args = 0..=1, value_name = "MASK")]
@@ -141,16 +154,70 @@ pub struct RecoverArgs {
     pub from_file: Option<PathBuf>,
 
     /// Why the value is needed. Required; recorded in the audit log.
-    #[arg(long)]
-    pub reason: String,
+    #[arg(long, required = true)]
+    pub reason: Option<String>,
 
-    /// Ticket or case reference, recorded in the audit log.
+    /// Ticket or case reference, recorded in the audit log (required when the recovery policy
+    /// says so).
     #[arg(long)]
     pub ticket: Option<String>,
 
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoverCommand {
+    /// The recovery policy, enforced by the database for every recovery and quarantine opening.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Change the policy (for the schema owner; the change is written to the audit log).
+    Set {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Whether every request must name a ticket.
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        require_ticket: Option<bool>,
+        /// Values (masks and quarantined bodies) one database user may open per UTC day; 0 means
+        /// no limit.
+        #[arg(long, value_name = "N")]
+        daily_limit: Option<u32>,
+    },
+    /// Print the policy.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain of the audit log. Exit 0 when it holds, 1 when a row was changed,
+    /// removed or inserted out of order (the first bad id is named), 2 on error.
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// A head printed earlier by `etl audit head` (`ID:HASH`): also check that this row still
+        /// has this hash, which detects rows removed or rewritten after it was taken.
+        #[arg(long, value_name = "ID:HASH")]
+        anchor: Option<String>,
+    },
+    /// Print the chain head (id and hash of the newest row), to keep outside the database.
+    Head {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +315,27 @@ pub enum QuarantineCommand {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
+    /// Open one quarantined message's body (for members of etl_recoverer): the request is
+    /// committed to the audit log first, then the body is fetched, unsealed and printed on stdout.
+    Show(QuarantineShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineShowArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The quarantined message's id, as `etl quarantine list` shows it.
+    #[arg(value_name = "ID")]
+    pub message_id: String,
+    /// Why the body is needed. Required; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded in the audit log.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Output format: the body as sent (text), or one JSON object with the id and the body.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,15 +48,13 @@ impl TryFrom<&DatabaseArgs> for DatabaseSettings {
         }
         postgres::connect_options(&args.database_url)
             .map(|options| Self { options })
-            .map_err(|err| ConfigError::DatabaseUrl(describe_url_error(&err)))
-    }
-}
-
-/// sqlx's URL errors can quote the URL; keep only their kind.
-fn describe_url_error(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Configuration(_) => "unparseable URL or unsupported option".to_owned(),
-        _ => "invalid".to_owned(),
+            .map_err(|err| match err {
+                postgres::ConnectOptionsError::Url => ConfigError::DatabaseUrl(err.to_string()),
+                postgres::ConnectOptionsError::EnvSslMode => ConfigError::OutOfRange {
+                    flag: "PGSSLMODE",
+                    expected: "one of disable, allow, prefer, require, verify-ca, verify-full",
+                },
+            })
     }
 }
 
@@ -258,14 +256,16 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
         if masks.is_empty() {
             return Err(ConfigError::Recover("the mask file holds no masks"));
         }
-        let reason = args.reason.trim();
+        let reason = args.reason.as_deref().unwrap_or_default().trim();
         if reason.is_empty() {
             return Err(ConfigError::Recover(
                 "--reason must say why the value is needed; it is recorded in the audit log",
             ));
         }
         Ok(Self {
-            database: DatabaseSettings::try_from(&args.database)?,
+            database: DatabaseSettings::try_from(&DatabaseArgs {
+                database_url: args.database_url.clone().unwrap_or_default(),
+            })?,
             field,
             masks,
             bulk: args.from_file.is_some(),

@@ -13,6 +13,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     etl::telemetry::init(cli.log_format, &cli.log_level);
+    #[cfg(target_os = "linux")]
+    if let Err(err) = etl::startup::disable_core_dumps() {
+        tracing::warn!(error = %err, "cannot turn core dumps off; a core dump could hold unwrapped keys");
+    }
     match etl::commands::run(cli.command).await {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 
 use crate::adapters::kms::{Kms, KmsError};
 use crate::adapters::postgres::keyring;
-use crate::crypto::{KeyPurpose, Masker, Sealer};
+use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer};
 use crate::pipeline::Transformer;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,8 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("no {0} data key exists yet: run `etl keys init --kms-key-id <id>` first")]
     MissingKey(&'static str),
+    #[error("the stored quarantine public key (version {0}) is not an X25519 public key")]
+    BadPublicKey(i32),
     #[error("cannot unwrap the {purpose} data key (version {version}) with KMS: {source}")]
     Unwrap {
         purpose: &'static str,
@@ -30,17 +32,27 @@ impl StartupError {
         match self {
             Self::Database(err) => crate::adapters::postgres::is_transient(err),
             Self::Unwrap { source, .. } => matches!(source, KmsError::Call { .. }),
-            Self::MissingKey(_) => false,
+            Self::MissingKey(_) | Self::BadPublicKey(_) => false,
         }
     }
 }
 
 /// Loads the newest mask and vault keys, unwraps each once with KMS (key id and encryption context
-/// presented), and keeps only the derived, zeroizing states.
+/// presented), and keeps only the derived, zeroizing states; and the newest quarantine public key,
+/// which needs no unwrapping.
 pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, StartupError> {
+    let (version, public_key) = keyring::quarantine_public_key(pool)
+        .await?
+        .ok_or(StartupError::MissingKey(KeyPurpose::Quarantine.as_str()))?;
+    let quarantine = QuarantineSealer::from_public_key(version, &public_key)
+        .ok_or(StartupError::BadPublicKey(version))?;
     let mask = unwrap_latest(pool, kms, KeyPurpose::Mask).await?;
     let vault = unwrap_latest(pool, kms, KeyPurpose::Vault).await?;
-    Ok(Transformer::new(Masker::new(&mask), Sealer::new(&vault)))
+    Ok(Transformer::new(
+        Masker::new(&mask),
+        Sealer::new(&vault),
+        quarantine,
+    ))
 }
 
 async fn unwrap_latest(
@@ -67,3 +79,25 @@ async fn unwrap_latest(
 
 /// KMS calls are short; this bounds each attempt.
 pub const KMS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps unwrapped keys out of core dumps: the process becomes non-dumpable (no core file, no
+/// ptrace attach by other processes of the same user) and its core size limit 0. Called first in
+/// `main`, before any key is unwrapped.
+#[cfg(target_os = "linux")]
+pub fn disable_core_dumps() -> Result<(), nix::Error> {
+    use nix::sys::resource::{setrlimit, Resource};
+    nix::sys::prctl::set_dumpable(false)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_becomes_non_dumpable_without_core_files() {
+        use nix::sys::resource::{getrlimit, Resource};
+        super::disable_core_dumps().unwrap();
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
+        assert_eq!(getrlimit(Resource::RLIMIT_CORE).unwrap(), (0, 0));
+    }
+}

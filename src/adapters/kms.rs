@@ -26,6 +26,14 @@ pub enum KmsError {
          (purpose, key_version) does not match what it was wrapped with ({detail})"
     )]
     InvalidCiphertext { detail: String },
+    #[error(
+        "KMS {operation}: the KMS key does not exist in this account and region ({detail}); \
+         check the key id or alias with `aws kms list-aliases`"
+    )]
+    NotFound {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("KMS {operation} failed: {detail}")]
     Call {
         operation: &'static str,
@@ -110,6 +118,38 @@ impl Kms {
             .await
             .map_err(|err| call_error(OP, err))?;
         WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
+    }
+
+    /// Generates a fresh 256-bit data key and returns it both wrapped and in the clear: for the
+    /// seed of the quarantine key pair, whose public half must be computed once, here.
+    pub async fn generate_data_key_with_plaintext(
+        &self,
+        kms_key_id: &str,
+        purpose: KeyPurpose,
+        version: i32,
+    ) -> Result<(WrappedKey, DataKey), KmsError> {
+        const OP: &str = "GenerateDataKey";
+        let output = self
+            .client
+            .generate_data_key()
+            .key_id(kms_key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(encryption_context(purpose, version)))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        let plaintext = output
+            .plaintext
+            .ok_or(KmsError::Incomplete {
+                operation: OP,
+                what: "plaintext",
+            })?
+            .into_inner();
+        let key = DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
+            purpose: purpose.as_str(),
+        })?;
+        let wrapped = WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?;
+        Ok((wrapped, key))
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.
@@ -201,14 +241,24 @@ impl Kms {
     }
 }
 
+/// One line for the user: KMS's error code and message when it answered (for example
+/// `NotFoundException: Alias ... is not found.`), else the SDK's short error chain (a connection
+/// refused, a timeout). The SDK's full error, raw response included, goes to the debug log; KMS
+/// replies hold no personal data.
 fn call_error<E>(operation: &'static str, err: E) -> KmsError
 where
     E: std::error::Error + ProvideErrorMetadata,
 {
     let code = err.code().map(str::to_owned);
-    let detail = DisplayErrorContext(err).to_string();
+    tracing::debug!(operation, error = %DisplayErrorContext(&err), "KMS call failed");
+    let detail = match (&code, err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.clone(),
+        (None, _) => DisplayErrorContext(&err).to_string(),
+    };
     match code.as_deref() {
         Some("AccessDeniedException") => KmsError::Denied { operation, detail },
+        Some("NotFoundException") => KmsError::NotFound { operation, detail },
         Some("InvalidCiphertextException" | "IncorrectKeyException") => {
             KmsError::InvalidCiphertext { detail }
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::PgSslMode;
 use sqlx::PgPool;
 
 use super::Outcome;
@@ -13,7 +14,7 @@ use crate::cli::DoctorArgs;
 use crate::configuration::QueueUrl;
 use crate::startup;
 
-const ROLES: [&str; 3] = ["etl_ingest", "etl_analyst", "etl_recoverer"];
+const ROLES: [&str; 4] = ["etl_ingest", "etl_analyst", "etl_recoverer", "etl_auditor"];
 
 struct Report {
     failures: usize,
@@ -153,25 +154,70 @@ async fn database(report: &mut Report, url: Option<&str>) -> Option<PgPool> {
                 return None;
             }
         };
-    let pool = postgres::pool(options, 1);
+    let pool = postgres::pool(options.clone(), 1);
     match sqlx::query_scalar::<_, String>("SHOW server_version")
         .fetch_one(&pool)
         .await
     {
         Ok(version) => {
             report.check("database reachable", Ok(format!("PostgreSQL {version}")));
-            Some(pool)
         }
         Err(err) => {
             report.check(
                 "database reachable",
                 Err((
-                    err.to_string(),
-                    "check host, port, credentials and that the server runs".into(),
+                    postgres::describe_connect_error(&err, &options),
+                    "check host, port, credentials, sslmode and sslrootcert, and that the server runs"
+                        .into(),
                 )),
             );
-            None
+            return None;
         }
+    }
+    let tls_version = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+    )
+    .fetch_optional(&pool)
+    .await;
+    report.check(
+        "database TLS",
+        match tls_version {
+            Ok(version) => tls_verdict(
+                version.flatten().as_deref(),
+                options.get_ssl_mode(),
+                postgres::is_local(&options),
+            ),
+            Err(err) => Err((err.to_string(), "check that pg_stat_ssl is readable".into())),
+        },
+    );
+    Some(pool)
+}
+
+/// Whether the connection is encrypted, and how far the server is trusted. Plaintext passes only
+/// on this machine: elsewhere it carries passwords, masks and wrapped keys in clear.
+fn tls_verdict(
+    tls_version: Option<&str>,
+    mode: PgSslMode,
+    local: bool,
+) -> Result<String, (String, String)> {
+    let mode_name = postgres::ssl_mode_name(mode);
+    match tls_version {
+        Some(version) => Ok(format!(
+            "encrypted ({version}), {}",
+            match mode {
+                PgSslMode::VerifyFull => "server certificate and host name verified".to_owned(),
+                PgSslMode::VerifyCa => {
+                    "server certificate verified, host name not checked (sslmode=verify-ca)"
+                        .to_owned()
+                }
+                _ => format!("server certificate not verified (sslmode={mode_name})"),
+            }
+        )),
+        None if local => Ok(format!("not encrypted (this machine, sslmode={mode_name})")),
+        None => Err((
+            format!("not encrypted to a host off this machine (sslmode={mode_name})"),
+            "connect with sslmode=verify-full and sslrootcert=<the server's CA bundle>".into(),
+        )),
     }
 }
 
@@ -222,4 +268,30 @@ async fn roles(report: &mut Report, pool: &PgPool) {
             ))
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_verdicts() {
+        assert_eq!(
+            tls_verdict(Some("TLSv1.3"), PgSslMode::VerifyFull, false),
+            Ok("encrypted (TLSv1.3), server certificate and host name verified".into())
+        );
+        assert_eq!(
+            tls_verdict(Some("TLSv1.3"), PgSslMode::Require, false),
+            Ok("encrypted (TLSv1.3), server certificate not verified (sslmode=require)".into())
+        );
+        assert_eq!(
+            tls_verdict(None, PgSslMode::Disable, true),
+            Ok("not encrypted (this machine, sslmode=disable)".into())
+        );
+        let (problem, _) = tls_verdict(None, PgSslMode::Prefer, false).unwrap_err();
+        assert_eq!(
+            problem,
+            "not encrypted to a host off this machine (sslmode=prefer)"
+        );
+    }
 }

@@ -77,7 +77,20 @@ async fn load_keys(
         .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
         .await
         .context("refusing to start without the data keys")?;
+    log_audit_head(pool).await;
     Ok(Arc::new(transformer))
+}
+
+/// The audit chain head at start, so that log storage outside the database keeps an anchor for
+/// `etl audit verify --anchor`. Not a reason to stop ingesting if it cannot be read.
+async fn log_audit_head(pool: &sqlx::PgPool) {
+    match crate::adapters::postgres::audit::head(pool).await {
+        Ok(head) => {
+            let (id, hash) = head.unwrap_or((0, crate::crypto::GENESIS.to_vec()));
+            info!(audit_head = %format!("{id}:{}", hex::encode(hash)), "audit chain head");
+        }
+        Err(err) => warn!(error = %err, "cannot read the audit chain head"),
+    }
 }
 
 async fn from_queue(

@@ -1,17 +1,18 @@
 use anyhow::Context;
 
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
+use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring;
 use crate::cli::{DatabaseArgs, OutputFormat, PurposeArg};
-use crate::crypto::KeyPurpose;
+use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 /// The first version of each key.
 const FIRST_VERSION: i32 = 1;
 
-/// Creates whichever of the mask and vault keys does not exist yet. KMS generates them with
-/// `GenerateDataKeyWithoutPlaintext`, so this command never holds key material.
+/// Creates whichever of the mask, vault and quarantine keys does not exist yet. KMS generates the
+/// mask and vault keys with `GenerateDataKeyWithoutPlaintext`, so this command never holds them;
+/// the quarantine seed is held for a moment, to compute the public key that ingest seals with.
 pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(
@@ -33,19 +34,7 @@ pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<(
             );
             continue;
         }
-        let wrapped = kms
-            .generate_data_key(kms_key_id, purpose, FIRST_VERSION)
-            .await
-            .with_context(|| format!("generating the {name} data key"))?;
-        let stored = keyring::insert_if_absent(
-            &pool,
-            purpose,
-            FIRST_VERSION,
-            &wrapped.kms_key_arn,
-            &wrapped.blob,
-        )
-        .await
-        .context("storing the wrapped data key")?;
+        let (stored, wrapped) = create_key(&pool, &kms, kms_key_id, purpose, FIRST_VERSION).await?;
         if stored {
             created += 1;
             println!(
@@ -57,53 +46,84 @@ pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<(
         }
     }
     if created == 0 {
-        println!("nothing changed: both data keys already exist");
+        println!("nothing changed: every data key already exists");
     }
     Ok(())
 }
 
-/// A new version of the vault key. The mask key is refused: see SECURITY.md.
+/// Generates a data key under `kms_key_id` and stores it unless that version exists; returns
+/// whether it was stored, and the wrapping.
+async fn create_key(
+    pool: &sqlx::PgPool,
+    kms: &Kms,
+    kms_key_id: &str,
+    purpose: KeyPurpose,
+    version: i32,
+) -> anyhow::Result<(bool, WrappedKey)> {
+    let name = purpose.as_str();
+    let (wrapped, public_key) = if purpose == KeyPurpose::Quarantine {
+        let (wrapped, seed) = kms
+            .generate_data_key_with_plaintext(kms_key_id, purpose, version)
+            .await
+            .with_context(|| format!("generating the {name} key pair's seed"))?;
+        (wrapped, Some(quarantine_key_pair(&seed).1))
+    } else {
+        let wrapped = kms
+            .generate_data_key(kms_key_id, purpose, version)
+            .await
+            .with_context(|| format!("generating the {name} data key"))?;
+        (wrapped, None)
+    };
+    let stored = keyring::insert_if_absent(
+        pool,
+        purpose,
+        version,
+        &wrapped.kms_key_arn,
+        &wrapped.blob,
+        public_key.as_deref(),
+    )
+    .await
+    .context("storing the wrapped data key")?;
+    Ok((stored, wrapped))
+}
+
+/// A new version of the vault key or the quarantine key pair. The mask key is refused: see
+/// SECURITY.md.
 pub async fn rotate(
     database: &DatabaseArgs,
     purpose: PurposeArg,
     kms_key_id: Option<&str>,
 ) -> anyhow::Result<()> {
+    let purpose = match purpose {
+        PurposeArg::Vault => KeyPurpose::Vault,
+        PurposeArg::Quarantine => KeyPurpose::Quarantine,
+        PurposeArg::Mask => KeyPurpose::Mask,
+    };
+    let name = purpose.as_str();
     anyhow::ensure!(
-        purpose == PurposeArg::Vault,
+        purpose != KeyPurpose::Mask,
         "the mask key is not rotated in place: masks are the analysts' join key, and a new mask key \
          would split every ip and device_id into two unrelated masks. See SECURITY.md, \"Rotation\", \
          for what to do instead"
     );
     let pool = super::pool(database)?;
-    let current = keyring::latest(&pool, KeyPurpose::Vault)
+    let current = keyring::latest(&pool, purpose)
         .await
         .context("reading keyring.data_keys")?
-        .ok_or_else(|| anyhow::anyhow!("no vault key exists yet: run `etl keys init` first"))?;
+        .ok_or_else(|| anyhow::anyhow!("no {name} key exists yet: run `etl keys init` first"))?;
     let kms_key_id = kms_key_id
         .map(str::trim)
         .filter(|id| !id.is_empty())
         .unwrap_or(&current.kms_key_id);
     let version = current.version + 1;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let wrapped = kms
-        .generate_data_key(kms_key_id, KeyPurpose::Vault, version)
-        .await
-        .context("generating the new vault data key")?;
-    let stored = keyring::insert_if_absent(
-        &pool,
-        KeyPurpose::Vault,
-        version,
-        &wrapped.kms_key_arn,
-        &wrapped.blob,
-    )
-    .await
-    .context("storing the wrapped data key")?;
+    let (stored, wrapped) = create_key(&pool, &kms, kms_key_id, purpose, version).await?;
     anyhow::ensure!(
         stored,
-        "another rotation created vault key version {version} at the same time; nothing changed"
+        "another rotation created {name} key version {version} at the same time; nothing changed"
     );
     println!(
-        "vault key: version {version} created (wrapped by {}); ingest processes use it from their next start",
+        "{name} key: version {version} created (wrapped by {}); ingest processes use it from their next start",
         wrapped.kms_key_arn
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! One module per subcommand: each builds its settings, runs, and prints its result on stdout.
 
+mod audit;
 mod doctor;
 mod ingest;
 mod keys;
@@ -11,14 +12,15 @@ mod seed;
 use sqlx::PgPool;
 
 use crate::adapters::postgres;
-use crate::cli::{Command, DevCommand, KeysCommand, QuarantineCommand};
+use crate::cli::{AuditCommand, Command, DevCommand, KeysCommand, QuarantineCommand};
 use crate::configuration::DatabaseSettings;
 
 /// How a command that ran without error ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// A negative answer: a mask not found, or a doctor check failed (exit code 1).
+    /// A negative answer (exit code 1): a mask or quarantined message not found, a doctor check
+    /// failed, or an audit chain that does not hold.
     Negative,
 }
 
@@ -26,6 +28,13 @@ pub enum Outcome {
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Recover(args) => return recover::run(&args).await,
+        Command::Quarantine(QuarantineCommand::Show(args)) => return quarantine::show(&args).await,
+        Command::Audit(AuditCommand::Verify { database, anchor }) => {
+            return audit::verify(&database, anchor.as_deref()).await
+        }
+        Command::Audit(AuditCommand::Head { database, format }) => {
+            audit::head(&database, format).await
+        }
         Command::Doctor(args) => return doctor::run(&args).await,
         Command::Migrate(database) => migrate::run(&database).await,
         Command::Keys(KeysCommand::Init {

@@ -4,8 +4,13 @@
 //! 2. `recovery.fetch` returns the ciphertexts and the wrapped vault keys of that request.
 //! 3. KMS unwraps each vault key version once (key id and encryption context presented).
 //! 4. The ciphertexts are opened and the values printed on stdout, and nowhere else.
+//!
+//! The database enforces the recovery policy in step 1: a request without a required ticket, or
+//! over the daily limit, is recorded as refused and nothing can be fetched for it.
 
 use std::collections::hash_map::{Entry, HashMap};
+
+use anyhow::Context;
 
 use serde::Serialize;
 
@@ -13,7 +18,7 @@ use super::Outcome;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, recovery};
-use crate::cli::{OutputFormat, RecoverArgs};
+use crate::cli::{OutputFormat, PolicyCommand, RecoverArgs, RecoverCommand};
 use crate::configuration::RecoverSettings;
 use crate::crypto::{KeyPurpose, Sealer};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -25,6 +30,8 @@ pub enum RecoverError {
          (an administrator runs: GRANT etl_recoverer TO <your user>)"
     )]
     NotRecoverer,
+    #[error("the recovery policy refused the request: {0} (recorded in the audit log)")]
+    Refused(String),
     #[error("database error during recovery: {0}")]
     Database(sqlx::Error),
     #[error("cannot unwrap vault key version {version}: {source}")]
@@ -41,7 +48,7 @@ pub enum RecoverError {
     MissingKey { mask: String },
 }
 
-fn database_error(err: sqlx::Error) -> RecoverError {
+pub(super) fn database_error(err: sqlx::Error) -> RecoverError {
     match &err {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
             RecoverError::NotRecoverer
@@ -59,6 +66,9 @@ struct Recovered {
 }
 
 pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
+    if let Some(RecoverCommand::Policy(command)) = &args.command {
+        return policy(command).await.map(|()| Outcome::Success);
+    }
     let settings = RecoverSettings::try_from(args)?;
     let pool = postgres::pool(settings.database.options.clone(), 1);
     let request_id = recovery::request(
@@ -73,6 +83,9 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
     let rows = recovery::fetch(&pool, request_id)
         .await
         .map_err(database_error)?;
+    if let Some(refused) = rows.iter().find(|row| row.outcome == "refused") {
+        return Err(RecoverError::Refused(refused.detail.clone().unwrap_or_default()).into());
+    }
 
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut sealers: HashMap<i32, Sealer> = HashMap::new();
@@ -142,6 +155,62 @@ fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Res
                     result.value.as_deref().unwrap_or("NOT FOUND")
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// `etl recover policy show|set`. Only the schema owner may set it (the function is granted to
+/// nobody else); the change is recorded in the audit log by the database.
+async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
+    let (database, format) = match command {
+        PolicyCommand::Set { database, .. } => (database, OutputFormat::Text),
+        PolicyCommand::Show { database, format } => (database, *format),
+    };
+    let pool = super::pool(database)?;
+    let policy = match command {
+        PolicyCommand::Set {
+            require_ticket,
+            daily_limit,
+            ..
+        } => {
+            anyhow::ensure!(
+                require_ticket.is_some() || daily_limit.is_some(),
+                "give --require-ticket true|false, --daily-limit N, or both"
+            );
+            let daily_limit = daily_limit
+                .map(i32::try_from)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--daily-limit must be at most 2147483647"))?;
+            recovery::set_policy(&pool, *require_ticket, daily_limit)
+                .await
+                .map_err(|err| match &err {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                        anyhow::anyhow!(
+                            "only the owner of the etl schemas may change the recovery policy"
+                        )
+                    }
+                    _ => anyhow::anyhow!("cannot change the recovery policy: {err}"),
+                })?
+        }
+        PolicyCommand::Show { .. } => recovery::policy(&pool)
+            .await
+            .context("reading the recovery policy (the owner may)")?,
+    };
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&policy)?),
+        OutputFormat::Text => {
+            let limit = match policy.daily_limit {
+                0 => "no limit".to_owned(),
+                n => format!("{n} values per database user per UTC day"),
+            };
+            println!("require ticket: {}", policy.require_ticket);
+            println!("daily limit:    {limit}");
+            println!(
+                "last changed:   {} by {}",
+                policy.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                policy.updated_by
+            );
         }
     }
     Ok(())

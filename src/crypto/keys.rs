@@ -11,15 +11,18 @@ pub const KEY_LEN: usize = 32;
 pub enum KeyPurpose {
     Mask,
     Vault,
+    /// The seed of the quarantine key pair; ingest never unwraps it.
+    Quarantine,
 }
 
 impl KeyPurpose {
-    pub const ALL: [KeyPurpose; 2] = [KeyPurpose::Mask, KeyPurpose::Vault];
+    pub const ALL: [KeyPurpose; 3] = [KeyPurpose::Mask, KeyPurpose::Vault, KeyPurpose::Quarantine];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mask => "mask",
             Self::Vault => "vault",
+            Self::Quarantine => "quarantine",
         }
     }
 

@@ -2,17 +2,23 @@
 //!
 //! Key hierarchy: a KMS key wraps two 256-bit data keys stored in `keyring.data_keys`; the mask
 //! key derives one HMAC key per field and one for the digests of backfilled lines, and the vault key derives the vault encryption key, the
-//! vault nonce key and the quarantine key. Derivation is HMAC-SHA256 with fixed labels, so one data
+//! vault nonce key and the key that opened quarantined bodies before they were sealed to the
+//! quarantine key pair. A third data key, purpose `quarantine`, is the seed of an X25519 key pair:
+//! ingest holds only its public half (see `quarantine`). Derivation is HMAC-SHA256 with fixed labels, so one data
 //! key never serves two purposes directly.
 
+mod audit_chain;
 mod keys;
 mod lines;
 mod mask;
+mod quarantine;
 mod seal;
 
+pub use audit_chain::{ChainBreak, ChainRow, ChainVerifier, GENESIS};
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker};
+pub use quarantine::{quarantine_key_pair, QuarantineOpener, QuarantineSealer};
 pub use seal::{SealError, Sealer};
 
 use hmac::{Hmac, Mac};

@@ -41,6 +41,9 @@ impl Committer {
                 Err(err) if postgres::is_transient(&err) => {
                     return self.quarantine_exhausted(part, err).await;
                 }
+                // Not the rows' fault: splitting would fail every half the same way. The
+                // messages stay on the queue (or in the file) for a later attempt.
+                Err(err) if !postgres::rejects_rows(&err) => return Err(err.into()),
                 Err(err) if part.len() > 1 => {
                     debug!(error = %describe_db_error(&err), messages = part.len(), "batch rejected; splitting it");
                     let (left, right) = part.split_at(part.len() / 2);

@@ -11,7 +11,7 @@ use crate::adapters::postgres::writer::{
     Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
 };
 use crate::adapters::sqs::ReceivedMessage;
-use crate::crypto::{Masker, SealError, Sealer};
+use crate::crypto::{Masker, QuarantineSealer, SealError, Sealer};
 use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
@@ -19,11 +19,17 @@ use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 pub struct Transformer {
     masker: Masker,
     sealer: Sealer,
+    /// Only the public half: ingest seals quarantined bodies and cannot open them.
+    quarantine: QuarantineSealer,
 }
 
 impl Transformer {
-    pub fn new(masker: Masker, sealer: Sealer) -> Self {
-        Self { masker, sealer }
+    pub fn new(masker: Masker, sealer: Sealer, quarantine: QuarantineSealer) -> Self {
+        Self {
+            masker,
+            sealer,
+            quarantine,
+        }
     }
 
     pub fn masker(&self) -> &Masker {
@@ -128,8 +134,8 @@ impl Transformer {
         detail: String,
     ) -> Result<(), SealError> {
         let sealed = self
-            .sealer
-            .seal_body(&message.message_id, message.body.as_bytes())?;
+            .quarantine
+            .seal(&message.message_id, message.body.as_bytes())?;
         batch.quarantine.push(QuarantineRow {
             message_id: message.message_id.clone(),
             reason,
@@ -146,6 +152,7 @@ impl Transformer {
         WriteBatch {
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
+            quarantine_key_version: self.quarantine.version(),
             claim: self.claim_of(messages),
             ..WriteBatch::default()
         }

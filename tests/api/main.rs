@@ -2,6 +2,7 @@
 //! KMS, reached over HTTP by the AWS SDK. Start it with `eval "$(scripts/stack up)"` (the test
 //! command `scripts/test` does). Each test gets its own database, queue and KMS key.
 
+mod audit;
 mod faults;
 mod file_source;
 mod helpers;
@@ -9,6 +10,9 @@ mod hostile;
 mod ingest;
 mod keys_and_schema;
 mod privacy;
+mod privileges;
+mod quarantine;
 mod query_protocol;
 mod real_data;
 mod recovery;
+mod tls;

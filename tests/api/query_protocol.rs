@@ -10,7 +10,7 @@ use crate::helpers::{event, sample_bodies, TestApp};
 #[tokio::test]
 async fn query_client_round_trips_bodies_byte_for_byte() {
     let app = TestApp::spawn().await;
-    let queue = SqsQueue::Query(QueryQueue::new(&app.sdk, &app.queue_url));
+    let queue = SqsQueue::Query(QueryQueue::new(&app.sdk, &app.queue_url).unwrap());
     let bodies: Vec<String> = vec![
         event("10.5.0.1", "500-00-0001"),
         r#"{"quotes": "\"x\"", "tag": "<b>&amp;</b>", "plus": "a+b=c&d"}"#.to_owned(),

@@ -38,22 +38,33 @@ pub async fn latest(pool: &PgPool, purpose: KeyPurpose) -> Result<Option<StoredK
     .await
 }
 
-/// Stores a wrapped key unless that (purpose, version) exists; returns whether it was stored.
+/// The newest quarantine public key and its version, through the function that lets ingest
+/// read it without seeing the wrapped private key's row.
+pub async fn quarantine_public_key(pool: &PgPool) -> Result<Option<(i32, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT version, public_key FROM keyring.quarantine_public_key()")
+        .fetch_optional(pool)
+        .await
+}
+
+/// Stores a wrapped key (and, for the quarantine key pair, its public key) unless that
+/// (purpose, version) exists; returns whether it was stored.
 pub async fn insert_if_absent(
     pool: &PgPool,
     purpose: KeyPurpose,
     version: i32,
     kms_key_id: &str,
     wrapped: &[u8],
+    public_key: Option<&[u8]>,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
-        "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (purpose, version) DO NOTHING",
+        "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key, public_key) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (purpose, version) DO NOTHING",
     )
     .bind(purpose.as_str())
     .bind(version)
     .bind(kms_key_id)
     .bind(wrapped)
+    .bind(public_key)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)

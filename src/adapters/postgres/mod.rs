@@ -1,24 +1,182 @@
 //! PostgreSQL: connection, schema migrations, the keyring, the batch writer (with its binary COPY
 //! encoder) and quarantine.
 
+pub mod audit;
 mod copy;
 pub mod keyring;
 pub mod quarantine;
 pub mod recovery;
 pub mod writer;
 
-use std::str::FromStr;
+use std::net::IpAddr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{ConnectOptions, PgPool};
 
 /// The migrations in `migrations/`, embedded so `etl migrate` needs no files at run time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Parses a connection URL without echoing it: it may hold a password.
-pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    PgConnectOptions::from_str(url).map(|options| options.application_name("etl"))
+/// Why a database URL cannot be used. No variant quotes the URL: it may hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectOptionsError {
+    #[error("unparseable URL or unsupported option")]
+    Url,
+    #[error("PGSSLMODE is not one of disable, allow, prefer, require, verify-ca, verify-full")]
+    EnvSslMode,
+}
+
+/// Connect options from a URL. sqlx starts from the PG* variables (PGHOST, PGSSLMODE,
+/// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, ...) and lets the URL override them. Without an explicit
+/// sslmode a host off this machine gets `require`, because sqlx's default `prefer` falls back to
+/// plaintext without a word.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectOptionsError> {
+    let parsed = url::Url::parse(url).map_err(|_| ConnectOptionsError::Url)?;
+    let options = PgConnectOptions::from_url(&parsed)
+        .map_err(|_| ConnectOptionsError::Url)?
+        .application_name("etl");
+    let url_names_mode = parsed
+        .query_pairs()
+        .any(|(key, _)| key == "sslmode" || key == "ssl-mode");
+    let env_mode = std::env::var("PGSSLMODE").ok();
+    Ok(
+        match imposed_ssl_mode(url_names_mode, env_mode.as_deref(), is_local(&options))? {
+            Some(mode) => options.ssl_mode(mode),
+            None => options,
+        },
+    )
+}
+
+/// The sslmode to set over sqlx's choice, if any: `require` for a remote host when neither the
+/// URL nor PGSSLMODE names a mode. An invalid PGSSLMODE is an error here, where sqlx would
+/// silently fall back to `prefer`.
+fn imposed_ssl_mode(
+    url_names_mode: bool,
+    env_mode: Option<&str>,
+    local: bool,
+) -> Result<Option<PgSslMode>, ConnectOptionsError> {
+    if url_names_mode {
+        return Ok(None);
+    }
+    match env_mode.filter(|mode| !mode.is_empty()) {
+        Some(mode) => match mode.parse::<PgSslMode>() {
+            Ok(_) => Ok(None),
+            Err(_) => Err(ConnectOptionsError::EnvSslMode),
+        },
+        None if local => Ok(None),
+        None => Ok(Some(PgSslMode::Require)),
+    }
+}
+
+/// Whether the connection stays on this machine: a Unix socket or a loopback address.
+pub fn is_local(options: &PgConnectOptions) -> bool {
+    options.get_socket().is_some() || is_local_host(options.get_host())
+}
+
+/// A Unix socket directory, `localhost`, 127.0.0.0/8 or ::1 (also IPv4-mapped). Other names count
+/// as remote even when they resolve to loopback: the rule must not depend on DNS.
+fn is_local_host(host: &str) -> bool {
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The name `sslmode` takes in a URL.
+pub fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// A failure to connect, in one line that names the server and the cause but never the URL (it
+/// may hold a password).
+pub fn describe_connect_error(err: &sqlx::Error, options: &PgConnectOptions) -> String {
+    let host = options.get_host();
+    let socket = match options.get_socket() {
+        Some(dir) => Some(dir.display().to_string()),
+        None => host.starts_with('/').then(|| host.to_owned()),
+    };
+    let server = match &socket {
+        Some(dir) => format!("the socket in {dir}"),
+        None => format!("{host}:{}", options.get_port()),
+    };
+    if let Some(tls) = rustls_error(err) {
+        return format!(
+            "TLS handshake with {server} failed: {}",
+            describe_tls_error(tls, host)
+        );
+    }
+    match err {
+        // sqlx's only words for the server's 'N' answer to the SSLRequest.
+        sqlx::Error::Tls(inner) if inner.to_string() == "server does not support TLS" => format!(
+            "TLS with {server} failed: the server does not support TLS but sslmode={}",
+            ssl_mode_name(options.get_ssl_mode())
+        ),
+        sqlx::Error::Tls(inner) => format!("TLS setup for {server} failed: {inner}"),
+        sqlx::Error::Configuration(inner) => {
+            format!("cannot connect to {server}: unusable TLS options: {inner}")
+        }
+        // Over TCP, only reading sslrootcert, sslcert or sslkey can find no file.
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound && socket.is_none() => {
+            format!("cannot read sslrootcert, sslcert or sslkey: {io}")
+        }
+        sqlx::Error::Io(io) => format!("cannot connect to {server}: {io}"),
+        sqlx::Error::Database(db) => format!("{server} refused the connection: {}", db.message()),
+        sqlx::Error::PoolTimedOut => {
+            format!("cannot connect to {server}: timed out (refused or unreachable)")
+        }
+        other => format!("cannot connect to {server}: {other}"),
+    }
+}
+
+/// The rustls error behind a failed handshake: sqlx passes it on inside an I/O error.
+fn rustls_error(err: &sqlx::Error) -> Option<&rustls::Error> {
+    match err {
+        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref(),
+        sqlx::Error::Tls(inner) => inner.downcast_ref(),
+        _ => None,
+    }
+}
+
+fn describe_tls_error(err: &rustls::Error, host: &str) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    match err {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            Cert::UnknownIssuer => "the server certificate is not signed by a CA in sslrootcert \
+                or the built-in roots (UnknownIssuer)"
+                .to_owned(),
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => format!(
+                "the server certificate is not valid for the host name {host} (NotValidForName)"
+            ),
+            Cert::Expired | Cert::ExpiredContext { .. } => {
+                "the server certificate has expired (Expired)".to_owned()
+            }
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                "the server certificate is not valid yet (NotValidYet)".to_owned()
+            }
+            Cert::Revoked => "the server certificate has been revoked (Revoked)".to_owned(),
+            other => format!("the server certificate was rejected: {other}"),
+        },
+        rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::CertificateRequired),
+        ) => format!("the server rejected the client certificate of sslcert/sslkey ({alert:?})"),
+        other => other.to_string(),
+    }
 }
 
 /// A pool that connects lazily, so the process can start (and report readiness) while the
@@ -31,10 +189,13 @@ pub fn pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
 }
 
 /// Whether retrying the same statement may succeed: lost connections, pool exhaustion, and the
-/// SQLSTATEs of serialization failure, deadlock, admin shutdown and connection exceptions.
+/// SQLSTATEs of serialization failure, deadlock, admin shutdown and connection exceptions. A
+/// failed TLS handshake (a certificate problem) is not: it fails the same way until someone fixes
+/// the configuration.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Io(_) => rustls_error(err).is_none(),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             matches!(
                 code.as_ref(),
@@ -42,5 +203,164 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
             ) || code.starts_with("08")
         }),
         _ => false,
+    }
+}
+
+/// Whether the database rejected the rows themselves (a data exception, an integrity constraint,
+/// a row over a size limit), so that a smaller batch without the offending row would succeed.
+/// Anything else (a missing privilege, a TLS or protocol failure) fails every part the same way.
+pub fn rejects_rows(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_host_without_sslmode_gets_require() {
+        assert!(matches!(
+            imposed_ssl_mode(false, None, false),
+            Ok(Some(PgSslMode::Require))
+        ));
+        // An empty PGSSLMODE counts as unset, as sqlx reads it.
+        assert!(matches!(
+            imposed_ssl_mode(false, Some(""), false),
+            Ok(Some(PgSslMode::Require))
+        ));
+    }
+
+    #[test]
+    fn an_explicit_sslmode_or_a_local_host_keeps_what_sqlx_chose() {
+        for local in [false, true] {
+            assert!(matches!(imposed_ssl_mode(true, None, local), Ok(None)));
+            assert!(matches!(
+                imposed_ssl_mode(true, Some("bogus"), local),
+                Ok(None)
+            ));
+            assert!(matches!(
+                imposed_ssl_mode(false, Some("disable"), local),
+                Ok(None)
+            ));
+            assert!(matches!(
+                imposed_ssl_mode(false, Some("verify-full"), local),
+                Ok(None)
+            ));
+        }
+        assert!(matches!(imposed_ssl_mode(false, None, true), Ok(None)));
+    }
+
+    #[test]
+    fn an_invalid_pgsslmode_is_an_error_not_prefer() {
+        assert!(matches!(
+            imposed_ssl_mode(false, Some("verify_full"), false),
+            Err(ConnectOptionsError::EnvSslMode)
+        ));
+    }
+
+    #[test]
+    fn loopback_and_sockets_are_local() {
+        for host in [
+            "127.0.0.1",
+            "127.10.0.1",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "localhost",
+            "LocalHost",
+            "/var/run/postgresql",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "10.0.0.5",
+            "128.0.0.1",
+            "[::2]",
+            "0.0.0.0",
+            "db.example.com",
+            "localhost.example.com",
+            "mydb.xxxx.eu-west-1.rds.amazonaws.com",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn connect_options_apply_the_rule_to_the_url() {
+        // sslmode in the URL wins over PGSSLMODE, so these hold whatever the environment says.
+        let options = connect_options("postgres://u:p@db.example.com/etl?sslmode=disable").unwrap();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::Disable));
+        let options =
+            connect_options("postgres://u:p@db.example.com/etl?ssl-mode=verify-full").unwrap();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+        let options = connect_options("postgres:///etl?host=/run/postgresql").unwrap();
+        assert!(is_local(&options));
+        assert!(!is_local(
+            &connect_options("postgres://u:p@10.1.2.3:5432/etl").unwrap()
+        ));
+    }
+
+    #[test]
+    fn url_errors_do_not_echo_the_url() {
+        let err = connect_options("postgres://u:hunter2@host:99999/etl").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    fn tls_failure(err: rustls::Error) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+    }
+
+    #[test]
+    fn certificate_problems_are_named_without_the_url() {
+        let options =
+            connect_options("postgres://u:hunter2@127.0.0.1:5432/etl?sslmode=verify-full").unwrap();
+        let cases = [
+            (
+                rustls::CertificateError::UnknownIssuer,
+                "not signed by a CA in sslrootcert",
+            ),
+            (
+                rustls::CertificateError::NotValidForName,
+                "not valid for the host name 127.0.0.1",
+            ),
+            (rustls::CertificateError::Expired, "has expired (Expired)"),
+            (rustls::CertificateError::NotValidYet, "not valid yet"),
+        ];
+        for (problem, words) in cases {
+            let text = describe_connect_error(
+                &tls_failure(rustls::Error::InvalidCertificate(problem)),
+                &options,
+            );
+            assert!(
+                text.starts_with("TLS handshake with 127.0.0.1:5432 failed: "),
+                "{text}"
+            );
+            assert!(text.contains(words), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("postgres://"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_without_tls_is_named_with_the_mode() {
+        let options =
+            connect_options("postgres://u:hunter2@127.0.0.1:5432/etl?sslmode=require").unwrap();
+        let text = describe_connect_error(
+            &sqlx::Error::Tls("server does not support TLS".into()),
+            &options,
+        );
+        assert_eq!(
+            text,
+            "TLS with 127.0.0.1:5432 failed: the server does not support TLS but sslmode=require"
+        );
     }
 }

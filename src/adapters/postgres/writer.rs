@@ -29,6 +29,7 @@ use crate::domain::PiiField;
 pub struct WriteBatch {
     pub mask_key_version: i32,
     pub vault_key_version: i32,
+    pub quarantine_key_version: i32,
     pub claim: Claim,
     /// Entries not known to be in the vault already.
     pub vault: Vec<VaultEntry>,
@@ -126,7 +127,9 @@ const INSERT_VAULT: &str = insert_vault_sql!();
 
 const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
     insert_vault_sql!(),
-    "\nON CONFLICT (field, mask) DO NOTHING"
+    // No conflict target: with one, PostgreSQL requires SELECT on the key columns, and the
+    // ingest role reads nothing of the vault.
+    "\nON CONFLICT DO NOTHING"
 );
 
 /// SQLSTATE unique_violation.
@@ -139,7 +142,7 @@ FROM STDIN (FORMAT binary)";
 
 const INSERT_QUARANTINE: &str = "\
 INSERT INTO etl.quarantine (message_id, reason, detail, received_at, sent_at, receive_count,
-                            vault_key_version, body_ciphertext)
+                            quarantine_key_version, body_ciphertext)
 SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body
 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[])
      AS q(message_id, reason, detail, sent_at, receive_count, body)";
@@ -326,7 +329,7 @@ async fn insert_quarantine(
         return Ok(by_reason);
     }
     sqlx::query(INSERT_QUARANTINE)
-        .bind(batch.vault_key_version)
+        .bind(batch.quarantine_key_version)
         .bind(
             rows.iter()
                 .map(|r| r.message_id.as_str())

@@ -155,7 +155,7 @@ impl SqsQueue {
         match protocol {
             SqsProtocol::Json => Ok((Self::json(config, queue_url), SqsProtocol::Json)),
             SqsProtocol::Query => Ok((
-                Self::Query(QueryQueue::new(config, queue_url)),
+                Self::Query(QueryQueue::new(config, queue_url)?),
                 SqsProtocol::Query,
             )),
             SqsProtocol::Auto => {
@@ -164,7 +164,7 @@ impl SqsQueue {
                     Ok(_) => return Ok((json, SqsProtocol::Json)),
                     Err(err) => err,
                 };
-                let query = Self::Query(QueryQueue::new(config, queue_url));
+                let query = Self::Query(QueryQueue::new(config, queue_url)?);
                 match query.depth().await {
                     Ok(_) => Ok((query, SqsProtocol::Query)),
                     Err(query_error) => Err(SqsError::Call {

@@ -27,12 +27,15 @@ pub struct QueryQueue {
 }
 
 impl QueryQueue {
-    pub fn new(config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
-        Self {
-            http: reqwest::Client::new(),
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        queue_url: impl Into<String>,
+    ) -> Result<Self, SqsError> {
+        Ok(Self {
+            http: http_client()?,
             config: std::sync::Arc::new(config.clone()),
             queue_url: queue_url.into(),
-        }
+        })
     }
 
     pub async fn receive(
@@ -287,7 +290,7 @@ pub async fn get_queue_url(
     endpoint_url: &str,
     queue_name: &str,
 ) -> Result<String, SqsError> {
-    let endpoint = QueryQueue::new(config, endpoint_url);
+    let endpoint = QueryQueue::new(config, endpoint_url)?;
     let params = vec![("QueueName".to_owned(), queue_name.to_owned())];
     let xml = endpoint.call("GetQueueUrl", params, HTTP_HEADROOM).await?;
     parse_elements(&xml)
@@ -296,6 +299,26 @@ pub async fn get_queue_url(
         .find(|e| e.ends_with(&["QueueUrl"]))
         .map(|e| e.text)
         .ok_or_else(|| malformed("GetQueueUrl", "no QueueUrl in the reply".to_owned()))
+}
+
+/// An HTTPS client on rustls with the aws-lc-rs provider, the crypto the AWS SDK and sqlx use:
+/// reqwest's own choice would be ring. The Mozilla roots are what reqwest's `rustls-tls` trusted.
+fn http_client() -> Result<reqwest::Client, SqsError> {
+    let setup_error = |detail: String| SqsError::Call {
+        operation: "client setup",
+        detail,
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| setup_error(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|err| setup_error(without_url(&err)))
 }
 
 /// reqwest errors can carry the URL; keep the kind only.

@@ -1,0 +1,230 @@
+//! Verifying the audit log's hash chain.
+//!
+//! Row `n` stores `prev_hash` (row `n-1`'s `row_hash`; 32 zero bytes for row 1) and
+//! `row_hash = SHA-256(prev_hash || payload)`, where the payload encodes the row's fields (the
+//! migration's `recovery.audit_payload`). Ids are contiguous from 1. So a changed row no longer
+//! matches its hash, a removed row leaves a gap, and a row inserted or re-hashed out of order
+//! breaks the link to the next one. Only rewriting every later row escapes these checks, and
+//! an anchored head (`etl audit head`, kept elsewhere) catches that.
+
+use sha2::{Digest, Sha256};
+
+/// The chain's starting link.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One row as the verifier reads it.
+pub struct ChainRow<'a> {
+    pub id: i64,
+    pub prev_hash: &'a [u8],
+    pub row_hash: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+/// The first place the chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreak {
+    #[error("row {id} is missing: rows were removed (the next row present is {next})")]
+    Missing { id: i64, next: i64 },
+    #[error(
+        "row {id} does not link to the row before it: it was inserted or re-hashed out of order"
+    )]
+    Unlinked { id: i64 },
+    #[error("row {id} does not match its hash: it was changed after it was written")]
+    Changed { id: i64 },
+}
+
+impl ChainBreak {
+    pub fn id(&self) -> i64 {
+        match self {
+            Self::Missing { id, .. } | Self::Unlinked { id } | Self::Changed { id } => *id,
+        }
+    }
+}
+
+/// Checks rows pushed in id order; remembers the first break and the head.
+pub struct ChainVerifier {
+    last_id: i64,
+    last_hash: Vec<u8>,
+    rows: u64,
+    first_break: Option<ChainBreak>,
+    anchor: Option<(i64, Vec<u8>)>,
+    anchor_seen: bool,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            last_id: 0,
+            last_hash: GENESIS.to_vec(),
+            rows: 0,
+            first_break: None,
+            anchor: None,
+            anchor_seen: false,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Also require that row `id` has hash `hash` (a head taken earlier).
+    pub fn with_anchor(id: i64, hash: Vec<u8>) -> Self {
+        Self {
+            anchor: Some((id, hash)),
+            ..Self::default()
+        }
+    }
+
+    pub fn push(&mut self, row: &ChainRow<'_>) {
+        self.rows += 1;
+        if self.first_break.is_none() {
+            self.first_break = self.check(row);
+        }
+        if let Some((id, hash)) = &self.anchor {
+            if *id == row.id {
+                self.anchor_seen = hash.as_slice() == row.row_hash;
+            }
+        }
+        self.last_id = row.id;
+        self.last_hash = row.row_hash.to_vec();
+    }
+
+    fn check(&self, row: &ChainRow<'_>) -> Option<ChainBreak> {
+        let expected_id = self.last_id + 1;
+        if row.id != expected_id {
+            return Some(ChainBreak::Missing {
+                id: expected_id,
+                next: row.id,
+            });
+        }
+        if row.prev_hash != self.last_hash.as_slice() {
+            return Some(ChainBreak::Unlinked { id: row.id });
+        }
+        let computed = Sha256::new()
+            .chain_update(row.prev_hash)
+            .chain_update(row.payload)
+            .finalize();
+        (computed.as_slice() != row.row_hash).then_some(ChainBreak::Changed { id: row.id })
+    }
+
+    /// The first break, if any.
+    pub fn first_break(&self) -> Option<&ChainBreak> {
+        self.first_break.as_ref()
+    }
+
+    /// Whether the anchor (if one was given) was found with its hash.
+    pub fn anchor_holds(&self) -> bool {
+        self.anchor.is_none() || self.anchor_seen
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The newest row's id and hash (0 and the genesis link for an empty log).
+    pub fn head(&self) -> (i64, &[u8]) {
+        (self.last_id, &self.last_hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// id, prev_hash, row_hash, payload
+    type Row = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+
+    fn chain(payloads: &[&str]) -> Vec<Row> {
+        let mut prev = GENESIS.to_vec();
+        let mut rows = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let hash = Sha256::new()
+                .chain_update(&prev)
+                .chain_update(payload.as_bytes())
+                .finalize()
+                .to_vec();
+            rows.push((
+                i as i64 + 1,
+                prev.clone(),
+                hash.clone(),
+                payload.as_bytes().to_vec(),
+            ));
+            prev = hash;
+        }
+        rows
+    }
+
+    fn verify(rows: &[Row]) -> ChainVerifier {
+        let mut verifier = ChainVerifier::default();
+        for (id, prev, hash, payload) in rows {
+            verifier.push(&ChainRow {
+                id: *id,
+                prev_hash: prev,
+                row_hash: hash,
+                payload,
+            });
+        }
+        verifier
+    }
+
+    #[test]
+    fn an_intact_chain_holds() {
+        let rows = chain(&["a", "b", "c"]);
+        let verifier = verify(&rows);
+        assert_eq!(verifier.first_break(), None);
+        assert_eq!(verifier.head(), (3, rows[2].2.as_slice()));
+        assert_eq!(verify(&[]).head(), (0, &GENESIS[..]));
+    }
+
+    #[test]
+    fn changes_removals_and_reordering_are_named() {
+        let rows = chain(&["a", "b", "c", "d"]);
+        let mut changed = rows.clone();
+        changed[1].3 = b"B".to_vec();
+        assert_eq!(
+            verify(&changed).first_break(),
+            Some(&ChainBreak::Changed { id: 2 })
+        );
+
+        let removed: Vec<_> = rows.iter().filter(|r| r.0 != 3).cloned().collect();
+        assert_eq!(
+            verify(&removed).first_break(),
+            Some(&ChainBreak::Missing { id: 3, next: 4 })
+        );
+        assert_eq!(
+            verify(&rows[1..]).first_break(),
+            Some(&ChainBreak::Missing { id: 1, next: 2 })
+        );
+
+        // Row 3 rewritten and re-hashed: row 4 no longer links to it.
+        let mut rehashed = rows.clone();
+        rehashed[2].3 = b"C".to_vec();
+        rehashed[2].2 = Sha256::new()
+            .chain_update(&rehashed[2].1)
+            .chain_update(b"C")
+            .finalize()
+            .to_vec();
+        assert_eq!(
+            verify(&rehashed).first_break(),
+            Some(&ChainBreak::Unlinked { id: 4 })
+        );
+    }
+
+    #[test]
+    fn an_anchor_catches_a_rewritten_tail() {
+        let rows = chain(&["a", "b", "c"]);
+        let anchored = |rows: &[Row]| {
+            let mut verifier = ChainVerifier::with_anchor(3, chain(&["a", "b", "c"])[2].2.clone());
+            for (id, prev, hash, payload) in rows {
+                verifier.push(&ChainRow {
+                    id: *id,
+                    prev_hash: prev,
+                    row_hash: hash,
+                    payload,
+                });
+            }
+            verifier.anchor_holds()
+        };
+        assert!(anchored(&rows));
+        assert!(!anchored(&chain(&["a", "b", "x"])), "rewritten tail");
+        assert!(!anchored(&rows[..2]), "truncated tail");
+    }
+}

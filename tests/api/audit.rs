@@ -1,0 +1,260 @@
+//! The tamper-evident audit log: append-only for every role, a hash chain that `etl audit verify`
+//! checks, a head that `etl audit head` prints for anchoring, and the recovery policy.
+
+use sqlx::Executor;
+
+use crate::helpers::{event, TestApp};
+
+/// An app with one ingested event and a recoverer who made `requests` recoveries of its ip.
+async fn app_with_recoveries(requests: usize) -> (TestApp, String, String) {
+    let app = TestApp::spawn().await;
+    app.ingest(&[event("10.7.0.1", "700-00-0001")]).await;
+    let mask: String = sqlx::query_scalar("SELECT masked_ip FROM user_logins")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let (_, url) = app.login_user("etl_recoverer").await;
+    for i in 0..requests {
+        recover(&app, &url, &mask, &[&format!("case {i}")]).await;
+    }
+    (app, url, mask)
+}
+
+/// `etl recover --masked-ip <mask> --reason <reason> [more args]` as the recoverer; exit 0.
+async fn recover(app: &TestApp, url: &str, mask: &str, args: &[&str]) -> std::process::Output {
+    let mut command = app.command(&["recover", "--masked-ip", mask, "--reason"]);
+    command.args(args).env("DATABASE_URL", url);
+    command.output().await.unwrap()
+}
+
+async fn verify(app: &TestApp, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["audit", "verify"];
+    args.extend_from_slice(extra);
+    let output = app.etl(&args).await;
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn no_role_can_change_the_audit_log_and_verify_names_the_first_changed_row() {
+    let (app, _, _) = app_with_recoveries(3).await;
+    // Three requests and three fetches, chained 1..6.
+    assert_eq!(app.count("SELECT max(id) FROM recovery.audit_log").await, 6);
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("holds: 6 rows"), "{out}");
+
+    // Even the owner (here a superuser) is refused every change.
+    for sql in [
+        "UPDATE recovery.audit_log SET reason = 'nothing to see' WHERE id = 3",
+        "DELETE FROM recovery.audit_log WHERE id = 3",
+        "TRUNCATE recovery.audit_log",
+    ] {
+        let err = app.pool.execute(sql).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+
+    // A superuser who turns the triggers off can change a row, but not unseen.
+    let mut conn = app.pool.acquire().await.unwrap();
+    conn.execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    conn.execute("UPDATE recovery.audit_log SET reason = 'nothing to see' WHERE id = 3")
+        .await
+        .unwrap();
+    conn.execute("SET session_replication_role = DEFAULT")
+        .await
+        .unwrap();
+    drop(conn);
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("broken at row 3") && out.contains("changed"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_row_or_a_removed_tail_is_detected() {
+    let (app, _, _) = app_with_recoveries(2).await;
+    let head = app.etl_ok(&["audit", "head"]).await;
+    let head = head.trim();
+    assert!(head.starts_with("4:") && head.len() == 2 + 64, "{head}");
+    let json: serde_json::Value =
+        serde_json::from_str(&app.etl_ok(&["audit", "head", "--format", "json"]).await).unwrap();
+    assert_eq!(
+        format!("{}:{}", json["id"], json["hash"].as_str().unwrap()),
+        head
+    );
+    let (code, out) = verify(&app, &["--anchor", head]).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    app.pool
+        .execute(
+            "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
+             DELETE FROM recovery.audit_log WHERE id = 4; \
+             ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
+        )
+        .await
+        .unwrap();
+    // The rest of the chain is intact: only the anchor shows that its tail was removed.
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = verify(&app, &["--anchor", head]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("anchored head"), "{out}");
+
+    app.pool
+        .execute(
+            "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
+             DELETE FROM recovery.audit_log WHERE id = 2; \
+             ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
+        )
+        .await
+        .unwrap();
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("row 2 is missing"), "{out}");
+
+    let output = app.etl(&["audit", "verify", "--anchor", "4:beef"]).await;
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn concurrent_requests_chain_in_one_order_and_auditors_can_verify() {
+    let (app, url, mask) = app_with_recoveries(0).await;
+    let runs = (0..6).map(|i| {
+        let (app, url, mask) = (&app, url.clone(), mask.clone());
+        async move {
+            let output = recover(app, &url, &mask, &[&format!("parallel {i}")]).await;
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log").await,
+        12
+    );
+    assert_eq!(
+        app.count("SELECT max(id) FROM recovery.audit_log").await,
+        12
+    );
+
+    let (_, auditor) = app.login_user("etl_auditor").await;
+    let output = app
+        .command(&["audit", "verify"])
+        .env("DATABASE_URL", &auditor)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A recoverer may not read the log it writes to.
+    let output = app
+        .command(&["audit", "verify"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn the_recovery_policy_is_enforced_by_the_database_and_recorded() {
+    let (app, url, mask) = app_with_recoveries(0).await;
+    let set = app
+        .etl_ok(&[
+            "recover",
+            "policy",
+            "set",
+            "--require-ticket",
+            "true",
+            "--daily-limit",
+            "2",
+        ])
+        .await;
+    assert!(set.contains("require ticket: true"), "{set}");
+    let shown: serde_json::Value = serde_json::from_str(
+        &app.etl_ok(&["recover", "policy", "show", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(
+        (&shown["require_ticket"], &shown["daily_limit"]),
+        (&serde_json::json!(true), &serde_json::json!(2))
+    );
+
+    // No ticket: refused, on the record, nothing on stdout.
+    let output = recover(&app, &url, &mask, &["check"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("requires a ticket"), "{stderr}");
+
+    // With a ticket: one value opened, one left today.
+    let output = recover(&app, &url, &mask, &["check", "--ticket", "SEC-9"]).await;
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.7.0.1\n");
+
+    // Two more masks in one request exceed the limit: the whole request is refused.
+    let file = std::env::temp_dir().join(format!("masks-{}.txt", uuid::Uuid::new_v4()));
+    std::fs::write(&file, format!("{mask}\n{}\n", "0".repeat(64))).unwrap();
+    let output = app
+        .command(&["recover", "--masked-ip", "--from-file"])
+        .arg(&file)
+        .args(["--reason", "bulk", "--ticket", "SEC-9"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allows 2 values"), "{stderr}");
+
+    let outcomes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, outcome FROM recovery.audit_log WHERE kind <> 'fetch' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let outcomes: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|(k, o)| (k.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("policy", "set"),
+            ("recover", "refused"),
+            ("recover", "found"),
+            ("recover", "refused"),
+            ("recover", "refused"),
+        ]
+    );
+
+    // Only the owner sets the policy.
+    let output = app
+        .command(&["recover", "policy", "set", "--daily-limit", "0"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only the owner"));
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+}

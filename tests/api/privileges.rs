@@ -1,0 +1,195 @@
+//! Least privilege, proven from the catalog: every grant each role (and PUBLIC) holds on the
+//! product's tables, columns, functions and schemas, compared with the list below. A grant added
+//! by mistake, or one that went missing, fails here.
+
+use std::collections::BTreeSet;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{event, TestApp};
+
+const ROLES: [&str; 5] = [
+    "etl_ingest",
+    "etl_analyst",
+    "etl_recoverer",
+    "etl_auditor",
+    "public",
+];
+
+/// `role privilege object`, with `table(column)` where a role holds a privilege on some columns
+/// only. The owner (the migrating user) is not listed: it is the operator.
+const EXPECTED: &[&str] = &[
+    // schemas
+    "etl_ingest USAGE schema etl",
+    "etl_ingest USAGE schema keyring",
+    "etl_ingest USAGE schema public",
+    "etl_ingest USAGE schema recovery",
+    "etl_ingest USAGE schema vault",
+    "etl_analyst USAGE schema public",
+    "etl_recoverer USAGE schema etl",
+    "etl_recoverer USAGE schema public",
+    "etl_recoverer USAGE schema recovery",
+    "etl_auditor USAGE schema public",
+    "etl_auditor USAGE schema recovery",
+    "public USAGE schema public",
+    // tables: ingest writes, and reads only its claims and the mask and vault keys
+    "etl_ingest INSERT user_logins",
+    "etl_ingest INSERT etl.processed_messages",
+    "etl_ingest SELECT etl.processed_messages",
+    "etl_ingest INSERT etl.file_batches",
+    "etl_ingest SELECT etl.file_batches",
+    "etl_ingest INSERT etl.quarantine",
+    "etl_ingest INSERT vault.entries",
+    "etl_ingest SELECT keyring.data_keys",
+    "etl_analyst SELECT user_logins",
+    "etl_recoverer SELECT etl.quarantine(detail)",
+    "etl_recoverer SELECT etl.quarantine(message_id)",
+    "etl_recoverer SELECT etl.quarantine(reason)",
+    "etl_recoverer SELECT etl.quarantine(receive_count)",
+    "etl_recoverer SELECT etl.quarantine(received_at)",
+    "etl_recoverer SELECT etl.quarantine(sent_at)",
+    "etl_auditor SELECT recovery.audit_log",
+    // functions
+    "etl_ingest EXECUTE keyring.quarantine_public_key()",
+    "etl_ingest EXECUTE recovery.audit_head()",
+    "etl_recoverer EXECUTE recovery.audit_head()",
+    "etl_recoverer EXECUTE recovery.fetch(bigint)",
+    "etl_recoverer EXECUTE recovery.fetch_quarantine(bigint)",
+    "etl_recoverer EXECUTE recovery.request(text, text[], text, text)",
+    "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text)",
+    "etl_auditor EXECUTE recovery.audit_head()",
+    "etl_auditor EXECUTE recovery.audit_payload(recovery.audit_log)",
+];
+
+/// Every privilege the catalog grants the roles on the product's objects.
+const ACTUAL: &str = r#"
+WITH roles(role) AS (SELECT unnest($1::text[])),
+schemas(name) AS (VALUES ('public'), ('etl'), ('vault'), ('keyring'), ('recovery')),
+tables AS (
+    SELECT c.oid, CASE WHEN n.nspname = 'public' THEN c.relname
+                       ELSE n.nspname || '.' || c.relname END AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname IN (SELECT name FROM schemas) AND c.relkind IN ('r', 'v', 'm', 'p', 'S')
+      AND NOT (n.nspname = 'public' AND c.relname NOT IN ('user_logins', '_sqlx_migrations'))
+),
+table_privileges(privilege) AS (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE'),
+                                      ('TRUNCATE'), ('REFERENCES'), ('TRIGGER')),
+column_privileges(privilege) AS (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('REFERENCES')),
+granted_tables AS (
+    SELECT r.role, p.privilege, t.oid, t.name
+    FROM roles r, tables t, table_privileges p
+    WHERE has_table_privilege(r.role, t.oid, p.privilege)
+)
+SELECT role || ' ' || privilege || ' schema ' || s.name
+FROM roles, schemas s, (VALUES ('USAGE'), ('CREATE')) AS p(privilege)
+WHERE has_schema_privilege(role, s.name, privilege)
+UNION ALL
+SELECT role || ' ' || privilege || ' ' || name FROM granted_tables
+UNION ALL
+SELECT r.role || ' ' || p.privilege || ' ' || t.name || '(' || a.attname || ')'
+FROM roles r, tables t, column_privileges p, pg_attribute a
+WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+  AND has_column_privilege(r.role, t.oid, a.attnum, p.privilege)
+  AND NOT EXISTS (SELECT 1 FROM granted_tables g
+                  WHERE g.role = r.role AND g.oid = t.oid AND g.privilege = p.privilege)
+UNION ALL
+SELECT r.role || ' EXECUTE ' || n.nspname || '.' || f.proname
+       || '(' || oidvectortypes(f.proargtypes) || ')'
+FROM roles r, pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+WHERE n.nspname IN ('etl', 'vault', 'keyring', 'recovery')
+  AND has_function_privilege(r.role, f.oid, 'EXECUTE')
+"#;
+
+#[tokio::test]
+async fn every_role_holds_exactly_the_privileges_listed() {
+    let app = TestApp::spawn().await;
+    let actual: BTreeSet<String> = sqlx::query_scalar(ACTUAL)
+        .bind(ROLES)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let expected: BTreeSet<String> = EXPECTED.iter().map(|s| (*s).to_owned()).collect();
+    let extra: Vec<_> = actual.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&actual).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "granted but not listed: {extra:#?}\nlisted but not granted: {missing:#?}"
+    );
+}
+
+#[tokio::test]
+async fn ingest_reads_no_vault_quarantine_or_quarantine_key_row() {
+    let app = TestApp::spawn().await;
+    let (_, url) = app.login_user("etl_ingest").await;
+    // Ingest as the ingest role, with a value that meets an existing vault entry on the second
+    // run: `ON CONFLICT DO NOTHING` without SELECT.
+    for _ in 0..2 {
+        app.send(&[event("10.8.0.1", "800-00-0001"), "not json".into()])
+            .await;
+        let output = app
+            .command(&["ingest", "--drain"])
+            .env("DATABASE_URL", &url)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.quarantine WHERE quarantine_key_version = 1")
+            .await,
+        2,
+        "bodies are sealed to the quarantine key pair"
+    );
+
+    let mut ingest = PgConnection::connect(&url).await.unwrap();
+    for sql in [
+        "SELECT mask FROM vault.entries",
+        "SELECT field FROM vault.entries",
+        "SELECT message_id FROM etl.quarantine",
+        "SELECT body_ciphertext FROM etl.quarantine",
+        "SELECT * FROM recovery.audit_log",
+        "SELECT * FROM recovery.fetch_quarantine(1)",
+    ] {
+        let result = sqlx::query(sql).fetch_all(&mut ingest).await;
+        assert!(
+            matches!(&result, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("42501")),
+            "ingest was not denied: {sql}"
+        );
+    }
+    // Row level security: the wrapped quarantine key's row is invisible to ingest.
+    let purposes: Vec<String> =
+        sqlx::query_scalar("SELECT purpose FROM keyring.data_keys ORDER BY purpose")
+            .fetch_all(&mut ingest)
+            .await
+            .unwrap();
+    assert_eq!(purposes, ["mask", "vault"]);
+    let public_keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM keyring.quarantine_public_key()")
+            .fetch_one(&mut ingest)
+            .await
+            .unwrap();
+    assert_eq!(public_keys, 1);
+}
+
+#[tokio::test]
+async fn no_role_but_the_owner_may_create_in_schema_public() {
+    let app = TestApp::spawn().await;
+    let (_, url) = app.login_user("etl_analyst").await;
+    let mut analyst = PgConnection::connect(&url).await.unwrap();
+    let result = sqlx::query("CREATE TABLE public.planted (x int)")
+        .execute(&mut analyst)
+        .await;
+    assert!(
+        matches!(&result, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("42501")),
+        "{result:?}"
+    );
+}
