@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use etl::adapters::sqs::ReceivedMessage;
 use etl::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
+use etl::domain::Message;
 use etl::pipeline::known_masks::KnownMasks;
 use etl::pipeline::Transformer;
 use etl::synthetic::{Generator, SyntheticOptions};
@@ -21,7 +21,7 @@ fn transform(c: &mut Criterion) {
     let quarantine = QuarantineSealer::from_public_key(1, &quarantine_key_pair(&key(3)).1)
         .unwrap_or_else(|| unreachable!());
     let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)), quarantine);
-    let messages: Vec<ReceivedMessage> = Generator::new(SyntheticOptions {
+    let messages: Vec<Message> = Generator::new(SyntheticOptions {
         count: BATCH,
         duplicate_share: 0.0,
         malformed_share: 0.0,
@@ -29,9 +29,8 @@ fn transform(c: &mut Criterion) {
         ..SyntheticOptions::default()
     })
     .enumerate()
-    .map(|(i, body)| ReceivedMessage {
-        message_id: format!("m-{i}"),
-        receipt_handle: String::new(),
+    .map(|(i, body)| Message {
+        id: format!("m-{i}"),
         body,
         sent_timestamp: Some("1709251200000".into()),
         receive_count: Some(1),

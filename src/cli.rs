@@ -237,10 +237,6 @@ pub struct IngestArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "drain")]
     pub from_file: Option<PathBuf>,
 
-    /// Messages per transaction with --from-file.
-    #[arg(long, default_value_t = 2000)]
-    pub batch_size: usize,
-
     /// SQS wire protocol: `auto` probes once at start (AWS JSON, then Query); `query` is what the
     /// reference LocalStack 0.14 image speaks.
     #[arg(long, value_enum, env = "ETL_SQS_PROTOCOL", default_value_t = SqsProtocol::Auto)]
@@ -255,9 +251,33 @@ pub struct IngestArgs {
     #[arg(long)]
     pub summary_json: bool,
 
-    /// Concurrent receive → write → delete loops (each handles up to 10 messages at a time).
-    #[arg(long, env = "ETL_POLLERS", default_value_t = 4)]
-    pub pollers: usize,
+    /// Concurrent `ReceiveMessage` calls (10 messages each). They stop receiving while the
+    /// writers are behind. [default: 16]
+    #[arg(long, env = "ETL_RECEIVERS")]
+    pub receivers: Option<usize>,
+
+    /// Concurrent write transactions. [default: 4]
+    #[arg(long, env = "ETL_WRITERS")]
+    pub writers: Option<usize>,
+
+    /// Largest write batch, in messages: received messages are coalesced into transactions of
+    /// up to this many (with --from-file, consecutive lines). `--batch-size` is an old name.
+    #[arg(
+        long,
+        env = "ETL_BATCH_MESSAGES",
+        default_value_t = 2000,
+        alias = "batch-size"
+    )]
+    pub batch_messages: usize,
+
+    /// Longest a received message waits for its batch to fill before the batch is written
+    /// anyway, for example `500ms` or `2s`; at most half the visibility timeout.
+    #[arg(long, env = "ETL_BATCH_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub batch_wait: std::time::Duration,
+
+    /// Deprecated: sets both --receivers and --writers where those are not given.
+    #[arg(long, env = "ETL_POLLERS", hide = true)]
+    pub pollers: Option<usize>,
 
     /// Long-poll wait per receive, 0 to 20 seconds [default: 20, or 1 with --drain so the run
     /// ends promptly once the queue is empty].
@@ -281,7 +301,7 @@ pub struct IngestArgs {
     #[arg(long, env = "ETL_METRICS_ADDR", default_value = "127.0.0.1:9898")]
     pub metrics_addr: std::net::SocketAddr,
 
-    /// Database connections [default: pollers + 1].
+    /// Database connections [default: writers + 2].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
 }

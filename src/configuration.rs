@@ -85,14 +85,17 @@ impl QueueUrl {
 #[derive(Debug, Clone)]
 pub enum IngestSource {
     Queue(QueueUrl),
-    File { path: PathBuf, batch_size: usize },
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub database: DatabaseSettings,
     pub source: IngestSource,
-    pub pollers: usize,
+    pub receivers: usize,
+    pub writers: usize,
+    pub batch_messages: usize,
+    pub batch_wait: Duration,
     pub wait: Duration,
     pub drain: bool,
     pub summary_json: bool,
@@ -103,18 +106,25 @@ pub struct IngestSettings {
 
 /// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
 const DRAIN_WAIT_SECONDS: u8 = 1;
-const MAX_POLLERS: usize = 256;
+const DEFAULT_RECEIVERS: usize = 16;
+const DEFAULT_WRITERS: usize = 4;
 
 impl TryFrom<&IngestArgs> for IngestSettings {
     type Error = ConfigError;
 
     fn try_from(args: &IngestArgs) -> Result<Self, ConfigError> {
-        if !(1..=MAX_POLLERS).contains(&args.pollers) {
-            return Err(ConfigError::OutOfRange {
-                flag: "--pollers",
-                expected: "between 1 and 256",
-            });
-        }
+        // The deprecated --pollers stands for both where they are not given.
+        let receivers = args.receivers.or(args.pollers).unwrap_or(DEFAULT_RECEIVERS);
+        let writers = args.writers.or(args.pollers).unwrap_or(DEFAULT_WRITERS);
+        in_range("--receivers", receivers, 1, 256, "between 1 and 256")?;
+        in_range("--writers", writers, 1, 64, "between 1 and 64")?;
+        in_range(
+            "--batch-messages",
+            args.batch_messages,
+            1,
+            100_000,
+            "between 1 and 100000",
+        )?;
         let default_wait = if args.drain {
             DRAIN_WAIT_SECONDS
         } else {
@@ -127,7 +137,8 @@ impl TryFrom<&IngestArgs> for IngestSettings {
                 expected: "between 0 and 20",
             });
         }
-        let db_max_connections = args.db_max_connections.unwrap_or(args.pollers as u32 + 1);
+        // Each writer holds one connection at a time; the file source's lock holds one more.
+        let db_max_connections = args.db_max_connections.unwrap_or(writers as u32 + 2);
         if db_max_connections == 0 {
             return Err(ConfigError::OutOfRange {
                 flag: "--db-max-connections",
@@ -146,32 +157,46 @@ impl TryFrom<&IngestArgs> for IngestSettings {
                 expected: "between 2 and 43200 seconds",
             });
         }
+        let visibility = Duration::from_secs(args.visibility_timeout);
+        // A batch waiting longer would need its visibility extended before it is even written.
+        if args.batch_wait > visibility / 2 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--batch-wait",
+                expected: "at most half of --visibility-timeout",
+            });
+        }
         Ok(Self {
             database: DatabaseSettings::try_from(&args.database)?,
             source: match (&args.from_file, &args.queue_url) {
-                (Some(path), _) => {
-                    if !(1..=100_000).contains(&args.batch_size) {
-                        return Err(ConfigError::OutOfRange {
-                            flag: "--batch-size",
-                            expected: "between 1 and 100000",
-                        });
-                    }
-                    IngestSource::File {
-                        path: path.clone(),
-                        batch_size: args.batch_size,
-                    }
-                }
+                (Some(path), _) => IngestSource::File(path.clone()),
                 (None, Some(url)) => IngestSource::Queue(QueueUrl::parse(url)?),
                 (None, None) => return Err(ConfigError::QueueUrl),
             },
-            visibility: Duration::from_secs(args.visibility_timeout),
+            visibility,
             max_receives: args.max_receives,
-            pollers: args.pollers,
+            receivers,
+            writers,
+            batch_messages: args.batch_messages,
+            batch_wait: args.batch_wait,
             wait: Duration::from_secs(wait_seconds.into()),
             drain: args.drain,
             summary_json: args.summary_json,
             db_max_connections,
         })
+    }
+}
+
+fn in_range(
+    flag: &'static str,
+    value: usize,
+    min: usize,
+    max: usize,
+    expected: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange { flag, expected })
     }
 }
 

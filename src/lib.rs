@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod domain;
 pub mod pipeline;
 pub mod server;
+pub mod sources;
 pub mod startup;
 pub mod synthetic;
 pub mod telemetry;

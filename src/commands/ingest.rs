@@ -1,12 +1,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::Retryable;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
@@ -14,11 +16,10 @@ use crate::adapters::postgres;
 use crate::adapters::sqs::SqsQueue;
 use crate::cli::IngestArgs;
 use crate::configuration::{IngestSettings, IngestSource};
-use crate::pipeline::backoff;
-use crate::pipeline::file_source::{self, FileOptions};
-use crate::pipeline::known_masks::KnownMasks;
-use crate::pipeline::{self, progress, Committer, IngestOptions, Stats, Summary, Transformer};
+use crate::pipeline::batcher::BatchLimits;
+use crate::pipeline::{backoff, writers, Committer, Stats, Summary, Transformer, WriteJob};
 use crate::server::{self, Readiness};
+use crate::sources::{self, sqs::progress, sqs::SqsSourceOptions};
 use crate::startup::{self, StartupError};
 
 /// Headroom of each SQS attempt over the long-poll wait, so a healthy receive never times out.
@@ -26,6 +27,9 @@ const ATTEMPT_HEADROOM: Duration = Duration::from_secs(10);
 
 pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     let settings = IngestSettings::try_from(args)?;
+    if args.pollers.is_some() {
+        warn!("--pollers / ETL_POLLERS is deprecated: use --receivers and --writers");
+    }
     let sdk = aws::load_config(settings.wait + ATTEMPT_HEADROOM).await;
     let pool = postgres::pool(
         settings.database.options.clone(),
@@ -39,9 +43,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
             info!(protocol = protocol.as_str(), "SQS protocol");
             from_queue(&settings, args, &sdk, pool, queue).await?
         }
-        IngestSource::File { path, batch_size } => {
-            from_file(&settings, &sdk, pool, path, *batch_size).await?
-        }
+        IngestSource::File(path) => from_file(&settings, &sdk, pool, path).await?,
     };
     info!(
         written = summary.written,
@@ -55,7 +57,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     }
     // From SQS, a batch that was not written stays on the queue and comes back; from a file, its
     // lines wait for the next run, so the run must not look successful.
-    if matches!(settings.source, IngestSource::File { .. }) && summary.write_failures > 0 {
+    if matches!(settings.source, IngestSource::File(_)) && summary.write_failures > 0 {
         anyhow::bail!(
             "{} batches were not written; run the same command again to write them (committed lines are skipped)",
             summary.write_failures
@@ -109,10 +111,14 @@ async fn from_queue(
     readiness.keys_loaded();
 
     info!(
-        pollers = settings.pollers,
+        receivers = settings.receivers,
+        writers = settings.writers,
+        batch_messages = settings.batch_messages,
+        batch_wait_ms = settings.batch_wait.as_millis() as u64,
         drain = settings.drain,
         "ingest started"
     );
+    let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let progress_done = CancellationToken::new();
     if settings.drain {
@@ -122,24 +128,44 @@ async fn from_queue(
             progress_done.clone(),
         ));
     }
-    let summary = pipeline::run(
-        queue,
-        pool,
-        transformer,
-        IngestOptions {
-            pollers: settings.pollers,
-            wait: settings.wait,
-            drain: settings.drain,
-            visibility: settings.visibility,
-            max_receives: settings.max_receives,
+    let (jobs, writers) = start_writers(settings, pool, transformer, &stats);
+    let options = SqsSourceOptions {
+        receivers: settings.receivers,
+        wait: settings.wait,
+        drain: settings.drain,
+        visibility: settings.visibility,
+        batch: BatchLimits {
+            max_messages: settings.batch_messages,
+            max_wait: settings.batch_wait,
         },
-        stats,
-        shutdown.clone(),
-    )
-    .await;
+    };
+    sources::sqs::run(queue, jobs, Arc::clone(&stats), options, shutdown.clone()).await;
+    join_writers(writers).await;
     progress_done.cancel();
     shutdown.cancel();
-    Ok(summary)
+    Ok(stats.summary(started.elapsed()))
+}
+
+/// The writers both sources feed, with the one committer they share; and the channel to them,
+/// one batch waiting per writer (more would only hold memory).
+fn start_writers(
+    settings: &IngestSettings,
+    pool: sqlx::PgPool,
+    transformer: Arc<Transformer>,
+    stats: &Arc<Stats>,
+) -> (mpsc::Sender<WriteJob>, JoinSet<()>) {
+    let committer = Committer::new(pool, transformer, Arc::clone(stats), settings.max_receives);
+    let (jobs, queued) = mpsc::channel(settings.writers);
+    let writers = writers::spawn(Arc::new(committer), settings.writers, queued);
+    (jobs, writers)
+}
+
+async fn join_writers(mut writers: JoinSet<()>) {
+    while let Some(joined) = writers.join_next().await {
+        if let Err(err) = joined {
+            error!(error = %err, "writer task ended abnormally");
+        }
+    }
 }
 
 async fn from_file(
@@ -147,7 +173,6 @@ async fn from_file(
     sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
     path: &Path,
-    batch_size: usize,
 ) -> anyhow::Result<Summary> {
     let input: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
@@ -158,23 +183,24 @@ async fn from_file(
     };
     let transformer = load_keys(&pool, sdk).await?;
     info!(
-        writers = settings.pollers,
-        batch_size, "ingest from file started"
+        writers = settings.writers,
+        batch_messages = settings.batch_messages,
+        "ingest from file started"
     );
-    let committer = Committer {
-        pool,
-        transformer,
-        known_masks: Arc::new(KnownMasks::default()),
-        stats: Arc::new(Stats::default()),
-        max_receives: settings.max_receives,
-    };
-    let options = FileOptions {
-        batch_size,
-        writers: settings.pollers,
-    };
-    file_source::run(input, committer, options)
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    // The reader needs the pool, the line key and the counters the writers' committer holds.
+    let committer = Committer::new(
+        pool.clone(),
+        Arc::clone(&transformer),
+        Arc::clone(&stats),
+        settings.max_receives,
+    );
+    let (jobs, writers) = start_writers(settings, pool, transformer, &stats);
+    sources::file::run(input, &committer, jobs, writers, settings.batch_messages)
         .await
-        .with_context(|| format!("reading {}", path.display()))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(stats.summary(started.elapsed()))
 }
 
 /// SIGINT or SIGTERM stops polling; what is in flight is finished.

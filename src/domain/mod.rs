@@ -3,11 +3,13 @@
 mod app_version;
 pub mod file_line;
 mod login_event;
+mod message;
 mod rejection;
 mod sent_timestamp;
 
 pub use app_version::AppVersion;
 pub use login_event::{DeviceId, Ip, LoginEvent};
+pub use message::Message;
 pub use rejection::{ReasonCode, RejectReason};
 pub use sent_timestamp::{create_date, sent_at};
 

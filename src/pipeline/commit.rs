@@ -13,8 +13,8 @@ use super::known_masks::KnownMasks;
 use super::{Stats, Transformer};
 use crate::adapters::postgres;
 use crate::adapters::postgres::writer::{self, WriteBatch};
-use crate::adapters::sqs::ReceivedMessage;
 use crate::crypto::SealError;
+use crate::domain::Message;
 
 pub struct Committer {
     pub pool: PgPool,
@@ -27,11 +27,27 @@ pub struct Committer {
 }
 
 impl Committer {
+    /// The committer both sources use: one known-masks set for all the process's writers.
+    pub fn new(
+        pool: PgPool,
+        transformer: Arc<Transformer>,
+        stats: Arc<Stats>,
+        max_receives: i32,
+    ) -> Self {
+        Self {
+            pool,
+            transformer,
+            known_masks: Arc::new(KnownMasks::default()),
+            stats,
+            max_receives,
+        }
+    }
+
     /// Writes a batch with retries of transient errors. When the database rejects the batch
     /// itself, it is split in halves until the offending messages are isolated; those are
     /// quarantined and the rest written, so one bad row never costs good ones.
-    pub async fn commit(&self, messages: &[ReceivedMessage]) -> Result<(), CommitError> {
-        let mut pending: Vec<&[ReceivedMessage]> = vec![messages];
+    pub async fn commit(&self, messages: &[Message]) -> Result<(), CommitError> {
+        let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
             let batch = self
                 .transformer
@@ -51,7 +67,7 @@ impl Committer {
                 }
                 Err(err) => {
                     let [message] = part else { continue };
-                    warn!(message_id = %message.message_id, error = %describe_db_error(&err), "the database rejected this message; quarantining it");
+                    warn!(message_id = %message.id, error = %describe_db_error(&err), "the database rejected this message; quarantining it");
                     let detail =
                         format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
                     let batch = self.transformer.prepare_quarantine(
@@ -71,18 +87,18 @@ impl Committer {
     /// the others stay on the queue.
     async fn quarantine_exhausted(
         &self,
-        part: &[ReceivedMessage],
+        part: &[Message],
         err: sqlx::Error,
     ) -> Result<(), CommitError> {
         let limit = self.max_receives;
-        let (poisoned, others): (Vec<&ReceivedMessage>, Vec<&ReceivedMessage>) = part
+        let (poisoned, others): (Vec<&Message>, Vec<&Message>) = part
             .iter()
             .partition(|m| m.receive_count.is_some_and(|count| count >= limit));
         if poisoned.is_empty() || !others.is_empty() {
             return Err(err.into());
         }
         for message in poisoned {
-            warn!(message_id = %message.message_id, "received too many times; quarantining it");
+            warn!(message_id = %message.id, "received too many times; quarantining it");
             let detail = format!(
                 "not written after {} receives ({})",
                 message.receive_count.unwrap_or(limit),

@@ -1,14 +1,15 @@
-//! The ingest pipeline: poll → transform → write → ack.
+//! The ingest pipeline, whatever the source: batches of messages → transform (validate, mask,
+//! seal) → commit, by a pool of writers. Sources (`crate::sources`) feed it and settle what it
+//! committed (the SQS source deletes, the file source moves on).
 
+pub mod batcher;
 mod commit;
-pub mod file_source;
-mod ingest;
 pub mod known_masks;
-pub mod progress;
 mod stats;
 mod transform;
+pub mod writers;
 
-pub use commit::{backoff, Committer};
-pub use ingest::{run, IngestOptions};
+pub use commit::{backoff, CommitError, Committer};
 pub use stats::{Stats, Summary};
 pub use transform::Transformer;
+pub use writers::WriteJob;

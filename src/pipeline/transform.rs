@@ -10,8 +10,8 @@ use super::known_masks::KnownMasks;
 use crate::adapters::postgres::writer::{
     Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
 };
-use crate::adapters::sqs::ReceivedMessage;
 use crate::crypto::{Masker, QuarantineSealer, SealError, Sealer};
+use crate::domain::Message;
 use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
@@ -44,7 +44,7 @@ impl Transformer {
     /// Values in `known` (committed to the vault already) are masked but not sealed again.
     pub fn prepare(
         &self,
-        messages: &[ReceivedMessage],
+        messages: &[Message],
         now: DateTime<Utc>,
         known: &KnownMasks,
     ) -> Result<WriteBatch, SealError> {
@@ -57,7 +57,7 @@ impl Transformer {
         let mut in_batch =
             HashSet::with_capacity_and_hasher(messages.len() * 2, RandomState::default());
         for message in messages {
-            if !seen_ids.insert(message.message_id.as_str()) {
+            if !seen_ids.insert(message.id.as_str()) {
                 continue;
             }
             match LoginEvent::parse(&message.body) {
@@ -73,7 +73,7 @@ impl Transformer {
                     let masked_ip = mask(PiiField::Ip, &event.ip.canonical());
                     let masked_device_id = mask(PiiField::DeviceId, event.device_id.canonical());
                     batch.logins.push(LoginRow {
-                        message_id: message.message_id.clone(),
+                        message_id: message.id.clone(),
                         user_id: event.user_id,
                         device_type: event.device_type,
                         masked_ip,
@@ -117,7 +117,7 @@ impl Transformer {
     /// rejects, or one that failed too many times. `detail` must hold no personal data.
     pub fn prepare_quarantine(
         &self,
-        message: &ReceivedMessage,
+        message: &Message,
         reason: &'static str,
         detail: String,
     ) -> Result<WriteBatch, SealError> {
@@ -129,15 +129,13 @@ impl Transformer {
     fn quarantine_into(
         &self,
         batch: &mut WriteBatch,
-        message: &ReceivedMessage,
+        message: &Message,
         reason: &'static str,
         detail: String,
     ) -> Result<(), SealError> {
-        let sealed = self
-            .quarantine
-            .seal(&message.message_id, message.body.as_bytes())?;
+        let sealed = self.quarantine.seal(&message.id, message.body.as_bytes())?;
         batch.quarantine.push(QuarantineRow {
-            message_id: message.message_id.clone(),
+            message_id: message.id.clone(),
             reason,
             detail,
             sent_at: sent_at(message.sent_timestamp.as_deref()),
@@ -148,7 +146,7 @@ impl Transformer {
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
-    fn empty_batch(&self, messages: &[ReceivedMessage]) -> WriteBatch {
+    fn empty_batch(&self, messages: &[Message]) -> WriteBatch {
         WriteBatch {
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
@@ -160,7 +158,7 @@ impl Transformer {
 
     /// Messages from a file claim their line range (they come in line order); SQS messages their
     /// ids.
-    fn claim_of(&self, messages: &[ReceivedMessage]) -> Claim {
+    fn claim_of(&self, messages: &[Message]) -> Claim {
         let Some(first) = messages.first().and_then(|m| m.line) else {
             return Claim::MessageIds;
         };

@@ -49,7 +49,9 @@ async fn drain_through(outage: Outage, seed: u64) {
         "ingest",
         "--drain",
         "--summary-json",
-        "--pollers",
+        "--receivers",
+        "2",
+        "--writers",
         "2",
         "--visibility-timeout",
         "5",
@@ -117,10 +119,18 @@ async fn four_consumers_share_a_queue_without_duplicates() {
     let mut drains = Vec::new();
     for _ in 0..4 {
         drains.push(
-            app.command(&["ingest", "--drain", "--summary-json", "--pollers", "2"])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
+            app.command(&[
+                "ingest",
+                "--drain",
+                "--summary-json",
+                "--receivers",
+                "2",
+                "--writers",
+                "2",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
         );
     }
     let mut received = 0;
@@ -152,7 +162,9 @@ async fn a_slow_batch_keeps_its_messages_hidden_with_a_heartbeat() {
             "ingest",
             "--drain",
             "--summary-json",
-            "--pollers",
+            "--receivers",
+            "1",
+            "--writers",
             "1",
             "--visibility-timeout",
             "4",
@@ -207,7 +219,7 @@ async fn a_row_the_database_rejects_is_quarantined_and_the_rest_written() {
         event("10.8.0.99", "800-00-0099").replace("\"android\"", "\"explode\""),
     );
     app.send(&bodies).await;
-    let (summary, _) = app.drain(&["--pollers", "1"]).await;
+    let (summary, _) = app.drain(&["--writers", "1"]).await;
     assert_eq!(summary["written"], 9);
     assert_eq!(summary["quarantined_by_reason"]["database_rejected"], 1);
     let detail: String = sqlx::query_scalar("SELECT detail FROM etl.quarantine")

@@ -93,7 +93,14 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
     }
     let known = etl::pipeline::known_masks::KnownMasks::new(16);
     let batch = transformer
-        .prepare(&received, chrono::Utc::now(), &known)
+        .prepare(
+            &received
+                .iter()
+                .map(|m| m.clone().into_parts().0)
+                .collect::<Vec<_>>(),
+            chrono::Utc::now(),
+            &known,
+        )
         .unwrap();
     let outcome = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
         .await

@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod copy;
+pub mod file_batches;
 pub mod keyring;
 pub mod quarantine;
 pub mod recovery;

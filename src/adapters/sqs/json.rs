@@ -60,7 +60,6 @@ impl JsonQueue {
                     receive_count: attributes
                         .get(&MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|count| count.parse().ok()),
-                    line: None,
                 })
             })
             .collect())

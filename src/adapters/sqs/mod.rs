@@ -8,7 +8,7 @@ pub mod query;
 
 use std::time::Duration;
 
-use crate::domain::file_line::FileLine;
+use crate::domain::Message;
 
 pub use json::JsonQueue;
 pub use query::QueryQueue;
@@ -38,8 +38,24 @@ pub struct ReceivedMessage {
     /// `SentTimestamp` as sent: milliseconds on real SQS, seconds on the reference LocalStack.
     pub sent_timestamp: Option<String>,
     pub receive_count: Option<i32>,
-    /// Set by the file source instead of SQS: the input and line the body came from.
-    pub line: Option<FileLine>,
+}
+
+impl ReceivedMessage {
+    /// The pipeline's message, and the receipt that only the SQS source keeps.
+    pub fn into_parts(self) -> (Message, Receipt) {
+        let receipt = Receipt {
+            message_id: self.message_id.clone(),
+            receipt_handle: self.receipt_handle,
+        };
+        let message = Message {
+            id: self.message_id,
+            body: self.body,
+            sent_timestamp: self.sent_timestamp,
+            receive_count: self.receive_count,
+            line: None,
+        };
+        (message, receipt)
+    }
 }
 
 impl std::fmt::Debug for ReceivedMessage {

@@ -497,7 +497,6 @@ fn parse_messages(xml: &str) -> Result<Vec<ReceivedMessage>, String> {
                     body: field("Body").unwrap_or_default(),
                     sent_timestamp,
                     receive_count,
-                    line: None,
                 });
             }
             current.clear();

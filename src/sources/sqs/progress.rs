@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use super::Stats;
 use crate::adapters::sqs::SqsQueue;
+use crate::pipeline::Stats;
 
 const BAR_INTERVAL: Duration = Duration::from_millis(500);
 const LINE_INTERVAL: Duration = Duration::from_secs(10);

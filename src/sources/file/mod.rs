@@ -19,33 +19,25 @@
 //! Lines have no SentTimestamp, so their `create_date` is the processing date. Bytes that are not
 //! UTF-8 are replaced (U+FFFD) and the line is judged as text. Empty lines are skipped.
 //!
-//! A reader thread parses lines into batches and hands them over a bounded channel to `writers`
-//! tasks, so reading, transforming and writing overlap and memory stays flat.
+//! A reader thread parses lines into batches (a batch is a range of lines, so it is the file
+//! source's own batcher) and hands them to the pipeline's writers over a bounded channel, so
+//! reading, transforming and writing overlap and memory stays flat.
 
 use std::borrow::Cow;
 use std::fmt::Write;
 use std::io::BufRead;
 use std::sync::Arc;
-use std::time::Instant;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::info;
 
-use super::commit::Committer;
-use super::{Stats, Summary};
-use crate::adapters::sqs::ReceivedMessage;
+use crate::adapters::postgres::file_batches::{self, CommittedRange};
 use crate::crypto::{LineKey, LinesDigest};
 use crate::domain::file_line::{message_id_prefix, FileLine, Fingerprint};
-
-#[derive(Debug, Clone, Copy)]
-pub struct FileOptions {
-    /// Messages per transaction.
-    pub batch_size: usize,
-    /// Concurrent transactions.
-    pub writers: usize,
-}
+use crate::domain::Message;
+use crate::pipeline::{Committer, Stats, WriteJob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -68,25 +60,19 @@ pub enum FileSourceError {
         last: i64,
         end: u64,
     },
-    #[error("the writers stopped before the input was read to its end: {0}")]
-    Writers(String),
+    #[error("the writers stopped before the input was read to its end")]
+    Writers,
 }
 
-/// A range of lines an earlier run committed.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct CommittedRange {
-    first_line: i64,
-    last_line: i64,
-    lines_digest: Vec<u8>,
-}
-
-/// Reads `input` to its end and commits every line not committed by an earlier run.
+/// Reads `input` to its end and sends every line not committed by an earlier run to `writers`
+/// (through `jobs`), in batches of `batch_messages` lines. Returns when the writers are done.
 pub async fn run(
     input: Box<dyn BufRead + Send>,
-    committer: Committer,
-    options: FileOptions,
-) -> Result<Summary, FileSourceError> {
-    let started = Instant::now();
+    committer: &Committer,
+    jobs: mpsc::Sender<WriteJob>,
+    mut writers: JoinSet<()>,
+    batch_messages: usize,
+) -> Result<(), FileSourceError> {
     let stats = Arc::clone(&committer.stats);
     let (mut input, first) = tokio::task::spawn_blocking(move || {
         let mut input = input;
@@ -95,13 +81,15 @@ pub async fn run(
     .await
     .map_err(std::io::Error::other)??;
     let Some((first_number, first_line)) = first else {
-        return Ok(stats.summary(started.elapsed()));
+        return Ok(());
     };
     let line_key = committer.transformer.masker().line_key().clone();
     let source = line_key.fingerprint(&first_line);
     // Held to the end of the run: closing it releases the lock.
-    let lock = lock_source(&committer.pool, source).await?;
-    let committed = committed_ranges(&committer.pool, source).await?;
+    let lock = file_batches::lock_source(&committer.pool, source)
+        .await?
+        .ok_or_else(|| FileSourceError::Busy(hex::encode(source)))?;
+    let committed = file_batches::committed_ranges(&committer.pool, source).await?;
     if !committed.is_empty() {
         info!(
             ranges = committed.len(),
@@ -109,64 +97,38 @@ pub async fn run(
         );
     }
 
-    // One batch waiting per writer keeps every writer busy; more would only hold memory.
-    let (batches, receiver) = mpsc::channel::<Vec<ReceivedMessage>>(options.writers);
     let reader = Reader {
         line_key,
         source,
         id_prefix: message_id_prefix(source),
-        batch_size: options.batch_size,
+        batch_size: batch_messages,
         committed,
         next_range: 0,
         checking: None,
-        batch: Vec::with_capacity(options.batch_size),
-        batches,
-        stats: Arc::clone(&stats),
+        batch: Vec::with_capacity(batch_messages),
+        jobs,
+        stats,
         last_number: 0,
     };
-    let reading = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         let mut reader = reader;
         reader.line(first_number, &first_line)?;
         reader.read_all(&mut input, first_number)
-    });
-
-    let committer = Arc::new(committer);
-    // One receiver shared by the writers: whichever is free takes the next batch.
-    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-    let mut writers = JoinSet::new();
-    for _ in 0..options.writers.max(1) {
-        let (committer, receiver) = (Arc::clone(&committer), Arc::clone(&receiver));
-        writers.spawn(async move {
-            loop {
-                let Some(batch) = receiver.lock().await.recv().await else {
-                    return;
-                };
-                committer.stats.received(batch.len());
-                let batch_started = Instant::now();
-                if let Err(err) = committer.commit(&batch).await {
-                    committer.stats.write_failed();
-                    error!(error = %err, messages = batch.len(), "batch from file not committed");
-                }
-                committer
-                    .stats
-                    .batch_finished(batch.len(), batch_started.elapsed());
-            }
-        });
-    }
-    let mut writer_failure = None;
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    // The reader's end dropped `jobs`: the writers finish what is queued, then stop.
+    let mut writers_failed = false;
     while let Some(joined) = writers.join_next().await {
-        if let Err(err) = joined {
-            writer_failure = Some(FileSourceError::Writers(err.to_string()));
-        }
+        writers_failed |= joined.is_err();
     }
-    let read = reading.await.map_err(std::io::Error::other)?;
-    // The lock goes with the connection; a failed close only means the server already dropped it.
+    // Held until the last batch is written. A failed close only means the server dropped it.
     let _ = lock.close().await;
-    if let Some(failure) = writer_failure {
-        return Err(failure);
-    }
     read?;
-    Ok(stats.summary(started.elapsed()))
+    if writers_failed {
+        return Err(FileSourceError::Writers);
+    }
+    Ok(())
 }
 
 /// The first non-empty line and its number, or `None` for an input without one.
@@ -192,38 +154,6 @@ fn trim_line_end(line: &mut Vec<u8>) {
     }
 }
 
-/// A session advisory lock on the fingerprint, on a connection of its own.
-async fn lock_source(
-    pool: &sqlx::PgPool,
-    source: Fingerprint,
-) -> Result<PgConnection, FileSourceError> {
-    let mut conn = pool.acquire().await?.detach();
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&source[..8]);
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(i64::from_be_bytes(key))
-        .fetch_one(&mut conn)
-        .await?;
-    if !locked {
-        let _ = conn.close().await;
-        return Err(FileSourceError::Busy(hex::encode(source)));
-    }
-    Ok(conn)
-}
-
-async fn committed_ranges(
-    pool: &sqlx::PgPool,
-    source: Fingerprint,
-) -> Result<Vec<CommittedRange>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT first_line, last_line, lines_digest FROM etl.file_batches
-         WHERE source = $1 ORDER BY first_line",
-    )
-    .bind(source.as_slice())
-    .fetch_all(pool)
-    .await
-}
-
 /// Turns lines into batches, skipping (after checking) the lines of committed ranges.
 struct Reader {
     line_key: LineKey,
@@ -236,8 +166,8 @@ struct Reader {
     next_range: usize,
     /// The committed range being checked, with the digest of its lines read so far.
     checking: Option<(CommittedRange, LinesDigest, usize)>,
-    batch: Vec<ReceivedMessage>,
-    batches: mpsc::Sender<Vec<ReceivedMessage>>,
+    batch: Vec<Message>,
+    jobs: mpsc::Sender<WriteJob>,
     stats: Arc<Stats>,
     /// Number of the last non-empty line read.
     last_number: u64,
@@ -314,9 +244,8 @@ impl Reader {
         message_id.push_str(&self.id_prefix);
         // Writing into a String cannot fail.
         let _ = write!(message_id, "{number}");
-        self.batch.push(ReceivedMessage {
-            message_id,
-            receipt_handle: String::new(),
+        self.batch.push(Message {
+            id: message_id,
             body: body.into_owned(),
             sent_timestamp: None,
             receive_count: None,
@@ -350,8 +279,13 @@ impl Reader {
             return Ok(());
         }
         let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
-        self.batches
-            .blocking_send(full)
-            .map_err(|_| FileSourceError::Writers("they no longer take batches".to_owned()))
+        self.stats.received(full.len());
+        // Failures are counted by the writers; the run's caller reports them.
+        self.jobs
+            .blocking_send(WriteJob {
+                messages: full,
+                outcome: None,
+            })
+            .map_err(|_| FileSourceError::Writers)
     }
 }
