@@ -1,11 +1,20 @@
 -- The trust boundary (SECURITY.md, "Who can do what"): least privilege for ingest, quarantined
 -- bodies sealed to a key ingest cannot open and opened only on record, a tamper-evident audit
 -- log that nobody can change, and a recovery policy enforced where clients cannot skip it.
--- Valid on PostgreSQL 10 to 18 (on 10, the audit chain's SHA-256 comes from pgcrypto).
+-- Valid on PostgreSQL 10 to 17 (on 10, the audit chain's SHA-256 comes from pgcrypto).
 
 -- PostgreSQL 10 to 14 let every role create objects in schema public, where a function or
 -- operator planted by one role can be picked up by another's unqualified name.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+DO $$
+BEGIN
+    -- Only the schema's owner can revoke it; where the migrating role is not, say so (etl doctor
+    -- checks it too) rather than fail a migration on a managed server.
+    IF has_schema_privilege('public', 'public', 'CREATE') THEN
+        RAISE WARNING 'PUBLIC may still create objects in schema public: run REVOKE CREATE ON SCHEMA public FROM PUBLIC as its owner';
+    END IF;
+END
+$$;
 
 DO $$
 BEGIN
@@ -31,15 +40,19 @@ REVOKE SELECT ON etl.quarantine FROM etl_ingest;
 ------------------------------------------------------------------------------------------------
 -- Quarantined bodies: sealed with HPKE (RFC 9180) to the public half of a quarantine key pair.
 -- Ingest holds only the public key; the private key's seed is a KMS-wrapped data key that only
--- `etl quarantine show` unwraps. Rows written before this migration stay sealed under the vault
--- key version they name.
+-- `etl quarantine show` unwraps. The public key is stored in clear, so it is bound to KMS: its
+-- attestation is a KMS ciphertext whose encryption context holds the key's SHA-256, which ingest
+-- must decrypt before it seals anything to the key (a key planted in the table has none). Rows
+-- written before this migration stay sealed under the vault key version they name.
 ALTER TABLE keyring.data_keys DROP CONSTRAINT IF EXISTS data_keys_purpose_check;
 ALTER TABLE keyring.data_keys ADD CONSTRAINT data_keys_purpose_check
     CHECK (purpose IN ('mask', 'vault', 'quarantine'));
 ALTER TABLE keyring.data_keys ADD COLUMN IF NOT EXISTS public_key bytea;
+ALTER TABLE keyring.data_keys ADD COLUMN IF NOT EXISTS public_key_attestation bytea;
 ALTER TABLE keyring.data_keys DROP CONSTRAINT IF EXISTS data_keys_public_key_check;
 ALTER TABLE keyring.data_keys ADD CONSTRAINT data_keys_public_key_check
-    CHECK ((purpose = 'quarantine') = (public_key IS NOT NULL));
+    CHECK ((purpose = 'quarantine') = (public_key IS NOT NULL)
+           AND (public_key IS NULL) = (public_key_attestation IS NULL));
 
 -- Ingest sees the mask and vault keys, never the wrapped quarantine key.
 DROP POLICY IF EXISTS ingest_read ON keyring.data_keys;
@@ -47,13 +60,13 @@ CREATE POLICY ingest_read ON keyring.data_keys FOR SELECT TO etl_ingest
     USING (purpose IN ('mask', 'vault'));
 
 CREATE OR REPLACE FUNCTION keyring.quarantine_public_key()
-RETURNS TABLE (version integer, public_key bytea)
+RETURNS TABLE (version integer, kms_key_id text, public_key bytea, public_key_attestation bytea)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT k.version, k.public_key FROM keyring.data_keys k
+    SELECT k.version, k.kms_key_id, k.public_key, k.public_key_attestation FROM keyring.data_keys k
     WHERE k.purpose = 'quarantine' ORDER BY k.version DESC LIMIT 1
 $fn$;
 REVOKE ALL ON FUNCTION keyring.quarantine_public_key() FROM PUBLIC;
@@ -111,15 +124,17 @@ ALTER INDEX IF EXISTS recovery.audit_log_request_id_idx RENAME TO audit_log_v1_r
 
 CREATE TABLE recovery.audit_log (
     id                bigint       PRIMARY KEY,
-    logged_at         timestamptz  NOT NULL DEFAULT now(),
+    -- Set by the append trigger, whatever the inserting statement says: the clock at append
+    -- time, the session's user, client address and application name.
+    logged_at         timestamptz  NOT NULL,
     -- recover: one mask asked for · quarantine_open: one quarantined message asked for ·
     -- fetch: a request's values handed out · policy: the recovery policy changed.
     kind              text         NOT NULL
                       CHECK (kind IN ('recover', 'quarantine_open', 'fetch', 'policy')),
     request_id        bigint,
-    db_user           text         NOT NULL DEFAULT session_user,
-    client_addr       inet         DEFAULT inet_client_addr(),
-    application_name  text         DEFAULT current_setting('application_name'),
+    db_user           text         NOT NULL,
+    client_addr       inet,
+    application_name  text,
     field             text,
     -- The mask (recover) or the message id (quarantine_open).
     subject           text,
@@ -136,9 +151,26 @@ CREATE TABLE recovery.audit_log (
 CREATE INDEX audit_log_request_id_idx ON recovery.audit_log (request_id);
 CREATE INDEX audit_log_user_day_idx ON recovery.audit_log (db_user, logged_at);
 
+-- One row whose lock serializes appends. A row lock, not an advisory lock: only roles that may
+-- update this table (the owner) can take it, so no other role can stall the audit log.
+CREATE TABLE recovery.chain_lock (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton)
+);
+INSERT INTO recovery.chain_lock DEFAULT VALUES;
+
+-- Held until the caller's transaction ends.
+CREATE OR REPLACE FUNCTION recovery.lock_chain()
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT NULL::void FROM recovery.chain_lock WHERE singleton FOR UPDATE
+$fn$;
+
 -- The bytes a row's hash covers: each field as a 4-byte big-endian length and its UTF-8 text
--- (-1 for NULL), in this order. Times are UTC with microseconds, addresses without a netmask.
--- `etl audit verify` recomputes the hashes from this encoding.
+-- (-1 for NULL), in this order; the time as microseconds since 1970-01-01 UTC, the address as
+-- text(inet). `etl audit verify` builds the same bytes itself, from the raw columns, so a
+-- replaced function cannot hide a changed row.
 CREATE OR REPLACE FUNCTION recovery.audit_payload(a recovery.audit_log)
 RETURNS bytea
 LANGUAGE sql
@@ -152,11 +184,50 @@ AS $fn$
                END, ''::bytea ORDER BY f.ord)
     FROM unnest(ARRAY[
         a.id::text,
-        to_char(a.logged_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        a.kind, a.request_id::text, a.db_user, host(a.client_addr), a.application_name,
+        (extract(epoch FROM date_trunc('second', a.logged_at AT TIME ZONE 'UTC'))::bigint * 1000000
+         + extract(microseconds FROM a.logged_at AT TIME ZONE 'UTC')::bigint % 1000000)::text,
+        a.kind, a.request_id::text, a.db_user, text(a.client_addr), a.application_name,
         a.field, a.subject, a.reason, a.ticket, a.outcome, a.detail, a.request_txid::text
     ]) WITH ORDINALITY AS f(value, ord)
 $fn$;
+
+-- Rows of the earlier, unchained log, in the order they happened, chained here (before the
+-- append trigger exists, which would overwrite their users and times); a fetch becomes a row of
+-- its own.
+DO $$
+DECLARE
+    v_row recovery.audit_log;
+    v_prev bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
+    v_id bigint := 0;
+    r record;
+BEGIN
+    IF to_regclass('recovery.audit_log_v1') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR r IN
+        SELECT * FROM (
+            SELECT v.requested_at AS logged_at, 'recover' AS kind, v.request_id, v.db_user,
+                   v.client_addr, v.application_name, v.field, v.mask AS subject, v.reason,
+                   v.ticket, v.outcome, v.request_txid, v.id AS ord
+            FROM recovery.audit_log_v1 v
+            UNION ALL
+            SELECT min(v.fetched_at), 'fetch', v.request_id, min(v.db_user), NULL, NULL, NULL,
+                   NULL, NULL, NULL, 'served', NULL, max(v.id)
+            FROM recovery.audit_log_v1 v WHERE v.fetched_at IS NOT NULL GROUP BY v.request_id
+        ) AS old
+        ORDER BY logged_at, ord
+    LOOP
+        v_id := v_id + 1;
+        v_row := ROW(v_id, r.logged_at, r.kind, r.request_id, r.db_user, r.client_addr,
+                     r.application_name, r.field, r.subject, r.reason, r.ticket, r.outcome, NULL,
+                     r.request_txid, v_prev, ''::bytea);
+        v_row.row_hash := recovery.sha256(v_prev || recovery.audit_payload(v_row));
+        INSERT INTO recovery.audit_log SELECT v_row.*;
+        v_prev := v_row.row_hash;
+    END LOOP;
+END
+$$;
+DROP TABLE IF EXISTS recovery.audit_log_v1;
 
 CREATE OR REPLACE FUNCTION recovery.audit_append()
 RETURNS trigger
@@ -173,10 +244,14 @@ BEGIN
             USING ERRCODE = 'invalid_transaction_state';
     END IF;
     -- One appender at a time, until commit: the next row is chained to a committed one.
-    PERFORM pg_advisory_xact_lock(1163150412, 1);
+    PERFORM recovery.lock_chain();
     SELECT a.id, a.row_hash INTO v_last_id, v_last_hash
     FROM recovery.audit_log a ORDER BY a.id DESC LIMIT 1;
     NEW.id := coalesce(v_last_id, 0) + 1;
+    NEW.logged_at := clock_timestamp();
+    NEW.db_user := session_user;
+    NEW.client_addr := inet_client_addr();
+    NEW.application_name := current_setting('application_name');
     NEW.prev_hash := coalesce(v_last_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
     NEW.row_hash := recovery.sha256(NEW.prev_hash || recovery.audit_payload(NEW));
     RETURN NEW;
@@ -200,24 +275,6 @@ CREATE TRIGGER audit_no_update_or_delete BEFORE UPDATE OR DELETE ON recovery.aud
     FOR EACH ROW EXECUTE PROCEDURE recovery.audit_refuse_change();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON recovery.audit_log
     FOR EACH STATEMENT EXECUTE PROCEDURE recovery.audit_refuse_change();
-
--- Rows of the earlier, unchained log, in the order they happened; a fetch becomes a row of its own.
-INSERT INTO recovery.audit_log (logged_at, kind, request_id, db_user, client_addr, application_name,
-                                field, subject, reason, ticket, outcome, request_txid)
-SELECT logged_at, kind, request_id, db_user, client_addr, application_name, field, subject,
-       reason, ticket, outcome, request_txid
-FROM (
-    SELECT v.requested_at AS logged_at, 'recover' AS kind, v.request_id, v.db_user, v.client_addr,
-           v.application_name, v.field, v.mask AS subject, v.reason, v.ticket, v.outcome,
-           v.request_txid, v.id AS ord
-    FROM recovery.audit_log_v1 v
-    UNION ALL
-    SELECT min(v.fetched_at), 'fetch', v.request_id, min(v.db_user), NULL, NULL, NULL, NULL, NULL,
-           NULL, 'served', NULL, max(v.id)
-    FROM recovery.audit_log_v1 v WHERE v.fetched_at IS NOT NULL GROUP BY v.request_id
-) AS old
-ORDER BY logged_at, ord;
-DROP TABLE IF EXISTS recovery.audit_log_v1;
 
 CREATE OR REPLACE FUNCTION recovery.audit_head()
 RETURNS TABLE (id bigint, row_hash bytea)
@@ -270,13 +327,15 @@ RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- A request waits at most this long for another one that holds the chain (an idle transaction).
+SET lock_timeout = '10s'
 AS $fn$
 DECLARE
     v_request bigint := nextval('recovery.request_ids');
     v_masks text[] := coalesce(p_masks, ARRAY[]::text[]);
     v_refusal text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1163150412, 1);
+    PERFORM recovery.lock_chain();
     v_refusal := CASE WHEN p_field IS NULL OR p_field NOT IN ('ip', 'device_id')
                       THEN 'unknown field'
                       ELSE recovery.refusal(p_reason, p_ticket, cardinality(v_masks)) END;
@@ -308,7 +367,7 @@ BEGIN
                WHERE a.request_id = p_request AND a.kind = p_kind
                  AND a.request_txid = txid_current()) THEN
         RAISE EXCEPTION 'recovery request % must be committed before it is fetched', p_request
-            USING ERRCODE = 'insufficient_privilege';
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
     SELECT 'fetch', p_request, 'served', format('%s of %s %s rows', count(*) FILTER (WHERE a.outcome = 'found'), count(*), p_kind)
@@ -327,6 +386,7 @@ RETURNS TABLE (mask text, outcome text, detail text, ciphertext bytea, vault_key
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -350,13 +410,15 @@ RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- A request waits at most this long for another one that holds the chain (an idle transaction).
+SET lock_timeout = '10s'
 AS $fn$
 DECLARE
     v_request bigint := nextval('recovery.request_ids');
     v_ids text[] := coalesce(p_message_ids, ARRAY[]::text[]);
     v_refusal text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1163150412, 1);
+    PERFORM recovery.lock_chain();
     v_refusal := recovery.refusal(p_reason, p_ticket, cardinality(v_ids));
     INSERT INTO recovery.audit_log (kind, request_id, subject, reason, ticket, outcome, detail,
                                     request_txid)
@@ -379,6 +441,7 @@ RETURNS TABLE (message_id text, outcome text, detail text, body_ciphertext bytea
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
 AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -424,6 +487,5 @@ GRANT EXECUTE ON FUNCTION recovery.fetch(bigint) TO etl_recoverer;
 GRANT EXECUTE ON FUNCTION recovery.request_quarantine(text[], text, text) TO etl_recoverer;
 GRANT EXECUTE ON FUNCTION recovery.fetch_quarantine(bigint) TO etl_recoverer;
 GRANT EXECUTE ON FUNCTION recovery.audit_head() TO etl_ingest, etl_recoverer, etl_auditor;
-GRANT EXECUTE ON FUNCTION recovery.audit_payload(recovery.audit_log) TO etl_auditor;
 GRANT USAGE ON SCHEMA recovery TO etl_ingest, etl_auditor;
 GRANT SELECT ON recovery.audit_log TO etl_auditor;

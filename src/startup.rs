@@ -17,6 +17,11 @@ pub enum StartupError {
     MissingKey(&'static str),
     #[error("the stored quarantine public key (version {0}) is not an X25519 public key")]
     BadPublicKey(i32),
+    #[error(
+        "refusing the stored quarantine public key (version {version}): its KMS attestation does \
+         not verify, so it is not the key `etl keys` created ({source})"
+    )]
+    UnattestedPublicKey { version: i32, source: KmsError },
     #[error("cannot unwrap the {purpose} data key (version {version}) with KMS: {source}")]
     Unwrap {
         purpose: &'static str,
@@ -31,7 +36,9 @@ impl StartupError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(err) => crate::adapters::postgres::is_transient(err),
-            Self::Unwrap { source, .. } => matches!(source, KmsError::Call { .. }),
+            Self::Unwrap { source, .. } | Self::UnattestedPublicKey { source, .. } => {
+                matches!(source, KmsError::Call { .. })
+            }
             Self::MissingKey(_) | Self::BadPublicKey(_) => false,
         }
     }
@@ -41,10 +48,20 @@ impl StartupError {
 /// presented), and keeps only the derived, zeroizing states; and the newest quarantine public key,
 /// which needs no unwrapping.
 pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, StartupError> {
-    let (version, public_key) = keyring::quarantine_public_key(pool)
+    let stored = keyring::quarantine_public_key(pool)
         .await?
         .ok_or(StartupError::MissingKey(KeyPurpose::Quarantine.as_str()))?;
-    let quarantine = QuarantineSealer::from_public_key(version, &public_key)
+    let version = stored.version;
+    // Stored in clear, so checked with KMS before anything is sealed to it.
+    kms.verify_public_key(
+        &stored.kms_key_id,
+        version,
+        &stored.public_key,
+        &stored.public_key_attestation,
+    )
+    .await
+    .map_err(|source| StartupError::UnattestedPublicKey { version, source })?;
+    let quarantine = QuarantineSealer::from_public_key(version, &stored.public_key)
         .ok_or(StartupError::BadPublicKey(version))?;
     let mask = unwrap_latest(pool, kms, KeyPurpose::Mask).await?;
     let vault = unwrap_latest(pool, kms, KeyPurpose::Vault).await?;

@@ -1,10 +1,13 @@
 -- Login roles for `docker compose`: each service connects as a member of one group role, never as
--- the superuser (a superuser bypasses row level security and every grant). Idempotent; the
--- passwords come from psql variables set by the compose file.
-SELECT format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I', r.name, r.password, r.grp)
+-- the superuser (a superuser bypasses row level security and every grant). Idempotent: a role
+-- that exists gets the password given now. The passwords come from psql variables set by the
+-- compose file.
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name)
+            THEN format('ALTER ROLE %I LOGIN PASSWORD %L', r.name, r.password)
+            ELSE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I', r.name, r.password, r.grp)
+       END
 FROM (VALUES ('etl_ingest_login', :'ingest_password', 'etl_ingest'),
              ('etl_recoverer_login', :'recoverer_password', 'etl_recoverer'),
              ('etl_analyst_login', :'analyst_password', 'etl_analyst'))
      AS r(name, password, grp)
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name)
 \gexec

@@ -82,6 +82,25 @@ pub struct Kms {
     client: aws_sdk_kms::Client,
 }
 
+/// The encryption context that binds a quarantine public key to KMS: its SHA-256 is in it, so
+/// only a blob made by someone allowed to call KMS for this key decrypts under the context that
+/// ingest computes from the key it reads.
+fn public_key_context(version: i32, public_key: &[u8]) -> HashMap<String, String> {
+    use sha2::{Digest, Sha256};
+    HashMap::from([
+        ("application".to_owned(), CONTEXT_APPLICATION.to_owned()),
+        ("purpose".to_owned(), PUBLIC_KEY_PURPOSE.to_owned()),
+        ("key_version".to_owned(), version.to_string()),
+        (
+            "public_key_sha256".to_owned(),
+            hex::encode(Sha256::digest(public_key)),
+        ),
+    ])
+}
+
+/// The purpose in a public key attestation's context (not a data key's purpose).
+pub const PUBLIC_KEY_PURPOSE: &str = "quarantine_public_key";
+
 /// The encryption context of a data key: the application, the purpose and the version, never
 /// personal data. Unwrapping must present the same context, so a blob moved to another purpose or
 /// version does not unwrap.
@@ -150,6 +169,51 @@ impl Kms {
         })?;
         let wrapped = WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?;
         Ok((wrapped, key))
+    }
+
+    /// A KMS ciphertext that vouches for a quarantine public key (see [`public_key_context`]).
+    pub async fn attest_public_key(
+        &self,
+        kms_key_id: &str,
+        version: i32,
+        public_key: &[u8],
+    ) -> Result<Vec<u8>, KmsError> {
+        const OP: &str = "GenerateDataKeyWithoutPlaintext";
+        let output = self
+            .client
+            .generate_data_key_without_plaintext()
+            .key_id(kms_key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(public_key_context(version, public_key)))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        Ok(WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?.blob)
+    }
+
+    /// Checks a quarantine public key's attestation: KMS decrypts it only under the context made
+    /// from this very key. The decrypted bytes are random and wiped at once.
+    pub async fn verify_public_key(
+        &self,
+        kms_key_id: &str,
+        version: i32,
+        public_key: &[u8],
+        attestation: &[u8],
+    ) -> Result<(), KmsError> {
+        const OP: &str = "Decrypt";
+        let output = self
+            .client
+            .decrypt()
+            .key_id(kms_key_id)
+            .ciphertext_blob(Blob::new(attestation))
+            .set_encryption_context(Some(public_key_context(version, public_key)))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        if let Some(plaintext) = output.plaintext {
+            zeroize::Zeroize::zeroize(&mut plaintext.into_inner());
+        }
+        Ok(())
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.
@@ -224,8 +288,41 @@ impl Kms {
         version: i32,
         wrapped: &[u8],
     ) -> Result<WrappedKey, KmsError> {
+        self.re_encrypt_with(
+            source_kms_key_id,
+            destination_kms_key_id,
+            encryption_context(purpose, version),
+            wrapped,
+        )
+        .await
+    }
+
+    /// Re-wraps a quarantine public key's attestation under another KMS key.
+    pub async fn re_encrypt_attestation(
+        &self,
+        source_kms_key_id: &str,
+        destination_kms_key_id: &str,
+        version: i32,
+        public_key: &[u8],
+        attestation: &[u8],
+    ) -> Result<WrappedKey, KmsError> {
+        self.re_encrypt_with(
+            source_kms_key_id,
+            destination_kms_key_id,
+            public_key_context(version, public_key),
+            attestation,
+        )
+        .await
+    }
+
+    async fn re_encrypt_with(
+        &self,
+        source_kms_key_id: &str,
+        destination_kms_key_id: &str,
+        context: HashMap<String, String>,
+        wrapped: &[u8],
+    ) -> Result<WrappedKey, KmsError> {
         const OP: &str = "ReEncrypt";
-        let context = encryption_context(purpose, version);
         let output = self
             .client
             .re_encrypt()

@@ -51,6 +51,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
     if let Some(pool) = &pool {
         migrations(&mut report, pool).await;
         roles(&mut report, pool).await;
+        public_schema(&mut report, pool).await;
     }
 
     match args.queue_url.as_deref().map(QueueUrl::parse) {
@@ -266,6 +267,26 @@ async fn roles(report: &mut Report, pool: &PgPool) {
                 format!("missing {}", missing.join(", ")),
                 "run `etl migrate` as a role that may create roles".into(),
             ))
+        },
+    );
+}
+
+/// PostgreSQL 10 to 14 let every role create objects in schema public, where a planted function
+/// can capture another role's unqualified call; the migrations revoke it where they may.
+async fn public_schema(report: &mut Report, pool: &PgPool) {
+    let open: Result<bool, _> =
+        sqlx::query_scalar("SELECT has_schema_privilege('public', 'public', 'CREATE')")
+            .fetch_one(pool)
+            .await;
+    report.check(
+        "schema public",
+        match open {
+            Ok(false) => Ok("only its owner may create objects in it".into()),
+            Ok(true) => Err((
+                "every role may create objects in schema public".into(),
+                "as the owner of schema public: REVOKE CREATE ON SCHEMA public FROM PUBLIC".into(),
+            )),
+            Err(err) => Err((err.to_string(), "check the connection".into())),
         },
     );
 }

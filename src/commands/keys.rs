@@ -61,12 +61,17 @@ async fn create_key(
     version: i32,
 ) -> anyhow::Result<(bool, WrappedKey)> {
     let name = purpose.as_str();
-    let (wrapped, public_key) = if purpose == KeyPurpose::Quarantine {
+    let (wrapped, public) = if purpose == KeyPurpose::Quarantine {
         let (wrapped, seed) = kms
             .generate_data_key_with_plaintext(kms_key_id, purpose, version)
             .await
             .with_context(|| format!("generating the {name} key pair's seed"))?;
-        (wrapped, Some(quarantine_key_pair(&seed).1))
+        let public_key = quarantine_key_pair(&seed).1;
+        let attestation = kms
+            .attest_public_key(&wrapped.kms_key_arn, version, &public_key)
+            .await
+            .context("attesting the quarantine public key with KMS")?;
+        (wrapped, Some((public_key, attestation)))
     } else {
         let wrapped = kms
             .generate_data_key(kms_key_id, purpose, version)
@@ -80,7 +85,12 @@ async fn create_key(
         version,
         &wrapped.kms_key_arn,
         &wrapped.blob,
-        public_key.as_deref(),
+        public
+            .as_ref()
+            .map(|(public_key, attestation)| keyring::PublicHalf {
+                public_key,
+                attestation,
+            }),
     )
     .await
     .context("storing the wrapped data key")?;
@@ -161,12 +171,33 @@ pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result
                     key.purpose, key.version
                 )
             })?;
+        let attestation = match (&key.public_key, &key.public_key_attestation) {
+            (Some(public_key), Some(attestation)) => Some(
+                kms.re_encrypt_attestation(
+                    &key.kms_key_id,
+                    kms_key_id,
+                    key.version,
+                    public_key,
+                    attestation,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "re-wrapping the attestation of {} key version {}",
+                        key.purpose, key.version
+                    )
+                })?
+                .blob,
+            ),
+            _ => None,
+        };
         keyring::rewrap(
             &pool,
             &key.purpose,
             key.version,
             &wrapped.kms_key_arn,
             &wrapped.blob,
+            attestation.as_deref(),
         )
         .await
         .context("storing the re-wrapped key")?;

@@ -58,7 +58,7 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let settings = DatabaseSettings::try_from(&args.database)?;
-    let pool = postgres::pool(settings.options, 1);
+    let pool = postgres::pool(postgres::read_committed(settings.options), 1);
     let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket)
         .await
         .map_err(database_error)?;

@@ -30,6 +30,13 @@ pub enum RecoverError {
          (an administrator runs: GRANT etl_recoverer TO <your user>)"
     )]
     NotRecoverer,
+    #[error("a recovery request must be committed before its values are fetched")]
+    NotCommitted,
+    #[error(
+        "the audit log is held by another session's open transaction; try again, and ask an \
+         administrator to look for idle transactions of recoverers"
+    )]
+    Busy,
     #[error("the recovery policy refused the request: {0} (recorded in the audit log)")]
     Refused(String),
     #[error("database error during recovery: {0}")]
@@ -53,6 +60,12 @@ pub(super) fn database_error(err: sqlx::Error) -> RecoverError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
             RecoverError::NotRecoverer
         }
+        // recovery.fetch in the request's own transaction, or a wait for the audit chain that
+        // timed out (another session holds it in an open transaction).
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
+            RecoverError::NotCommitted
+        }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RecoverError::Busy,
         _ => RecoverError::Database(err),
     }
 }
@@ -70,7 +83,10 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
         return policy(command).await.map(|()| Outcome::Success);
     }
     let settings = RecoverSettings::try_from(args)?;
-    let pool = postgres::pool(settings.database.options.clone(), 1);
+    let pool = postgres::pool(
+        postgres::read_committed(settings.database.options.clone()),
+        1,
+    );
     let request_id = recovery::request(
         &pool,
         settings.field,
@@ -167,7 +183,8 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Set { database, .. } => (database, OutputFormat::Text),
         PolicyCommand::Show { database, format } => (database, *format),
     };
-    let pool = super::pool(database)?;
+    let settings = crate::configuration::DatabaseSettings::try_from(database)?;
+    let pool = postgres::pool(postgres::read_committed(settings.options), 1);
     let policy = match command {
         PolicyCommand::Set {
             require_ticket,

@@ -1,8 +1,10 @@
 //! Verifying the audit log's hash chain.
 //!
 //! Row `n` stores `prev_hash` (row `n-1`'s `row_hash`; 32 zero bytes for row 1) and
-//! `row_hash = SHA-256(prev_hash || payload)`, where the payload encodes the row's fields (the
-//! migration's `recovery.audit_payload`). Ids are contiguous from 1. So a changed row no longer
+//! `row_hash = SHA-256(prev_hash || payload)`, where the payload encodes the row's fields
+//! ([`encode_payload`], the same encoding as the migration's `recovery.audit_payload`, built
+//! here from the raw columns so that a replaced database function cannot hide a change). Ids
+//! are contiguous from 1. So a changed row no longer
 //! matches its hash, a removed row leaves a gap, and a row inserted or re-hashed out of order
 //! breaks the link to the next one. Only rewriting every later row escapes these checks, and
 //! an anchored head (`etl audit head`, kept elsewhere) catches that.
@@ -11,6 +13,23 @@ use sha2::{Digest, Sha256};
 
 /// The chain's starting link.
 pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The payload of a row: each field as its length (4 bytes, big-endian) and its UTF-8 bytes,
+/// `0xffffffff` for NULL.
+pub fn encode_payload(fields: &[Option<&str>]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(fields.len() * 16);
+    for field in fields {
+        match field {
+            Some(text) => {
+                let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+                payload.extend_from_slice(&len.to_be_bytes());
+                payload.extend_from_slice(text.as_bytes());
+            }
+            None => payload.extend_from_slice(&[0xff; 4]),
+        }
+    }
+    payload
+}
 
 /// One row as the verifier reads it.
 pub struct ChainRow<'a> {
@@ -65,10 +84,12 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
-    /// Also require that row `id` has hash `hash` (a head taken earlier).
+    /// Also require that row `id` has hash `hash` (a head taken earlier). The head of an empty
+    /// log (id 0, the genesis link) holds for any chain.
     pub fn with_anchor(id: i64, hash: Vec<u8>) -> Self {
+        let empty_log = id == 0 && hash.as_slice() == GENESIS;
         Self {
-            anchor: Some((id, hash)),
+            anchor: (!empty_log).then_some((id, hash)),
             ..Self::default()
         }
     }
@@ -226,5 +247,14 @@ mod tests {
         assert!(anchored(&rows));
         assert!(!anchored(&chain(&["a", "b", "x"])), "rewritten tail");
         assert!(!anchored(&rows[..2]), "truncated tail");
+        assert!(ChainVerifier::with_anchor(0, GENESIS.to_vec()).anchor_holds());
+    }
+
+    #[test]
+    fn payloads_are_length_prefixed_and_mark_null() {
+        assert_eq!(
+            encode_payload(&[Some("ab"), None, Some("")]),
+            [&[0, 0, 0, 2][..], b"ab", &[0xff; 4], &[0, 0, 0, 0]].concat()
+        );
     }
 }

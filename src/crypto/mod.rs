@@ -14,7 +14,7 @@ mod mask;
 mod quarantine;
 mod seal;
 
-pub use audit_chain::{ChainBreak, ChainRow, ChainVerifier, GENESIS};
+pub use audit_chain::{encode_payload, ChainBreak, ChainRow, ChainVerifier, GENESIS};
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker};

@@ -75,6 +75,44 @@ async fn no_role_can_change_the_audit_log_and_verify_names_the_first_changed_row
         out.contains("broken at row 3") && out.contains("changed"),
         "{out}"
     );
+
+    // `etl` encodes the rows itself: without the database's payload function (which an owner
+    // could replace) it still reads the chain and still finds the change.
+    app.pool
+        .execute("DROP FUNCTION recovery.audit_payload(recovery.audit_log)")
+        .await
+        .unwrap();
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("broken at row 3"), "{out}");
+}
+
+#[tokio::test]
+async fn appended_rows_carry_the_session_s_user_and_time_whatever_the_insert_says() {
+    let (app, _, _) = app_with_recoveries(1).await;
+    app.pool
+        .execute(
+            "INSERT INTO recovery.audit_log (id, logged_at, kind, db_user, client_addr, outcome, \
+             prev_hash, row_hash) VALUES (99, '2001-01-01', 'policy', 'someone_else', \
+             '10.9.9.9', 'set', '\\x00', '\\x00')",
+        )
+        .await
+        .unwrap();
+    let (id, user, year, addr): (i64, String, f64, Option<String>) = sqlx::query_as(
+        "SELECT id, db_user, extract(year FROM logged_at)::float8, text(client_addr) \
+         FROM recovery.audit_log ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((id, user.as_str()), (3, "postgres"));
+    assert!(year > 2001.0);
+    assert_ne!(addr.as_deref(), Some("10.9.9.9/32"));
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    // The head of an empty log anchors nothing but does not fail.
+    let (code, out) = verify(&app, &["--anchor", &format!("0:{}", "0".repeat(64))]).await;
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[tokio::test]

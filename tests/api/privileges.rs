@@ -58,7 +58,6 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer EXECUTE recovery.request(text, text[], text, text)",
     "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text)",
     "etl_auditor EXECUTE recovery.audit_head()",
-    "etl_auditor EXECUTE recovery.audit_payload(recovery.audit_log)",
 ];
 
 /// Every privilege the catalog grants the roles on the product's objects.

@@ -3,6 +3,28 @@
 use crate::helpers::{event, TestApp};
 
 #[tokio::test]
+async fn ingest_refuses_a_quarantine_public_key_that_kms_did_not_attest() {
+    let app = TestApp::spawn().await;
+    // Someone with write access to the keyring plants a public key of their own.
+    sqlx::query(
+        "UPDATE keyring.data_keys SET public_key = decode(repeat('11', 32), 'hex') \
+         WHERE purpose = 'quarantine'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.send(&["not json".to_owned()]).await;
+    let output = app.etl(&["ingest", "--drain"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("KMS attestation does not verify"),
+        "{stderr}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
+}
+
+#[tokio::test]
 async fn a_recoverer_opens_a_quarantined_body_on_record_and_nobody_else_can() {
     let app = TestApp::spawn().await;
     let hostile = r#"{"user_id": "u-1", "ip": "10.6.0.1", "device_id": 42}"#;

@@ -244,7 +244,13 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-    assert!(denied(&mut tx, &format!("SELECT * FROM recovery.fetch({request})")).await);
+    let early = sqlx::query(&format!("SELECT * FROM recovery.fetch({request})"))
+        .fetch_all(&mut *tx)
+        .await;
+    assert!(
+        matches!(&early, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55000")),
+        "a fetch in the request's own transaction was not refused: {early:?}"
+    );
     tx.rollback().await.unwrap();
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")

@@ -180,6 +180,13 @@ fn describe_tls_error(err: &rustls::Error, host: &str) -> String {
     }
 }
 
+/// Sessions that append to the audit log run READ COMMITTED whatever the server's or role's
+/// default: the append trigger refuses other isolation levels.
+pub fn read_committed(options: PgConnectOptions) -> PgConnectOptions {
+    // The startup `options` packet splits on spaces; a backslash keeps this one.
+    options.options([("default_transaction_isolation", "read\\ committed")])
+}
+
 /// A pool that connects lazily, so the process can start (and report readiness) while the
 /// database is down.
 pub fn pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
