@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgSslMode;
+use aws_config::SdkConfig;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::PgPool;
 
 use super::Outcome;
@@ -30,11 +31,40 @@ impl Report {
             }
         }
     }
+
+    fn outcome(self) -> Outcome {
+        println!();
+        if self.failures == 0 {
+            println!("all checks passed");
+            Outcome::Success
+        } else {
+            println!("{} check(s) failed", self.failures);
+            Outcome::Negative
+        }
+    }
 }
 
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
     let mut report = Report { failures: 0 };
     let sdk = aws::load_config(Duration::from_secs(10)).await;
+    region(&mut report, &sdk);
+    let connected = database(&mut report, args.database_url.as_deref()).await;
+    if let Some((pool, options)) = &connected {
+        database_tls(&mut report, pool, options).await;
+        migrations(&mut report, pool).await;
+        roles(&mut report, pool).await;
+        public_schema(&mut report, pool).await;
+    }
+    queue(&mut report, &sdk, args).await;
+    let kms = Kms::new(&sdk);
+    kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await;
+    if let Some((pool, _)) = &connected {
+        data_keys(&mut report, pool, &kms).await;
+    }
+    Ok(report.outcome())
+}
+
+fn region(report: &mut Report, sdk: &SdkConfig) {
     report.check(
         "AWS region",
         sdk.region()
@@ -46,95 +76,10 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
                 )
             }),
     );
-
-    let pool = database(&mut report, args.database_url.as_deref()).await;
-    if let Some(pool) = &pool {
-        migrations(&mut report, pool).await;
-        roles(&mut report, pool).await;
-        public_schema(&mut report, pool).await;
-    }
-
-    match args.queue_url.as_deref().map(QueueUrl::parse) {
-        None => report.check(
-            "queue",
-            Err((
-                "no queue URL".into(),
-                "set ETL_QUEUE_URL or --queue-url".into(),
-            )),
-        ),
-        Some(Err(err)) => report.check(
-            "queue",
-            Err((err.to_string(), "give the queue's full URL".into())),
-        ),
-        Some(Ok(url)) => {
-            let reached = match SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol).await {
-                Ok((queue, protocol)) => queue.depth().await.map(|depth| (depth, protocol)),
-                Err(err) => Err(err),
-            };
-            report.check(
-                "queue reachable",
-                reached
-                    .map(|(depth, protocol)| {
-                        format!("{} visible, {} in flight, speaks the {} protocol", depth.visible, depth.in_flight, protocol.as_str())
-                    })
-                    .map_err(|err| {
-                        (err.to_string(), "check the URL, AWS_ENDPOINT_URL, credentials and sqs:GetQueueAttributes".into())
-                    }),
-            );
-        }
-    }
-
-    let kms = Kms::new(&sdk);
-    match args.kms_key_id.as_deref() {
-        None => report.check("KMS key", Ok("not given (only `etl keys` needs it)".into())),
-        Some(id) => report.check(
-            "KMS key usable",
-            match kms.describe_usable_key(id).await {
-                Ok(Ok(arn)) => Ok(arn),
-                Ok(Err(problem)) => Err((
-                    problem,
-                    "enable the key, or give a symmetric ENCRYPT_DECRYPT key".into(),
-                )),
-                Err(err) => Err((
-                    err.to_string(),
-                    "check the key id and kms:DescribeKey permission".into(),
-                )),
-            },
-        ),
-    }
-    if let Some(pool) = &pool {
-        report.check(
-            "data keys",
-            startup::load_transformer(pool, &kms)
-                .await
-                .map(|t| {
-                    format!(
-                        "mask key v{} and vault key v{} unwrap",
-                        t.masker().version(),
-                        t.sealer().version()
-                    )
-                })
-                .map_err(|err| {
-                    (
-                        err.to_string(),
-                        "run `etl keys init`, or grant kms:Decrypt for context application=etl"
-                            .into(),
-                    )
-                }),
-        );
-    }
-
-    println!();
-    if report.failures == 0 {
-        println!("all checks passed");
-        Ok(Outcome::Success)
-    } else {
-        println!("{} check(s) failed", report.failures);
-        Ok(Outcome::Negative)
-    }
 }
 
-async fn database(report: &mut Report, url: Option<&str>) -> Option<PgPool> {
+/// Whether the database answers; on success its pool, and the options the TLS check judges.
+async fn database(report: &mut Report, url: Option<&str>) -> Option<(PgPool, PgConnectOptions)> {
     let Some(url) = url else {
         report.check(
             "database",
@@ -175,10 +120,14 @@ async fn database(report: &mut Report, url: Option<&str>) -> Option<PgPool> {
             return None;
         }
     }
+    Some((pool, options))
+}
+
+async fn database_tls(report: &mut Report, pool: &PgPool, options: &PgConnectOptions) {
     let tls_version = sqlx::query_scalar::<_, Option<String>>(
         "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
     )
-    .fetch_optional(&pool)
+    .fetch_optional(pool)
     .await;
     report.check(
         "database TLS",
@@ -186,12 +135,11 @@ async fn database(report: &mut Report, url: Option<&str>) -> Option<PgPool> {
             Ok(version) => tls_verdict(
                 version.flatten().as_deref(),
                 options.get_ssl_mode(),
-                postgres::is_local(&options),
+                postgres::is_local(options),
             ),
             Err(err) => Err((err.to_string(), "check that pg_stat_ssl is readable".into())),
         },
     );
-    Some(pool)
 }
 
 /// Whether the connection is encrypted, and how far the server is trusted. Plaintext passes only
@@ -288,6 +236,79 @@ async fn public_schema(report: &mut Report, pool: &PgPool) {
             )),
             Err(err) => Err((err.to_string(), "check the connection".into())),
         },
+    );
+}
+
+async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs) {
+    match args.queue_url.as_deref().map(QueueUrl::parse) {
+        None => report.check(
+            "queue",
+            Err((
+                "no queue URL".into(),
+                "set ETL_QUEUE_URL or --queue-url".into(),
+            )),
+        ),
+        Some(Err(err)) => report.check(
+            "queue",
+            Err((err.to_string(), "give the queue's full URL".into())),
+        ),
+        Some(Ok(url)) => {
+            let reached = match SqsQueue::connect(sdk, url.as_str(), args.sqs_protocol).await {
+                Ok((queue, protocol)) => queue.depth().await.map(|depth| (depth, protocol)),
+                Err(err) => Err(err),
+            };
+            report.check(
+                "queue reachable",
+                reached
+                    .map(|(depth, protocol)| {
+                        format!("{} visible, {} in flight, speaks the {} protocol", depth.visible, depth.in_flight, protocol.as_str())
+                    })
+                    .map_err(|err| {
+                        (err.to_string(), "check the URL, AWS_ENDPOINT_URL, credentials and sqs:GetQueueAttributes".into())
+                    }),
+            );
+        }
+    }
+}
+
+async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) {
+    match key_id {
+        None => report.check("KMS key", Ok("not given (only `etl keys` needs it)".into())),
+        Some(id) => report.check(
+            "KMS key usable",
+            match kms.describe_usable_key(id).await {
+                Ok(Ok(arn)) => Ok(arn),
+                Ok(Err(problem)) => Err((
+                    problem,
+                    "enable the key, or give a symmetric ENCRYPT_DECRYPT key".into(),
+                )),
+                Err(err) => Err((
+                    err.to_string(),
+                    "check the key id and kms:DescribeKey permission".into(),
+                )),
+            },
+        ),
+    }
+}
+
+async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms) {
+    report.check(
+        "data keys",
+        startup::load_transformer(pool, kms)
+            .await
+            .map(|t| {
+                format!(
+                    "mask key v{} and vault key v{} unwrap",
+                    t.masker().version(),
+                    t.sealer().version()
+                )
+            })
+            .map_err(|err| {
+                (
+                    err.to_string(),
+                    "run `etl keys init`, or grant kms:Decrypt for context application=etl".into(),
+                )
+            }),
     );
 }
 
