@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::adapters::kms::{Kms, KmsError};
+use crate::adapters::kms::{Kms, KmsError, UnwrapError};
 use crate::adapters::postgres::keyring;
 use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer};
 use crate::pipeline::Transformer;
@@ -22,12 +22,8 @@ pub enum StartupError {
          not verify, so it is not the key `etl keys` created ({source})"
     )]
     UnattestedPublicKey { version: i32, source: KmsError },
-    #[error("cannot unwrap the {purpose} data key (version {version}) with KMS: {source}")]
-    Unwrap {
-        purpose: &'static str,
-        version: i32,
-        source: KmsError,
-    },
+    #[error(transparent)]
+    Unwrap(#[from] UnwrapError),
 }
 
 impl StartupError {
@@ -36,9 +32,8 @@ impl StartupError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(err) => crate::adapters::postgres::is_transient(err),
-            Self::Unwrap { source, .. } | Self::UnattestedPublicKey { source, .. } => {
-                matches!(source, KmsError::Call { .. })
-            }
+            Self::Unwrap(err) => err.is_transient(),
+            Self::UnattestedPublicKey { source, .. } => matches!(source, KmsError::Call { .. }),
             Self::MissingKey(_) | Self::BadPublicKey(_) => false,
         }
     }
@@ -80,18 +75,14 @@ async fn unwrap_latest(
     let stored = keyring::latest(pool, purpose)
         .await?
         .ok_or(StartupError::MissingKey(purpose.as_str()))?;
-    kms.decrypt_data_key(
-        &stored.kms_key_id,
-        purpose,
-        stored.version,
-        &stored.wrapped_key,
-    )
-    .await
-    .map_err(|source| StartupError::Unwrap {
-        purpose: purpose.as_str(),
-        version: stored.version,
-        source,
-    })
+    Ok(kms
+        .unwrap_data_key(
+            &stored.kms_key_id,
+            purpose,
+            stored.version,
+            &stored.wrapped_key,
+        )
+        .await?)
 }
 
 /// KMS calls are short; this bounds each attempt.

@@ -48,6 +48,25 @@ pub enum KmsError {
     KeyLength { purpose: &'static str },
 }
 
+/// A stored data key that did not unwrap: which one, and why. The one error of the one unwrap
+/// path that ingest, `recover` and `quarantine show` share.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot unwrap the {purpose} data key (version {version}) with KMS: {source}")]
+pub struct UnwrapError {
+    pub purpose: &'static str,
+    pub version: i32,
+    #[source]
+    pub source: KmsError,
+}
+
+impl UnwrapError {
+    /// Whether trying again may succeed: a call that failed for a reason other than a denial or
+    /// a mismatched key.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.source, KmsError::Call { .. })
+    }
+}
+
 /// A data key as KMS wrapped it, ready to store.
 pub struct WrappedKey {
     /// The ARN of the KMS key that wrapped it (KMS resolves aliases and ids to it).
@@ -217,7 +236,23 @@ impl Kms {
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.
-    pub async fn decrypt_data_key(
+    pub async fn unwrap_data_key(
+        &self,
+        kms_key_id: &str,
+        purpose: KeyPurpose,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<DataKey, UnwrapError> {
+        self.decrypt_data_key(kms_key_id, purpose, version, wrapped)
+            .await
+            .map_err(|source| UnwrapError {
+                purpose: purpose.as_str(),
+                version,
+                source,
+            })
+    }
+
+    async fn decrypt_data_key(
         &self,
         kms_key_id: &str,
         purpose: KeyPurpose,

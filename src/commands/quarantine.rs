@@ -92,9 +92,9 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
     };
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let key = kms
-        .decrypt_data_key(kms_key_id, purpose, version, wrapped)
+        .unwrap_data_key(kms_key_id, purpose, version, wrapped)
         .await
-        .map_err(|source| RecoverError::Unwrap { version, source })?;
+        .map_err(RecoverError::from)?;
     let body = match purpose {
         KeyPurpose::Quarantine => QuarantineOpener::new(&key).open(&row.message_id, sealed),
         _ => Sealer::new(&key).open_body(&row.message_id, sealed),

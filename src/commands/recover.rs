@@ -41,11 +41,8 @@ pub enum RecoverError {
     Refused(String),
     #[error("database error during recovery: {0}")]
     Database(sqlx::Error),
-    #[error("cannot unwrap vault key version {version}: {source}")]
-    Unwrap {
-        version: i32,
-        source: crate::adapters::kms::KmsError,
-    },
+    #[error(transparent)]
+    Unwrap(#[from] crate::adapters::kms::UnwrapError),
     #[error("vault entry for mask {mask} does not open: {source}")]
     Open {
         mask: String,
@@ -117,9 +114,9 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
                             return Err(RecoverError::MissingKey { mask: row.mask }.into());
                         };
                         let key = kms
-                            .decrypt_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
+                            .unwrap_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
                             .await
-                            .map_err(|source| RecoverError::Unwrap { version, source })?;
+                            .map_err(RecoverError::from)?;
                         slot.insert(Sealer::new(&key))
                     }
                 };
