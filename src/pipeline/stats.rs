@@ -1,6 +1,7 @@
-//! Counters shared by the pollers, the summary printed at the end of a run, and the Prometheus
-//! metrics fed at the same points (names follow Prometheus conventions; labels never hold
-//! personal data: only reason codes and stage names).
+//! Counters shared by the sources and the writers, the summary printed at the end of a run, and
+//! the Prometheus metrics fed at the same points. Each count has one name ([`Count`]): the
+//! summary's JSON key, its text label, and the metric `etl_<name>_total`. Labels never hold
+//! personal data: only reason codes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,69 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::adapters::postgres::writer::WriteOutcome;
+
+/// The counts of a run, each under one name everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Received,
+    Written,
+    Quarantined,
+    DuplicatesSkipped,
+    Deleted,
+    DeleteFailed,
+    WriteFailures,
+    ReceiveErrors,
+}
+
+impl Count {
+    pub const ALL: [Count; 8] = [
+        Count::Received,
+        Count::Written,
+        Count::Quarantined,
+        Count::DuplicatesSkipped,
+        Count::Deleted,
+        Count::DeleteFailed,
+        Count::WriteFailures,
+        Count::ReceiveErrors,
+    ];
+
+    /// The summary's key (and, with spaces, its text label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Count::Received => "received",
+            Count::Written => "written",
+            Count::Quarantined => "quarantined",
+            Count::DuplicatesSkipped => "duplicates_skipped",
+            Count::Deleted => "deleted",
+            Count::DeleteFailed => "delete_failed",
+            Count::WriteFailures => "write_failures",
+            Count::ReceiveErrors => "receive_errors",
+        }
+    }
+
+    /// The Prometheus counter: `etl_<name>_total`.
+    pub const fn metric(self) -> &'static str {
+        match self {
+            Count::Received => "etl_received_total",
+            Count::Written => "etl_written_total",
+            Count::Quarantined => "etl_quarantined_total",
+            Count::DuplicatesSkipped => "etl_duplicates_skipped_total",
+            Count::Deleted => "etl_deleted_total",
+            Count::DeleteFailed => "etl_delete_failed_total",
+            Count::WriteFailures => "etl_write_failures_total",
+            Count::ReceiveErrors => "etl_receive_errors_total",
+        }
+    }
+
+    fn increment(self, n: u64) {
+        metrics::counter!(self.metric()).increment(n);
+    }
+}
+
+/// Messages received and not yet committed or given back.
+pub const IN_FLIGHT_GAUGE: &str = "etl_messages_in_flight";
+/// Time from a batch reaching a writer to its commit (or failure).
+pub const BATCH_DURATION_HISTOGRAM: &str = "etl_batch_duration_seconds";
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -26,14 +90,14 @@ pub struct Stats {
 impl Stats {
     pub fn received(&self, n: usize) {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("etl_messages_received_total").increment(n as u64);
-        metrics::gauge!("etl_messages_in_flight").increment(n as f64);
+        Count::Received.increment(n as u64);
+        metrics::gauge!(IN_FLIGHT_GAUGE).increment(n as f64);
     }
 
-    /// A received batch is done with (committed and deleted, or given back to the queue).
+    /// A batch is done with by the writers (committed, or not).
     pub fn batch_finished(&self, n: usize, elapsed: Duration) {
-        metrics::gauge!("etl_messages_in_flight").decrement(n as f64);
-        metrics::histogram!("etl_batch_duration_seconds").record(elapsed.as_secs_f64());
+        metrics::gauge!(IN_FLIGHT_GAUGE).decrement(n as f64);
+        metrics::histogram!(BATCH_DURATION_HISTOGRAM).record(elapsed.as_secs_f64());
     }
 
     /// Messages committed so far (written, quarantined, or skipped as redeliveries).
@@ -59,11 +123,11 @@ impl Stats {
             .unwrap_or_else(|poison| poison.into_inner());
         for (reason, n) in &outcome.quarantined {
             *quarantined.entry(reason.clone()).or_default() += n;
-            metrics::counter!("etl_messages_quarantined_total", "reason" => reason.clone())
+            metrics::counter!(Count::Quarantined.metric(), "reason" => reason.clone())
                 .increment(*n);
         }
-        metrics::counter!("etl_rows_written_total").increment(outcome.written);
-        metrics::counter!("etl_redeliveries_skipped_total").increment(outcome.duplicates_skipped);
+        Count::Written.increment(outcome.written);
+        Count::DuplicatesSkipped.increment(outcome.duplicates_skipped);
     }
 
     /// Lines of a file that an earlier run committed: counted as received and skipped.
@@ -71,33 +135,29 @@ impl Stats {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
         self.duplicates_skipped
             .fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("etl_messages_received_total").increment(n as u64);
-        metrics::counter!("etl_redeliveries_skipped_total").increment(n as u64);
+        Count::Received.increment(n as u64);
+        Count::DuplicatesSkipped.increment(n as u64);
     }
 
     pub fn deleted(&self, n: usize) {
         self.deleted.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("etl_messages_deleted_total").increment(n as u64);
+        Count::Deleted.increment(n as u64);
     }
 
     pub fn delete_failed(&self, n: usize) {
         self.delete_failed.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("etl_errors_total", "stage" => "delete").increment(n as u64);
+        Count::DeleteFailed.increment(n as u64);
     }
 
+    /// A batch not committed (its sealing or its write failed).
     pub fn write_failed(&self) {
         self.write_failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("etl_errors_total", "stage" => "write").increment(1);
-    }
-
-    pub fn transform_failed(&self) {
-        self.write_failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("etl_errors_total", "stage" => "transform").increment(1);
+        Count::WriteFailures.increment(1);
     }
 
     pub fn receive_failed(&self) {
         self.receive_errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("etl_errors_total", "stage" => "receive").increment(1);
+        Count::ReceiveErrors.increment(1);
     }
 
     pub fn summary(&self, elapsed: Duration) -> Summary {
@@ -148,27 +208,38 @@ pub struct Summary {
     pub messages_per_second: f64,
 }
 
+impl Summary {
+    fn count(&self, count: Count) -> u64 {
+        match count {
+            Count::Received => self.received,
+            Count::Written => self.written,
+            Count::Quarantined => self.quarantined,
+            Count::DuplicatesSkipped => self.duplicates_skipped,
+            Count::Deleted => self.deleted,
+            Count::DeleteFailed => self.delete_failed,
+            Count::WriteFailures => self.write_failures,
+            Count::ReceiveErrors => self.receive_errors,
+        }
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut lines: Vec<(String, String)> = vec![
-            ("received".into(), self.received.to_string()),
-            ("written".into(), self.written.to_string()),
-            ("quarantined".into(), self.quarantined.to_string()),
-        ];
-        lines.extend(
-            self.quarantined_by_reason
-                .iter()
-                .map(|(reason, n)| (format!("  {reason}"), n.to_string())),
-        );
+        let mut lines: Vec<(String, String)> = Vec::new();
+        for count in Count::ALL {
+            lines.push((
+                count.name().replace('_', " "),
+                self.count(count).to_string(),
+            ));
+            if count == Count::Quarantined {
+                lines.extend(
+                    self.quarantined_by_reason
+                        .iter()
+                        .map(|(reason, n)| (format!("  {reason}"), n.to_string())),
+                );
+            }
+        }
         lines.extend([
-            (
-                "redeliveries skipped".into(),
-                self.duplicates_skipped.to_string(),
-            ),
-            ("deleted".into(), self.deleted.to_string()),
-            ("delete failed".into(), self.delete_failed.to_string()),
-            ("write failures".into(), self.write_failures.to_string()),
-            ("receive errors".into(), self.receive_errors.to_string()),
             ("elapsed".into(), format!("{:.2} s", self.elapsed_seconds)),
             (
                 "rate".into(),
@@ -184,5 +255,22 @@ impl std::fmt::Display for Summary {
             writeln!(f, "{label:<width$}  {value:>10}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_count_has_one_name_in_the_summary_and_the_metrics() {
+        let summary =
+            serde_json::to_value(Stats::default().summary(Duration::from_secs(1))).unwrap();
+        for count in Count::ALL {
+            assert!(summary.get(count.name()).is_some(), "{}", count.name());
+            assert_eq!(count.metric(), format!("etl_{}_total", count.name()));
+        }
+        let text = Stats::default().summary(Duration::from_secs(1)).to_string();
+        assert!(text.contains("duplicates skipped"), "{text}");
     }
 }

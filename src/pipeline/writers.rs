@@ -57,11 +57,7 @@ async fn write(committer: &Committer, job: WriteJob) {
         .stats
         .batch_finished(job.messages.len(), started.elapsed());
     if let Err(err) = &result {
-        if matches!(err, CommitError::Seal(_)) {
-            committer.stats.transform_failed();
-        } else {
-            committer.stats.write_failed();
-        }
+        committer.stats.write_failed();
         span.in_scope(
             || error!(error = %err, messages = job.messages.len(), "batch not committed"),
         );
