@@ -3,6 +3,7 @@
 //! command `scripts/test` does). Each test gets its own database, queue and KMS key.
 
 mod audit;
+mod batching;
 mod faults;
 mod file_source;
 mod helpers;
