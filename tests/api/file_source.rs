@@ -156,9 +156,9 @@ async fn values_repeated_across_batches_have_one_vault_row_each() {
     assert_eq!(
         app.count(
             "SELECT count(*) FROM user_logins u WHERE NOT EXISTS
-               (SELECT 1 FROM vault.entries v WHERE v.field = 'ip' AND v.mask = u.masked_ip)
+               (SELECT 1 FROM vault.entries v WHERE v.field = 'ip' AND v.mask = decode(u.masked_ip, 'hex'))
             OR NOT EXISTS
-               (SELECT 1 FROM vault.entries v WHERE v.field = 'device_id' AND v.mask = u.masked_device_id)"
+               (SELECT 1 FROM vault.entries v WHERE v.field = 'device_id' AND v.mask = decode(u.masked_device_id, 'hex'))"
         )
         .await,
         0
@@ -182,7 +182,7 @@ async fn every_vault_row_opens_to_the_value_of_its_mask_when_the_vault_held_some
     assert_eq!(summary["written"], 900, "{summary}");
 
     let rows: Vec<(String, String, Vec<u8>)> =
-        sqlx::query_as("SELECT field, mask, ciphertext FROM vault.entries")
+        sqlx::query_as("SELECT field, encode(mask, 'hex'), ciphertext FROM vault.entries")
             .fetch_all(&app.pool)
             .await
             .unwrap();

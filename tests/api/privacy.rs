@@ -69,11 +69,12 @@ async fn every_vault_entry_opens_to_its_value_and_only_in_its_row() {
     app.drain(&[]).await;
 
     let transformer = app.transformer().await;
-    let rows: Vec<(String, String, i32, Vec<u8>)> =
-        sqlx::query_as("SELECT field, mask, vault_key_version, ciphertext FROM vault.entries")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rows: Vec<(String, String, i32, Vec<u8>)> = sqlx::query_as(
+        "SELECT field, encode(mask, 'hex'), vault_key_version, ciphertext FROM vault.entries",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert!(!rows.is_empty());
     let mut expected = std::collections::HashSet::new();
     for event in bodies.iter().filter_map(|b| LoginEvent::parse(b).ok()) {

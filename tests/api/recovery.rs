@@ -301,7 +301,7 @@ async fn rotated_and_rewrapped_keys_keep_every_value_recoverable() {
     app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
     app.ingest(&[event("10.9.4.2", "904-00-0002")]).await;
     let versions: Vec<(String, i32)> =
-        sqlx::query_as("SELECT mask, vault_key_version FROM vault.entries WHERE field = 'ip' ORDER BY vault_key_version")
+        sqlx::query_as("SELECT encode(mask, 'hex'), vault_key_version FROM vault.entries WHERE field = 'ip' ORDER BY vault_key_version")
             .fetch_all(&app.pool)
             .await
             .unwrap();

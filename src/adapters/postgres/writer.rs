@@ -118,8 +118,8 @@ macro_rules! insert_vault_sql {
     () => {
         "INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
-FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS v(field, mask, ciphertext)
-ORDER BY v.mask COLLATE \"C\", v.field COLLATE \"C\""
+FROM UNNEST($3::text[], $4::bytea[], $5::bytea[]) AS v(field, mask, ciphertext)
+ORDER BY v.mask, v.field COLLATE \"C\""
     };
 }
 
@@ -256,9 +256,9 @@ async fn insert_vault_chunk(
     entries: &[&VaultEntry],
 ) -> Result<(), sqlx::Error> {
     let fields: Vec<&str> = entries.iter().map(|e| e.field.as_str()).collect();
-    let masks: Vec<String> = entries
+    let masks: Vec<&[u8]> = entries
         .iter()
-        .map(|e| e.mask.hex().as_str().to_owned())
+        .map(|e| e.mask.as_bytes().as_slice())
         .collect();
     let ciphertexts: Vec<&[u8]> = entries.iter().map(|e| e.ciphertext.as_slice()).collect();
     let insert = |statement| {

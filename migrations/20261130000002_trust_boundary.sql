@@ -345,7 +345,9 @@ BEGIN
            nullif(btrim(p_ticket), ''),
            CASE
                WHEN v_refusal IS NOT NULL THEN 'refused'
-               WHEN EXISTS (SELECT 1 FROM vault.entries e WHERE e.field = p_field AND e.mask = m.mask)
+               WHEN m.mask ~ '^[0-9a-f]{64}$'
+                    AND EXISTS (SELECT 1 FROM vault.entries e
+                                WHERE e.field = p_field AND e.mask = decode(m.mask, 'hex'))
                    THEN 'found'
                ELSE 'not_found'
            END,
@@ -396,7 +398,7 @@ BEGIN
            k.wrapped_key
     FROM recovery.audit_log a
     LEFT JOIN vault.entries e
-           ON a.outcome = 'found' AND e.field = a.field AND e.mask = a.subject
+           ON a.outcome = 'found' AND e.field = a.field AND e.mask = decode(a.subject, 'hex')
     LEFT JOIN keyring.data_keys k
            ON k.purpose = 'vault' AND k.version = e.vault_key_version
     WHERE a.request_id = p_request AND a.kind = 'recover' AND a.db_user = session_user
