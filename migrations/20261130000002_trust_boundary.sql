@@ -398,7 +398,9 @@ BEGIN
            k.wrapped_key
     FROM recovery.audit_log a
     LEFT JOIN vault.entries e
-           ON a.outcome = 'found' AND e.field = a.field AND e.mask = decode(a.subject, 'hex')
+           -- Only found subjects were checked to be hex: decode nothing else.
+           ON a.outcome = 'found' AND e.field = a.field
+              AND e.mask = CASE WHEN a.outcome = 'found' THEN decode(a.subject, 'hex') END
     LEFT JOIN keyring.data_keys k
            ON k.purpose = 'vault' AND k.version = e.vault_key_version
     WHERE a.request_id = p_request AND a.kind = 'recover' AND a.db_user = session_user

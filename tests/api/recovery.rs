@@ -237,6 +237,23 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
             .await
             .unwrap();
     assert_eq!(rows, vec![("refused".to_owned(), None)]);
+    // A caller that skips etl's validation: a mask that is not hex is on record, not found.
+    let odd: i64 =
+        sqlx::query_scalar("SELECT recovery.request('ip', ARRAY['zz', $1], 'typo', NULL)")
+            .bind(&masked_ip)
+            .fetch_one(&mut recoverer)
+            .await
+            .unwrap();
+    let rows: Vec<(String, bool)> =
+        sqlx::query_as("SELECT outcome, ciphertext IS NOT NULL FROM recovery.fetch($1)")
+            .bind(odd)
+            .fetch_all(&mut recoverer)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![("not_found".to_owned(), false), ("found".to_owned(), true)]
+    );
     let mut tx = recoverer.begin().await.unwrap();
     let request: i64 =
         sqlx::query_scalar("SELECT recovery.request('ip', ARRAY[$1], 'sneaky', NULL)")
