@@ -1,7 +1,7 @@
 -- The trust boundary (SECURITY.md, "Who can do what"): least privilege for ingest, quarantined
 -- bodies sealed to a key ingest cannot open and opened only on record, a tamper-evident audit
 -- log that nobody can change, and a recovery policy enforced where clients cannot skip it.
--- Valid on PostgreSQL 10 to 17 (on 10, the audit chain's SHA-256 comes from pgcrypto).
+-- Valid on PostgreSQL 10 to 18 (on 10, the audit chain's SHA-256 comes from pgcrypto).
 
 -- PostgreSQL 10 to 14 let every role create objects in schema public, where a function or
 -- operator planted by one role can be picked up by another's unqualified name.

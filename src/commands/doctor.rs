@@ -50,6 +50,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
     region(&mut report, &sdk);
     let connected = database(&mut report, args.database_url.as_deref()).await;
     if let Some((pool, options)) = &connected {
+        server_version(&mut report, pool).await;
         database_tls(&mut report, pool, options).await;
         migrations(&mut report, pool).await;
         roles(&mut report, pool).await;
@@ -219,6 +220,45 @@ async fn roles(report: &mut Report, pool: &PgPool) {
     );
 }
 
+/// The major versions the test suite runs on (`scripts/test`).
+const TESTED_MAJORS: [i32; 3] = [10, 15, 18];
+
+async fn server_version(report: &mut Report, pool: &PgPool) {
+    let version: Result<i32, _> =
+        sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(pool)
+            .await;
+    report.check(
+        "PostgreSQL version",
+        match version {
+            Ok(number) => version_verdict(number),
+            Err(err) => Err((err.to_string(), "check the connection".into())),
+        },
+    );
+}
+
+/// What the server's `server_version_num` means for etl.
+fn version_verdict(number: i32) -> Result<String, (String, String)> {
+    let major = number / 10_000;
+    let tested = TESTED_MAJORS.map(|v| v.to_string()).join(", ");
+    if major < 10 {
+        return Err((
+            format!("PostgreSQL {major} is older than 10, the oldest etl supports"),
+            format!("upgrade the server; etl is tested on {tested}"),
+        ));
+    }
+    let note = if major < 11 {
+        "; its audit chain hashes with pgcrypto (the migrations create the extension)"
+    } else {
+        ""
+    };
+    Ok(if TESTED_MAJORS.contains(&major) {
+        format!("{major} (tested on {tested}){note}")
+    } else {
+        format!("{major}, between the tested versions {tested}{note}")
+    })
+}
+
 /// PostgreSQL 10 to 14 let every role create objects in schema public, where a planted function
 /// can capture another role's unqualified call; the migrations revoke it where they may.
 async fn public_schema(report: &mut Report, pool: &PgPool) {
@@ -315,6 +355,17 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_verdicts() {
+        assert_eq!(
+            version_verdict(150_018),
+            Ok("15 (tested on 10, 15, 18)".into())
+        );
+        assert!(version_verdict(100_023).unwrap().contains("pgcrypto"));
+        assert!(version_verdict(170_010).unwrap().contains("between"));
+        assert!(version_verdict(90_624).is_err());
+    }
 
     #[test]
     fn tls_verdicts() {
