@@ -1,9 +1,9 @@
 //! `etl`: user-login events from Amazon SQS into PostgreSQL, with ip and device_id replaced by
 //! keyed masks and their original values sealed in an encrypted vault.
 //!
-//! Layers: [`domain`] (events, validation, app_version) · [`crypto`] (keys, mask, seal) ·
-//! [`adapters`] (SQS, KMS, PostgreSQL) · [`pipeline`] (poll → transform → write → ack) ·
-//! [`commands`] (the CLI's subcommands).
+//! Layers: [`domain`] (messages, events, validation, app_version) · [`crypto`] (keys, mask,
+//! seals, the audit chain) · [`adapters`] (SQS, KMS, PostgreSQL) · [`sources`] (SQS, file) ·
+//! [`pipeline`] (batch → transform → write) · [`commands`] (the CLI's subcommands).
 
 pub mod adapters;
 pub mod cli;
