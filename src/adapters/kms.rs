@@ -145,17 +145,8 @@ impl Kms {
         purpose: KeyPurpose,
         version: i32,
     ) -> Result<WrappedKey, KmsError> {
-        const OP: &str = "GenerateDataKeyWithoutPlaintext";
-        let output = self
-            .client
-            .generate_data_key_without_plaintext()
-            .key_id(kms_key_id)
-            .key_spec(DataKeySpec::Aes256)
-            .set_encryption_context(Some(encryption_context(purpose, version)))
-            .send()
+        self.generate_without_plaintext(kms_key_id, encryption_context(purpose, version))
             .await
-            .map_err(|err| call_error(OP, err))?;
-        WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
 
     /// Generates a fresh 256-bit data key and returns it both wrapped and in the clear: for the
@@ -176,16 +167,7 @@ impl Kms {
             .send()
             .await
             .map_err(|err| call_error(OP, err))?;
-        let plaintext = output
-            .plaintext
-            .ok_or(KmsError::Incomplete {
-                operation: OP,
-                what: "plaintext",
-            })?
-            .into_inner();
-        let key = DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
-            purpose: purpose.as_str(),
-        })?;
+        let key = data_key(OP, purpose, version, output.plaintext)?;
         let wrapped = WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?;
         Ok((wrapped, key))
     }
@@ -197,17 +179,9 @@ impl Kms {
         version: i32,
         public_key: &[u8],
     ) -> Result<Vec<u8>, KmsError> {
-        const OP: &str = "GenerateDataKeyWithoutPlaintext";
-        let output = self
-            .client
-            .generate_data_key_without_plaintext()
-            .key_id(kms_key_id)
-            .key_spec(DataKeySpec::Aes256)
-            .set_encryption_context(Some(public_key_context(version, public_key)))
-            .send()
+        self.generate_without_plaintext(kms_key_id, public_key_context(version, public_key))
             .await
-            .map_err(|err| call_error(OP, err))?;
-        Ok(WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?.blob)
+            .map(|wrapped| wrapped.blob)
     }
 
     /// Checks a quarantine public key's attestation: KMS decrypts it only under the context made
@@ -219,17 +193,14 @@ impl Kms {
         public_key: &[u8],
         attestation: &[u8],
     ) -> Result<(), KmsError> {
-        const OP: &str = "Decrypt";
-        let output = self
-            .client
-            .decrypt()
-            .key_id(kms_key_id)
-            .ciphertext_blob(Blob::new(attestation))
-            .set_encryption_context(Some(public_key_context(version, public_key)))
-            .send()
-            .await
-            .map_err(|err| call_error(OP, err))?;
-        if let Some(plaintext) = output.plaintext {
+        let plaintext = self
+            .decrypt(
+                kms_key_id,
+                public_key_context(version, public_key),
+                attestation,
+            )
+            .await?;
+        if let Some(plaintext) = plaintext {
             zeroize::Zeroize::zeroize(&mut plaintext.into_inner());
         }
         Ok(())
@@ -243,42 +214,54 @@ impl Kms {
         version: i32,
         wrapped: &[u8],
     ) -> Result<DataKey, UnwrapError> {
-        self.decrypt_data_key(kms_key_id, purpose, version, wrapped)
+        let unwrapped = match self
+            .decrypt(kms_key_id, encryption_context(purpose, version), wrapped)
             .await
-            .map_err(|source| UnwrapError {
-                purpose: purpose.as_str(),
-                version,
-                source,
-            })
+        {
+            Ok(plaintext) => data_key("Decrypt", purpose, version, plaintext),
+            Err(err) => Err(err),
+        };
+        unwrapped.map_err(|source| UnwrapError {
+            purpose: purpose.as_str(),
+            version,
+            source,
+        })
     }
 
-    async fn decrypt_data_key(
+    async fn generate_without_plaintext(
         &self,
         kms_key_id: &str,
-        purpose: KeyPurpose,
-        version: i32,
-        wrapped: &[u8],
-    ) -> Result<DataKey, KmsError> {
-        const OP: &str = "Decrypt";
+        context: HashMap<String, String>,
+    ) -> Result<WrappedKey, KmsError> {
+        const OP: &str = "GenerateDataKeyWithoutPlaintext";
+        let output = self
+            .client
+            .generate_data_key_without_plaintext()
+            .key_id(kms_key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(context))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, err))?;
+        WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
+    }
+
+    async fn decrypt(
+        &self,
+        kms_key_id: &str,
+        context: HashMap<String, String>,
+        ciphertext: &[u8],
+    ) -> Result<Option<Blob>, KmsError> {
         let output = self
             .client
             .decrypt()
             .key_id(kms_key_id)
-            .ciphertext_blob(Blob::new(wrapped))
-            .set_encryption_context(Some(encryption_context(purpose, version)))
+            .ciphertext_blob(Blob::new(ciphertext))
+            .set_encryption_context(Some(context))
             .send()
             .await
-            .map_err(|err| call_error(OP, err))?;
-        let plaintext = output
-            .plaintext
-            .ok_or(KmsError::Incomplete {
-                operation: OP,
-                what: "plaintext",
-            })?
-            .into_inner();
-        DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
-            purpose: purpose.as_str(),
-        })
+            .map_err(|err| call_error("Decrypt", err))?;
+        Ok(output.plaintext)
     }
 
     /// The key's ARN, if it is enabled for encryption and decryption.
@@ -371,6 +354,24 @@ impl Kms {
             .map_err(|err| call_error(OP, err))?;
         WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
+}
+
+/// A data key from a KMS reply's plaintext, which must be there and 32 bytes long.
+fn data_key(
+    operation: &'static str,
+    purpose: KeyPurpose,
+    version: i32,
+    plaintext: Option<Blob>,
+) -> Result<DataKey, KmsError> {
+    let plaintext = plaintext
+        .ok_or(KmsError::Incomplete {
+            operation,
+            what: "plaintext",
+        })?
+        .into_inner();
+    DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
+        purpose: purpose.as_str(),
+    })
 }
 
 /// One line for the user: KMS's error code and message when it answered (for example

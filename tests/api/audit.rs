@@ -3,7 +3,7 @@
 
 use sqlx::Executor;
 
-use crate::helpers::{event, TestApp};
+use crate::helpers::{assert_exit, event, TestApp};
 
 /// An app with one ingested event and a recoverer who made `requests` recoveries of its ip.
 async fn app_with_recoveries(requests: usize) -> (TestApp, String, String) {
@@ -168,12 +168,7 @@ async fn concurrent_requests_chain_in_one_order_and_auditors_can_verify() {
         let (app, url, mask) = (&app, url.clone(), mask.clone());
         async move {
             let output = recover(app, &url, &mask, &[&format!("parallel {i}")]).await;
-            assert_eq!(
-                output.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            assert_exit(&output, 0);
         }
     });
     futures_util::future::join_all(runs).await;
@@ -187,25 +182,10 @@ async fn concurrent_requests_chain_in_one_order_and_auditors_can_verify() {
     );
 
     let (_, auditor) = app.login_user("etl_auditor").await;
-    let output = app
-        .command(&["audit", "verify"])
-        .env("DATABASE_URL", &auditor)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = app.etl_as(&auditor, &["audit", "verify"]).await;
+    assert_exit(&output, 0);
     // A recoverer may not read the log it writes to.
-    let output = app
-        .command(&["audit", "verify"])
-        .env("DATABASE_URL", &url)
-        .output()
-        .await
-        .unwrap();
+    let output = app.etl_as(&url, &["audit", "verify"]).await;
     assert_eq!(output.status.code(), Some(2));
 }
 
@@ -286,11 +266,8 @@ async fn the_recovery_policy_is_enforced_by_the_database_and_recorded() {
 
     // Only the owner sets the policy.
     let output = app
-        .command(&["recover", "policy", "set", "--daily-limit", "0"])
-        .env("DATABASE_URL", &url)
-        .output()
-        .await
-        .unwrap();
+        .etl_as(&url, &["recover", "policy", "set", "--daily-limit", "0"])
+        .await;
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("only the owner"));
     let (code, out) = verify(&app, &[]).await;

@@ -112,11 +112,7 @@ async fn receiving_stops_while_the_writers_are_behind() {
     let (all, valid) = generated(300, 34);
     app.send_many(&all).await;
     // Writes cannot commit while user_logins is locked.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = app.lock_user_logins().await;
     let drain = app
         .command(&[
             "ingest",

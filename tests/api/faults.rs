@@ -152,11 +152,7 @@ async fn a_slow_batch_keeps_its_messages_hidden_with_a_heartbeat() {
         .collect();
     app.send(&bodies).await;
     // Hold user_logins locked so the batch cannot commit for longer than its visibility timeout.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = app.lock_user_logins().await;
     let drain = app
         .command(&[
             "ingest",

@@ -218,18 +218,18 @@ async fn the_ingest_role_can_backfill_and_replay() {
     let path = write_input(&bodies(25));
     for expected_written in [25, 0] {
         let output = app
-            .command(&[
-                "ingest",
-                "--from-file",
-                path.to_str().unwrap(),
-                "--summary-json",
-                "--batch-size",
-                "10",
-            ])
-            .env("DATABASE_URL", &url)
-            .output()
-            .await
-            .unwrap();
+            .etl_as(
+                &url,
+                &[
+                    "ingest",
+                    "--from-file",
+                    path.to_str().unwrap(),
+                    "--summary-json",
+                    "--batch-size",
+                    "10",
+                ],
+            )
+            .await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
         let summary: Value = serde_json::from_slice(&output.stdout).unwrap();

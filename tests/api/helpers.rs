@@ -98,6 +98,25 @@ impl TestApp {
         self.command(args).output().await.unwrap()
     }
 
+    /// Runs `etl` connected as another database user (a login role's URL).
+    pub async fn etl_as(&self, database_url: &str, args: &[&str]) -> Output {
+        self.command(args)
+            .env("DATABASE_URL", database_url)
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// Holds `user_logins` locked, so no batch can commit until the transaction ends.
+    pub async fn lock_user_logins(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut blocker = self.pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        blocker
+    }
+
     /// Runs `etl` and fails the test unless it exits 0; returns stdout.
     pub async fn etl_ok(&self, args: &[&str]) -> String {
         let output = self.etl(args).await;
@@ -391,4 +410,14 @@ impl TestApp {
         );
         assert_eq!(self.queue_depth().await, 0, "queue not empty");
     }
+}
+
+/// Fails the test, showing stderr, unless the command exited with `code`.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -127,12 +127,7 @@ async fn ingest_reads_no_vault_quarantine_or_quarantine_key_row() {
     for _ in 0..2 {
         app.send(&[event("10.8.0.1", "800-00-0001"), "not json".into()])
             .await;
-        let output = app
-            .command(&["ingest", "--drain"])
-            .env("DATABASE_URL", &url)
-            .output()
-            .await
-            .unwrap();
+        let output = app.etl_as(&url, &["ingest", "--drain"]).await;
         assert!(
             output.status.success(),
             "{}",

@@ -1,6 +1,6 @@
 //! Quarantined bodies: listed as metadata, opened only by recoverers, on record.
 
-use crate::helpers::{event, TestApp};
+use crate::helpers::{assert_exit, event, TestApp};
 
 #[tokio::test]
 async fn ingest_refuses_a_quarantine_public_key_that_kms_did_not_attest() {
@@ -35,81 +35,62 @@ async fn a_recoverer_opens_a_quarantined_body_on_record_and_nobody_else_can() {
         .await
         .unwrap();
     let (recoverer, url) = app.login_user("etl_recoverer").await;
-    let as_user = |url: &str, args: &[&str]| {
-        let mut command = app.command(args);
-        command.env("DATABASE_URL", url);
-        command
-    };
 
     // Recoverers list what is quarantined and why, never the body.
-    let output = as_user(&url, &["quarantine", "list", "--format", "json"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = app
+        .etl_as(&url, &["quarantine", "list", "--format", "json"])
+        .await;
+    assert_exit(&output, 0);
     let listed = String::from_utf8_lossy(&output.stdout);
     assert!(
         listed.contains(&message_id) && !listed.contains("10.6.0.1"),
         "{listed}"
     );
 
-    let output = as_user(
-        &url,
-        &[
-            "quarantine",
-            "show",
-            &message_id,
-            "--reason",
-            "why was this rejected",
-            "--ticket",
-            "OPS-7",
-        ],
-    )
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = app
+        .etl_as(
+            &url,
+            &[
+                "quarantine",
+                "show",
+                &message_id,
+                "--reason",
+                "why was this rejected",
+                "--ticket",
+                "OPS-7",
+            ],
+        )
+        .await;
+    assert_exit(&output, 0);
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         format!("{hostile}\n")
     );
     assert!(!String::from_utf8_lossy(&output.stderr).contains("10.6.0.1"));
 
-    let output = as_user(
-        &url,
-        &[
-            "quarantine",
-            "show",
-            &message_id,
-            "--reason",
-            "again",
-            "--format",
-            "json",
-        ],
-    )
-    .output()
-    .await
-    .unwrap();
+    let output = app
+        .etl_as(
+            &url,
+            &[
+                "quarantine",
+                "show",
+                &message_id,
+                "--reason",
+                "again",
+                "--format",
+                "json",
+            ],
+        )
+        .await;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         (json["message_id"].as_str(), json["body"].as_str()),
         (Some(message_id.as_str()), Some(hostile))
     );
 
-    let output = as_user(&url, &["quarantine", "show", "no-such-id", "--reason", "r"])
-        .output()
-        .await
-        .unwrap();
+    let output = app
+        .etl_as(&url, &["quarantine", "show", "no-such-id", "--reason", "r"])
+        .await;
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
 
@@ -152,13 +133,12 @@ async fn a_recoverer_opens_a_quarantined_body_on_record_and_nobody_else_can() {
     // Ingest and analysts cannot open it, and say so.
     for group in ["etl_ingest", "etl_analyst"] {
         let (_, other) = app.login_user(group).await;
-        let output = as_user(
-            &other,
-            &["quarantine", "show", &message_id, "--reason", "r"],
-        )
-        .output()
-        .await
-        .unwrap();
+        let output = app
+            .etl_as(
+                &other,
+                &["quarantine", "show", &message_id, "--reason", "r"],
+            )
+            .await;
         assert_eq!(output.status.code(), Some(2), "{group}");
         assert!(output.stdout.is_empty(), "{group}");
         let stderr = String::from_utf8_lossy(&output.stderr);

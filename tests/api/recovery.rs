@@ -2,7 +2,7 @@
 
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{create_kms_key, event, TestApp};
+use crate::helpers::{assert_exit, create_kms_key, event, TestApp};
 
 /// Whether `sql` fails with "permission denied" (SQLSTATE 42501) for this connection.
 async fn denied(connection: &mut PgConnection, sql: &str) -> bool {
@@ -56,11 +56,8 @@ async fn the_ingest_role_ingests_end_to_end_but_cannot_read_the_vault() {
     ])
     .await;
     let output = app
-        .command(&["ingest", "--drain", "--summary-json"])
-        .env("DATABASE_URL", &url)
-        .output()
-        .await
-        .unwrap();
+        .etl_as(&url, &["ingest", "--drain", "--summary-json"])
+        .await;
     assert!(
         output.status.success(),
         "{}",
@@ -102,12 +99,7 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
     .output()
     .await
     .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_exit(&output, 0);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "10.9.2.1\n");
 
     let output = recover(vec![
@@ -297,11 +289,11 @@ async fn a_vault_key_under_the_wrong_encryption_context_fails_cleanly() {
         .unwrap();
     let (_, url) = app.login_user("etl_recoverer").await;
     let output = app
-        .command(&["recover", "--masked-ip", &masked_ip, "--reason", "test"])
-        .env("DATABASE_URL", &url)
-        .output()
-        .await
-        .unwrap();
+        .etl_as(
+            &url,
+            &["recover", "--masked-ip", &masked_ip, "--reason", "test"],
+        )
+        .await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("encryption context"), "{stderr}");
@@ -329,17 +321,12 @@ async fn rotated_and_rewrapped_keys_keep_every_value_recoverable() {
         let mut values = Vec::new();
         for (mask, _) in &versions {
             let output = app
-                .command(&["recover", "--masked-ip", mask, "--reason", "rotation check"])
-                .env("DATABASE_URL", &url)
-                .output()
-                .await
-                .unwrap();
-            assert_eq!(
-                output.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+                .etl_as(
+                    &url,
+                    &["recover", "--masked-ip", mask, "--reason", "rotation check"],
+                )
+                .await;
+            assert_exit(&output, 0);
             values.push(String::from_utf8(output.stdout).unwrap());
         }
         values
