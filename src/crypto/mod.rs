@@ -18,7 +18,7 @@ pub use audit_chain::{encode_payload, ChainBreak, ChainRow, ChainVerifier, GENES
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker};
-pub use quarantine::{quarantine_key_pair, QuarantineOpener, QuarantineSealer};
+pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
 pub use seal::{SealError, Sealer};
 
 use hmac::{Hmac, Mac};

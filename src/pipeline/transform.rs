@@ -10,7 +10,7 @@ use super::known_masks::KnownMasks;
 use crate::adapters::postgres::writer::{
     Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
 };
-use crate::crypto::{Masker, QuarantineSealer, SealError, Sealer};
+use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer};
 use crate::domain::Message;
 use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
 
@@ -50,6 +50,8 @@ impl Transformer {
     ) -> Result<WriteBatch, SealError> {
         let mut batch = self.empty_batch(messages);
         batch.logins.reserve(messages.len());
+        // Made at the batch's first rejected message: one encapsulation for all of them.
+        let mut quarantine = None;
         let mut seen_ids =
             HashSet::with_capacity_and_hasher(messages.len(), RandomState::default());
         // Values new to this batch, to seal unless the vault is known to hold them already.
@@ -85,8 +87,13 @@ impl Transformer {
                     });
                 }
                 Err(reason) => {
-                    self.quarantine_into(
+                    let sealer = match &mut quarantine {
+                        Some(sealer) => sealer,
+                        None => quarantine.insert(self.quarantine.batch()?),
+                    };
+                    quarantine_into(
                         &mut batch,
+                        sealer,
                         message,
                         reason.code().as_str(),
                         reason.to_string(),
@@ -122,27 +129,14 @@ impl Transformer {
         detail: String,
     ) -> Result<WriteBatch, SealError> {
         let mut batch = self.empty_batch(std::slice::from_ref(message));
-        self.quarantine_into(&mut batch, message, reason, detail)?;
-        Ok(batch)
-    }
-
-    fn quarantine_into(
-        &self,
-        batch: &mut WriteBatch,
-        message: &Message,
-        reason: &'static str,
-        detail: String,
-    ) -> Result<(), SealError> {
-        let sealed = self.quarantine.seal(&message.id, message.body.as_bytes())?;
-        batch.quarantine.push(QuarantineRow {
-            message_id: message.id.clone(),
+        quarantine_into(
+            &mut batch,
+            &self.quarantine.batch()?,
+            message,
             reason,
             detail,
-            sent_at: sent_at(message.sent_timestamp.as_deref()),
-            receive_count: message.receive_count,
-            body_ciphertext: sealed,
-        });
-        Ok(())
+        )?;
+        Ok(batch)
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
@@ -178,4 +172,23 @@ impl Transformer {
             digest: digest.finish(),
         })
     }
+}
+
+fn quarantine_into(
+    batch: &mut WriteBatch,
+    sealer: &BatchSealer,
+    message: &Message,
+    reason: &'static str,
+    detail: String,
+) -> Result<(), SealError> {
+    let sealed = sealer.seal(&message.id, message.body.as_bytes())?;
+    batch.quarantine.push(QuarantineRow {
+        message_id: message.id.clone(),
+        reason,
+        detail,
+        sent_at: sent_at(message.sent_timestamp.as_deref()),
+        receive_count: message.receive_count,
+        body_ciphertext: sealed,
+    });
+    Ok(())
 }
