@@ -108,16 +108,24 @@ pub struct IngestSettings {
 const DRAIN_WAIT_SECONDS: u8 = 1;
 const DEFAULT_RECEIVERS: usize = 16;
 const DEFAULT_WRITERS: usize = 4;
+const MAX_WRITERS: usize = 64;
 
 impl TryFrom<&IngestArgs> for IngestSettings {
     type Error = ConfigError;
 
     fn try_from(args: &IngestArgs) -> Result<Self, ConfigError> {
         // The deprecated --pollers stands for both where they are not given.
+        if let Some(pollers) = args.pollers {
+            in_range("--pollers", pollers, 1, 256, "between 1 and 256")?;
+        }
         let receivers = args.receivers.or(args.pollers).unwrap_or(DEFAULT_RECEIVERS);
-        let writers = args.writers.or(args.pollers).unwrap_or(DEFAULT_WRITERS);
+        // --pollers allowed 256 loops; writers beyond 64 only wait for connections.
+        let writers = args
+            .writers
+            .or(args.pollers.map(|p| p.min(MAX_WRITERS)))
+            .unwrap_or(DEFAULT_WRITERS);
         in_range("--receivers", receivers, 1, 256, "between 1 and 256")?;
-        in_range("--writers", writers, 1, 64, "between 1 and 64")?;
+        in_range("--writers", writers, 1, MAX_WRITERS, "between 1 and 64")?;
         in_range(
             "--batch-messages",
             args.batch_messages,
@@ -139,10 +147,11 @@ impl TryFrom<&IngestArgs> for IngestSettings {
         }
         // Each writer holds one connection at a time; the file source's lock holds one more.
         let db_max_connections = args.db_max_connections.unwrap_or(writers as u32 + 2);
-        if db_max_connections == 0 {
+        // A writer short of a connection waits out the pool's timeout as a transient failure.
+        if (db_max_connections as usize) < writers {
             return Err(ConfigError::OutOfRange {
                 flag: "--db-max-connections",
-                expected: "at least 1",
+                expected: "at least --writers",
             });
         }
         if args.max_receives < 1 {

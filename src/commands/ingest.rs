@@ -129,6 +129,7 @@ async fn from_queue(
         ));
     }
     let (jobs, writers) = start_writers(settings, pool, transformer, &stats);
+    let writers = tokio::spawn(watch_writers(writers, shutdown.clone()));
     let options = SqsSourceOptions {
         receivers: settings.receivers,
         wait: settings.wait,
@@ -140,9 +141,13 @@ async fn from_queue(
         },
     };
     sources::sqs::run(queue, jobs, Arc::clone(&stats), options, shutdown.clone()).await;
-    join_writers(writers).await;
+    let writers_ok = writers.await.unwrap_or(false);
     progress_done.cancel();
     shutdown.cancel();
+    anyhow::ensure!(
+        writers_ok,
+        "a writer task ended abnormally; ingest stopped (what it did not commit stays on the queue)"
+    );
     Ok(stats.summary(started.elapsed()))
 }
 
@@ -160,12 +165,18 @@ fn start_writers(
     (jobs, writers)
 }
 
-async fn join_writers(mut writers: JoinSet<()>) {
+/// Waits for the writers to end; if one ends abnormally, stops the run rather than keep receiving
+/// messages that fewer writers, or none, would write. Returns whether all ended normally.
+async fn watch_writers(mut writers: JoinSet<()>, shutdown: CancellationToken) -> bool {
+    let mut all_ok = true;
     while let Some(joined) = writers.join_next().await {
         if let Err(err) = joined {
-            error!(error = %err, "writer task ended abnormally");
+            error!(error = %err, "writer task ended abnormally; stopping");
+            all_ok = false;
+            shutdown.cancel();
         }
     }
+    all_ok
 }
 
 async fn from_file(

@@ -54,8 +54,10 @@ impl Committer {
                 .prepare(part, chrono::Utc::now(), &self.known_masks)?;
             match self.write(&batch).await {
                 Ok(()) => {}
+                // Either the part's messages are all quarantined and the other parts go on, or
+                // the whole batch fails: never success with a part left unwritten.
                 Err(err) if postgres::is_transient(&err) => {
-                    return self.quarantine_exhausted(part, err).await;
+                    self.quarantine_exhausted(part, err).await?;
                 }
                 // Not the rows' fault: splitting would fail every half the same way. The
                 // messages stay on the queue (or in the file) for a later attempt.

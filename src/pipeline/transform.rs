@@ -142,6 +142,7 @@ impl Transformer {
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
     fn empty_batch(&self, messages: &[Message]) -> WriteBatch {
         WriteBatch {
+            received: messages.len(),
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
             quarantine_key_version: self.quarantine.version(),

@@ -27,6 +27,8 @@ use crate::domain::PiiField;
 /// Everything one batch writes.
 #[derive(Default)]
 pub struct WriteBatch {
+    /// Messages the batch was prepared from, including copies of one id dropped as duplicates.
+    pub received: usize,
     pub mask_key_version: i32,
     pub vault_key_version: i32,
     pub quarantine_key_version: i32,
@@ -160,7 +162,8 @@ pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutco
     }
     tx.commit().await?;
     let done = outcome.written + outcome.quarantined.values().sum::<u64>();
-    outcome.duplicates_skipped = (batch.message_count() as u64).saturating_sub(done);
+    outcome.duplicates_skipped =
+        (batch.received.max(batch.message_count()) as u64).saturating_sub(done);
     Ok(outcome)
 }
 

@@ -3,11 +3,12 @@
 //! again, so no message held anywhere in the pipeline (waiting in the channel, in a batch being
 //! filled, being written or deleted) is handed to another consumer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -15,8 +16,12 @@ use tracing::{debug, warn};
 use crate::adapters::sqs::{Receipt, SqsQueue, MAX_BATCH};
 
 struct Lease {
+    /// The newest receipt: the one SQS deletes and extends the message with.
     receipt: Receipt,
     visible_at: Instant,
+    /// Copies of the message in the pipeline (a message whose visibility ran out can be received
+    /// again while the first copy is still being written); 0 while its delete runs.
+    copies: u32,
 }
 
 #[derive(Default)]
@@ -32,34 +37,49 @@ impl Leases {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Records received messages. A message received again while held (its visibility ran out)
-    /// keeps only its newest receipt, the one SQS deletes it with.
+    /// Records received messages. A message received again while held keeps only its newest
+    /// receipt, and counts one more copy.
     pub fn hold(&self, receipts: Vec<Receipt>, visibility: Duration) {
         let visible_at = Instant::now() + visibility;
         let mut held = self.held();
         for receipt in receipts {
-            held.insert(
-                receipt.message_id.clone(),
-                Lease {
-                    receipt,
-                    visible_at,
-                },
-            );
+            let lease = held.entry(receipt.message_id.clone()).or_insert(Lease {
+                receipt: receipt.clone(),
+                visible_at,
+                copies: 0,
+            });
+            lease.receipt = receipt;
+            lease.visible_at = visible_at;
+            lease.copies += 1;
         }
     }
 
-    /// Stops holding these messages and returns the receipts to delete or release them with.
-    pub fn release<'a>(&self, message_ids: impl IntoIterator<Item = &'a str>) -> Vec<Receipt> {
+    /// A batch is done with these messages: returns the receipts of those with no other copy
+    /// in the pipeline, which the caller deletes or releases and then [`Leases::forget`]s. They
+    /// stay held (and extended) until then.
+    pub fn settle<'a>(&self, message_ids: impl IntoIterator<Item = &'a str>) -> Vec<Receipt> {
         let mut held = self.held();
-        let receipts: Vec<Receipt> = message_ids
+        message_ids
             .into_iter()
-            .filter_map(|id| held.remove(id))
-            .map(|lease| lease.receipt)
-            .collect();
+            .filter_map(|id| {
+                let lease = held.get_mut(id)?;
+                lease.copies = lease.copies.saturating_sub(1);
+                (lease.copies == 0).then(|| lease.receipt.clone())
+            })
+            .collect()
+    }
+
+    /// Stops holding settled messages, unless a new copy arrived meanwhile.
+    pub fn forget<'a>(&self, message_ids: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.held();
+        for id in message_ids {
+            if held.get(id).is_some_and(|lease| lease.copies == 0) {
+                held.remove(id);
+            }
+        }
         if held.is_empty() {
             self.emptied.notify_waiters();
         }
-        receipts
     }
 
     pub fn len(&self) -> usize {
@@ -81,23 +101,36 @@ impl Leases {
         }
     }
 
-    /// The receipts whose visibility runs out within `margin`, marked as extended by `visibility`.
-    fn due(&self, margin: Duration, visibility: Duration) -> Vec<Receipt> {
-        let now = Instant::now();
-        let mut held = self.held();
-        held.values_mut()
-            .filter(|lease| lease.visible_at <= now + margin)
-            .map(|lease| {
-                lease.visible_at = now + visibility;
-                lease.receipt.clone()
-            })
+    /// The receipts whose visibility runs out within `margin`.
+    fn due(&self, margin: Duration) -> Vec<Receipt> {
+        let deadline = Instant::now() + margin;
+        self.held()
+            .values()
+            .filter(|lease| lease.visible_at <= deadline)
+            .map(|lease| lease.receipt.clone())
             .collect()
+    }
+
+    /// Records an extension SQS confirmed, for the receipt it was made with.
+    fn extended(&self, receipts: &[Receipt], visible_at: Instant) {
+        let mut held = self.held();
+        for receipt in receipts {
+            if let Some(lease) = held.get_mut(&receipt.message_id) {
+                if lease.receipt.receipt_handle == receipt.receipt_handle {
+                    lease.visible_at = visible_at;
+                }
+            }
+        }
     }
 }
 
+/// Extension calls in flight at once.
+const EXTENSIONS_IN_FLIGHT: usize = 32;
+
 /// Every quarter of the visibility timeout, extends the messages whose visibility would run out
-/// within half of it, ten per call. Normally none are due: batches are written well within the
-/// timeout. Runs until `stop` is cancelled.
+/// within half of it, ten per call, calls concurrently. Only what SQS confirms counts as
+/// extended, so a failed call is tried again at the next tick. Normally nothing is due: batches
+/// are written well within the timeout. Runs until `stop` is cancelled.
 pub async fn keep(
     leases: &Leases,
     queue: &SqsQueue,
@@ -106,26 +139,53 @@ pub async fn keep(
 ) {
     let period = (visibility / 4).max(Duration::from_millis(250));
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let due = leases.due(visibility / 2, visibility);
+        let due = leases.due(visibility / 2);
         if due.is_empty() {
             continue;
         }
         debug!(messages = due.len(), "extending visibility");
+        let visible_at = Instant::now() + visibility;
+        let mut calls = JoinSet::new();
         for chunk in due.chunks(MAX_BATCH) {
-            match queue.change_visibility_batch(chunk, visibility).await {
-                Ok(failures) if failures.is_empty() => {}
-                Ok(failures) => {
+            while calls.len() >= EXTENSIONS_IN_FLIGHT {
+                calls.join_next().await;
+            }
+            let (queue, chunk) = (queue.clone(), chunk.to_vec());
+            calls.spawn(async move {
+                let failed = match queue.change_visibility_batch(&chunk, visibility).await {
+                    Ok(failures) => failures,
+                    Err(err) => {
+                        warn!(error = %err, "visibility heartbeat failed");
+                        return Vec::new();
+                    }
+                };
+                if !failed.is_empty() {
                     warn!(
-                        failed = failures.len(),
+                        failed = failed.len(),
                         "visibility not extended for some messages"
-                    )
+                    );
                 }
-                Err(err) => warn!(error = %err, "visibility heartbeat failed"),
+                let failed: HashSet<String> = failed
+                    .retryable
+                    .into_iter()
+                    .chain(failed.permanent)
+                    .map(|receipt| receipt.receipt_handle)
+                    .collect();
+                chunk
+                    .into_iter()
+                    .filter(|receipt| !failed.contains(&receipt.receipt_handle))
+                    .collect::<Vec<_>>()
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            if let Ok(extended) = joined {
+                leases.extended(&extended, visible_at);
             }
         }
     }
@@ -143,27 +203,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_newest_receipt_is_kept_and_due_leases_are_extended() {
+    async fn only_confirmed_extensions_count_and_the_newest_receipt_is_kept() {
         let leases = Leases::default();
         let visibility = Duration::from_secs(30);
         leases.hold(vec![receipt("a", "h1"), receipt("b", "h2")], visibility);
-        assert!(leases.due(visibility / 2, visibility).is_empty());
+        assert!(leases.due(visibility / 2).is_empty());
         tokio::time::advance(Duration::from_secs(16)).await;
         leases.hold(vec![receipt("a", "h3")], visibility);
         let due: Vec<String> = leases
-            .due(visibility / 2, visibility)
+            .due(visibility / 2)
             .into_iter()
             .map(|r| r.receipt_handle)
             .collect();
         assert_eq!(due, ["h2"], "only b was about to become visible");
-        assert!(
-            leases.due(visibility / 2, visibility).is_empty(),
-            "b was extended"
+        assert_eq!(
+            leases.due(visibility / 2).len(),
+            1,
+            "not extended until confirmed"
         );
-        let released = leases.release(["a", "missing"]);
-        assert_eq!(released.len(), 1);
-        assert_eq!(released[0].receipt_handle, "h3");
-        assert_eq!(leases.len(), 1);
+        leases.extended(&[receipt("b", "h2")], Instant::now() + visibility);
+        assert!(leases.due(visibility / 2).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_held_twice_is_settled_by_its_last_copy() {
+        let leases = Leases::default();
+        let visibility = Duration::from_secs(30);
+        leases.hold(vec![receipt("a", "h1")], visibility);
+        leases.hold(vec![receipt("a", "h2")], visibility);
+        assert!(
+            leases.settle(["a"]).is_empty(),
+            "the other copy is still in flight"
+        );
+        let settled = leases.settle(["a", "missing"]);
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].receipt_handle, "h2");
+        assert_eq!(leases.len(), 1, "held until forgotten");
+        leases.forget(["a"]);
+        assert!(leases.is_empty());
     }
 
     #[tokio::test]
@@ -176,7 +253,8 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        leases.release(["a"]);
+        leases.settle(["a"]);
+        leases.forget(["a"]);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()

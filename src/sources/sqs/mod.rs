@@ -56,9 +56,10 @@ pub async fn run(
     // Cancelled by shutdown, or by the receiver that finds the queue drained.
     let stop_receiving = shutdown.child_token();
     // Room for one batch's worth of receives beside the batch being filled.
+    // Each receiver reserves a slot before it receives, so there is one per receiver at least.
     let (groups, received) = mpsc::channel(
         (options.batch.max_messages / MAX_BATCH)
-            .max(options.receivers.min(8))
+            .max(options.receivers)
             .max(1),
     );
     let mut receivers = tokio::task::JoinSet::new();
@@ -141,10 +142,12 @@ impl Receiver {
                 },
             };
             let received = tokio::select! {
+                // A receive that has answered is taken even when shutdown came meanwhile.
+                biased;
+                received = self.queue.receive(MAX_BATCH, self.options.wait, self.options.visibility) => received,
                 // Dropping an in-flight receive loses nothing: whatever SQS handed out becomes
                 // visible again after the visibility timeout.
                 () = self.stop.cancelled() => break,
-                received = self.queue.receive(MAX_BATCH, self.options.wait, self.options.visibility) => received,
             };
             match received {
                 Ok(received) if received.is_empty() => {
@@ -223,7 +226,8 @@ impl Settle {
             Some(written) => matches!(written.await, Ok(Ok(()))),
             None => false,
         };
-        let receipts = self.leases.release(ids.iter().map(String::as_str));
+        // Held (and extended) until deleted or released, unless another copy is still in flight.
+        let receipts = self.leases.settle(ids.iter().map(String::as_str));
         if committed {
             let mut chunks = tokio::task::JoinSet::new();
             for chunk in receipts.chunks(MAX_BATCH) {
@@ -253,6 +257,8 @@ impl Settle {
                 }
             }
         }
+        self.leases
+            .forget(receipts.iter().map(|receipt| receipt.message_id.as_str()));
     }
 }
 
@@ -265,7 +271,7 @@ async fn delete(queue: SqsQueue, stats: Arc<Stats>, receipts: Vec<Receipt>) {
         match queue.delete_batch(&pending).await {
             Ok(failures) => {
                 let failed = failures.retryable.len() + failures.permanent.len();
-                stats.deleted(pending.len() - failed);
+                stats.deleted(pending.len().saturating_sub(failed));
                 for receipt in &failures.permanent {
                     warn!(message_id = %receipt.message_id,
                           "SQS refused the delete; the message will be redelivered and skipped");
