@@ -96,9 +96,12 @@ impl Committer {
         let (poisoned, others): (Vec<&Message>, Vec<&Message>) = part
             .iter()
             .partition(|m| m.receive_count.is_some_and(|count| count >= limit));
-        if poisoned.is_empty() || !others.is_empty() {
+        if poisoned.is_empty() {
             return Err(err.into());
         }
+        // The exhausted ones go to quarantine even when fresh messages share their batch, so a
+        // message that keeps failing its batches cannot hold them back; the others fail with
+        // the batch and come back.
         for message in poisoned {
             warn!(message_id = %message.id, "received too many times; quarantining it");
             let detail = format!(
@@ -111,7 +114,11 @@ impl Committer {
                     .prepare_quarantine(message, "max_receives_exceeded", detail)?;
             self.write(&batch).await?;
         }
-        Ok(())
+        if others.is_empty() {
+            Ok(())
+        } else {
+            Err(err.into())
+        }
     }
 
     /// One batch write, retrying transient errors with backoff; counts what it committed.

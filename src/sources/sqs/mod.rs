@@ -12,6 +12,7 @@
 mod leases;
 pub mod progress;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,8 +94,10 @@ pub async fn run(
         };
         let (jobs, settles) = (jobs.clone(), settles.clone());
         async move {
-            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-            let receives = messages.iter().filter_map(|m| m.receive_count).max();
+            let ids: Vec<(String, Option<i32>)> = messages
+                .iter()
+                .map(|m| (m.id.clone(), m.receive_count))
+                .collect();
             let (outcome, written) = oneshot::channel();
             let job = WriteJob {
                 messages,
@@ -105,7 +108,7 @@ pub async fn run(
                 Ok(()) => Some(written),
                 Err(_) => None,
             };
-            settles.spawn(settle.run(ids, receives, written));
+            settles.spawn(settle.run(ids, written));
         }
     })
     .await;
@@ -218,8 +221,7 @@ struct Settle {
 impl Settle {
     async fn run(
         self,
-        ids: Vec<String>,
-        receives: Option<i32>,
+        ids: Vec<(String, Option<i32>)>,
         written: Option<oneshot::Receiver<Result<(), CommitError>>>,
     ) {
         let committed = match written {
@@ -227,7 +229,7 @@ impl Settle {
             None => false,
         };
         // Held (and extended) until deleted or released, unless another copy is still in flight.
-        let receipts = self.leases.settle(ids.iter().map(String::as_str));
+        let receipts = self.leases.settle(ids.iter().map(|(id, _)| id.as_str()));
         if committed {
             let mut chunks = tokio::task::JoinSet::new();
             for chunk in receipts.chunks(MAX_BATCH) {
@@ -245,15 +247,27 @@ impl Settle {
             }
             while chunks.join_next().await.is_some() {}
         } else {
-            let delay = redelivery_delay(receives);
             error!(
                 messages = receipts.len(),
-                retry_in_s = delay.as_secs(),
-                "batch not committed; it stays on the queue and comes back after the delay"
+                "batch not committed; its messages stay on the queue and come back after a delay"
             );
-            for chunk in receipts.chunks(MAX_BATCH) {
-                if let Err(err) = self.queue.change_visibility_batch(chunk, delay).await {
-                    warn!(error = %err, "could not set the redelivery delay; the visibility timeout applies");
+            // Each message waits by its own receive count, so a batch's fresh messages come
+            // back soon and the ones that keep failing later, not all together.
+            let counts: HashMap<&str, Option<i32>> = ids
+                .iter()
+                .map(|(id, count)| (id.as_str(), *count))
+                .collect();
+            let mut by_count: BTreeMap<Option<i32>, Vec<Receipt>> = BTreeMap::new();
+            for receipt in &receipts {
+                let count = counts.get(receipt.message_id.as_str()).copied().flatten();
+                by_count.entry(count).or_default().push(receipt.clone());
+            }
+            for (count, group) in by_count {
+                let delay = redelivery_delay(count);
+                for chunk in group.chunks(MAX_BATCH) {
+                    if let Err(err) = self.queue.change_visibility_batch(chunk, delay).await {
+                        warn!(error = %err, "could not set the redelivery delay; the visibility timeout applies");
+                    }
                 }
             }
         }
