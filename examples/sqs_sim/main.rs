@@ -81,11 +81,18 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|fault| anyhow::anyhow!("--queue {name}: {}", fault.message))?;
     }
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        // Without a SIGTERM handler (it cannot be installed), Ctrl-C still stops it.
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            () = terminate => {}
         }
         shutdown.cancel();
     });
@@ -229,11 +236,12 @@ impl IntoResponse for Fault {
     fn into_response(self) -> Response {
         let body = json!({"__type": self.shape, "message": self.message});
         let mut response = reply(StatusCode::BAD_REQUEST, &body);
-        let query_error =
-            HeaderValue::from_str(&format!("{};Sender", self.code)).expect("error codes are ASCII");
-        response
-            .headers_mut()
-            .insert("x-amzn-query-error", query_error);
+        // The codes are ASCII constants, so the header is always valid.
+        if let Ok(query_error) = HeaderValue::from_str(&format!("{};Sender", self.code)) {
+            response
+                .headers_mut()
+                .insert("x-amzn-query-error", query_error);
+        }
         response
     }
 }
@@ -394,7 +402,10 @@ impl Sim {
         };
         let visibility = seconds("VisibilityTimeout", 30, MAX_VISIBILITY_SECONDS)?;
         let wait = seconds("ReceiveMessageWaitTimeSeconds", 0, MAX_WAIT_SECONDS)?;
-        let mut queues = self.queues.write().expect("queues lock");
+        let mut queues = self
+            .queues
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
         let queue = queues.entry(name.to_string()).or_insert_with(|| {
             Arc::new(Queue {
                 name: name.to_string(),
@@ -410,7 +421,10 @@ impl Sim {
     }
 
     fn queue_named(&self, name: &str) -> Result<Arc<Queue>, Fault> {
-        let queues = self.queues.read().expect("queues lock");
+        let queues = self
+            .queues
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
         queues.get(name).cloned().ok_or_else(Fault::no_queue)
     }
 
@@ -498,7 +512,10 @@ impl Backlog {
             let Some(seq) = self.visible.pop_front() else {
                 break;
             };
-            let message = self.messages.get_mut(&seq).expect("visible messages exist");
+            // A deleted message's sequence number can still be queued: skip it.
+            let Some(message) = self.messages.get_mut(&seq) else {
+                continue;
+            };
             let receipt = RECEIPTS.fetch_add(1, Ordering::Relaxed);
             let deadline = now + visibility;
             message.receive_count += 1;
@@ -541,7 +558,9 @@ impl Message {
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, Backlog> {
-        self.state.lock().expect("queue state lock")
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn attributes(&self, names: &[String]) -> Value {
@@ -733,13 +752,17 @@ impl Queue {
                     failed.push(invalid_handle(entry));
                     continue;
                 };
+                // `in_flight` found it, so the message exists.
+                let Some(message) = state.messages.get_mut(&seq) else {
+                    failed.push(invalid_handle(entry));
+                    continue;
+                };
                 if seconds == 0 {
-                    state.messages.get_mut(&seq).expect("in flight").deadline = None;
+                    message.deadline = None;
                     state.visible.push_back(seq);
                     made_visible = true;
                 } else {
                     let deadline = now + Duration::from_secs(seconds);
-                    let message = state.messages.get_mut(&seq).expect("in flight");
                     message.deadline = Some(deadline);
                     let receipt = message.receipt;
                     state.deadlines.push(Reverse((deadline, seq, receipt)));
