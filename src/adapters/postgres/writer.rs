@@ -85,12 +85,6 @@ pub struct QuarantineRow {
     pub body_ciphertext: Vec<u8>,
 }
 
-impl WriteBatch {
-    pub fn message_count(&self) -> usize {
-        self.logins.len() + self.quarantine.len()
-    }
-}
-
 /// What a committed batch changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -162,8 +156,7 @@ pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutco
     }
     tx.commit().await?;
     let done = outcome.written + outcome.quarantined.values().sum::<u64>();
-    outcome.duplicates_skipped =
-        (batch.received.max(batch.message_count()) as u64).saturating_sub(done);
+    outcome.duplicates_skipped = (batch.received as u64).saturating_sub(done);
     Ok(outcome)
 }
 

@@ -3,6 +3,7 @@
 //! again, so no message held anywhere in the pipeline (waiting in the channel, in a batch being
 //! filled, being written or deleted) is handed to another consumer.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,14 +44,21 @@ impl Leases {
         let visible_at = Instant::now() + visibility;
         let mut held = self.held();
         for receipt in receipts {
-            let lease = held.entry(receipt.message_id.clone()).or_insert(Lease {
-                receipt: receipt.clone(),
-                visible_at,
-                copies: 0,
-            });
-            lease.receipt = receipt;
-            lease.visible_at = visible_at;
-            lease.copies += 1;
+            match held.entry(receipt.message_id.clone()) {
+                Entry::Occupied(mut entry) => {
+                    let lease = entry.get_mut();
+                    lease.receipt = receipt;
+                    lease.visible_at = visible_at;
+                    lease.copies += 1;
+                }
+                Entry::Vacant(entry) => {
+                    entry.insert(Lease {
+                        receipt,
+                        visible_at,
+                        copies: 1,
+                    });
+                }
+            }
         }
     }
 
