@@ -65,6 +65,16 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the
+/// server's default, which the append trigger requires.
+fn audit_pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
+    let settings = DatabaseSettings::try_from(database)?;
+    Ok(postgres::pool(
+        postgres::read_committed(settings.options),
+        1,
+    ))
+}
+
 /// A small pool for one-shot commands.
 fn pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
     let settings = DatabaseSettings::try_from(database)?;

@@ -9,9 +9,8 @@ use super::recover::{database_error, RecoverError};
 use super::Outcome;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
-use crate::adapters::postgres::{self, quarantine, recovery};
+use crate::adapters::postgres::{quarantine, recovery};
 use crate::cli::{DatabaseArgs, OutputFormat, QuarantineShowArgs};
-use crate::configuration::DatabaseSettings;
 use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
@@ -57,8 +56,7 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let settings = DatabaseSettings::try_from(&args.database)?;
-    let pool = postgres::pool(postgres::read_committed(settings.options), 1);
+    let pool = super::audit_pool(&args.database)?;
     let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket)
         .await
         .map_err(database_error)?;

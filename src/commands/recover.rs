@@ -180,8 +180,7 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Set { database, .. } => (database, OutputFormat::Text),
         PolicyCommand::Show { database, format } => (database, *format),
     };
-    let settings = crate::configuration::DatabaseSettings::try_from(database)?;
-    let pool = postgres::pool(postgres::read_committed(settings.options), 1);
+    let pool = super::audit_pool(database)?;
     let policy = match command {
         PolicyCommand::Set {
             require_ticket,
