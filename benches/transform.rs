@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use etl::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
 use etl::domain::Message;
-use etl::pipeline::known_masks::KnownMasks;
+use etl::pipeline::vault_state::VaultState;
 use etl::pipeline::Transformer;
 use etl::synthetic::{Generator, SyntheticOptions};
 
@@ -39,7 +39,7 @@ fn transform(c: &mut Criterion) {
     .collect();
     let now = chrono::Utc::now();
     // Nothing is known to be in the vault yet: every value is sealed, the worst case.
-    let known = KnownMasks::new(16);
+    let known = VaultState::new(16);
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("prepare 1000 distinct events", |b| {

@@ -58,9 +58,20 @@ pub enum Command {
     /// Check configuration, database, migrations, roles, queue, KMS and data keys; one line per
     /// check, with what to do for each failure. Exit code 0 only if all pass.
     Doctor(DoctorArgs),
-    /// Inspect quarantined messages, and open one on record.
+    /// Inspect quarantined messages, open one on record, replay them after a rule change, purge
+    /// old ones.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Erase a person (for members of etl_privacy): their rows, the vault entries only they
+    /// used, their quarantined messages; their later events are dropped. Exit 0 when something
+    /// was removed, 1 when nothing was found, 2 on error.
+    Forget(ForgetArgs),
+    /// Subject access (for members of etl_recoverer): every row of one user with ip and
+    /// device_id recovered, on record (one audit row per mask), on stdout only.
+    Export(ExportArgs),
+    /// Delete what is older than the retention settings stored in the database.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -338,6 +349,21 @@ pub enum QuarantineCommand {
     /// Open one quarantined message's body (for members of etl_recoverer): the request is
     /// committed to the audit log first, then the body is fetched, unsealed and printed on stdout.
     Show(QuarantineShowArgs),
+    /// Validate quarantined messages again with today's rules (for the schema owner): those now
+    /// valid are written through the same commit path, exactly once, and leave the quarantine;
+    /// the rest stay. Messages of forgotten users are dropped.
+    Replay(QuarantineReplayArgs),
+    /// Delete quarantined messages older than this many days (for the schema owner).
+    Purge {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Age in days, by the time each message was quarantined.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+        /// Count what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +380,114 @@ pub struct QuarantineShowArgs {
     #[arg(long)]
     pub ticket: Option<String>,
     /// Output format: the body as sent (text), or one JSON object with the id and the body.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("users").required(true).multiple(true).args(["user_id", "from_file"])))]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user id to erase, exactly as in user_logins.user_id.
+    #[arg(long, value_name = "ID")]
+    pub user_id: Option<String>,
+    /// Read user ids from this file, one per line (`-` for stdin; blank lines are skipped).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Why (for example the request's legal basis). Required; recorded in each erasure receipt.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded in each erasure receipt.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Count what would be removed, change nothing and write no receipt.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user whose rows to export, exactly as in user_logins.user_id.
+    #[arg(long, value_name = "ID")]
+    pub user_id: String,
+    /// Why (for example "subject access request"). Required; recorded with every mask opened.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded with every mask opened.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Output format on stdout: a JSON array of rows, or CSV with a header line.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    pub format: ExportFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Change how long each kind of data is kept, in days (for the schema owner). `0` keeps it
+    /// forever; settings not given stay as they are.
+    Set {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// user_logins rows, by create_date; then the vault entries no row refers to any more.
+        #[arg(long, value_name = "DAYS")]
+        logins: Option<u32>,
+        /// Quarantined messages, by the time they were quarantined.
+        #[arg(long, value_name = "DAYS")]
+        quarantine: Option<u32>,
+        /// Claims of processed SQS messages and backfilled line ranges, at least 14 (the longest
+        /// SQS keeps a message: a claim deleted sooner could let a redelivery be written twice).
+        /// A backfill file replayed after its claims expired is written again.
+        #[arg(long, value_name = "DAYS")]
+        claims: Option<u32>,
+    },
+    /// Print the settings.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Delete what the settings say has expired, in short transactions, safe beside a running
+    /// ingest; never the audit log. The summary goes to stdout and the audit log.
+    Apply {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Count what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Only messages quarantined for this reason code (as `etl quarantine list` shows it).
+    #[arg(long, value_name = "CODE")]
+    pub reason_code: Option<String>,
+    /// Only this message.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Validate with today's rules and count, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of the summary.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 }

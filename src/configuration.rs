@@ -7,7 +7,9 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::adapters::postgres;
 use crate::adapters::sqs::{MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
-use crate::cli::{DatabaseArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs, ShapeArgs};
+use crate::cli::{
+    DatabaseArgs, ForgetArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs, ShapeArgs,
+};
 use crate::domain::PiiField;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,12 @@ pub enum ConfigError {
     BadMaskLine { line: usize },
     #[error("cannot read the mask file: {0}")]
     MaskFile(std::io::Error),
+    #[error("{0}")]
+    Forget(&'static str),
+    #[error("{given}: a user id is 1 to 128 characters")]
+    BadUserId { given: String },
+    #[error("cannot read the file of user ids: {0}")]
+    UserFile(std::io::Error),
     #[error("{flag} must be {expected}")]
     OutOfRange {
         flag: &'static str,
@@ -359,6 +367,96 @@ fn read_masks(path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
             normalize_mask(line).ok_or(ConfigError::BadMaskLine { line: index + 1 })
         })
         .collect()
+}
+
+/// Users to forget, each with where it was given (for messages that must not echo the id).
+#[derive(Debug, Clone)]
+pub struct ForgetSettings {
+    pub database: DatabaseSettings,
+    pub users: Vec<GivenUser>,
+    pub reason: String,
+    pub ticket: Option<String>,
+    pub dry_run: bool,
+    pub format: OutputFormat,
+}
+
+#[derive(Clone)]
+pub struct GivenUser {
+    pub user_id: String,
+    /// `--user-id`, or `line N` of the file.
+    pub source: String,
+}
+
+impl std::fmt::Debug for GivenUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GivenUser")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `user_logins.user_id` is varchar(128).
+const USER_ID_MAX_CHARS: usize = 128;
+
+impl TryFrom<&ForgetArgs> for ForgetSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &ForgetArgs) -> Result<Self, ConfigError> {
+        let reason = args.reason.trim();
+        if reason.is_empty() {
+            return Err(ConfigError::Forget(
+                "--reason must say why; it is recorded in each erasure receipt",
+            ));
+        }
+        let mut users = Vec::new();
+        if let Some(user_id) = &args.user_id {
+            users.push(given_user(user_id, "--user-id".to_owned())?);
+        }
+        if let Some(path) = &args.from_file {
+            let text = read_input(path).map_err(ConfigError::UserFile)?;
+            for (index, line) in text.lines().enumerate() {
+                if !line.trim().is_empty() {
+                    users.push(given_user(line, format!("line {}", index + 1))?);
+                }
+            }
+        }
+        if users.is_empty() {
+            return Err(ConfigError::Forget("no user id given: the file has none"));
+        }
+        Ok(Self {
+            database: DatabaseSettings::try_from(&args.database)?,
+            users,
+            reason: reason.to_owned(),
+            ticket: args
+                .ticket
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+            dry_run: args.dry_run,
+            format: args.format,
+        })
+    }
+}
+
+/// A user id as given, without surrounding whitespace; never echoed in an error.
+fn given_user(text: &str, source: String) -> Result<GivenUser, ConfigError> {
+    let user_id = text.trim();
+    if user_id.is_empty() || user_id.chars().count() > USER_ID_MAX_CHARS {
+        return Err(ConfigError::BadUserId { given: source });
+    }
+    Ok(GivenUser {
+        user_id: user_id.to_owned(),
+        source,
+    })
+}
+
+fn read_input(path: &std::path::Path) -> std::io::Result<String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
 }
 
 #[cfg(test)]

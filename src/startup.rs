@@ -67,7 +67,7 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, S
     ))
 }
 
-async fn unwrap_latest(
+pub async fn unwrap_latest(
     pool: &PgPool,
     kms: &Kms,
     purpose: KeyPurpose,

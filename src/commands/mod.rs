@@ -2,11 +2,14 @@
 
 mod audit;
 mod doctor;
+mod export;
+mod forget;
 mod ingest;
 mod keys;
 mod migrate;
 mod quarantine;
 mod recover;
+mod retention;
 mod seed;
 
 use sqlx::PgPool;
@@ -29,6 +32,17 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Recover(args) => return recover::run(&args).await,
         Command::Quarantine(QuarantineCommand::Show(args)) => return quarantine::show(&args).await,
+        Command::Quarantine(QuarantineCommand::Replay(args)) => {
+            return quarantine::replay(&args).await
+        }
+        Command::Quarantine(QuarantineCommand::Purge {
+            database,
+            older_than,
+            dry_run,
+        }) => quarantine::purge(&database, older_than, dry_run).await,
+        Command::Forget(args) => return forget::run(&args).await,
+        Command::Export(args) => return export::run(&args).await,
+        Command::Retention(command) => retention::run(&command).await,
         Command::Audit(AuditCommand::Verify { database, anchor }) => {
             return audit::verify(&database, anchor.as_deref()).await
         }

@@ -21,6 +21,7 @@ use crate::adapters::postgres::{self, recovery};
 use crate::cli::{OutputFormat, PolicyCommand, RecoverArgs, RecoverCommand};
 use crate::configuration::RecoverSettings;
 use crate::crypto::{KeyPurpose, Sealer};
+use crate::domain::PiiField;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +69,11 @@ pub(super) fn database_error(err: sqlx::Error) -> RecoverError {
 }
 
 #[derive(Serialize)]
-struct Recovered {
-    field: &'static str,
-    mask: String,
-    outcome: String,
-    value: Option<String>,
+pub(super) struct Recovered {
+    pub field: &'static str,
+    pub mask: String,
+    pub outcome: String,
+    pub value: Option<String>,
 }
 
 pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
@@ -84,23 +85,44 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
         postgres::read_committed(settings.database.options.clone()),
         1,
     );
-    let request_id = recovery::request(
+    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let results = recover_masks(
         &pool,
+        &kms,
         settings.field,
         &settings.masks,
         &settings.reason,
         settings.ticket.as_deref(),
     )
-    .await
-    .map_err(database_error)?;
-    let rows = recovery::fetch(&pool, request_id)
+    .await?;
+    print(&results, settings.bulk, settings.format)?;
+    let all_found = results.iter().all(|r| r.value.is_some());
+    Ok(if all_found {
+        Outcome::Success
+    } else {
+        Outcome::Negative
+    })
+}
+
+/// The audited recovery of masks of one field: the request is committed, then fetched, and each
+/// vault key version unwrapped once. One result per mask, in the order given.
+pub(super) async fn recover_masks(
+    pool: &sqlx::PgPool,
+    kms: &Kms,
+    field: PiiField,
+    masks: &[String],
+    reason: &str,
+    ticket: Option<&str>,
+) -> anyhow::Result<Vec<Recovered>> {
+    let request_id = recovery::request(pool, field, masks, reason, ticket)
+        .await
+        .map_err(database_error)?;
+    let rows = recovery::fetch(pool, request_id)
         .await
         .map_err(database_error)?;
     if let Some(refused) = rows.iter().find(|row| row.outcome == "refused") {
         return Err(RecoverError::Refused(refused.detail.clone().unwrap_or_default()).into());
     }
-
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut sealers: HashMap<i32, Sealer> = HashMap::new();
     let mut results = Vec::with_capacity(rows.len());
     for row in rows {
@@ -121,7 +143,7 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
                     }
                 };
                 let plain = sealer
-                    .open_value(settings.field, &row.mask, ciphertext)
+                    .open_value(field, &row.mask, ciphertext)
                     .map_err(|source| RecoverError::Open {
                         mask: row.mask.clone(),
                         source,
@@ -131,25 +153,19 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
             _ => None,
         };
         results.push(Recovered {
-            field: settings.field.as_str(),
+            field: field.as_str(),
             mask: row.mask,
             outcome: row.outcome,
             value,
         });
     }
     anyhow::ensure!(
-        results.len() == settings.masks.len(),
+        results.len() == masks.len(),
         "the recovery request returned {} of {} masks",
         results.len(),
-        settings.masks.len()
+        masks.len()
     );
-    print(&results, settings.bulk, settings.format)?;
-    let all_found = results.iter().all(|r| r.value.is_some());
-    Ok(if all_found {
-        Outcome::Success
-    } else {
-        Outcome::Negative
-    })
+    Ok(results)
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ mod seal;
 pub use audit_chain::{encode_payload, ChainBreak, ChainRow, ChainVerifier, GENESIS};
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
-pub use mask::{MaskDigest, MaskHex, Masker};
+pub use mask::{MaskDigest, MaskHex, Masker, UserHash};
 pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
 pub use seal::{SealError, Sealer};
 

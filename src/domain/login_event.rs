@@ -122,6 +122,16 @@ impl LoginEvent {
     }
 }
 
+/// The `user_id` of a body that may fail validation otherwise: a quarantined message still
+/// belongs to its user, and is erased with them. `None` when the body yields no text user id.
+pub fn user_id_of(body: &str) -> Option<String> {
+    let raw = RawEvent::parse(body).ok()?;
+    match raw.user_id {
+        JsonField::Text(text) if !text.trim().is_empty() => Some(text.into_owned()),
+        _ => None,
+    }
+}
+
 fn required_text(
     value: JsonField<'_>,
     field: &'static str,
@@ -382,6 +392,12 @@ mod tests {
     fn parses_a_valid_event() {
         let event = LoginEvent::parse(VALID).unwrap();
         assert_eq!(event.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(
+            user_id_of(&with("ip", "\"not an ip\"")).as_deref(),
+            Some("424cdd21-063a-43a7-b91b-7ca1a833afae")
+        );
+        assert_eq!(user_id_of(&with("user_id", "7")), None);
+        assert_eq!(user_id_of("not json"), None);
         assert_eq!(event.device_type, "android");
         assert_eq!(event.ip.canonical(), "199.172.111.135");
         assert_eq!(event.device_id.canonical(), "593-47-5928");

@@ -8,7 +8,7 @@ mod rejection;
 mod sent_timestamp;
 
 pub use app_version::AppVersion;
-pub use login_event::{DeviceId, Ip, LoginEvent};
+pub use login_event::{user_id_of, DeviceId, Ip, LoginEvent};
 pub use message::Message;
 pub use rejection::{ReasonCode, RejectReason};
 pub use sent_timestamp::{create_date, sent_at};

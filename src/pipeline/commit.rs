@@ -9,25 +9,25 @@ use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
-use super::known_masks::KnownMasks;
+use super::vault_state::VaultState;
 use super::{Stats, Transformer};
 use crate::adapters::postgres;
-use crate::adapters::postgres::writer::{self, WriteBatch};
+use crate::adapters::postgres::writer::{self, WriteBatch, Written};
 use crate::crypto::SealError;
 use crate::domain::Message;
 
 pub struct Committer {
     pub pool: PgPool,
     pub transformer: Arc<Transformer>,
-    /// Masks committed to the vault, shared by all writers of the process.
-    pub known_masks: Arc<KnownMasks>,
+    /// Masks committed to the vault and forgotten users, shared by all writers of the process.
+    pub vault: Arc<VaultState>,
     pub stats: Arc<Stats>,
     /// Receives after which a message that still cannot be written is quarantined.
     pub max_receives: i32,
 }
 
 impl Committer {
-    /// The committer both sources use: one known-masks set for all the process's writers.
+    /// The committer both sources use: one vault state for all the process's writers.
     pub fn new(
         pool: PgPool,
         transformer: Arc<Transformer>,
@@ -37,7 +37,7 @@ impl Committer {
         Self {
             pool,
             transformer,
-            known_masks: Arc::new(KnownMasks::default()),
+            vault: Arc::new(VaultState::default()),
             stats,
             max_receives,
         }
@@ -47,13 +47,35 @@ impl Committer {
     /// itself, it is split in halves until the offending messages are isolated; those are
     /// quarantined and the rest written, so one bad row never costs good ones.
     pub async fn commit(&self, messages: &[Message]) -> Result<(), CommitError> {
+        self.commit_with(messages, Transformer::prepare).await
+    }
+
+    /// [`Self::commit`] for quarantined messages given another chance (`etl quarantine replay`).
+    pub async fn replay(&self, messages: &[Message]) -> Result<(), CommitError> {
+        self.commit_with(messages, Transformer::prepare_replay)
+            .await
+    }
+
+    async fn commit_with(
+        &self,
+        messages: &[Message],
+        prepare: fn(
+            &Transformer,
+            &[Message],
+            chrono::DateTime<chrono::Utc>,
+            &VaultState,
+        ) -> Result<WriteBatch, SealError>,
+    ) -> Result<(), CommitError> {
+        if self.vault.epoch().is_none() {
+            self.refresh_vault_state().await?;
+        }
         let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
-            let batch = self
-                .transformer
-                .prepare(part, chrono::Utc::now(), &self.known_masks)?;
+            let batch = prepare(&self.transformer, part, chrono::Utc::now(), &self.vault)?;
             match self.write(&batch).await {
-                Ok(()) => {}
+                Ok(true) => {}
+                // Prepared before an erasure or a vault deletion: again, with what is now known.
+                Ok(false) => pending.push(part),
                 // Either the part's messages are all quarantined and the other parts go on, or
                 // the whole batch fails: never success with a part left unwritten.
                 Err(err) if postgres::is_transient(&err) => {
@@ -72,12 +94,8 @@ impl Committer {
                     warn!(message_id = %message.id, error = %describe_db_error(&err), "the database rejected this message; quarantining it");
                     let detail =
                         format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
-                    let batch = self.transformer.prepare_quarantine(
-                        message,
-                        "database_rejected",
-                        detail,
-                    )?;
-                    self.write(&batch).await?;
+                    self.quarantine(message, "database_rejected", detail)
+                        .await?;
                 }
             }
         }
@@ -109,10 +127,8 @@ impl Committer {
                 message.receive_count.unwrap_or(limit),
                 describe_db_error(&err)
             );
-            let batch =
-                self.transformer
-                    .prepare_quarantine(message, "max_receives_exceeded", detail)?;
-            self.write(&batch).await?;
+            self.quarantine(message, "max_receives_exceeded", detail)
+                .await?;
         }
         if others.is_empty() {
             Ok(())
@@ -121,20 +137,66 @@ impl Committer {
         }
     }
 
+    /// Quarantines one message whatever its content.
+    async fn quarantine(
+        &self,
+        message: &Message,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<(), CommitError> {
+        loop {
+            let batch = self.transformer.prepare_quarantine(
+                message,
+                reason,
+                detail.clone(),
+                &self.vault,
+            )?;
+            if self.write(&batch).await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// One batch write, retrying transient errors with backoff; counts what it committed.
-    async fn write(&self, batch: &WriteBatch) -> Result<(), sqlx::Error> {
-        let outcome = (|| writer::write_batch(&self.pool, batch))
+    /// `false` when the batch was prepared under an older vault epoch: nothing was committed,
+    /// the vault state has moved to the new epoch, and the batch must be prepared again.
+    async fn write(&self, batch: &WriteBatch) -> Result<bool, sqlx::Error> {
+        let written = (|| writer::write_batch(&self.pool, batch))
             .retry(backoff())
             .when(postgres::is_transient)
             .notify(|err, delay| {
                 warn!(error = %describe_db_error(err), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
             })
             .await?;
+        let outcome = match written {
+            Written::Committed(outcome) => outcome,
+            Written::Stale { epoch } => {
+                debug!(epoch, "the vault epoch moved on; preparing the batch again");
+                self.refresh_vault_state().await?;
+                return Ok(false);
+            }
+        };
         debug!(written = outcome.written, quarantined = ?outcome.quarantined,
-               duplicates_skipped = outcome.duplicates_skipped, "batch committed");
+               duplicates_skipped = outcome.duplicates_skipped,
+               forgotten_skipped = outcome.forgotten_skipped, "batch committed");
         self.stats.committed(&outcome);
-        self.known_masks
-            .insert_committed(batch.vault.iter().map(|entry| (entry.field, entry.mask)));
+        if let Some(epoch) = batch.vault_epoch {
+            self.vault.insert_committed(
+                epoch,
+                batch.vault.iter().map(|entry| (entry.field, entry.mask)),
+            );
+        }
+        Ok(true)
+    }
+
+    /// Reads the vault epoch, then the users forgotten since the last read.
+    async fn refresh_vault_state(&self) -> Result<(), sqlx::Error> {
+        let upto = self.vault.forgotten_upto();
+        let (epoch, forgotten) = (|| postgres::lifecycle::vault_state_since(&self.pool, upto))
+            .retry(backoff())
+            .when(postgres::is_transient)
+            .await?;
+        self.vault.advance(epoch, forgotten);
         Ok(())
     }
 }

@@ -4,9 +4,9 @@
 
 pub mod batcher;
 mod commit;
-pub mod known_masks;
 mod stats;
 mod transform;
+pub mod vault_state;
 pub mod writers;
 
 pub use commit::{backoff, CommitError, Committer};

@@ -19,6 +19,7 @@ pub enum Count {
     Written,
     Quarantined,
     DuplicatesSkipped,
+    ForgottenSkipped,
     Deleted,
     DeleteFailed,
     WriteFailures,
@@ -26,11 +27,12 @@ pub enum Count {
 }
 
 impl Count {
-    pub const ALL: [Count; 8] = [
+    pub const ALL: [Count; 9] = [
         Count::Received,
         Count::Written,
         Count::Quarantined,
         Count::DuplicatesSkipped,
+        Count::ForgottenSkipped,
         Count::Deleted,
         Count::DeleteFailed,
         Count::WriteFailures,
@@ -44,6 +46,7 @@ impl Count {
             Count::Written => "written",
             Count::Quarantined => "quarantined",
             Count::DuplicatesSkipped => "duplicates_skipped",
+            Count::ForgottenSkipped => "forgotten_skipped",
             Count::Deleted => "deleted",
             Count::DeleteFailed => "delete_failed",
             Count::WriteFailures => "write_failures",
@@ -58,6 +61,7 @@ impl Count {
             Count::Written => "etl_written_total",
             Count::Quarantined => "etl_quarantined_total",
             Count::DuplicatesSkipped => "etl_duplicates_skipped_total",
+            Count::ForgottenSkipped => "etl_forgotten_skipped_total",
             Count::Deleted => "etl_deleted_total",
             Count::DeleteFailed => "etl_delete_failed_total",
             Count::WriteFailures => "etl_write_failures_total",
@@ -80,6 +84,7 @@ pub struct Stats {
     received: AtomicU64,
     written: AtomicU64,
     duplicates_skipped: AtomicU64,
+    forgotten_skipped: AtomicU64,
     deleted: AtomicU64,
     delete_failed: AtomicU64,
     write_failures: AtomicU64,
@@ -111,12 +116,15 @@ impl Stats {
         self.written.load(Ordering::Relaxed)
             + quarantined
             + self.duplicates_skipped.load(Ordering::Relaxed)
+            + self.forgotten_skipped.load(Ordering::Relaxed)
     }
 
     pub fn committed(&self, outcome: &WriteOutcome) {
         self.written.fetch_add(outcome.written, Ordering::Relaxed);
         self.duplicates_skipped
             .fetch_add(outcome.duplicates_skipped, Ordering::Relaxed);
+        self.forgotten_skipped
+            .fetch_add(outcome.forgotten_skipped, Ordering::Relaxed);
         let mut quarantined = self
             .quarantined
             .lock()
@@ -128,6 +136,7 @@ impl Stats {
         }
         Count::Written.increment(outcome.written);
         Count::DuplicatesSkipped.increment(outcome.duplicates_skipped);
+        Count::ForgottenSkipped.increment(outcome.forgotten_skipped);
     }
 
     /// Lines of a file that an earlier run committed: counted as received and skipped.
@@ -175,6 +184,7 @@ impl Stats {
             quarantined,
             quarantined_by_reason,
             duplicates_skipped: self.duplicates_skipped.load(Ordering::Relaxed),
+            forgotten_skipped: self.forgotten_skipped.load(Ordering::Relaxed),
             deleted: self.deleted.load(Ordering::Relaxed),
             delete_failed: self.delete_failed.load(Ordering::Relaxed),
             write_failures: self.write_failures.load(Ordering::Relaxed),
@@ -198,6 +208,8 @@ pub struct Summary {
     pub quarantined_by_reason: BTreeMap<String, u64>,
     /// Redeliveries of messages already committed: no new row, deleted again.
     pub duplicates_skipped: u64,
+    /// Messages of users erased with `etl forget`: dropped before any write.
+    pub forgotten_skipped: u64,
     pub deleted: u64,
     /// Receipts SQS would not delete (expired handles); those messages return and are skipped.
     pub delete_failed: u64,
@@ -215,6 +227,7 @@ impl Summary {
             Count::Written => self.written,
             Count::Quarantined => self.quarantined,
             Count::DuplicatesSkipped => self.duplicates_skipped,
+            Count::ForgottenSkipped => self.forgotten_skipped,
             Count::Deleted => self.deleted,
             Count::DeleteFailed => self.delete_failed,
             Count::WriteFailures => self.write_failures,

@@ -6,13 +6,13 @@ use chrono::{DateTime, Utc};
 
 use foldhash::fast::RandomState;
 
-use super::known_masks::KnownMasks;
+use super::vault_state::{Forgotten, VaultState};
 use crate::adapters::postgres::writer::{
     Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
 };
-use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer};
+use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash};
 use crate::domain::Message;
-use crate::domain::{create_date, sent_at, LoginEvent, PiiField};
+use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
 #[derive(Debug)]
@@ -41,13 +41,15 @@ impl Transformer {
     }
 
     /// Builds the write batch of a set of messages. A message id listed twice is kept once.
-    /// Values in `known` (committed to the vault already) are masked but not sealed again.
+    /// Values the vault is known to hold are masked but not sealed again; messages of forgotten
+    /// users are only claimed.
     pub fn prepare(
         &self,
         messages: &[Message],
         now: DateTime<Utc>,
-        known: &KnownMasks,
+        vault: &VaultState,
     ) -> Result<WriteBatch, SealError> {
+        let (epoch, forgotten) = vault.forgotten();
         let mut batch = self.empty_batch(messages);
         batch.logins.reserve(messages.len());
         // Made at the batch's first rejected message: one encapsulation for all of them.
@@ -63,6 +65,9 @@ impl Transformer {
                 continue;
             }
             match LoginEvent::parse(&message.body) {
+                Ok(event) if self.is_forgotten(&forgotten, &event.user_id) => {
+                    batch.forgotten.push(message.id.clone());
+                }
                 Ok(event) => {
                     // The value is copied only when it may need sealing: most repeat.
                     let mut mask = |field: PiiField, canonical: &str| {
@@ -87,6 +92,11 @@ impl Transformer {
                     });
                 }
                 Err(reason) => {
+                    let user_hash = self.user_hash_of(&message.body);
+                    if user_hash.is_some_and(|hash| forgotten.contains(&hash)) {
+                        batch.forgotten.push(message.id.clone());
+                        continue;
+                    }
                     let sealer = match &mut quarantine {
                         Some(sealer) => sealer,
                         None => quarantine.insert(self.quarantine.batch()?),
@@ -97,14 +107,17 @@ impl Transformer {
                         message,
                         reason.code().as_str(),
                         reason.to_string(),
+                        user_hash,
                     )?;
                 }
             }
         }
         // One short lock for the lookups; the writers' hashing and sealing run in parallel.
         {
-            let known = known.view();
+            let known = vault.view();
             candidates.retain(|(field, digest, _)| !known.contains(*field, *digest));
+            // Both must be of one epoch, or the write finds the batch stale.
+            batch.vault_epoch = epoch.filter(|e| known.epoch() == Some(*e));
         }
         batch.vault.reserve(candidates.len());
         for (field, digest, canonical) in candidates {
@@ -120,23 +133,55 @@ impl Transformer {
         Ok(batch)
     }
 
-    /// A batch that quarantines `message` whatever its content: for a message the database
-    /// rejects, or one that failed too many times. `detail` must hold no personal data.
+    /// [`Self::prepare`] for quarantined messages given another chance: those now valid are
+    /// written (or dropped, if their user is forgotten), and the rest stay where they are.
+    pub fn prepare_replay(
+        &self,
+        messages: &[Message],
+        now: DateTime<Utc>,
+        vault: &VaultState,
+    ) -> Result<WriteBatch, SealError> {
+        let mut batch = self.prepare(messages, now, vault)?;
+        batch.claim = Claim::Replay;
+        Ok(batch)
+    }
+
+    /// A batch that quarantines `message` whatever its content (unless its user is forgotten):
+    /// for a message the database rejects, or one that failed too many times. `detail` must
+    /// hold no personal data.
     pub fn prepare_quarantine(
         &self,
         message: &Message,
         reason: &'static str,
         detail: String,
+        vault: &VaultState,
     ) -> Result<WriteBatch, SealError> {
+        let (epoch, forgotten) = vault.forgotten();
         let mut batch = self.empty_batch(std::slice::from_ref(message));
+        batch.vault_epoch = epoch;
+        let user_hash = self.user_hash_of(&message.body);
+        if user_hash.is_some_and(|hash| forgotten.contains(&hash)) {
+            batch.forgotten.push(message.id.clone());
+            return Ok(batch);
+        }
         quarantine_into(
             &mut batch,
             &self.quarantine.batch()?,
             message,
             reason,
             detail,
+            user_hash,
         )?;
         Ok(batch)
+    }
+
+    /// Hashed only when someone is forgotten: most runs never pay for it.
+    fn is_forgotten(&self, forgotten: &Forgotten, user_id: &str) -> bool {
+        !forgotten.is_empty() && forgotten.contains(&self.masker.user_hash(user_id))
+    }
+
+    fn user_hash_of(&self, body: &str) -> Option<UserHash> {
+        user_id_of(body).map(|user_id| self.masker.user_hash(&user_id))
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
@@ -181,6 +226,7 @@ fn quarantine_into(
     message: &Message,
     reason: &'static str,
     detail: String,
+    user_hash: Option<UserHash>,
 ) -> Result<(), SealError> {
     let sealed = sealer.seal(&message.id, message.body.as_bytes())?;
     batch.quarantine.push(QuarantineRow {
@@ -190,6 +236,7 @@ fn quarantine_into(
         sent_at: sent_at(message.sent_timestamp.as_deref()),
         receive_count: message.receive_count,
         body_ciphertext: sealed,
+        user_hash,
     });
     Ok(())
 }

@@ -91,7 +91,12 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
                 .unwrap(),
         );
     }
-    let known = etl::pipeline::known_masks::KnownMasks::new(16);
+    let known = etl::pipeline::vault_state::VaultState::new(16);
+    let epoch: i64 = sqlx::query_scalar("SELECT etl.vault_epoch()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    known.advance(epoch, Vec::new());
     let batch = transformer
         .prepare(
             &received
@@ -102,9 +107,12 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
             &known,
         )
         .unwrap();
-    let outcome = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
+    let written = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
         .await
         .unwrap();
+    let etl::adapters::postgres::writer::Written::Committed(outcome) = written else {
+        panic!("the batch was prepared under the current vault epoch: {written:?}");
+    };
     assert_eq!(outcome.written, 10);
     // The visibility timeout "expires": the messages come back.
     let entries: Vec<_> = received

@@ -8,11 +8,12 @@ use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{event, TestApp};
 
-const ROLES: [&str; 5] = [
+const ROLES: [&str; 6] = [
     "etl_ingest",
     "etl_analyst",
     "etl_recoverer",
     "etl_auditor",
+    "etl_privacy",
     "public",
 ];
 
@@ -31,6 +32,9 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer USAGE schema recovery",
     "etl_auditor USAGE schema public",
     "etl_auditor USAGE schema recovery",
+    "etl_privacy USAGE schema etl",
+    "etl_privacy USAGE schema keyring",
+    "etl_privacy USAGE schema public",
     "public USAGE schema public",
     // tables: ingest writes, and reads only its claims and the mask and vault keys
     "etl_ingest INSERT user_logins",
@@ -41,6 +45,7 @@ const EXPECTED: &[&str] = &[
     "etl_ingest INSERT etl.quarantine",
     "etl_ingest INSERT vault.entries",
     "etl_ingest SELECT keyring.data_keys",
+    "etl_ingest SELECT etl.forgotten_users",
     "etl_analyst SELECT user_logins",
     "etl_recoverer SELECT etl.quarantine(detail)",
     "etl_recoverer SELECT etl.quarantine(message_id)",
@@ -49,9 +54,15 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer SELECT etl.quarantine(received_at)",
     "etl_recoverer SELECT etl.quarantine(sent_at)",
     "etl_auditor SELECT recovery.audit_log",
+    // erasure: the mask key's row (row level security), to hash user ids with
+    "etl_privacy SELECT keyring.data_keys",
     // functions
     "etl_ingest EXECUTE keyring.quarantine_public_key()",
     "etl_ingest EXECUTE recovery.audit_head()",
+    "etl_ingest EXECUTE etl.hold_vault_epoch()",
+    "etl_ingest EXECUTE etl.vault_epoch()",
+    "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text)",
+    "etl_recoverer EXECUTE recovery.subject_rows(text)",
     "etl_recoverer EXECUTE recovery.audit_head()",
     "etl_recoverer EXECUTE recovery.fetch(bigint)",
     "etl_recoverer EXECUTE recovery.fetch_quarantine(bigint)",

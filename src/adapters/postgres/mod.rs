@@ -5,6 +5,7 @@ pub mod audit;
 mod copy;
 pub mod file_batches;
 pub mod keyring;
+pub mod lifecycle;
 pub mod quarantine;
 pub mod recovery;
 pub mod writer;

@@ -1,5 +1,6 @@
 //! Writing a batch: new vault entries first, then one transaction with the claim, the
-//! `user_logins` rows and the quarantine rows.
+//! `user_logins` rows and the quarantine rows, committed only if the vault epoch is still the one
+//! the batch was prepared under (see `pipeline::vault_state`).
 //!
 //! Claims make every write idempotent, in the same transaction as the rows:
 //! - SQS messages: `etl.processed_messages` has the message id as primary key. The batch claims
@@ -20,7 +21,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::copy::BinaryCopy;
-use crate::crypto::{MaskDigest, MaskHex};
+use crate::crypto::{MaskDigest, MaskHex, UserHash};
 use crate::domain::file_line::Fingerprint;
 use crate::domain::PiiField;
 
@@ -32,11 +33,16 @@ pub struct WriteBatch {
     pub mask_key_version: i32,
     pub vault_key_version: i32,
     pub quarantine_key_version: i32,
+    /// The vault epoch whose known masks and suppression list the batch was prepared with;
+    /// `None` when they were not of one epoch.
+    pub vault_epoch: Option<i64>,
     pub claim: Claim,
     /// Entries not known to be in the vault already.
     pub vault: Vec<VaultEntry>,
     pub logins: Vec<LoginRow>,
     pub quarantine: Vec<QuarantineRow>,
+    /// Messages of forgotten users: claimed, never written.
+    pub forgotten: Vec<String>,
 }
 
 /// How a batch proves it is written once.
@@ -47,6 +53,10 @@ pub enum Claim {
     MessageIds,
     /// The batch's lines are claimed as one range of a file source.
     FileLines(LineRange),
+    /// Quarantined messages written (or dropped as forgotten) by `etl quarantine replay`: each
+    /// is claimed by deleting its quarantine row, and its claim in `etl.processed_messages`
+    /// takes the new outcome.
+    Replay,
 }
 
 /// Lines `first..=last` of the source with this fingerprint, and the digest of their content.
@@ -83,6 +93,8 @@ pub struct QuarantineRow {
     pub sent_at: Option<DateTime<Utc>>,
     pub receive_count: Option<i32>,
     pub body_ciphertext: Vec<u8>,
+    /// The keyed hash of the body's user id, when it has one: erasure finds the row by it.
+    pub user_hash: Option<UserHash>,
 }
 
 /// What a committed batch changed.
@@ -93,6 +105,19 @@ pub struct WriteOutcome {
     pub quarantined: BTreeMap<String, u64>,
     /// Messages already processed by an earlier delivery or run.
     pub duplicates_skipped: u64,
+    /// Messages of forgotten users, dropped.
+    pub forgotten_skipped: u64,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Committed(WriteOutcome),
+    /// Nothing committed: the vault epoch moved on since the batch was prepared (an erasure or a
+    /// retention pass deleted vault entries, or forgot users). Prepare it again under `epoch`.
+    Stale {
+        epoch: i64,
+    },
 }
 
 const CLAIM_MESSAGES: &str = "\
@@ -138,26 +163,57 @@ FROM STDIN (FORMAT binary)";
 
 const INSERT_QUARANTINE: &str = "\
 INSERT INTO etl.quarantine (message_id, reason, detail, received_at, sent_at, receive_count,
-                            quarantine_key_version, body_ciphertext)
-SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body
-FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[])
-     AS q(message_id, reason, detail, sent_at, receive_count, body)";
+                            quarantine_key_version, body_ciphertext, user_hash)
+SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body, q.user_hash
+FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[],
+            $8::bytea[])
+     AS q(message_id, reason, detail, sent_at, receive_count, body, user_hash)";
+
+/// Held (shared) until the batch's transaction ends: no erasure or vault deletion commits
+/// in between, and none that committed before is missed.
+const HOLD_VAULT_EPOCH: &str = "SELECT etl.hold_vault_epoch()";
+
+/// A replayed message's claim: its quarantine row goes, its outcome changes.
+const CLAIM_REPLAYED: &str = "\
+WITH replayed AS (
+    DELETE FROM etl.quarantine q
+    USING UNNEST($1::text[], $2::text[]) AS m(message_id, outcome)
+    WHERE q.message_id = m.message_id
+    RETURNING q.message_id, m.outcome
+), claimed AS (
+    UPDATE etl.processed_messages p SET outcome = r.outcome, processed_at = now()
+    FROM replayed r WHERE p.message_id = r.message_id
+)
+SELECT message_id FROM replayed";
 
 /// Writes one batch: its new vault entries, then one transaction with the claim, the rows and the
 /// quarantine rows. The caller must not list a message id twice.
-pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
+pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<Written, sqlx::Error> {
     insert_vault(pool, batch).await?;
     let mut tx = pool.begin().await?;
+    let epoch: i64 = sqlx::query_scalar(HOLD_VAULT_EPOCH)
+        .fetch_one(&mut *tx)
+        .await?;
+    if batch.vault_epoch != Some(epoch) {
+        tx.rollback().await?;
+        return Ok(Written::Stale { epoch });
+    }
     let claimed = claim(&mut tx, batch).await?;
     let mut outcome = WriteOutcome::default();
     if !claimed.is_none() {
         outcome.written = copy_logins(&mut tx, batch, &claimed).await?;
         outcome.quarantined = insert_quarantine(&mut tx, batch, &claimed).await?;
+        outcome.forgotten_skipped = batch
+            .forgotten
+            .iter()
+            .filter(|id| claimed.contains(id))
+            .count() as u64;
     }
     tx.commit().await?;
-    let done = outcome.written + outcome.quarantined.values().sum::<u64>();
+    let done =
+        outcome.written + outcome.quarantined.values().sum::<u64>() + outcome.forgotten_skipped;
     outcome.duplicates_skipped = (batch.received as u64).saturating_sub(done);
-    Ok(outcome)
+    Ok(Written::Committed(outcome))
 }
 
 /// Which of the batch's messages this transaction may write.
@@ -201,14 +257,25 @@ async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, s
                 Claimed::None
             })
         }
-        Claim::MessageIds => {
+        Claim::MessageIds | Claim::Replay => {
             let written = batch.logins.iter().map(|r| (&r.message_id, "written"));
-            let quarantined = batch
-                .quarantine
-                .iter()
-                .map(|r| (&r.message_id, "quarantined"));
-            let (ids, outcomes): (Vec<&String>, Vec<&str>) = written.chain(quarantined).unzip();
-            let claimed: Vec<String> = sqlx::query_scalar(CLAIM_MESSAGES)
+            let forgotten = batch.forgotten.iter().map(|id| (id, "forgotten"));
+            let (ids, outcomes): (Vec<&String>, Vec<&str>) = if batch.claim == Claim::Replay {
+                // Messages still invalid stay in quarantine, unclaimed.
+                written.chain(forgotten).unzip()
+            } else {
+                let quarantined = batch
+                    .quarantine
+                    .iter()
+                    .map(|r| (&r.message_id, "quarantined"));
+                written.chain(forgotten).chain(quarantined).unzip()
+            };
+            let statement = if batch.claim == Claim::Replay {
+                CLAIM_REPLAYED
+            } else {
+                CLAIM_MESSAGES
+            };
+            let claimed: Vec<String> = sqlx::query_scalar(statement)
                 .bind(ids)
                 .bind(outcomes)
                 .fetch_all(&mut *conn)
@@ -338,6 +405,11 @@ async fn insert_quarantine(
         .bind(
             rows.iter()
                 .map(|r| r.body_ciphertext.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.user_hash.as_ref().map(|h| h.as_bytes().as_slice()))
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)

@@ -1,0 +1,362 @@
+//! The data lifecycle's statements (migration `data_lifecycle`): the vault epoch and suppression
+//! list ingest reads, erasure, a subject's rows, retention, quarantine replay and purge.
+//!
+//! Deletions that can leave a mask without its vault entry (erasure, the vault sweep) run holding
+//! the vault epoch exclusively and raise it; every other deletion here touches nothing a batch in
+//! flight depends on, and runs in short transactions of `chunk` rows.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::crypto::UserHash;
+
+/// The vault epoch, and the suppression-list rows after `upto` (read after the epoch, so they
+/// include every user forgotten up to it).
+pub async fn vault_state_since(
+    pool: &PgPool,
+    upto: i64,
+) -> Result<(i64, Vec<(i64, UserHash)>), sqlx::Error> {
+    let epoch: i64 = sqlx::query_scalar("SELECT etl.vault_epoch()")
+        .fetch_one(pool)
+        .await?;
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, user_hash FROM etl.forgotten_users WHERE id > $1 ORDER BY id")
+            .bind(upto)
+            .fetch_all(pool)
+            .await?;
+    let forgotten = rows
+        .into_iter()
+        .filter_map(|(id, hash)| UserHash::from_bytes(&hash).map(|hash| (id, hash)))
+        .collect();
+    Ok((epoch, forgotten))
+}
+
+/// What erasing one user removed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Erased {
+    #[serde(serialize_with = "hex_bytes")]
+    pub user_hash: Vec<u8>,
+    pub logins: i64,
+    pub vault_entries: i64,
+    pub quarantined: i64,
+    /// Added to the suppression list now (false: it was there already).
+    pub newly_suppressed: bool,
+}
+
+fn hex_bytes<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(bytes))
+}
+
+/// Erases these users (ids and their keyed hashes) in one transaction, committed unless
+/// `dry_run`, which rolls it back and so reports what would be removed.
+pub async fn forget(
+    pool: &PgPool,
+    users: &[(&str, UserHash)],
+    mask_key_version: i32,
+    reason: &str,
+    ticket: Option<&str>,
+    dry_run: bool,
+) -> Result<Vec<Erased>, sqlx::Error> {
+    let (ids, hashes): (Vec<&str>, Vec<&[u8]>) = users
+        .iter()
+        .map(|(id, hash)| (*id, hash.as_bytes().as_slice()))
+        .unzip();
+    let mut tx = pool.begin().await?;
+    let erased = sqlx::query_as(
+        "SELECT user_hash, logins, vault_entries, quarantined, newly_suppressed \
+         FROM etl.forget($1, $2, $3, $4, $5)",
+    )
+    .bind(ids)
+    .bind(hashes)
+    .bind(mask_key_version)
+    .bind(reason)
+    .bind(ticket)
+    .fetch_all(&mut *tx)
+    .await?;
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(erased)
+}
+
+/// One row of a subject's `user_logins`, as analysts see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SubjectRow {
+    pub message_id: Option<String>,
+    pub user_id: Option<String>,
+    pub device_type: Option<String>,
+    pub masked_ip: Option<String>,
+    pub masked_device_id: Option<String>,
+    pub locale: Option<String>,
+    pub app_version: Option<i32>,
+    pub app_version_text: Option<String>,
+    pub create_date: Option<NaiveDate>,
+}
+
+pub async fn subject_rows(pool: &PgPool, user_id: &str) -> Result<Vec<SubjectRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, \
+         app_version, app_version_text, create_date FROM recovery.subject_rows($1)",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// The retention settings, in days; `None` keeps forever.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Retention {
+    pub logins_days: Option<i32>,
+    pub quarantine_days: Option<i32>,
+    pub claims_days: Option<i32>,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+const RETENTION_COLUMNS: &str = "logins_days, quarantine_days, claims_days, updated_at, updated_by";
+
+pub async fn retention(pool: &PgPool) -> Result<Retention, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RETENTION_COLUMNS} FROM etl.retention WHERE singleton"
+    ))
+    .fetch_one(pool)
+    .await
+}
+
+/// A setting to change: `Some(None)` keeps forever, `None` leaves it as it is.
+pub type DaysSetting = Option<Option<i32>>;
+
+pub async fn set_retention(
+    pool: &PgPool,
+    logins: DaysSetting,
+    quarantine: DaysSetting,
+    claims: DaysSetting,
+) -> Result<Retention, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE etl.retention r SET \
+             logins_days = CASE WHEN $1 THEN $2 ELSE r.logins_days END, \
+             quarantine_days = CASE WHEN $3 THEN $4 ELSE r.quarantine_days END, \
+             claims_days = CASE WHEN $5 THEN $6 ELSE r.claims_days END, \
+             updated_at = now(), updated_by = session_user \
+         WHERE singleton RETURNING {RETENTION_COLUMNS}"
+    ))
+    .bind(logins.is_some())
+    .bind(logins.flatten())
+    .bind(quarantine.is_some())
+    .bind(quarantine.flatten())
+    .bind(claims.is_some())
+    .bind(claims.flatten())
+    .fetch_one(pool)
+    .await
+}
+
+/// What retention deletes, each a table and the condition its rows expire by (`$1` the cutoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiring {
+    /// `user_logins` by `create_date` (a date: rows of days before the cutoff's day).
+    Logins,
+    /// `etl.quarantine` by `received_at`.
+    Quarantine,
+    /// `etl.processed_messages` by `processed_at`.
+    MessageClaims,
+    /// `etl.file_batches` by `committed_at`.
+    FileClaims,
+}
+
+impl Expiring {
+    /// The summary's key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Expiring::Logins => "user_logins",
+            Expiring::Quarantine => "quarantine",
+            Expiring::MessageClaims => "processed_messages",
+            Expiring::FileClaims => "file_batches",
+        }
+    }
+
+    fn table_and_condition(self) -> (&'static str, &'static str) {
+        match self {
+            Expiring::Logins => ("public.user_logins", "create_date < $1::date"),
+            Expiring::Quarantine => ("etl.quarantine", "received_at < $1"),
+            Expiring::MessageClaims => ("etl.processed_messages", "processed_at < $1"),
+            Expiring::FileClaims => ("etl.file_batches", "committed_at < $1"),
+        }
+    }
+}
+
+pub async fn count_expired(
+    pool: &PgPool,
+    what: Expiring,
+    cutoff: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let (table, condition) = what.table_and_condition();
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {condition}"))
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await
+}
+
+/// Deletes up to `chunk` expired rows, found by the index on the expiry column, in a transaction
+/// of their own; returns how many.
+pub async fn delete_expired_chunk(
+    pool: &PgPool,
+    what: Expiring,
+    cutoff: DateTime<Utc>,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    let (table, condition) = what.table_and_condition();
+    let done = sqlx::query(&format!(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(\
+             SELECT ctid FROM {table} WHERE {condition} LIMIT $2))"
+    ))
+    .bind(cutoff)
+    .bind(chunk)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Where a vault sweep goes on from: the last key of the previous chunk.
+pub type VaultKey = (Vec<u8>, String);
+
+/// Vault entries younger than this are not swept: they may belong to a batch in flight, whose
+/// rows are not committed yet. (Deleting them would be safe, only wasteful: that batch would
+/// find the epoch raised and insert them again.)
+const SWEEP_GRACE: &str = "1 hour";
+
+/// The chunk of the vault after `after`, by primary key, and its entries no row refers to.
+fn sweep_chunk_sql(delete: bool) -> String {
+    let action = if delete {
+        "DELETE FROM vault.entries e USING chunk c \
+         WHERE e.mask = c.mask AND e.field = c.field AND"
+    } else {
+        "SELECT 1 FROM chunk e WHERE"
+    };
+    format!(
+        "WITH chunk AS ( \
+             SELECT mask, field, first_seen FROM vault.entries \
+             WHERE $1::bytea IS NULL OR (mask, field) > ($1::bytea, $2::text) \
+             ORDER BY mask, field LIMIT $3 \
+         ), gone AS ( \
+             {action} e.first_seen < now() - interval '{SWEEP_GRACE}' \
+             AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
+                             WHERE e.field = 'ip' AND u.masked_ip = encode(e.mask, 'hex')) \
+             AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
+                             WHERE e.field = 'device_id' \
+                               AND u.masked_device_id = encode(e.mask, 'hex')) \
+             {returning} \
+         ) \
+         SELECT (SELECT count(*) FROM gone), \
+                (SELECT count(*) FROM chunk), \
+                (SELECT mask FROM chunk ORDER BY mask DESC, field DESC LIMIT 1), \
+                (SELECT field FROM chunk ORDER BY mask DESC, field DESC LIMIT 1)",
+        returning = if delete { "RETURNING 1" } else { "" },
+    )
+}
+
+/// One chunk of the vault sweep: the entries of up to `chunk` keys after `after` that no row
+/// refers to are deleted (counted, with `dry_run`), holding the vault epoch exclusively and
+/// raising it if any went. Returns how many went, and where the next chunk starts (`None`: done).
+pub async fn sweep_vault_chunk(
+    pool: &PgPool,
+    after: Option<&VaultKey>,
+    chunk: i64,
+    dry_run: bool,
+) -> Result<(u64, Option<VaultKey>), sqlx::Error> {
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    if !dry_run {
+        sqlx::query("SELECT etl.lock_vault_epoch()")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let (gone, seen, last_mask, last_field): (i64, i64, Option<Vec<u8>>, Option<String>) =
+        sqlx::query_as(&sweep_chunk_sql(!dry_run))
+            .bind(after.map(|(mask, _)| mask.as_slice()))
+            .bind(after.map(|(_, field)| field.as_str()))
+            .bind(chunk)
+            .fetch_one(&mut *tx)
+            .await?;
+    if gone > 0 && !dry_run {
+        sqlx::query("SELECT etl.raise_vault_epoch()")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let next = match (last_mask, last_field) {
+        (Some(mask), Some(field)) if seen == chunk => Some((mask, field)),
+        _ => None,
+    };
+    Ok((gone as u64, next))
+}
+
+pub async fn vault_size(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    // The planner's estimate: exact enough for a progress bar, and free.
+    sqlx::query_scalar(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'vault.entries'::regclass",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Appends a lifecycle row to the audit log (`retention`, `quarantine_purge`,
+/// `quarantine_replay`): what was done, never to whom.
+pub async fn record(
+    pool: &PgPool,
+    kind: &str,
+    reason: Option<&str>,
+    outcome: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO recovery.audit_log (kind, reason, outcome, detail) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(kind)
+    .bind(reason)
+    .bind(outcome)
+    .bind(detail)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// A quarantined message with what opens it.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Quarantined {
+    pub message_id: String,
+    pub reason: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub receive_count: Option<i32>,
+    pub body_ciphertext: Vec<u8>,
+    /// `quarantine` (sealed to the key pair) or `vault` (rows sealed before it existed).
+    pub key_purpose: String,
+    pub key_version: i32,
+}
+
+/// Up to `limit` quarantined messages after `after` (by id), of one reason or id if given.
+pub async fn quarantined_page(
+    pool: &PgPool,
+    reason: Option<&str>,
+    message_id: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Quarantined>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT message_id, reason, sent_at, receive_count, body_ciphertext, \
+                CASE WHEN quarantine_key_version IS NOT NULL THEN 'quarantine' ELSE 'vault' END \
+                    AS key_purpose, \
+                coalesce(quarantine_key_version, vault_key_version) AS key_version \
+         FROM etl.quarantine \
+         WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR message_id = $2) \
+           AND ($3::text IS NULL OR message_id > $3) \
+         ORDER BY message_id LIMIT $4",
+    )
+    .bind(reason)
+    .bind(message_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

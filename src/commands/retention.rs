@@ -1,0 +1,244 @@
+//! `etl retention set|show|apply`: how long data is kept, stored in `etl.retention`, and the pass
+//! that deletes what expired. The pass deletes in chunks, each its own short transaction: first
+//! `user_logins` rows by `create_date`, then the vault entries no row refers to (holding the vault
+//! epoch, see `pipeline::vault_state`, one chunk at a time), then old quarantined messages and old
+//! claims. Never the audit log: the pass appends one row to it with its figures.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{Duration, Utc};
+use indicatif::ProgressStyle;
+use serde::Serialize;
+use tracing::{info, info_span};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+
+use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
+use crate::cli::{DatabaseArgs, OutputFormat, RetentionCommand};
+
+/// Rows per delete statement: a few tens of milliseconds of work each.
+const ROW_CHUNK: i64 = 10_000;
+/// Vault keys per sweep transaction; one index probe each, under the vault epoch's lock, and one
+/// epoch change (which makes ingest drop its cache of known masks) per chunk that deletes any.
+const VAULT_CHUNK: i64 = 50_000;
+/// SQS keeps a message at most 14 days: a claim must outlive any redelivery of it.
+const MIN_CLAIMS_DAYS: u32 = 14;
+
+pub async fn run(command: &RetentionCommand) -> anyhow::Result<()> {
+    match command {
+        RetentionCommand::Set {
+            database,
+            logins,
+            quarantine,
+            claims,
+        } => set(database, *logins, *quarantine, *claims).await,
+        RetentionCommand::Show { database, format } => {
+            let pool = super::pool(database)?;
+            let settings = lifecycle::retention(&pool)
+                .await
+                .context("reading etl.retention (the schema owner may)")?;
+            print_settings(&settings, *format)
+        }
+        RetentionCommand::Apply {
+            database,
+            dry_run,
+            format,
+        } => apply(database, *dry_run, *format).await,
+    }
+}
+
+async fn set(
+    database: &DatabaseArgs,
+    logins: Option<u32>,
+    quarantine: Option<u32>,
+    claims: Option<u32>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        logins.is_some() || quarantine.is_some() || claims.is_some(),
+        "give --logins, --quarantine or --claims (days; 0 keeps forever)"
+    );
+    if let Some(days) = claims.filter(|d| *d != 0 && *d < MIN_CLAIMS_DAYS) {
+        anyhow::bail!(
+            "--claims {days} is below {MIN_CLAIMS_DAYS} days, the longest SQS keeps a message: a \
+             redelivery after its claim was deleted would be written twice"
+        );
+    }
+    let days = |value: Option<u32>| -> anyhow::Result<Option<Option<i32>>> {
+        value
+            .map(|d| match d {
+                0 => Ok(None),
+                d => i32::try_from(d)
+                    .map(Some)
+                    .map_err(|_| anyhow::anyhow!("days must be at most 2147483647")),
+            })
+            .transpose()
+    };
+    let pool = super::pool(database)?;
+    let settings = lifecycle::set_retention(&pool, days(logins)?, days(quarantine)?, days(claims)?)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
+                "only the owner of the etl schemas may change the retention settings"
+            ),
+            _ => anyhow::anyhow!("cannot change the retention settings: {err}"),
+        })?;
+    print_settings(&settings, OutputFormat::Text)
+}
+
+fn print_settings(settings: &Retention, format: OutputFormat) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string(settings)?);
+        return Ok(());
+    }
+    let days = |d: Option<i32>| d.map_or("forever".to_owned(), |d| format!("{d} days"));
+    println!("user_logins: {}", days(settings.logins_days));
+    println!("quarantine:  {}", days(settings.quarantine_days));
+    println!("claims:      {}", days(settings.claims_days));
+    println!(
+        "last changed: {} by {}",
+        settings.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        settings.updated_by
+    );
+    Ok(())
+}
+
+/// The figures of a pass, by table.
+#[derive(Debug, Default, Serialize)]
+struct Pass {
+    dry_run: bool,
+    user_logins: u64,
+    vault_entries: u64,
+    quarantine: u64,
+    processed_messages: u64,
+    file_batches: u64,
+    elapsed_seconds: f64,
+}
+
+async fn apply(database: &DatabaseArgs, dry_run: bool, format: OutputFormat) -> anyhow::Result<()> {
+    let pool = super::audit_pool(database)?;
+    let settings = lifecycle::retention(&pool)
+        .await
+        .context("reading etl.retention (the schema owner may)")?;
+    let started = Instant::now();
+    let now = Utc::now();
+    let cutoff = |days: Option<i32>| days.map(|d| now - Duration::days(i64::from(d)));
+    let mut pass = Pass {
+        dry_run,
+        ..Pass::default()
+    };
+    // Rows first, so the vault sweep finds the entries they were the last to use.
+    if let Some(cutoff) = cutoff(settings.logins_days) {
+        // create_date is a date: rows of days before the cutoff's day.
+        let cutoff = cutoff
+            .date_naive()
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc();
+        pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run).await?;
+        pass.vault_entries = sweep_vault(&pool, dry_run).await?;
+    }
+    if let Some(cutoff) = cutoff(settings.quarantine_days) {
+        pass.quarantine = delete_expired(&pool, Expiring::Quarantine, cutoff, dry_run).await?;
+    }
+    if let Some(cutoff) = cutoff(settings.claims_days) {
+        pass.processed_messages =
+            delete_expired(&pool, Expiring::MessageClaims, cutoff, dry_run).await?;
+        pass.file_batches = delete_expired(&pool, Expiring::FileClaims, cutoff, dry_run).await?;
+    }
+    pass.elapsed_seconds = started.elapsed().as_secs_f64();
+    let figures = format!(
+        "user_logins={} vault_entries={} quarantine={} processed_messages={} file_batches={}",
+        pass.user_logins,
+        pass.vault_entries,
+        pass.quarantine,
+        pass.processed_messages,
+        pass.file_batches
+    );
+    info!(
+        dry_run,
+        user_logins = pass.user_logins,
+        vault_entries = pass.vault_entries,
+        quarantine = pass.quarantine,
+        processed_messages = pass.processed_messages,
+        file_batches = pass.file_batches,
+        "retention pass done"
+    );
+    if !dry_run {
+        lifecycle::record(&pool, "retention", None, "deleted", &figures)
+            .await
+            .context("recording the retention pass in the audit log")?;
+    }
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&pass)?),
+        OutputFormat::Text => {
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!(
+                "retention {verb}: {figures} in {:.1} s",
+                pass.elapsed_seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal (a log line per table elsewhere).
+fn progress(what: &str, total: u64) -> tracing::Span {
+    let span = info_span!("retention", indicatif.pb_show = tracing::field::Empty);
+    if std::io::stderr().is_terminal() {
+        if let Ok(style) = ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{wide_bar}} {{human_pos}}/{{human_len}} ({{eta}})"
+        )) {
+            span.pb_set_style(&style);
+        }
+        span.pb_set_length(total);
+    }
+    span
+}
+
+async fn delete_expired(
+    pool: &sqlx::PgPool,
+    what: Expiring,
+    cutoff: chrono::DateTime<Utc>,
+    dry_run: bool,
+) -> anyhow::Result<u64> {
+    let expired = lifecycle::count_expired(pool, what, cutoff)
+        .await
+        .with_context(|| format!("counting expired rows of {}", what.name()))?;
+    let expired = u64::try_from(expired).unwrap_or(0);
+    info!(table = what.name(), expired, "retention");
+    if dry_run || expired == 0 {
+        return Ok(expired);
+    }
+    let span = progress(what.name(), expired);
+    let _shown = span.enter();
+    let mut deleted = 0;
+    loop {
+        let n = lifecycle::delete_expired_chunk(pool, what, cutoff, ROW_CHUNK)
+            .await
+            .with_context(|| format!("deleting expired rows of {}", what.name()))?;
+        deleted += n;
+        span.pb_inc(n);
+        if n < ROW_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool) -> anyhow::Result<u64> {
+    let size = lifecycle::vault_size(pool).await.unwrap_or(0);
+    let span = progress("vault.entries", u64::try_from(size).unwrap_or(0));
+    let _shown = span.enter();
+    let mut after = None;
+    let mut gone = 0;
+    loop {
+        let (n, next) = lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, dry_run)
+            .await
+            .context("deleting vault entries no row refers to")?;
+        gone += n;
+        span.pb_inc(VAULT_CHUNK as u64);
+        match next {
+            Some(key) => after = Some(key),
+            None => return Ok(gone),
+        }
+    }
+}
