@@ -16,6 +16,14 @@ use crate::adapters::postgres::writer::{self, WriteBatch, Written};
 use crate::crypto::SealError;
 use crate::domain::Message;
 
+/// How a committer builds a batch from messages: [`Transformer::prepare`] or its replay variant.
+type Prepare = fn(
+    &Transformer,
+    &[Message],
+    chrono::DateTime<chrono::Utc>,
+    &VaultState,
+) -> Result<WriteBatch, SealError>;
+
 pub struct Committer {
     pub pool: PgPool,
     pub transformer: Arc<Transformer>,
@@ -56,16 +64,7 @@ impl Committer {
             .await
     }
 
-    async fn commit_with(
-        &self,
-        messages: &[Message],
-        prepare: fn(
-            &Transformer,
-            &[Message],
-            chrono::DateTime<chrono::Utc>,
-            &VaultState,
-        ) -> Result<WriteBatch, SealError>,
-    ) -> Result<(), CommitError> {
+    async fn commit_with(&self, messages: &[Message], prepare: Prepare) -> Result<(), CommitError> {
         if self.vault.epoch().is_none() {
             self.refresh_vault_state().await?;
         }
