@@ -1,0 +1,663 @@
+//! The data lifecycle: `etl forget`, `etl export`, `etl retention`, `etl quarantine replay` and
+//! `purge`, each on the real stack, and the vault epoch that keeps erasure and retention from
+//! leaving a row whose mask has no vault entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etl::adapters::postgres::writer::{write_batch, Written};
+use etl::domain::Message;
+use etl::pipeline::{Committer, Stats};
+use serde_json::Value;
+
+use crate::helpers::{assert_exit, TestApp};
+
+/// A valid body of this user.
+fn body(user_id: &str, ip: &str, device_id: &str, locale: &str) -> String {
+    serde_json::json!({
+        "user_id": user_id,
+        "app_version": "2.3.0",
+        "device_type": "android",
+        "ip": ip,
+        "locale": locale,
+        "device_id": device_id,
+    })
+    .to_string()
+}
+
+/// Rows whose masked_ip or masked_device_id has no vault entry.
+const DANGLING: &str = "SELECT count(*) FROM user_logins u \
+     WHERE NOT EXISTS (SELECT 1 FROM vault.entries e \
+                       WHERE e.field = 'ip' AND e.mask = decode(u.masked_ip, 'hex')) \
+        OR NOT EXISTS (SELECT 1 FROM vault.entries e \
+                       WHERE e.field = 'device_id' AND e.mask = decode(u.masked_device_id, 'hex'))";
+
+/// Every audit row as text, to search for values that must not be there.
+async fn audit_text(app: &TestApp) -> String {
+    let rows: Vec<String> = sqlx::query_scalar("SELECT a::text FROM recovery.audit_log a")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = ("alice-7d1e", "bob-3c9a");
+    app.ingest(&[
+        body(alice, "10.20.0.1", "200-00-0001", "RU"),
+        body(alice, "10.20.0.2", "200-00-0002", "RU"),
+        // Shares alice's first ip: its vault entry must stay.
+        body(bob, "10.20.0.1", "200-00-0003", "PT"),
+        // Alice's, quarantined (not an ip): it goes with her.
+        body(alice, "not-an-ip", "200-00-0004", "RU"),
+    ])
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 5);
+    let (_, privacy) = app.login_user("etl_privacy").await;
+    let forget = async |extra: &[&str]| {
+        let mut args = vec![
+            "forget",
+            "--user-id",
+            alice,
+            "--reason",
+            "GDPR art. 17 request",
+            "--ticket",
+            "PRIV-12",
+        ];
+        args.extend_from_slice(extra);
+        app.etl_as(&privacy, &args).await
+    };
+
+    let dry = forget(&["--dry-run", "--format", "json"]).await;
+    assert_exit(&dry, 0);
+    let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["totals"]["logins"], 2);
+    assert_eq!(report["totals"]["vault_entries"], 3);
+    assert_eq!(report["totals"]["quarantined"], 1);
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 3);
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.forgotten_users").await,
+        0
+    );
+
+    let done = forget(&["--format", "json"]).await;
+    assert_exit(&done, 0);
+    let report: Value = serde_json::from_slice(&done.stdout).unwrap();
+    let user = &report["users"][0];
+    assert_eq!(user["source"], "--user-id");
+    assert_eq!(user["logins"], 2);
+    assert_eq!(
+        user["vault_entries"], 3,
+        "alice's second ip and both devices"
+    );
+    assert_eq!(user["quarantined"], 1);
+    assert_eq!(user["newly_suppressed"], true);
+    let hash = user["user_hash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE user_id = 'alice-7d1e'")
+            .await,
+        0
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+    assert_eq!(
+        app.count(DANGLING).await,
+        0,
+        "bob's masks keep their entries"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    let receipt: (String, String, Option<String>, String) = sqlx::query_as(
+        "SELECT subject, reason, ticket, detail FROM recovery.audit_log WHERE kind = 'erasure'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(receipt.0, hash);
+    assert_eq!(receipt.1, "GDPR art. 17 request");
+    assert_eq!(receipt.2.as_deref(), Some("PRIV-12"));
+    assert_eq!(
+        receipt.3,
+        "user_logins=2 vault_entries=3 quarantine=1 suppressed=new"
+    );
+
+    // Twice: nothing changes, and it says so.
+    let audit_rows = app.count("SELECT count(*) FROM recovery.audit_log").await;
+    let again = forget(&[]).await;
+    assert_exit(&again, 1);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("already forgotten, nothing changed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log").await,
+        audit_rows
+    );
+
+    // A later delivery of her events (the same body sent again, and a new one) is dropped.
+    let (summary, logs) = {
+        app.send(&[
+            body(alice, "10.20.0.1", "200-00-0001", "RU"),
+            body(alice, "10.20.0.9", "200-00-0009", "RU"),
+            body(alice, "still-not-an-ip", "200-00-0010", "RU"),
+        ])
+        .await;
+        let output = app
+            .command(&["ingest", "--drain", "--summary-json"])
+            .env("ETL_LOG", "debug")
+            .output()
+            .await
+            .unwrap();
+        assert_exit(&output, 0);
+        (
+            serde_json::from_slice::<Value>(&output.stdout).unwrap(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(summary["forgotten_skipped"], 3, "{summary}");
+    assert_eq!(summary["written"], 0);
+    assert_eq!(summary["quarantined"], 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE user_id = 'alice-7d1e'")
+            .await,
+        0
+    );
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    assert_eq!(app.queue_depth().await, 0);
+
+    // No raw id, ip or device id anywhere it could leak.
+    let audit = audit_text(&app).await;
+    for secret in [
+        alice,
+        "10.20.0.1",
+        "10.20.0.2",
+        "200-00-0001",
+        "200-00-0004",
+    ] {
+        assert!(!audit.contains(secret), "{secret} in the audit log");
+        assert!(!logs.contains(secret), "{secret} in ingest's logs");
+        for output in [&dry, &done, &again] {
+            assert!(!String::from_utf8_lossy(&output.stderr).contains(secret));
+            assert!(!String::from_utf8_lossy(&output.stdout).contains(secret));
+        }
+    }
+    app.etl_ok(&["audit", "verify"]).await;
+}
+
+#[tokio::test]
+async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[
+        body("u-1", "10.21.0.1", "210-00-0001", "RU"),
+        body("u-2", "10.21.0.2", "210-00-0002", "RU"),
+        body("u-3", "10.21.0.3", "210-00-0003", "RU"),
+    ])
+    .await;
+    let file = std::env::temp_dir().join(format!("etl-users-{}.txt", uuid::Uuid::new_v4()));
+    std::fs::write(&file, "u-1\n\nu-2\nnobody-seen\n").unwrap();
+    let file = file.to_str().unwrap();
+    let args = ["forget", "--from-file", file, "--reason", "erasure batch 7"];
+
+    let (_, analyst) = app.login_user("etl_analyst").await;
+    let denied = app.etl_as(&analyst, &args).await;
+    assert_exit(&denied, 2);
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("etl_privacy"), "{stderr}");
+
+    let (_, privacy) = app.login_user("etl_privacy").await;
+    let output = app.etl_as(&privacy, &args).await;
+    std::fs::remove_file(file).unwrap();
+    assert_exit(&output, 0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("line 1: erased user_logins=1"), "{stdout}");
+    assert!(stdout.contains("line 3: erased user_logins=1"), "{stdout}");
+    assert!(
+        stdout.contains("line 4: nothing found; added to the suppression list"),
+        "{stdout}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.forgotten_users").await,
+        3
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log WHERE kind = 'erasure'")
+            .await,
+        3
+    );
+    // The privacy role reads nothing else.
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&privacy)
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT count(*) FROM user_logins",
+        "SELECT count(*) FROM vault.entries",
+        "SELECT count(*) FROM etl.quarantine",
+    ] {
+        assert!(
+            sqlx::query(sql).fetch_one(&mut connection).await.is_err(),
+            "{sql}"
+        );
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM keyring.data_keys")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(keys, 1, "the mask key's row only");
+}
+
+/// The guarantee itself, step by step: a batch prepared while the vault held an entry, committed
+/// after an erasure deleted it, must not commit a row whose mask has no entry.
+#[tokio::test]
+async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dangling() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[body("gone-1", "10.22.0.1", "220-00-0001", "RU")])
+        .await;
+    let transformer = Arc::new(app.transformer().await);
+    let committer = Committer::new(
+        app.pool.clone(),
+        Arc::clone(&transformer),
+        Arc::new(Stats::default()),
+        10,
+    );
+    let epoch: i64 = sqlx::query_scalar("SELECT etl.vault_epoch()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    committer.vault.advance(epoch, Vec::new());
+    // Another user's event with the same ip and device: known to be in the vault, so the batch
+    // carries no vault entry for them.
+    let message = Message {
+        id: "m-kept".into(),
+        body: body("kept-1", "10.22.0.1", "220-00-0001", "RU"),
+        sent_timestamp: None,
+        receive_count: Some(1),
+        line: None,
+    };
+    let masker = transformer.masker();
+    committer.vault.insert_committed(
+        epoch,
+        [
+            (
+                etl::domain::PiiField::Ip,
+                masker.digest(etl::domain::PiiField::Ip, "10.22.0.1"),
+            ),
+            (
+                etl::domain::PiiField::DeviceId,
+                masker.digest(etl::domain::PiiField::DeviceId, "220-00-0001"),
+            ),
+        ],
+    );
+    let batch = transformer
+        .prepare(
+            std::slice::from_ref(&message),
+            chrono::Utc::now(),
+            &committer.vault,
+        )
+        .unwrap();
+    assert!(batch.vault.is_empty());
+
+    // The erasure of the only user of that ip and device deletes their entries.
+    let hash = masker.user_hash("gone-1");
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'test', NULL)")
+        .bind(vec!["gone-1"])
+        .bind(vec![hash.as_bytes().to_vec()])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 0);
+
+    let written = write_batch(&app.pool, &batch).await.unwrap();
+    assert!(
+        matches!(written, Written::Stale { epoch: e } if e > epoch),
+        "{written:?}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 0);
+
+    // Through the committer, the batch is prepared again and its entries inserted again.
+    committer.commit(&[message]).await.unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+    assert_eq!(app.count(DANGLING).await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
+}
+
+#[tokio::test]
+async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask() {
+    let app = TestApp::spawn().await;
+    let app = Arc::new(app);
+    // Few values shared by many users, so erased users' entries are often about to be used.
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i:02}")).collect();
+    let forgotten: Vec<&str> = users[..5].iter().map(String::as_str).collect();
+    let bodies: Vec<String> = (0..3000)
+        .map(|i| {
+            body(
+                &users[i % users.len()],
+                &format!("10.23.0.{}", i % 7),
+                &format!("230-00-{:04}", i % 11),
+                "RU",
+            )
+        })
+        .collect();
+    let kept = bodies
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % users.len() >= 5)
+        .count() as i64;
+    app.send_many(&bodies).await;
+    let drain = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            app.command(&[
+                "ingest",
+                "--drain",
+                "--summary-json",
+                "--writers",
+                "4",
+                "--batch-messages",
+                "25",
+            ])
+            .output()
+            .await
+            .unwrap()
+        })
+    };
+    // Erase the five users again and again while the drain runs: each erasure deletes the
+    // entries their rows were the last to use, under the writers' feet.
+    let masker = app.transformer().await;
+    let hashes: Vec<Vec<u8>> = forgotten
+        .iter()
+        .map(|u| masker.masker().user_hash(u).as_bytes().to_vec())
+        .collect();
+    let mut erasures = 0;
+    while !drain.is_finished() {
+        sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'beside ingest', NULL)")
+            .bind(&forgotten)
+            .bind(&hashes)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        erasures += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = drain.await.unwrap();
+    assert_exit(&output, 0);
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // Rows committed before an erasure of their user were deleted by it; a last erasure takes
+    // those committed after the one before.
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'after ingest', NULL)")
+        .bind(&forgotten)
+        .bind(&hashes)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        erasures > 1,
+        "the drain ended before any erasure ran beside it"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, kept);
+    assert_eq!(
+        app.count("SELECT count(DISTINCT message_id) FROM user_logins")
+            .await,
+        kept
+    );
+    assert_eq!(app.count(DANGLING).await, 0);
+    let settled = ["written", "forgotten_skipped", "duplicates_skipped"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(settled, bodies.len() as u64, "{summary}");
+    assert_eq!(app.queue_depth().await, 0);
+}
+
+#[tokio::test]
+async fn export_returns_every_row_of_a_user_with_values_on_record() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[
+        body("subject-1", "10.24.0.1", "240-00-0001", "RU"),
+        body("subject-1", "10.24.0.2", "240-00-0001", "PT"),
+        body("other-1", "10.24.0.3", "240-00-0003", "RU"),
+    ])
+    .await;
+    let (_, recoverer) = app.login_user("etl_recoverer").await;
+    let args = [
+        "export",
+        "--user-id",
+        "subject-1",
+        "--reason",
+        "subject access request",
+        "--ticket",
+        "DSAR-4",
+    ];
+    let output = app.etl_as(&recoverer, &args).await;
+    assert_exit(&output, 0);
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut ips: Vec<&str> = rows.iter().map(|r| r["ip"].as_str().unwrap()).collect();
+    ips.sort_unstable();
+    assert_eq!(ips, ["10.24.0.1", "10.24.0.2"]);
+    assert!(rows.iter().all(|r| r["device_id"] == "240-00-0001"));
+    assert!(rows.iter().all(|r| r["user_id"] == "subject-1"));
+    // One audit row per mask: two ips and one device.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM recovery.audit_log WHERE kind = 'recover' \
+             AND reason = 'subject access request' AND ticket = 'DSAR-4'"
+        )
+        .await,
+        3
+    );
+    let mut csv_args = args.to_vec();
+    csv_args.extend(["--format", "csv"]);
+    let output = app.etl_as(&recoverer, &csv_args).await;
+    assert_exit(&output, 0);
+    let csv = String::from_utf8(output.stdout).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "user_id,create_date,device_type,ip,device_id,locale,app_version,masked_ip,\
+             masked_device_id,message_id"
+        )
+    );
+    assert_eq!(lines.count(), 2);
+
+    let none = app
+        .etl_as(
+            &recoverer,
+            &[
+                "export",
+                "--user-id",
+                "nobody",
+                "--reason",
+                "subject access request",
+            ],
+        )
+        .await;
+    assert_exit(&none, 1);
+    let (_, analyst) = app.login_user("etl_analyst").await;
+    assert_exit(&app.etl_as(&analyst, &args).await, 2);
+}
+
+#[tokio::test]
+async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_audit_log() {
+    let app = Arc::new(TestApp::spawn().await);
+    app.ingest(&[
+        body("old-1", "10.25.0.1", "250-00-0001", "RU"),
+        body("old-2", "10.25.0.2", "250-00-0002", "RU"),
+        // Shares old-1's ip, and is recent: that entry stays.
+        body("new-1", "10.25.0.1", "250-00-0003", "RU"),
+        "not json".into(),
+    ])
+    .await;
+    // Age the old rows, their vault entries, the quarantine and the claims.
+    for sql in [
+        "UPDATE user_logins SET create_date = current_date - 40 WHERE user_id LIKE 'old-%'",
+        "UPDATE vault.entries SET first_seen = now() - interval '40 days'",
+        "UPDATE etl.quarantine SET received_at = now() - interval '40 days'",
+        "UPDATE etl.processed_messages SET processed_at = now() - interval '40 days'",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let refused = app.etl(&["retention", "set", "--claims", "7"]).await;
+    assert_exit(&refused, 2);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("14 days"));
+    app.etl_ok(&[
+        "retention",
+        "set",
+        "--logins",
+        "30",
+        "--quarantine",
+        "30",
+        "--claims",
+        "14",
+    ])
+    .await;
+    let shown: Value =
+        serde_json::from_str(&app.etl_ok(&["retention", "show", "--format", "json"]).await)
+            .unwrap();
+    assert_eq!(shown["logins_days"], 30);
+    assert_eq!(shown["claims_days"], 14);
+
+    let dry: Value = serde_json::from_str(
+        &app.etl_ok(&["retention", "apply", "--dry-run", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(dry["user_logins"], 2);
+    assert_eq!(dry["quarantine"], 1);
+    assert_eq!(dry["processed_messages"], 4);
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 3);
+
+    // New messages are ingested while the pass runs.
+    let fresh: Vec<String> = (0..400)
+        .map(|i| body(&format!("fresh-{i}"), "10.25.0.1", "250-00-0002", "RU"))
+        .collect();
+    app.send_many(&fresh).await;
+    let drain = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move { app.drain(&["--batch-messages", "20"]).await.0 })
+    };
+    let audit_before = app.count("SELECT count(*) FROM recovery.audit_log").await;
+    let pass: Value = serde_json::from_str(
+        &app.etl_ok(&["retention", "apply", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    let summary = drain.await.unwrap();
+    assert_eq!(summary["written"], 400);
+    assert_eq!(pass["user_logins"], 2);
+    assert_eq!(pass["quarantine"], 1);
+    assert_eq!(pass["processed_messages"], 4);
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE user_id LIKE 'old-%'")
+            .await,
+        0
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 401);
+    assert_eq!(app.count(DANGLING).await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log").await,
+        audit_before + 1,
+        "the pass appends its figures and deletes no audit row"
+    );
+    app.etl_ok(&["audit", "verify"]).await;
+}
+
+#[tokio::test]
+async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_old_entries() {
+    let app = TestApp::spawn().await;
+    // A rule of the day rejects locale ZZ: those rows are quarantined as database_rejected.
+    sqlx::query("ALTER TABLE user_logins ADD CONSTRAINT no_zz CHECK (locale <> 'ZZ')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.ingest(&[
+        body("r-1", "10.26.0.1", "260-00-0001", "ZZ"),
+        body("r-2", "10.26.0.2", "260-00-0002", "ZZ"),
+        body("r-3", "10.26.0.3", "260-00-0003", "RU"),
+        "not json".into(),
+    ])
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.quarantine WHERE reason = 'database_rejected'")
+            .await,
+        2
+    );
+    // The rule is relaxed.
+    sqlx::query("ALTER TABLE user_logins DROP CONSTRAINT no_zz")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let dry: Value = serde_json::from_str(
+        &app.etl_ok(&["quarantine", "replay", "--dry-run", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(dry["examined"], 3);
+    assert_eq!(dry["written"], 2);
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+
+    let replayed: Value = serde_json::from_str(
+        &app.etl_ok(&[
+            "quarantine",
+            "replay",
+            "--reason-code",
+            "database_rejected",
+            "--format",
+            "json",
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(replayed["written"], 2, "{replayed}");
+    assert_eq!(replayed["still_quarantined"], 0);
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 3);
+    assert_eq!(app.count(DANGLING).await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.processed_messages WHERE outcome = 'written'")
+            .await,
+        3
+    );
+    // Twice: nothing matches, nothing is written again.
+    let again = app
+        .etl(&["quarantine", "replay", "--reason-code", "database_rejected"])
+        .await;
+    assert_exit(&again, 1);
+    let everything: Value = serde_json::from_str(
+        &app.etl_ok(&["quarantine", "replay", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(everything["written"], 0);
+    assert_eq!(
+        everything["still_quarantined"], 1,
+        "the body that is not JSON stays"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 3);
+
+    sqlx::query("UPDATE etl.quarantine SET received_at = now() - interval '10 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let kept = app
+        .etl_ok(&["quarantine", "purge", "--older-than", "30"])
+        .await;
+    assert!(kept.contains("purged 0"), "{kept}");
+    let purged = app
+        .etl_ok(&["quarantine", "purge", "--older-than", "7"])
+        .await;
+    assert!(purged.contains("purged 1"), "{purged}");
+    assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log WHERE kind IN ('quarantine_replay', 'quarantine_purge')")
+            .await,
+        4
+    );
+    app.etl_ok(&["audit", "verify"]).await;
+}
