@@ -16,7 +16,7 @@ use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 pub async fn list(database: &DatabaseArgs, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
     anyhow::ensure!(limit > 0, "--limit must be at least 1");
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let entries = quarantine::list(&pool, limit)
         .await
         .context("reading etl.quarantine (the owner and etl_recoverer may)")?;
@@ -56,13 +56,13 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let pool = super::audit_pool(&args.database)?;
+    let pool = super::audit_pool(&args.database).await?;
     let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
     let rows = recovery::fetch_quarantine(&pool, request_id)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
     let [row] = rows.as_slice() else {
         anyhow::bail!("the quarantine request returned {} rows, not 1", rows.len());
     };
