@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::sqs::SqsProtocol;
 
@@ -551,4 +551,58 @@ pub struct SeedArgs {
     /// Concurrent SendMessageBatch calls.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+}
+
+/// A usage error in at most two lines: clap's first line (a missing option named with its
+/// variable) and where to read more. `None` for `--help` and `--version`, which clap prints.
+pub fn usage_message(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    const MORE: &str = "For more information, try '--help'.";
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => return None,
+        ErrorKind::MissingRequiredArgument => {
+            if let Some(ContextValue::Strings(missing)) = err.get(ContextKind::InvalidArg) {
+                let names: Vec<String> = missing.iter().map(|arg| with_variable(arg)).collect();
+                return Some(format!(
+                    "error: {} is required and not set\n{MORE}",
+                    names.join(", ")
+                ));
+            }
+        }
+        _ => {}
+    }
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim_end)
+        .find(|line| !line.is_empty())
+        .unwrap_or("error: invalid arguments");
+    Some(format!("{first}\n{MORE}"))
+}
+
+/// `--database-url <DATABASE_URL>` as `--database-url / DATABASE_URL`, where the flag has a
+/// variable.
+fn with_variable(arg: &str) -> String {
+    let flag = arg.split_whitespace().next().unwrap_or(arg);
+    let long = flag.trim_start_matches('-');
+    let variable = variable_of(&Cli::command(), long);
+    match variable {
+        Some(variable) => format!("{flag} / {variable}"),
+        None => flag.to_owned(),
+    }
+}
+
+fn variable_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| variable_of(sub, long))
+        })
 }

@@ -21,8 +21,8 @@ pub enum ConfigError {
     QueueUrl,
     #[error("{0}")]
     Recover(&'static str),
-    #[error("line {line} of the mask file is not a mask (64 hexadecimal characters)")]
-    BadMaskLine { line: usize },
+    #[error("{0} is not a mask: a mask is 64 hexadecimal characters, as stored in user_logins")]
+    BadMask(MaskSource),
     #[error("cannot read the mask file: {0}")]
     MaskFile(std::io::Error),
     #[error("{0}")]
@@ -36,6 +36,24 @@ pub enum ConfigError {
         flag: &'static str,
         expected: &'static str,
     },
+}
+
+/// Where a mask given to `etl recover` came from, to name it when it is not a mask (the text
+/// itself is not echoed: a mistyped ip is personal data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskSource {
+    Flag(PiiField),
+    Line(usize),
+}
+
+impl std::fmt::Display for MaskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flag(PiiField::Ip) => f.write_str("the value of --masked-ip"),
+            Self::Flag(PiiField::DeviceId) => f.write_str("the value of --masked-device-id"),
+            Self::Line(line) => write!(f, "line {line} of the mask file"),
+        }
+    }
 }
 
 /// Where the database is.
@@ -281,7 +299,7 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
         };
         let masks = match (mask, &args.from_file) {
             (Some(mask), None) => {
-                vec![normalize_mask(mask).ok_or(ConfigError::BadMaskLine { line: 1 })?]
+                vec![normalize_mask(mask).ok_or(ConfigError::BadMask(MaskSource::Flag(field)))?]
             }
             (None, Some(path)) => read_masks(path)?,
             (Some(_), Some(_)) => {
@@ -364,7 +382,7 @@ fn read_masks(path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
-            normalize_mask(line).ok_or(ConfigError::BadMaskLine { line: index + 1 })
+            normalize_mask(line).ok_or(ConfigError::BadMask(MaskSource::Line(index + 1)))
         })
         .collect()
 }
@@ -469,6 +487,18 @@ mod tests {
         assert_eq!(normalize_mask(&format!(" {mask} ")), Some("ab".repeat(32)));
         assert_eq!(normalize_mask("abc"), None);
         assert_eq!(normalize_mask(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn a_bad_mask_is_named_by_where_it_came_from() {
+        assert_eq!(
+            ConfigError::BadMask(MaskSource::Flag(PiiField::Ip)).to_string(),
+            "the value of --masked-ip is not a mask: a mask is 64 hexadecimal characters, as \
+             stored in user_logins"
+        );
+        assert!(ConfigError::BadMask(MaskSource::Line(3))
+            .to_string()
+            .starts_with("line 3 of the mask file is not a mask"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod commands;
 pub mod configuration;
 pub mod crypto;
 pub mod domain;
+pub mod error;
+pub mod human;
 pub mod pipeline;
 pub mod server;
 pub mod sources;

@@ -11,7 +11,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => match etl::cli::usage_message(&err) {
+            Some(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(2);
+            }
+            None => err.exit(),
+        },
+    };
     etl::telemetry::init(cli.log_format, &cli.log_level);
     #[cfg(target_os = "linux")]
     if let Err(err) = etl::startup::disable_core_dumps() {
@@ -21,7 +30,8 @@ async fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            tracing::debug!(chain = %etl::error::chain(&err), "the error's whole chain");
+            eprintln!("error: {}", etl::error::one_line(&err));
             ExitCode::from(2)
         }
     }

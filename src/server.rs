@@ -14,7 +14,7 @@ use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::adapters::sqs::SqsQueue;
 
@@ -111,7 +111,8 @@ pub async fn start(
         }
     });
     tokio::spawn(refresh_depth(readiness, shutdown));
-    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    // `etl ingest` logs the address once it has started; this is for a start that stalls.
+    debug!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(bound)
 }
 

@@ -5,14 +5,14 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::adapters::kms::{Kms, KmsError, UnwrapError};
-use crate::adapters::postgres::keyring;
+use crate::adapters::postgres::{keyring, DatabaseError};
 use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer};
 use crate::pipeline::Transformer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot read the data keys from the database: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Database(#[from] DatabaseError),
     #[error("no {0} data key exists yet: run `etl keys init --kms-key-id <id>` first")]
     MissingKey(&'static str),
     #[error("the stored quarantine public key (version {0}) is not an X25519 public key")]
@@ -31,9 +31,9 @@ impl StartupError {
     /// for a reason other than a denial or a mismatched key.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Database(err) => crate::adapters::postgres::is_transient(err),
+            Self::Database(err) => err.is_transient(),
             Self::Unwrap(err) => err.is_transient(),
-            Self::UnattestedPublicKey { source, .. } => matches!(source, KmsError::Call { .. }),
+            Self::UnattestedPublicKey { source, .. } => source.is_transient(),
             Self::MissingKey(_) | Self::BadPublicKey(_) => false,
         }
     }
@@ -44,7 +44,8 @@ impl StartupError {
 /// which needs no unwrapping.
 pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, StartupError> {
     let stored = keyring::quarantine_public_key(pool)
-        .await?
+        .await
+        .map_err(DatabaseError::on(pool))?
         .ok_or(StartupError::MissingKey(KeyPurpose::Quarantine.as_str()))?;
     let version = stored.version;
     // Stored in clear, so checked with KMS before anything is sealed to it.
@@ -67,13 +68,14 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, S
     ))
 }
 
-pub async fn unwrap_latest(
+async fn unwrap_latest(
     pool: &PgPool,
     kms: &Kms,
     purpose: KeyPurpose,
 ) -> Result<crate::crypto::DataKey, StartupError> {
     let stored = keyring::latest(pool, purpose)
-        .await?
+        .await
+        .map_err(DatabaseError::on(pool))?
         .ok_or(StartupError::MissingKey(purpose.as_str()))?;
     Ok(kms
         .unwrap_data_key(

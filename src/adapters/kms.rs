@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
+use crate::adapters::aws::unreached_cause;
 use crate::crypto::{DataKey, KeyPurpose};
 
 /// The application name bound into every encryption context.
@@ -27,12 +28,21 @@ pub enum KmsError {
     )]
     InvalidCiphertext { detail: String },
     #[error(
-        "KMS {operation}: the KMS key does not exist in this account and region ({detail}); \
-         check the key id or alias with `aws kms list-aliases`"
+        "KMS key or alias {key} not found in this account and region (KMS {operation}: \
+         {detail}): check the alias with `aws kms list-aliases`, or give the key's id or ARN"
     )]
     NotFound {
         operation: &'static str,
+        key: String,
         detail: String,
+    },
+    #[error(
+        "cannot reach KMS ({operation}): {cause}; check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KMS \
+         and AWS_REGION, and that the endpoint is up"
+    )]
+    Unreachable {
+        operation: &'static str,
+        cause: String,
     },
     #[error("KMS {operation} failed: {detail}")]
     Call {
@@ -63,7 +73,15 @@ impl UnwrapError {
     /// Whether trying again may succeed: a call that failed for a reason other than a denial or
     /// a mismatched key.
     pub fn is_transient(&self) -> bool {
-        matches!(self.source, KmsError::Call { .. })
+        self.source.is_transient()
+    }
+}
+
+impl KmsError {
+    /// Whether trying again may succeed: a call that failed for a reason other than a denial, a
+    /// missing key or a mismatched key.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Call { .. } | Self::Unreachable { .. })
     }
 }
 
@@ -166,7 +184,7 @@ impl Kms {
             .set_encryption_context(Some(encryption_context(purpose, version)))
             .send()
             .await
-            .map_err(|err| call_error(OP, err))?;
+            .map_err(|err| call_error(OP, kms_key_id, err))?;
         let key = data_key(OP, purpose, version, output.plaintext)?;
         let wrapped = WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)?;
         Ok((wrapped, key))
@@ -242,7 +260,7 @@ impl Kms {
             .set_encryption_context(Some(context))
             .send()
             .await
-            .map_err(|err| call_error(OP, err))?;
+            .map_err(|err| call_error(OP, kms_key_id, err))?;
         WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
 
@@ -260,7 +278,7 @@ impl Kms {
             .set_encryption_context(Some(context))
             .send()
             .await
-            .map_err(|err| call_error("Decrypt", err))?;
+            .map_err(|err| call_error("Decrypt", kms_key_id, err))?;
         Ok(output.plaintext)
     }
 
@@ -276,7 +294,7 @@ impl Kms {
             .key_id(kms_key_id)
             .send()
             .await
-            .map_err(|err| call_error(OP, err))?;
+            .map_err(|err| call_error(OP, kms_key_id, err))?;
         let metadata = output.key_metadata.ok_or(KmsError::Incomplete {
             operation: OP,
             what: "key metadata",
@@ -351,7 +369,10 @@ impl Kms {
             .set_destination_encryption_context(Some(context))
             .send()
             .await
-            .map_err(|err| call_error(OP, err))?;
+            .map_err(|err| {
+                let keys = format!("{source_kms_key_id} or {destination_kms_key_id}");
+                call_error(OP, &keys, err)
+            })?;
         WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
     }
 }
@@ -375,24 +396,44 @@ fn data_key(
 }
 
 /// One line for the user: KMS's error code and message when it answered (for example
-/// `NotFoundException: Alias ... is not found.`), else the SDK's short error chain (a connection
-/// refused, a timeout). The SDK's full error, raw response included, goes to the debug log; KMS
-/// replies hold no personal data.
-fn call_error<E>(operation: &'static str, err: E) -> KmsError
+/// `NotFoundException: Alias ... is not found.`), else why it did not (refused, timed out). The
+/// SDK's full error, raw response included, goes to the debug log; KMS replies hold no personal
+/// data.
+fn call_error<E, R>(operation: &'static str, key: &str, err: SdkError<E, R>) -> KmsError
 where
-    E: std::error::Error + ProvideErrorMetadata,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug + 'static,
 {
-    let code = err.code().map(str::to_owned);
     tracing::debug!(operation, error = %DisplayErrorContext(&err), "KMS call failed");
-    let detail = match (&code, err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.clone(),
-        (None, _) => DisplayErrorContext(&err).to_string(),
+    let Some(code) = err.code().map(str::to_owned) else {
+        let timed_out = match &err {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(failure) => failure.is_timeout(),
+            _ => false,
+        };
+        let cause = unreached_cause(&err, timed_out);
+        return match err {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+                KmsError::Unreachable { operation, cause }
+            }
+            _ => KmsError::Call {
+                operation,
+                detail: cause,
+            },
+        };
     };
-    match code.as_deref() {
-        Some("AccessDeniedException") => KmsError::Denied { operation, detail },
-        Some("NotFoundException") => KmsError::NotFound { operation, detail },
-        Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+    let detail = match err.message() {
+        Some(message) => format!("{code}: {message}"),
+        None => code.clone(),
+    };
+    match code.as_str() {
+        "AccessDeniedException" => KmsError::Denied { operation, detail },
+        "NotFoundException" => KmsError::NotFound {
+            operation,
+            key: key.to_owned(),
+            detail,
+        },
+        "InvalidCiphertextException" | "IncorrectKeyException" => {
             KmsError::InvalidCiphertext { detail }
         }
         _ => KmsError::Call { operation, detail },

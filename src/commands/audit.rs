@@ -16,7 +16,7 @@ pub async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Re
         }
         None => ChainVerifier::default(),
     };
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     audit::verify(&pool, &mut verifier)
         .await
         .context("reading recovery.audit_log (the owner and etl_auditor may)")?;
@@ -52,7 +52,7 @@ fn parse_anchor(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
 }
 
 pub async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let (id, hash) = audit::head(&pool)
         .await
         .context("reading the audit chain head")?

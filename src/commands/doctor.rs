@@ -113,7 +113,7 @@ async fn database(report: &mut Report, url: Option<&str>) -> Option<(PgPool, PgC
             report.check(
                 "database reachable",
                 Err((
-                    postgres::describe_connect_error(&err, &options),
+                    postgres::DatabaseError::new(err, &options).to_string(),
                     "check host, port, credentials, sslmode and sslrootcert, and that the server runs"
                         .into(),
                 )),

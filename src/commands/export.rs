@@ -46,10 +46,12 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
     let user_id = args.user_id.trim();
     anyhow::ensure!(!user_id.is_empty(), "--user-id must not be empty");
     let settings = DatabaseSettings::try_from(&args.database)?;
-    let pool = postgres::pool(postgres::read_committed(settings.options), 1);
+    let options = postgres::read_committed(settings.options);
+    postgres::check_connection(&options).await?;
+    let pool = postgres::pool(options, 1);
     let rows = lifecycle::subject_rows(&pool, user_id)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
     if rows.is_empty() {
         eprintln!("not found: user_logins has no row of this user");
         return Ok(Outcome::Negative);

@@ -12,11 +12,11 @@ use serde::Serialize;
 use super::Outcome;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
-use crate::adapters::postgres::{self, lifecycle};
+use crate::adapters::postgres::{self, keyring, lifecycle};
 use crate::cli::{ForgetArgs, OutputFormat};
 use crate::configuration::ForgetSettings;
 use crate::crypto::{KeyPurpose, Masker, UserHash};
-use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 /// Users per transaction: each costs a few index probes; the epoch lock (which holds ingest's
 /// commits back) is held for one chunk at a time.
@@ -31,17 +31,20 @@ pub enum ForgetError {
     NotPrivacy,
     #[error("the erasure waited too long for ingest's open transactions; try again")]
     Busy,
-    #[error("database error during the erasure: {0}")]
-    Database(sqlx::Error),
+    #[error("no mask data key exists yet: run `etl keys init --kms-key-id <id>` first")]
+    NoMaskKey,
+    #[error("during the erasure: {0}")]
+    Database(#[source] postgres::DatabaseError),
 }
 
-fn database_error(err: sqlx::Error) -> ForgetError {
-    match &err {
+/// The conversion of the erasure's database errors on `pool`.
+fn database_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> ForgetError + '_ {
+    move |err| match &err {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
             ForgetError::NotPrivacy
         }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => ForgetError::Busy,
-        _ => ForgetError::Database(err),
+        _ => ForgetError::Database(postgres::DatabaseError::on(pool)(err)),
     }
 }
 
@@ -63,18 +66,23 @@ struct Totals {
 
 pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
     let settings = ForgetSettings::try_from(args)?;
-    let pool = postgres::pool(
-        postgres::read_committed(settings.database.options.clone()),
-        1,
-    );
+    let options = postgres::read_committed(settings.database.options.clone());
+    postgres::check_connection(&options).await?;
+    let pool = postgres::pool(options, 1);
+    // Read here rather than through `startup`, so a missing role is named as such.
+    let stored = keyring::latest(&pool, KeyPurpose::Mask)
+        .await
+        .map_err(database_error(&pool))?
+        .ok_or(ForgetError::NoMaskKey)?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let masker = Masker::new(
-        &startup::unwrap_latest(&pool, &kms, KeyPurpose::Mask)
-            .await
-            .map_err(|err| match err {
-                startup::StartupError::Database(err) => database_error(err).into(),
-                other => anyhow::Error::from(other),
-            })?,
+        &kms.unwrap_data_key(
+            &stored.kms_key_id,
+            KeyPurpose::Mask,
+            stored.version,
+            &stored.wrapped_key,
+        )
+        .await?,
     );
     let mut results = Vec::with_capacity(settings.users.len());
     for chunk in settings.users.chunks(CHUNK) {
@@ -91,7 +99,7 @@ pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
             settings.dry_run,
         )
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
         anyhow::ensure!(
             erased.len() == chunk.len(),
             "the erasure returned {} results for {} users",

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres;
-use crate::adapters::sqs::SqsQueue;
+use crate::adapters::sqs::{SqsProtocol, SqsQueue};
 use crate::cli::IngestArgs;
 use crate::configuration::{IngestSettings, IngestSource};
 use crate::pipeline::batcher::BatchLimits;
@@ -37,11 +37,9 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     );
     let summary = match &settings.source {
         IngestSource::Queue(url) => {
-            let (queue, protocol) = SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol)
-                .await
-                .context("cannot reach the queue")?;
-            info!(protocol = protocol.as_str(), "SQS protocol");
-            from_queue(&settings, args, &sdk, pool, queue).await?
+            let (queue, protocol) =
+                SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol).await?;
+            from_queue(&settings, args, &sdk, pool, (queue, protocol)).await?
         }
         IngestSource::File(path) => from_file(&settings, &sdk, pool, path).await?,
     };
@@ -100,17 +98,21 @@ async fn from_queue(
     args: &IngestArgs,
     sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
-    queue: SqsQueue,
+    (queue, protocol): (SqsQueue, SqsProtocol),
 ) -> anyhow::Result<Summary> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // The endpoint comes up before the keys load, so /healthz answers during startup.
     let readiness = Readiness::new(pool.clone(), queue.clone());
-    server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
+    let metrics_addr =
+        server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
     let transformer = load_keys(&pool, sdk).await?;
     readiness.keys_loaded();
 
+    // Logged once the keys are loaded: a run that cannot start prints its error line alone.
     info!(
+        protocol = protocol.as_str(),
+        %metrics_addr,
         receivers = settings.receivers,
         writers = settings.writers,
         batch_messages = settings.batch_messages,

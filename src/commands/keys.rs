@@ -2,7 +2,7 @@ use anyhow::Context;
 
 use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
-use crate::adapters::postgres::keyring;
+use crate::adapters::postgres::{keyring, DatabaseError};
 use crate::cli::{DatabaseArgs, OutputFormat, PurposeArg};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -19,13 +19,14 @@ pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<(
         !kms_key_id.is_empty(),
         "--kms-key-id / ETL_KMS_KEY_ID is empty"
     );
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut created = 0;
     for purpose in KeyPurpose::ALL {
         let name = purpose.as_str();
         if let Some(existing) = keyring::latest(&pool, purpose)
             .await
+            .map_err(DatabaseError::on(&pool))
             .context("reading keyring.data_keys")?
         {
             println!(
@@ -93,6 +94,7 @@ async fn create_key(
             }),
     )
     .await
+    .map_err(DatabaseError::on(pool))
     .context("storing the wrapped data key")?;
     Ok((stored, wrapped))
 }
@@ -116,9 +118,10 @@ pub async fn rotate(
          would split every ip and device_id into two unrelated masks. See SECURITY.md, \"Rotation\", \
          for what to do instead"
     );
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let current = keyring::latest(&pool, purpose)
         .await
+        .map_err(DatabaseError::on(&pool))
         .context("reading keyring.data_keys")?
         .ok_or_else(|| anyhow::anyhow!("no {name} key exists yet: run `etl keys init` first"))?;
     let kms_key_id = kms_key_id
@@ -143,10 +146,11 @@ pub async fn rotate(
 pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(!kms_key_id.is_empty(), "--kms-key-id is empty");
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let keys = keyring::list(&pool)
         .await
+        .map_err(DatabaseError::on(&pool))
         .context("reading keyring.data_keys")?;
     anyhow::ensure!(
         !keys.is_empty(),
@@ -200,6 +204,7 @@ pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result
             attestation.as_deref(),
         )
         .await
+        .map_err(DatabaseError::on(&pool))
         .context("storing the re-wrapped key")?;
         println!(
             "{} key version {}: now wrapped by {}",
@@ -219,9 +224,10 @@ struct KeyInfo<'a> {
 
 /// Versions, purposes, KMS keys and creation times; never key material.
 pub async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let keys = keyring::list(&pool)
         .await
+        .map_err(DatabaseError::on(&pool))
         .context("reading keyring.data_keys")?;
     let infos: Vec<KeyInfo> = keys
         .iter()

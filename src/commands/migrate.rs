@@ -1,19 +1,23 @@
 use anyhow::Context;
+use sqlx::migrate::MigrateError;
 
-use crate::adapters::postgres::{self, MIGRATOR};
+use crate::adapters::postgres::{DatabaseError, MIGRATOR};
 use crate::cli::DatabaseArgs;
 
 pub async fn run(database: &DatabaseArgs) -> anyhow::Result<()> {
-    let pool = super::pool(database)?;
-    // Connect first, so a refused or unverified connection is reported as such in one line, not
-    // as a failed migration.
-    pool.acquire().await.map(drop).map_err(|err| {
-        anyhow::anyhow!(postgres::describe_connect_error(
-            &err,
-            &pool.connect_options()
-        ))
-    })?;
-    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    // The pool has connected first, so a refused or unverified connection is reported as such in
+    // one line, not as a failed migration.
+    let pool = super::pool(database).await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|err| match err {
+            MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _) => {
+                anyhow::Error::new(DatabaseError::on(&pool)(source))
+            }
+            other => anyhow::Error::new(other),
+        })
+        .context("applying migrations")?;
     println!(
         "schema is up to date ({} migrations)",
         MIGRATOR.iter().count()

@@ -81,16 +81,23 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 
 /// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the
 /// server's default, which the append trigger requires.
-fn audit_pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
+async fn audit_pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
     let settings = DatabaseSettings::try_from(database)?;
-    Ok(postgres::pool(
-        postgres::read_committed(settings.options),
-        1,
-    ))
+    checked_pool(postgres::read_committed(settings.options), 1).await
 }
 
 /// A small pool for one-shot commands.
-fn pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
+async fn pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
     let settings = DatabaseSettings::try_from(database)?;
-    Ok(postgres::pool(settings.options, 2))
+    checked_pool(settings.options, 2).await
+}
+
+/// A pool whose server has just accepted a connection: a one-shot command that cannot connect
+/// fails at once, with the cause in words.
+async fn checked_pool(
+    options: sqlx::postgres::PgConnectOptions,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    postgres::check_connection(&options).await?;
+    Ok(postgres::pool(options, max_connections))
 }

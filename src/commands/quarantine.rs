@@ -22,7 +22,7 @@ use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
 
 pub async fn list(database: &DatabaseArgs, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
     anyhow::ensure!(limit > 0, "--limit must be at least 1");
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let entries = quarantine::list(&pool, limit)
         .await
         .context("reading etl.quarantine (the owner and etl_recoverer may)")?;
@@ -62,13 +62,13 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let pool = super::audit_pool(&args.database)?;
+    let pool = super::audit_pool(&args.database).await?;
     let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
     let rows = recovery::fetch_quarantine(&pool, request_id)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(&pool))?;
     let [row] = rows.as_slice() else {
         anyhow::bail!("the quarantine request returned {} rows, not 1", rows.len());
     };
@@ -154,7 +154,7 @@ struct Replayed {
 /// replay claim, which deletes each one's quarantine row in the same transaction as its row: a
 /// second replay, or two at once, write nothing twice.
 pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
-    let pool = super::audit_pool(&args.database)?;
+    let pool = super::audit_pool(&args.database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let committer = if args.dry_run {
         None
@@ -325,7 +325,7 @@ impl<'a> Openers<'a> {
 
 /// `etl quarantine purge --older-than DAYS`.
 pub async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyhow::Result<()> {
-    let pool = super::audit_pool(database)?;
+    let pool = super::audit_pool(database).await?;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(older_than));
     let expired = lifecycle::count_expired(&pool, Expiring::Quarantine, cutoff)
         .await

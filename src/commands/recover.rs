@@ -40,8 +40,8 @@ pub enum RecoverError {
     Busy,
     #[error("the recovery policy refused the request: {0} (recorded in the audit log)")]
     Refused(String),
-    #[error("database error during recovery: {0}")]
-    Database(sqlx::Error),
+    #[error("during recovery: {0}")]
+    Database(#[source] postgres::DatabaseError),
     #[error(transparent)]
     Unwrap(#[from] crate::adapters::kms::UnwrapError),
     #[error("vault entry for mask {mask} does not open: {source}")]
@@ -53,8 +53,9 @@ pub enum RecoverError {
     MissingKey { mask: String },
 }
 
-pub(super) fn database_error(err: sqlx::Error) -> RecoverError {
-    match &err {
+/// The conversion of the recovery functions' errors on `pool`.
+pub(super) fn database_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '_ {
+    move |err| match &err {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
             RecoverError::NotRecoverer
         }
@@ -64,7 +65,7 @@ pub(super) fn database_error(err: sqlx::Error) -> RecoverError {
             RecoverError::NotCommitted
         }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RecoverError::Busy,
-        _ => RecoverError::Database(err),
+        _ => RecoverError::Database(postgres::DatabaseError::on(pool)(err)),
     }
 }
 
@@ -81,10 +82,9 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
         return policy(command).await.map(|()| Outcome::Success);
     }
     let settings = RecoverSettings::try_from(args)?;
-    let pool = postgres::pool(
-        postgres::read_committed(settings.database.options.clone()),
-        1,
-    );
+    let options = postgres::read_committed(settings.database.options.clone());
+    postgres::check_connection(&options).await?;
+    let pool = postgres::pool(options, 1);
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let results = recover_masks(
         &pool,
@@ -116,10 +116,10 @@ pub(super) async fn recover_masks(
 ) -> anyhow::Result<Vec<Recovered>> {
     let request_id = recovery::request(pool, field, masks, reason, ticket)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(pool))?;
     let rows = recovery::fetch(pool, request_id)
         .await
-        .map_err(database_error)?;
+        .map_err(database_error(pool))?;
     if let Some(refused) = rows.iter().find(|row| row.outcome == "refused") {
         return Err(RecoverError::Refused(refused.detail.clone().unwrap_or_default()).into());
     }
@@ -196,7 +196,7 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Set { database, .. } => (database, OutputFormat::Text),
         PolicyCommand::Show { database, format } => (database, *format),
     };
-    let pool = super::audit_pool(database)?;
+    let pool = super::audit_pool(database).await?;
     let policy = match command {
         PolicyCommand::Set {
             require_ticket,

@@ -34,7 +34,7 @@ pub async fn run(command: &RetentionCommand) -> anyhow::Result<()> {
             claims,
         } => set(database, *logins, *quarantine, *claims).await,
         RetentionCommand::Show { database, format } => {
-            let pool = super::pool(database)?;
+            let pool = super::pool(database).await?;
             let settings = lifecycle::retention(&pool)
                 .await
                 .context("reading etl.retention (the schema owner may)")?;
@@ -74,7 +74,7 @@ async fn set(
             })
             .transpose()
     };
-    let pool = super::pool(database)?;
+    let pool = super::pool(database).await?;
     let settings = lifecycle::set_retention(&pool, days(logins)?, days(quarantine)?, days(claims)?)
         .await
         .map_err(|err| match &err {
@@ -116,7 +116,7 @@ struct Pass {
 }
 
 async fn apply(database: &DatabaseArgs, dry_run: bool, format: OutputFormat) -> anyhow::Result<()> {
-    let pool = super::audit_pool(database)?;
+    let pool = super::audit_pool(database).await?;
     let settings = lifecycle::retention(&pool)
         .await
         .context("reading etl.retention (the schema owner may)")?;

@@ -253,7 +253,10 @@ impl std::fmt::Display for Summary {
             }
         }
         lines.extend([
-            ("elapsed".into(), format!("{:.2} s", self.elapsed_seconds)),
+            (
+                "elapsed".into(),
+                crate::human::duration(Duration::from_secs_f64(self.elapsed_seconds.max(0.0))),
+            ),
             (
                 "rate".into(),
                 format!("{:.0} msg/s", self.messages_per_second),

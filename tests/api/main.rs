@@ -11,6 +11,7 @@ mod hostile;
 mod ingest;
 mod keys_and_schema;
 mod lifecycle;
+mod misconfiguration;
 mod privacy;
 mod privileges;
 mod quarantine;

@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod copy;
+mod error;
 pub mod file_batches;
 pub mod keyring;
 pub mod lifecycle;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
+
+pub use error::{describe_unlocated, DatabaseError};
 
 /// The migrations in `migrations/`, embedded so `etl migrate` needs no files at run time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -99,88 +102,6 @@ pub fn ssl_mode_name(mode: PgSslMode) -> &'static str {
     }
 }
 
-/// A failure to connect, in one line that names the server and the cause but never the URL (it
-/// may hold a password).
-pub fn describe_connect_error(err: &sqlx::Error, options: &PgConnectOptions) -> String {
-    let host = options.get_host();
-    let socket = match options.get_socket() {
-        Some(dir) => Some(dir.display().to_string()),
-        None => host.starts_with('/').then(|| host.to_owned()),
-    };
-    let server = match &socket {
-        Some(dir) => format!("the socket in {dir}"),
-        None => format!("{host}:{}", options.get_port()),
-    };
-    if let Some(tls) = rustls_error(err) {
-        return format!(
-            "TLS handshake with {server} failed: {}",
-            describe_tls_error(tls, host)
-        );
-    }
-    match err {
-        // sqlx's only words for the server's 'N' answer to the SSLRequest.
-        sqlx::Error::Tls(inner) if inner.to_string() == "server does not support TLS" => format!(
-            "TLS with {server} failed: the server does not support TLS but sslmode={}",
-            ssl_mode_name(options.get_ssl_mode())
-        ),
-        sqlx::Error::Tls(inner) => format!("TLS setup for {server} failed: {inner}"),
-        sqlx::Error::Configuration(inner) => {
-            format!("cannot connect to {server}: unusable TLS options: {inner}")
-        }
-        // Over TCP, only reading sslrootcert, sslcert or sslkey can find no file.
-        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound && socket.is_none() => {
-            format!("cannot read sslrootcert, sslcert or sslkey: {io}")
-        }
-        sqlx::Error::Io(io) => format!("cannot connect to {server}: {io}"),
-        sqlx::Error::Database(db) => format!("{server} refused the connection: {}", db.message()),
-        sqlx::Error::PoolTimedOut => {
-            format!("cannot connect to {server}: timed out (refused or unreachable)")
-        }
-        other => format!("cannot connect to {server}: {other}"),
-    }
-}
-
-/// The rustls error behind a failed handshake: sqlx passes it on inside an I/O error.
-fn rustls_error(err: &sqlx::Error) -> Option<&rustls::Error> {
-    match err {
-        sqlx::Error::Io(io) => io.get_ref()?.downcast_ref(),
-        sqlx::Error::Tls(inner) => inner.downcast_ref(),
-        _ => None,
-    }
-}
-
-fn describe_tls_error(err: &rustls::Error, host: &str) -> String {
-    use rustls::{AlertDescription as Alert, CertificateError as Cert};
-    match err {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            Cert::UnknownIssuer => "the server certificate is not signed by a CA in sslrootcert \
-                or the built-in roots (UnknownIssuer)"
-                .to_owned(),
-            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => format!(
-                "the server certificate is not valid for the host name {host} (NotValidForName)"
-            ),
-            Cert::Expired | Cert::ExpiredContext { .. } => {
-                "the server certificate has expired (Expired)".to_owned()
-            }
-            Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
-                "the server certificate is not valid yet (NotValidYet)".to_owned()
-            }
-            Cert::Revoked => "the server certificate has been revoked (Revoked)".to_owned(),
-            other => format!("the server certificate was rejected: {other}"),
-        },
-        rustls::Error::AlertReceived(
-            alert @ (Alert::BadCertificate
-            | Alert::UnsupportedCertificate
-            | Alert::CertificateRevoked
-            | Alert::CertificateExpired
-            | Alert::CertificateUnknown
-            | Alert::UnknownCA
-            | Alert::CertificateRequired),
-        ) => format!("the server rejected the client certificate of sslcert/sslkey ({alert:?})"),
-        other => other.to_string(),
-    }
-}
-
 /// Sessions that append to the audit log run READ COMMITTED whatever the server's or role's
 /// default: the append trigger refuses other isolation levels.
 pub fn read_committed(options: PgConnectOptions) -> PgConnectOptions {
@@ -197,13 +118,33 @@ pub fn pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// How long a one-shot command waits for its first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects once, for a one-shot command to fail at once with the cause in words. The pool would
+/// retry a refused connection until its timeout and then report only that it timed out.
+pub async fn check_connection(options: &PgConnectOptions) -> Result<(), DatabaseError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => {
+            // The check is done; a failure to say goodbye changes nothing.
+            let _ = sqlx::Connection::close(connection).await;
+            Ok(())
+        }
+        Ok(Err(err)) => Err(DatabaseError::new(err, options)),
+        Err(_) => Err(DatabaseError::new(
+            sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+            options,
+        )),
+    }
+}
+
 /// Whether retrying the same statement may succeed: lost connections, pool exhaustion, and the
 /// SQLSTATEs of serialization failure, deadlock, admin shutdown and connection exceptions. A
 /// failed TLS handshake (a certificate problem) is not: it fails the same way until someone fixes
 /// the configuration.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) => rustls_error(err).is_none(),
+        sqlx::Error::Io(_) => error::rustls_error(err).is_none(),
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             matches!(
@@ -320,56 +261,5 @@ mod tests {
     fn url_errors_do_not_echo_the_url() {
         let err = connect_options("postgres://u:hunter2@host:99999/etl").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
-    }
-
-    fn tls_failure(err: rustls::Error) -> sqlx::Error {
-        sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, err))
-    }
-
-    #[test]
-    fn certificate_problems_are_named_without_the_url() {
-        let options =
-            connect_options("postgres://u:hunter2@127.0.0.1:5432/etl?sslmode=verify-full").unwrap();
-        let cases = [
-            (
-                rustls::CertificateError::UnknownIssuer,
-                "not signed by a CA in sslrootcert",
-            ),
-            (
-                rustls::CertificateError::NotValidForName,
-                "not valid for the host name 127.0.0.1",
-            ),
-            (rustls::CertificateError::Expired, "has expired (Expired)"),
-            (rustls::CertificateError::NotValidYet, "not valid yet"),
-        ];
-        for (problem, words) in cases {
-            let text = describe_connect_error(
-                &tls_failure(rustls::Error::InvalidCertificate(problem)),
-                &options,
-            );
-            assert!(
-                text.starts_with("TLS handshake with 127.0.0.1:5432 failed: "),
-                "{text}"
-            );
-            assert!(text.contains(words), "{text}");
-            assert!(
-                !text.contains("hunter2") && !text.contains("postgres://"),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_server_without_tls_is_named_with_the_mode() {
-        let options =
-            connect_options("postgres://u:hunter2@127.0.0.1:5432/etl?sslmode=require").unwrap();
-        let text = describe_connect_error(
-            &sqlx::Error::Tls("server does not support TLS".into()),
-            &options,
-        );
-        assert_eq!(
-            text,
-            "TLS with 127.0.0.1:5432 failed: the server does not support TLS but sslmode=require"
-        );
     }
 }

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
+
+use crate::adapters::aws::unreached_cause;
 
 use super::{
     BatchFailures, QueueDepth, Receipt, ReceivedMessage, SqsError, MAX_BATCH,
@@ -45,7 +47,7 @@ impl JsonQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|err| call_error("ReceiveMessage", err))?;
+            .map_err(|err| call_error(&self.queue_url, "ReceiveMessage", err))?;
         Ok(output
             .messages
             .unwrap_or_default()
@@ -80,7 +82,7 @@ impl JsonQueue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| call_error("DeleteMessageBatch", err))?;
+            .map_err(|err| build_error("DeleteMessageBatch", err))?;
         let output = self
             .client
             .delete_message_batch()
@@ -88,7 +90,7 @@ impl JsonQueue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|err| call_error("DeleteMessageBatch", err))?;
+            .map_err(|err| call_error(&self.queue_url, "DeleteMessageBatch", err))?;
         for failed in output.failed {
             failures.add(receipts, &failed.id, failed.sender_fault);
         }
@@ -116,7 +118,7 @@ impl JsonQueue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| call_error("ChangeMessageVisibilityBatch", err))?;
+            .map_err(|err| build_error("ChangeMessageVisibilityBatch", err))?;
         let output = self
             .client
             .change_message_visibility_batch()
@@ -124,7 +126,7 @@ impl JsonQueue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|err| call_error("ChangeMessageVisibilityBatch", err))?;
+            .map_err(|err| call_error(&self.queue_url, "ChangeMessageVisibilityBatch", err))?;
         for failed in output.failed {
             failures.add(receipts, &failed.id, failed.sender_fault);
         }
@@ -140,7 +142,7 @@ impl JsonQueue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
-            .map_err(|err| call_error("GetQueueAttributes", err))?;
+            .map_err(|err| call_error(&self.queue_url, "GetQueueAttributes", err))?;
         let attributes = output.attributes.unwrap_or_default();
         let count = |name: &QueueAttributeName| {
             attributes
@@ -165,7 +167,7 @@ impl JsonQueue {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| call_error("SendMessageBatch", err))?;
+            .map_err(|err| build_error("SendMessageBatch", err))?;
         let output = self
             .client
             .send_message_batch()
@@ -173,16 +175,39 @@ impl JsonQueue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|err| call_error("SendMessageBatch", err))?;
+            .map_err(|err| call_error(&self.queue_url, "SendMessageBatch", err))?;
         Ok(output.failed.len())
     }
 }
 
-/// SDK errors describe the service's answer (code, message, request id); they never contain
-/// message bodies, which are only in requests we build.
-fn call_error<E: std::error::Error>(operation: &'static str, err: E) -> SqsError {
+/// One line for the user: SQS's error code, classified, when it answered; else why it did not
+/// (refused, timed out). The SDK's full error, raw response included, goes to the debug log;
+/// SQS's error replies describe the request, never a message body.
+fn call_error<E, R>(queue_url: &str, operation: &'static str, err: SdkError<E, R>) -> SqsError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    tracing::debug!(operation, error = %DisplayErrorContext(&err), "SQS call failed");
+    if let Some(code) = err.code() {
+        return SqsError::answered(queue_url, operation, code, err.message());
+    }
+    match &err {
+        SdkError::TimeoutError(_) => SqsError::unreachable(queue_url, "timed out"),
+        SdkError::DispatchFailure(failure) => {
+            SqsError::unreachable(queue_url, unreached_cause(&err, failure.is_timeout()))
+        }
+        _ => SqsError::Call {
+            operation,
+            detail: unreached_cause(&err, false),
+        },
+    }
+}
+
+/// A request the SDK would not build (a missing required field).
+fn build_error(operation: &'static str, err: aws_sdk_sqs::error::BuildError) -> SqsError {
     SqsError::Call {
         operation,
-        detail: DisplayErrorContext(err).to_string(),
+        detail: err.to_string(),
     }
 }

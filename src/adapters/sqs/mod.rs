@@ -20,13 +20,132 @@ pub const MAX_VISIBILITY_SECONDS: u64 = 43_200;
 /// SQS's longest long-poll wait.
 pub const MAX_WAIT_SECONDS: u8 = 20;
 
+/// An SQS failure in one line: the cause in words, the queue by name, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SqsError {
+    #[error(
+        "the queue {queue} does not exist: create it, or correct --queue-url / ETL_QUEUE_URL \
+         (SQS {operation}: {code})"
+    )]
+    QueueDoesNotExist {
+        operation: &'static str,
+        queue: String,
+        code: String,
+    },
+    #[error(
+        "SQS denied {operation} on the queue {queue}: this AWS identity needs sqs:{operation} on \
+         it ({code})"
+    )]
+    AccessDenied {
+        operation: &'static str,
+        queue: String,
+        code: String,
+    },
+    #[error(
+        "SQS did not accept the AWS credentials ({code}): check AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or the profile"
+    )]
+    Credentials { code: String },
+    #[error(
+        "cannot reach SQS at {endpoint}: {cause}; check --queue-url / ETL_QUEUE_URL and \
+         AWS_ENDPOINT_URL, and that the endpoint is up"
+    )]
+    Unreachable { endpoint: String, cause: String },
+    #[error(
+        "the endpoint of the queue {queue} answered neither SQS protocol (AWS JSON: {json}; \
+         Query: {query}): check --queue-url and AWS_ENDPOINT_URL, or give --sqs-protocol"
+    )]
+    NoProtocol {
+        queue: String,
+        json: String,
+        query: String,
+    },
     #[error("SQS {operation} failed: {detail}")]
     Call {
         operation: &'static str,
         detail: String,
     },
+}
+
+impl SqsError {
+    /// The error for SQS's answer `code` (and `message`) to `operation` on `queue_url`.
+    pub(crate) fn answered(
+        queue_url: &str,
+        operation: &'static str,
+        code: &str,
+        message: Option<&str>,
+    ) -> Self {
+        let queue = queue_name(queue_url);
+        let code = code.to_owned();
+        match code.as_str() {
+            "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
+                Self::QueueDoesNotExist {
+                    operation,
+                    queue,
+                    code,
+                }
+            }
+            "AccessDenied" | "AccessDeniedException" => Self::AccessDenied {
+                operation,
+                queue,
+                code,
+            },
+            "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken"
+            | "ExpiredToken" => Self::Credentials { code },
+            _ => Self::Call {
+                operation,
+                detail: match message {
+                    Some(message) => format!("{code}: {message}"),
+                    None => code,
+                },
+            },
+        }
+    }
+
+    /// The error for a request that got no answer from the endpoint of `queue_url`.
+    pub(crate) fn unreachable(queue_url: &str, cause: impl Into<String>) -> Self {
+        Self::Unreachable {
+            endpoint: endpoint_of(queue_url),
+            cause: cause.into(),
+        }
+    }
+
+    /// An answer that no other protocol would change: the queue is missing, or access is denied.
+    fn is_definitive(&self) -> bool {
+        matches!(
+            self,
+            Self::QueueDoesNotExist { .. } | Self::AccessDenied { .. } | Self::Credentials { .. }
+        )
+    }
+}
+
+/// The queue's name: the last segment of its URL.
+fn queue_name(queue_url: &str) -> String {
+    queue_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(queue_url)
+        .to_owned()
+}
+
+/// `scheme://host:port` of a queue URL.
+fn endpoint_of(queue_url: &str) -> String {
+    match url::Url::parse(queue_url) {
+        Ok(url) => format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port()
+                .map(|port| format!(":{port}"))
+                .unwrap_or_default()
+        ),
+        Err(_) => queue_url.to_owned(),
+    }
 }
 
 /// One received message. `Debug` omits the body.
@@ -178,14 +297,24 @@ impl SqsQueue {
                 let json = Self::json(config, queue_url);
                 let json_error = match json.depth().await {
                     Ok(_) => return Ok((json, SqsProtocol::Json)),
+                    // The endpoint spoke AWS JSON and said no: Query would say the same.
+                    Err(err) if err.is_definitive() => return Err(err),
                     Err(err) => err,
                 };
                 let query = Self::Query(QueryQueue::new(config, queue_url)?);
                 match query.depth().await {
                     Ok(_) => Ok((query, SqsProtocol::Query)),
-                    Err(query_error) => Err(SqsError::Call {
-                        operation: "GetQueueAttributes",
-                        detail: format!("neither protocol answered; AWS JSON: {json_error}; Query: {query_error}"),
+                    Err(query_error) if query_error.is_definitive() => Err(query_error),
+                    // Nothing answered at all: one protocol's words say it.
+                    Err(SqsError::Unreachable { .. })
+                        if matches!(json_error, SqsError::Unreachable { .. }) =>
+                    {
+                        Err(json_error)
+                    }
+                    Err(query_error) => Err(SqsError::NoProtocol {
+                        queue: queue_name(queue_url),
+                        json: json_error.to_string(),
+                        query: query_error.to_string(),
                     }),
                 }
             }
@@ -244,5 +373,45 @@ impl SqsQueue {
             Self::Json(queue) => queue.send_batch(bodies).await,
             Self::Query(queue) => queue.send_batch(bodies).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:4566/000000000000/login-queue";
+
+    #[test]
+    fn answers_are_classified_and_name_the_queue() {
+        let missing = SqsError::answered(
+            URL,
+            "GetQueueAttributes",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            Some("The specified queue does not exist."),
+        );
+        assert!(missing.is_definitive());
+        assert!(missing
+            .to_string()
+            .starts_with("the queue login-queue does not exist: create it"));
+        let denied = SqsError::answered(URL, "ReceiveMessage", "AccessDenied", None);
+        assert!(denied.is_definitive());
+        assert!(denied.to_string().contains("needs sqs:ReceiveMessage"));
+        let other = SqsError::answered(URL, "ReceiveMessage", "InternalError", Some("boom"));
+        assert!(!other.is_definitive());
+        assert_eq!(
+            other.to_string(),
+            "SQS ReceiveMessage failed: InternalError: boom"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_named_without_the_path() {
+        let err = SqsError::unreachable(URL, "connection refused");
+        assert_eq!(
+            err.to_string(),
+            "cannot reach SQS at http://127.0.0.1:4566: connection refused; check --queue-url / \
+             ETL_QUEUE_URL and AWS_ENDPOINT_URL, and that the endpoint is up"
+        );
     }
 }

@@ -5,12 +5,13 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressStyle;
+use indicatif::{ProgressState, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::adapters::sqs::SqsQueue;
+use crate::human;
 use crate::pipeline::Stats;
 
 const BAR_INTERVAL: Duration = Duration::from_millis(500);
@@ -22,9 +23,23 @@ pub async fn report(stats: Arc<Stats>, queue: SqsQueue, done: CancellationToken)
     let span = info_span!("drain", indicatif.pb_show = tracing::field::Empty);
     if on_terminal {
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} messages, {per_sec}, eta {eta}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} messages, {rate}, eta {left}",
         ) {
-            span.pb_set_style(&style);
+            span.pb_set_style(
+                &style
+                    .with_key(
+                        "rate",
+                        |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                            let _ = out.write_str(&human::rate(state.per_sec()));
+                        },
+                    )
+                    .with_key(
+                        "left",
+                        |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                            let _ = out.write_str(&human::duration(state.eta()));
+                        },
+                    ),
+            );
         }
     }
     let started = Instant::now();
@@ -48,7 +63,7 @@ pub async fn report(stats: Arc<Stats>, queue: SqsQueue, done: CancellationToken)
                 span.pb_set_position(settled);
             } else {
                 let rate = settled as f64 / started.elapsed().as_secs_f64().max(0.001);
-                info!(settled, remaining = ?remaining, rate = format!("{rate:.0}/s"), "progress");
+                info!(settled, remaining = ?remaining, rate = human::rate(rate), "progress");
             }
         }
     };

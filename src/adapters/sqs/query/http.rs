@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{sigv4, xml::describe_error, QueryQueue, SqsError};
+use super::{sigv4, xml::error_reply, QueryQueue, SqsError};
+use crate::adapters::aws::unreached_cause;
 
 const API_VERSION: &str = "2012-11-05";
 /// Beyond the long-poll wait, how long one HTTP exchange may take.
@@ -33,22 +34,35 @@ impl QueryQueue {
             .body(body)
             .send()
             .await
-            .map_err(|err| SqsError::Call {
-                operation: action,
-                detail: format!("request failed: {}", without_url(&err)),
-            })?;
+            .map_err(|err| self.transport_error(action, &err))?;
         let status = response.status();
-        let text = response.text().await.map_err(|err| SqsError::Call {
-            operation: action,
-            detail: format!("reading the reply failed: {}", without_url(&err)),
-        })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|err| self.transport_error(action, &err))?;
         if status.is_success() {
-            Ok(text)
-        } else {
-            Err(SqsError::Call {
+            return Ok(text);
+        }
+        Err(match error_reply(&text) {
+            (Some(code), message) => {
+                SqsError::answered(&self.queue_url, action, &code, message.as_deref())
+            }
+            (None, _) => SqsError::Call {
                 operation: action,
-                detail: describe_error(status.as_u16(), &text),
-            })
+                detail: format!("HTTP {status}"),
+            },
+        })
+    }
+
+    /// A request that got no answer, or no whole answer.
+    fn transport_error(&self, action: &'static str, err: &reqwest::Error) -> SqsError {
+        if err.is_timeout() || err.is_connect() {
+            SqsError::unreachable(&self.queue_url, unreached_cause(err, err.is_timeout()))
+        } else {
+            SqsError::Call {
+                operation: action,
+                detail: without_url(err),
+            }
         }
     }
 }

@@ -14,19 +14,15 @@ pub(super) fn malformed(operation: &'static str, detail: String) -> SqsError {
 
 /// `<ErrorResponse><Error><Code>..</Code><Message>..</Message>`: code and message of an SQS error.
 /// Error replies describe the request's problem, never a message body.
-pub(super) fn describe_error(status: u16, xml: &str) -> String {
+pub(super) fn error_reply(xml: &str) -> (Option<String>, Option<String>) {
     let elements = parse_elements(xml).unwrap_or_default();
     let find = |name: &str| {
         elements
             .iter()
             .find(|e| e.ends_with(&["Error", name]))
-            .map(|e| e.text.as_str())
+            .map(|e| e.text.clone())
     };
-    match (find("Code"), find("Message")) {
-        (Some(code), Some(message)) => format!("HTTP {status}: {code}: {message}"),
-        (Some(code), None) => format!("HTTP {status}: {code}"),
-        _ => format!("HTTP {status}"),
-    }
+    (find("Code"), find("Message"))
 }
 
 /// A closed element: the local names from the root to it, and its own text, unescaped.
@@ -199,10 +195,13 @@ mod tests {
     fn reads_error_replies_and_batch_failures() {
         let xml = r#"<ErrorResponse><Error><Type>Sender</Type><Code>AWS.SimpleQueueService.NonExistentQueue</Code><Message>The specified queue does not exist.</Message></Error></ErrorResponse>"#;
         assert_eq!(
-            describe_error(400, xml),
-            "HTTP 400: AWS.SimpleQueueService.NonExistentQueue: The specified queue does not exist."
+            error_reply(xml),
+            (
+                Some("AWS.SimpleQueueService.NonExistentQueue".to_owned()),
+                Some("The specified queue does not exist.".to_owned())
+            )
         );
-        assert_eq!(describe_error(500, "not xml <"), "HTTP 500");
+        assert_eq!(error_reply("not xml <"), (None, None));
         let elements = parse_elements(r#"<R><Result><BatchResultErrorEntry><Id>1</Id><SenderFault>true</SenderFault><Code>ReceiptHandleIsInvalid</Code></BatchResultErrorEntry></Result></R>"#).unwrap();
         assert_eq!(
             elements

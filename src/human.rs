@@ -1,0 +1,48 @@
+//! Rates and durations as people read them on a terminal: `834/s`, `1.2 s`, `3 min 5 s`.
+
+use std::time::Duration;
+
+/// A rate per second, rounded to a whole number: `834/s`.
+pub fn rate(per_second: f64) -> String {
+    format!("{:.0}/s", per_second.max(0.0))
+}
+
+/// A duration in the largest unit that keeps it readable: `340 ms`, `1.2 s`, `42 s`,
+/// `3 min 5 s`, `2 h 10 min`.
+pub fn duration(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds < 1.0 {
+        format!("{:.0} ms", seconds * 1000.0)
+    } else if seconds < 10.0 {
+        format!("{seconds:.1} s")
+    } else if seconds < 60.0 {
+        format!("{seconds:.0} s")
+    } else {
+        let whole = seconds.round() as u64;
+        if whole < 3600 {
+            format!("{} min {} s", whole / 60, whole % 60)
+        } else {
+            format!("{} h {} min", whole / 3600, whole % 3600 / 60)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_whole_numbers_per_second() {
+        assert_eq!(rate(834.048), "834/s");
+        assert_eq!(rate(0.4), "0/s");
+    }
+
+    #[test]
+    fn durations_take_a_readable_unit() {
+        assert_eq!(duration(Duration::from_millis(340)), "340 ms");
+        assert_eq!(duration(Duration::from_millis(1_234)), "1.2 s");
+        assert_eq!(duration(Duration::from_millis(42_400)), "42 s");
+        assert_eq!(duration(Duration::from_secs(185)), "3 min 5 s");
+        assert_eq!(duration(Duration::from_secs(7_800)), "2 h 10 min");
+    }
+}

@@ -1,0 +1,252 @@
+//! The mistakes a new user makes, one row each: every one ends with exit code 2 and at most two
+//! lines on stderr that say the cause in words and what to do, without a password or personal
+//! data. README's troubleshooting table lists the same messages.
+
+use crate::helpers::{socket_addr_of, TestApp};
+
+/// Values that must never reach stderr: what the rows pass as masks is personal data.
+const PERSONAL_DATA: [&str; 2] = ["10.20.30.40", "555-12-3456"];
+
+struct Row {
+    case: &'static str,
+    args: Vec<String>,
+    /// Variables set over the app's (`DATABASE_URL`, `ETL_QUEUE_URL`); `None` unsets one.
+    env: Vec<(&'static str, Option<String>)>,
+    /// Each must appear on stderr.
+    words: Vec<String>,
+    /// A password the row's URL holds, which must not appear.
+    password: Option<&'static str>,
+}
+
+fn row(case: &'static str, args: &[&str], words: &[&str]) -> Row {
+    Row {
+        case,
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        env: Vec::new(),
+        words: words.iter().map(|word| word.to_string()).collect(),
+        password: None,
+    }
+}
+
+impl Row {
+    fn env(mut self, name: &'static str, value: Option<String>) -> Self {
+        self.env.push((name, value));
+        self
+    }
+
+    fn password(mut self, password: &'static str) -> Self {
+        self.password = Some(password);
+        self
+    }
+}
+
+/// `url` with its user and password, or its database, replaced.
+fn url_with(url: &str, credentials: Option<&str>, database: Option<&str>) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user_info, host_and_db) = rest.split_once('@').unwrap();
+    let (server, db) = host_and_db.split_once('/').unwrap();
+    format!(
+        "{scheme}://{}@{server}/{}",
+        credentials.unwrap_or(user_info),
+        database.unwrap_or(db)
+    )
+}
+
+#[tokio::test]
+async fn each_misconfiguration_gets_one_clear_line_and_exit_code_2() {
+    let app = TestApp::spawn().await;
+    let unmigrated = TestApp::spawn_bare().await;
+    let keyless = TestApp::spawn_bare().await;
+    keyless.etl_ok(&["migrate"]).await;
+
+    let server = socket_addr_of(&app.database_url);
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let missing_database = format!("etl_missing_{}", uuid::Uuid::new_v4().simple());
+    let missing_queue = format!("etl-missing-{}", uuid::Uuid::new_v4().simple());
+    let missing_queue_url = format!(
+        "{}/{missing_queue}",
+        app.queue_url.rsplit_once('/').unwrap().0
+    );
+    let missing_alias = format!("alias/etl-missing-{}", uuid::Uuid::new_v4().simple());
+    let (analyst, _) = app.login_user("etl_analyst").await;
+    sqlx::query(&format!(
+        "ALTER ROLE {analyst} PASSWORD 'analyst-secret-7f3a'"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mask_file = std::env::temp_dir().join(format!("etl-masks-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&mask_file, format!("{}\n555-12-3456\n", "ab".repeat(32))).unwrap();
+    let mask_file = mask_file.display().to_string();
+
+    let rows = vec![
+        row(
+            "missing variable",
+            &["migrate"],
+            &["--database-url / DATABASE_URL is required and not set"],
+        )
+        .env("DATABASE_URL", None),
+        row(
+            "invalid database URL",
+            &["migrate"],
+            &["--database-url / DATABASE_URL is not a valid PostgreSQL URL"],
+        )
+        .env(
+            "DATABASE_URL",
+            Some("mysql://etl:mysql-secret-91c2@db.example.com/etl".into()),
+        )
+        .password("mysql-secret-91c2"),
+        row(
+            "invalid queue URL",
+            &["ingest", "--drain"],
+            &["--queue-url / ETL_QUEUE_URL must be an http(s) URL of an SQS queue"],
+        )
+        .env("ETL_QUEUE_URL", Some("login-queue".into())),
+        row(
+            "unreachable database",
+            &["migrate"],
+            &[
+                &format!("cannot connect to 127.0.0.1:{closed_port}: connection refused"),
+                "check the host and port in DATABASE_URL",
+            ],
+        )
+        .env(
+            "DATABASE_URL",
+            Some(format!(
+                "postgres://etl:closed-secret-4b1d@127.0.0.1:{closed_port}/etl"
+            )),
+        )
+        .password("closed-secret-4b1d"),
+        row(
+            "wrong database name",
+            &["migrate"],
+            &[&format!(
+                "database \"{missing_database}\" on {server} does not exist: create it"
+            )],
+        )
+        .env(
+            "DATABASE_URL",
+            Some(url_with(&app.database_url, None, Some(&missing_database))),
+        ),
+        row(
+            "wrong password",
+            &["migrate"],
+            &[
+                "authentication failed for user \"postgres\"",
+                "check the user name and password in DATABASE_URL",
+            ],
+        )
+        .env(
+            "DATABASE_URL",
+            Some(url_with(
+                &app.database_url,
+                Some("postgres:wrong-secret-d2e8"),
+                None,
+            )),
+        )
+        .password("wrong-secret-d2e8"),
+        row(
+            "missing queue",
+            &["ingest", "--drain"],
+            &[&format!(
+                "the queue {missing_queue} does not exist: create it"
+            )],
+        )
+        .env("ETL_QUEUE_URL", Some(missing_queue_url)),
+        row(
+            "unmigrated database",
+            &["ingest", "--drain"],
+            &["is not migrated", "run `etl migrate`"],
+        )
+        .env("DATABASE_URL", Some(unmigrated.database_url.clone())),
+        row(
+            "missing data keys",
+            &["ingest", "--drain"],
+            &["no quarantine data key exists yet", "etl keys init"],
+        )
+        .env("DATABASE_URL", Some(keyless.database_url.clone())),
+        row(
+            "missing KMS alias",
+            &["keys", "init", "--kms-key-id", &missing_alias],
+            &[
+                &format!("KMS key or alias {missing_alias} not found"),
+                "aws kms list-aliases",
+            ],
+        )
+        .env("DATABASE_URL", Some(keyless.database_url.clone())),
+        row(
+            "wrong role",
+            &["ingest", "--drain"],
+            &[
+                "permission denied for schema keyring",
+                &format!("the database user \"{analyst}\" lacks the role this command needs"),
+            ],
+        )
+        .env(
+            "DATABASE_URL",
+            Some(url_with(
+                &app.database_url,
+                Some(&format!("{analyst}:analyst-secret-7f3a")),
+                None,
+            )),
+        )
+        .password("analyst-secret-7f3a"),
+        row(
+            "bad mask on the command line",
+            &["recover", "--masked-ip", "10.20.30.40", "--reason", "r"],
+            &["the value of --masked-ip is not a mask"],
+        ),
+        row(
+            "bad mask in the file",
+            &[
+                "recover",
+                "--masked-device-id",
+                "--from-file",
+                &mask_file,
+                "--reason",
+                "r",
+            ],
+            &["line 2 of the mask file is not a mask"],
+        ),
+    ];
+
+    for row in rows {
+        let args: Vec<&str> = row.args.iter().map(String::as_str).collect();
+        let mut command = app.command(&args);
+        for (name, value) in &row.env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let output = command.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let case = row.case;
+        assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+        assert!(
+            stderr.lines().count() <= 2,
+            "{case}: more than two lines:\n{stderr}"
+        );
+        for word in &row.words {
+            assert!(
+                stderr.contains(word.as_str()),
+                "{case}: no {word:?} in:\n{stderr}"
+            );
+        }
+        // No URL with its credentials (`user:password@host`).
+        assert!(!stderr.contains('@'), "{case}: credentials in:\n{stderr}");
+        if let Some(password) = row.password {
+            assert!(
+                !stderr.contains(password),
+                "{case}: the password in:\n{stderr}"
+            );
+        }
+        for value in PERSONAL_DATA {
+            assert!(!stderr.contains(value), "{case}: {value} in:\n{stderr}");
+        }
+    }
+    std::fs::remove_file(&mask_file).unwrap();
+}
