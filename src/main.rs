@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(etl::cli::arguments());
     etl::telemetry::init(cli.log_format, &cli.log_level);
     #[cfg(target_os = "linux")]
     if let Err(err) = etl::startup::disable_core_dumps() {

@@ -4,6 +4,7 @@ mod audit;
 mod doctor;
 mod ingest;
 mod keys;
+mod lambda;
 mod migrate;
 mod quarantine;
 mod recover;
@@ -54,6 +55,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             keys::list(&database, format).await
         }
         Command::Ingest(args) => ingest::run(&args).await,
+        Command::Lambda(args) => lambda::run(&args).await,
         Command::Quarantine(QuarantineCommand::List {
             database,
             format,
