@@ -1,6 +1,7 @@
 //! Raw command-line flags. `configuration` turns them into validated settings.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
@@ -28,6 +29,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line; run as `bootstrap`, the name a Lambda custom runtime starts without
+/// arguments, it reads as `etl lambda` (followed by any arguments given).
+pub fn arguments() -> Vec<OsString> {
+    with_bootstrap_as_lambda(std::env::args_os().collect())
+}
+
+fn with_bootstrap_as_lambda(mut args: Vec<OsString>) -> Vec<OsString> {
+    let program = args.first().and_then(|arg| Path::new(arg).file_name());
+    if program.is_some_and(|name| name == "bootstrap") {
+        args.insert(1, "lambda".into());
+    }
+    args
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -49,6 +64,11 @@ pub enum Command {
     Keys(KeysCommand),
     /// Consume the queue into `user_logins`, the vault and quarantine.
     Ingest(IngestArgs),
+    /// Run as an AWS Lambda function behind an SQS event source mapping: each event's messages
+    /// go through the same validation, masking, vault and quarantine as `ingest`, committed as
+    /// one transaction; what could not be committed is returned in `batchItemFailures`. A binary
+    /// named `bootstrap` (the custom runtime's entry point) runs this command.
+    Lambda(LambdaArgs),
     /// Recover the original value of a mask (for members of etl_recoverer; every call is audited),
     /// or show and set the recovery policy (`etl recover policy`).
     Recover(RecoverArgs),
@@ -315,6 +335,24 @@ pub struct IngestArgs {
     /// Database connections [default: writers + 2].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct LambdaArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// After this many receives (the record's ApproximateReceiveCount), a message that still
+    /// cannot be written is quarantined instead of failed again. Keep it below the
+    /// maxReceiveCount of the queue's redrive policy.
+    #[arg(long, env = "ETL_MAX_RECEIVES", default_value_t = 10)]
+    pub max_receives: i32,
+
+    /// Database connections of one function instance. An instance handles one event at a time,
+    /// which needs one connection; at high concurrency put a connection proxy (RDS Proxy,
+    /// PgBouncer) in front of PostgreSQL.
+    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS", default_value_t = 2)]
+    pub db_max_connections: u32,
 }
 
 #[derive(Debug, Args)]
@@ -605,4 +643,28 @@ fn variable_of(command: &clap::Command, long: &str) -> Option<String> {
                 .get_subcommands()
                 .find_map(|sub| variable_of(sub, long))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Cli {
+        Cli::parse_from(with_bootstrap_as_lambda(
+            args.iter().map(OsString::from).collect(),
+        ))
+    }
+
+    #[test]
+    fn bootstrap_runs_the_lambda_command() {
+        let cli = parsed(&["/var/task/bootstrap", "--database-url", "postgres://h/db"]);
+        assert!(matches!(cli.command, Command::Lambda(_)), "{cli:?}");
+        let cli = parsed(&[
+            "target/release/etl",
+            "migrate",
+            "--database-url",
+            "postgres://h/db",
+        ]);
+        assert!(matches!(cli.command, Command::Migrate(_)), "{cli:?}");
+    }
 }

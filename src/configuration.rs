@@ -8,7 +8,8 @@ use sqlx::postgres::PgConnectOptions;
 use crate::adapters::postgres;
 use crate::adapters::sqs::{MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::cli::{
-    DatabaseArgs, ForgetArgs, IngestArgs, OutputFormat, RecoverArgs, SeedArgs, ShapeArgs,
+    DatabaseArgs, ForgetArgs, IngestArgs, LambdaArgs, OutputFormat, RecoverArgs, SeedArgs,
+    ShapeArgs,
 };
 use crate::domain::PiiField;
 
@@ -232,6 +233,40 @@ fn in_range(
         Ok(())
     } else {
         Err(ConfigError::OutOfRange { flag, expected })
+    }
+}
+
+/// What `etl lambda` runs with.
+#[derive(Debug, Clone)]
+pub struct LambdaSettings {
+    pub database: DatabaseSettings,
+    pub max_receives: i32,
+    pub db_max_connections: u32,
+}
+
+impl TryFrom<&LambdaArgs> for LambdaSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &LambdaArgs) -> Result<Self, ConfigError> {
+        if args.max_receives < 1 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-receives",
+                expected: "at least 1",
+            });
+        }
+        // One event at a time per instance: more connections only hold server slots that
+        // hundreds of concurrent instances would exhaust.
+        if !(1..=8).contains(&args.db_max_connections) {
+            return Err(ConfigError::OutOfRange {
+                flag: "--db-max-connections",
+                expected: "between 1 and 8 for `etl lambda`",
+            });
+        }
+        Ok(Self {
+            database: DatabaseSettings::try_from(&args.database)?,
+            max_receives: args.max_receives,
+            db_max_connections: args.db_max_connections,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(etl::cli::arguments()) {
         Ok(cli) => cli,
         Err(err) => match etl::cli::usage_message(&err) {
             Some(message) => {

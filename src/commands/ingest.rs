@@ -64,7 +64,9 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load_keys(
+/// Unwraps the keys (retrying transient failures) and logs the audit chain head; `ingest` and
+/// `lambda` start alike.
+pub(super) async fn load_keys(
     pool: &sqlx::PgPool,
     sdk: &aws_config::SdkConfig,
 ) -> anyhow::Result<Arc<Transformer>> {

@@ -6,6 +6,7 @@ mod export;
 mod forget;
 mod ingest;
 mod keys;
+mod lambda;
 mod migrate;
 mod quarantine;
 mod recover;
@@ -68,6 +69,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             keys::list(&database, format).await
         }
         Command::Ingest(args) => ingest::run(&args).await,
+        Command::Lambda(args) => lambda::run(&args).await,
         Command::Quarantine(QuarantineCommand::List {
             database,
             format,

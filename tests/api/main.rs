@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod keys_and_schema;
+mod lambda;
 mod lifecycle;
 mod misconfiguration;
 mod privacy;
