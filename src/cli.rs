@@ -509,6 +509,10 @@ pub enum RetentionCommand {
         /// Output format of the summary.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// How much the pass yields to a running ingest: after each chunk it waits this many
+        /// times as long as the chunk took (as gh-ost's --nice-ratio). 0 runs flat out.
+        #[arg(long, value_name = "RATIO", default_value_t = 5.0)]
+        nice_ratio: f64,
     },
 }
 

@@ -19,9 +19,10 @@ use crate::cli::{DatabaseArgs, OutputFormat, RetentionCommand};
 
 /// Rows per delete statement: a few tens of milliseconds of work each.
 const ROW_CHUNK: i64 = 10_000;
-/// Vault keys per sweep transaction; one index probe each, under the vault epoch's lock, and one
-/// epoch change (which makes ingest drop its cache of known masks) per chunk that deletes any.
-const VAULT_CHUNK: i64 = 50_000;
+/// Vault keys per sweep transaction: one index probe each, under the vault epoch's lock (which
+/// holds ingest's commits back), and one epoch change (which makes ingest drop its cache of known
+/// masks) per chunk that deletes any.
+const VAULT_CHUNK: i64 = 5_000;
 /// SQS keeps a message at most 14 days: a claim must outlive any redelivery of it.
 const MIN_CLAIMS_DAYS: u32 = 14;
 
@@ -44,7 +45,14 @@ pub async fn run(command: &RetentionCommand) -> anyhow::Result<()> {
             database,
             dry_run,
             format,
-        } => apply(database, *dry_run, *format).await,
+            nice_ratio,
+        } => {
+            anyhow::ensure!(
+                (0.0..=100.0).contains(nice_ratio),
+                "--nice-ratio must be between 0 and 100"
+            );
+            apply(database, *dry_run, *format, Pace(*nice_ratio)).await
+        }
     }
 }
 
@@ -115,7 +123,24 @@ struct Pass {
     elapsed_seconds: f64,
 }
 
-async fn apply(database: &DatabaseArgs, dry_run: bool, format: OutputFormat) -> anyhow::Result<()> {
+/// How much a pass yields to ingest: after each chunk that took `t`, it waits `ratio × t`.
+#[derive(Clone, Copy)]
+struct Pace(f64);
+
+impl Pace {
+    async fn after(self, chunk: Instant) {
+        if self.0 > 0.0 {
+            tokio::time::sleep(chunk.elapsed().mul_f64(self.0)).await;
+        }
+    }
+}
+
+async fn apply(
+    database: &DatabaseArgs,
+    dry_run: bool,
+    format: OutputFormat,
+    pace: Pace,
+) -> anyhow::Result<()> {
     let pool = super::audit_pool(database).await?;
     let settings = lifecycle::retention(&pool)
         .await
@@ -134,16 +159,18 @@ async fn apply(database: &DatabaseArgs, dry_run: bool, format: OutputFormat) -> 
             .date_naive()
             .and_time(chrono::NaiveTime::MIN)
             .and_utc();
-        pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run).await?;
-        pass.vault_entries = sweep_vault(&pool, dry_run).await?;
+        pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run, pace).await?;
+        pass.vault_entries = sweep_vault(&pool, dry_run, pace).await?;
     }
     if let Some(cutoff) = cutoff(settings.quarantine_days) {
-        pass.quarantine = delete_expired(&pool, Expiring::Quarantine, cutoff, dry_run).await?;
+        pass.quarantine =
+            delete_expired(&pool, Expiring::Quarantine, cutoff, dry_run, pace).await?;
     }
     if let Some(cutoff) = cutoff(settings.claims_days) {
         pass.processed_messages =
-            delete_expired(&pool, Expiring::MessageClaims, cutoff, dry_run).await?;
-        pass.file_batches = delete_expired(&pool, Expiring::FileClaims, cutoff, dry_run).await?;
+            delete_expired(&pool, Expiring::MessageClaims, cutoff, dry_run, pace).await?;
+        pass.file_batches =
+            delete_expired(&pool, Expiring::FileClaims, cutoff, dry_run, pace).await?;
     }
     pass.elapsed_seconds = started.elapsed().as_secs_f64();
     let figures = format!(
@@ -200,6 +227,7 @@ async fn delete_expired(
     what: Expiring,
     cutoff: chrono::DateTime<Utc>,
     dry_run: bool,
+    pace: Pace,
 ) -> anyhow::Result<u64> {
     let expired = lifecycle::count_expired(pool, what, cutoff)
         .await
@@ -213,6 +241,7 @@ async fn delete_expired(
     let _shown = span.enter();
     let mut deleted = 0;
     loop {
+        let chunk = Instant::now();
         let n = lifecycle::delete_expired_chunk(pool, what, cutoff, ROW_CHUNK)
             .await
             .with_context(|| format!("deleting expired rows of {}", what.name()))?;
@@ -221,16 +250,18 @@ async fn delete_expired(
         if n < ROW_CHUNK as u64 {
             return Ok(deleted);
         }
+        pace.after(chunk).await;
     }
 }
 
-async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool) -> anyhow::Result<u64> {
+async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool, pace: Pace) -> anyhow::Result<u64> {
     let size = lifecycle::vault_size(pool).await.unwrap_or(0);
     let span = progress("vault.entries", u64::try_from(size).unwrap_or(0));
     let _shown = span.enter();
     let mut after = None;
     let mut gone = 0;
     loop {
+        let chunk = Instant::now();
         let (n, next) = lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, dry_run)
             .await
             .context("deleting vault entries no row refers to")?;
@@ -239,6 +270,9 @@ async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool) -> anyhow::Result<u64> 
         match next {
             Some(key) => after = Some(key),
             None => return Ok(gone),
+        }
+        if !dry_run {
+            pace.after(chunk).await;
         }
     }
 }
