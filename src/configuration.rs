@@ -365,12 +365,7 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             masks,
             bulk: args.from_file.is_some(),
             reason: reason.to_owned(),
-            ticket: args
-                .ticket
-                .as_deref()
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
+            ticket: ticket(args.ticket.as_deref()),
             format: args.format,
         })
     }
@@ -408,11 +403,7 @@ fn normalize_mask(text: &str) -> Option<String> {
 }
 
 fn read_masks(path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
-    let text = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(ConfigError::MaskFile)?
-    } else {
-        std::fs::read_to_string(path).map_err(ConfigError::MaskFile)?
-    };
+    let text = read_input(path).map_err(ConfigError::MaskFile)?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -480,16 +471,18 @@ impl TryFrom<&ForgetArgs> for ForgetSettings {
             database: DatabaseSettings::try_from(&args.database)?,
             users,
             reason: reason.to_owned(),
-            ticket: args
-                .ticket
-                .as_deref()
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
+            ticket: ticket(args.ticket.as_deref()),
             dry_run: args.dry_run,
             format: args.format,
         })
     }
+}
+
+/// A ticket reference as recorded in the audit log: trimmed, and none when blank.
+pub fn ticket(raw: Option<&str>) -> Option<String> {
+    raw.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// A user id as given, without surrounding whitespace; never echoed in an error.
@@ -504,6 +497,7 @@ fn given_user(text: &str, source: String) -> Result<GivenUser, ConfigError> {
     })
 }
 
+/// A file, or stdin for `-`.
 fn read_input(path: &std::path::Path) -> std::io::Result<String> {
     if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())

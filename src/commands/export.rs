@@ -13,7 +13,7 @@ use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, lifecycle};
 use crate::cli::{ExportArgs, ExportFormat};
-use crate::configuration::DatabaseSettings;
+use crate::configuration::{self, DatabaseSettings};
 use crate::domain::PiiField;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
@@ -38,11 +38,7 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
         !reason.is_empty(),
         "--reason must say why; it is recorded with every mask opened"
     );
-    let ticket = args
-        .ticket
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let ticket = configuration::ticket(args.ticket.as_deref());
     let user_id = args.user_id.trim();
     anyhow::ensure!(!user_id.is_empty(), "--user-id must not be empty");
     let settings = DatabaseSettings::try_from(&args.database)?;
@@ -70,7 +66,9 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
             continue;
         }
         let masks: Vec<String> = masks.into_iter().map(str::to_owned).collect();
-        for recovered in recover_masks(&pool, &kms, field, &masks, reason, ticket).await? {
+        for recovered in
+            recover_masks(&pool, &kms, field, &masks, reason, ticket.as_deref()).await?
+        {
             if let Some(value) = recovered.value {
                 values.insert((field, recovered.mask), value);
             }

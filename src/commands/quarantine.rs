@@ -57,13 +57,9 @@ pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
     );
     let message_id = args.message_id.trim().to_owned();
     anyhow::ensure!(!message_id.is_empty(), "give the quarantined message's id");
-    let ticket = args
-        .ticket
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let ticket = crate::configuration::ticket(args.ticket.as_deref());
     let pool = super::audit_pool(&args.database).await?;
-    let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket)
+    let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket.as_deref())
         .await
         .map_err(database_error(&pool))?;
     let rows = recovery::fetch_quarantine(&pool, request_id)
