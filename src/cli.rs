@@ -513,6 +513,10 @@ pub enum RetentionCommand {
         /// times as long as the chunk took (as gh-ost's --nice-ratio). 0 runs flat out.
         #[arg(long, value_name = "RATIO", default_value_t = 5.0)]
         nice_ratio: f64,
+        /// Also write the pass's figures to this file in the Prometheus text format, for
+        /// node_exporter's textfile collector (written whole, then renamed into place).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
 }
 

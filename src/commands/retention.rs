@@ -46,12 +46,18 @@ pub async fn run(command: &RetentionCommand) -> anyhow::Result<()> {
             dry_run,
             format,
             nice_ratio,
+            metrics_file,
         } => {
             anyhow::ensure!(
                 (0.0..=100.0).contains(nice_ratio),
                 "--nice-ratio must be between 0 and 100"
             );
-            apply(database, *dry_run, *format, Pace(*nice_ratio)).await
+            let pass = apply(database, *dry_run, *format, Pace(*nice_ratio)).await?;
+            match metrics_file {
+                Some(path) if !dry_run => write_metrics(path, &pass)
+                    .with_context(|| format!("writing {}", path.display())),
+                _ => Ok(()),
+            }
         }
     }
 }
@@ -140,7 +146,7 @@ async fn apply(
     dry_run: bool,
     format: OutputFormat,
     pace: Pace,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Pass> {
     let pool = super::audit_pool(database).await?;
     let settings = lifecycle::retention(&pool)
         .await
@@ -205,7 +211,41 @@ async fn apply(
             );
         }
     }
-    Ok(())
+    Ok(pass)
+}
+
+/// The pass's figures as node_exporter's textfile collector reads them: gauges of the last pass,
+/// so an alert can fire when it stops running (`time() - etl_retention_last_success_timestamp_seconds`).
+fn write_metrics(path: &std::path::Path, pass: &Pass) -> std::io::Result<()> {
+    let mut text = String::from(
+        "# HELP etl_retention_deleted_rows Rows the last retention pass deleted, by table.\n\
+         # TYPE etl_retention_deleted_rows gauge\n",
+    );
+    for (table, rows) in [
+        ("user_logins", pass.user_logins),
+        ("vault.entries", pass.vault_entries),
+        ("etl.quarantine", pass.quarantine),
+        ("etl.processed_messages", pass.processed_messages),
+        ("etl.file_batches", pass.file_batches),
+    ] {
+        text.push_str(&format!(
+            "etl_retention_deleted_rows{{table=\"{table}\"}} {rows}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP etl_retention_duration_seconds How long the last retention pass took.\n\
+         # TYPE etl_retention_duration_seconds gauge\n\
+         etl_retention_duration_seconds {}\n\
+         # HELP etl_retention_last_success_timestamp_seconds When the last retention pass ended.\n\
+         # TYPE etl_retention_last_success_timestamp_seconds gauge\n\
+         etl_retention_last_success_timestamp_seconds {}\n",
+        pass.elapsed_seconds,
+        Utc::now().timestamp()
+    ));
+    // The collector may read at any moment: never a half-written file.
+    let partial = path.with_extension("prom.partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// A progress bar on a terminal (a log line per table elsewhere).

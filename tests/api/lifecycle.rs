@@ -543,11 +543,26 @@ async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_au
         tokio::spawn(async move { app.drain(&["--batch-messages", "20"]).await.0 })
     };
     let audit_before = app.count("SELECT count(*) FROM recovery.audit_log").await;
+    let metrics = std::env::temp_dir().join(format!("etl-retention-{}.prom", uuid::Uuid::new_v4()));
     let pass: Value = serde_json::from_str(
-        &app.etl_ok(&["retention", "apply", "--format", "json"])
-            .await,
+        &app.etl_ok(&[
+            "retention",
+            "apply",
+            "--format",
+            "json",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ])
+        .await,
     )
     .unwrap();
+    let exposition = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    assert!(
+        exposition.contains("etl_retention_deleted_rows{table=\"user_logins\"} 2\n"),
+        "{exposition}"
+    );
+    assert!(exposition.contains("etl_retention_last_success_timestamp_seconds "));
     let summary = drain.await.unwrap();
     assert_eq!(summary["written"], 400);
     assert_eq!(pass["user_logins"], 2);
