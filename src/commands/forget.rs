@@ -69,8 +69,13 @@ pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
-    // Read here rather than through `startup`, so a missing role is named as such.
-    let stored = keyring::latest(&pool, KeyPurpose::Mask)
+    // Read here rather than through `startup`, so a missing role is named as such. The active
+    // version, not the newest: a pending version masks nothing yet.
+    let active = keyring::active_mask_version(&pool)
+        .await
+        .map_err(database_error(&pool))?
+        .ok_or(ForgetError::NoMaskKey)?;
+    let stored = keyring::version(&pool, KeyPurpose::Mask, active)
         .await
         .map_err(database_error(&pool))?
         .ok_or(ForgetError::NoMaskKey)?;
