@@ -409,3 +409,102 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     );
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1100);
 }
+
+#[tokio::test]
+async fn a_reseal_beside_ingest_and_recover_opens_every_value_at_every_moment() {
+    let app = Arc::new(TestApp::spawn().await);
+    let line = |i: usize| {
+        body(
+            &format!("u-{i}"),
+            &format!("10.43.{}.{}", i / 256, i % 256),
+            &format!("430-00-{i:04}"),
+        )
+    };
+    let input = write_input(&(0..1500).map(line).collect::<Vec<_>>());
+    app.etl_ok(&["ingest", "--from-file", input.to_str().unwrap()])
+        .await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
+    // The first masks in the vault's order: the re-seal moves them first, while they are asked for.
+    let sample: Vec<(String, String)> = sqlx::query_as(
+        "SELECT u.masked_ip, u.user_id FROM user_logins u ORDER BY u.masked_ip LIMIT 6",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let masks_file = std::env::temp_dir().join(format!("masks-{}.txt", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &masks_file,
+        sample
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let expected: String = sample
+        .iter()
+        .map(|(mask, user)| {
+            let i: usize = user.trim_start_matches("u-").parse().unwrap();
+            format!("{mask}\t10.43.{}.{}\n", i / 256, i % 256)
+        })
+        .collect();
+
+    let reseal = app
+        .command(&["keys", "reseal", "--batch", "2", "--format", "json"])
+        .output();
+    let more = write_input(&(1500..2000).map(line).collect::<Vec<_>>());
+    let backfill = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            app.etl(&["ingest", "--from-file", more.to_str().unwrap()])
+                .await
+        })
+    };
+    let (_, url) = app.login_user("etl_recoverer").await;
+    let recover = async {
+        let mut opened = 0;
+        while app
+            .count("SELECT count(*) FROM vault.entries WHERE vault_key_version = 1")
+            .await
+            > 0
+        {
+            let output = app
+                .etl_as(
+                    &url,
+                    &[
+                        "recover",
+                        "--masked-ip",
+                        "--from-file",
+                        masks_file.to_str().unwrap(),
+                        "--reason",
+                        "during a re-seal",
+                    ],
+                )
+                .await;
+            assert_exit(&output, 0);
+            assert_eq!(String::from_utf8(output.stdout).unwrap(), expected);
+            opened += 1;
+        }
+        opened
+    };
+    let (resealed, opened) = tokio::join!(reseal, recover);
+    let resealed = resealed.unwrap();
+    assert_exit(&resealed, 0);
+    assert!(opened > 0, "no recovery ran during the re-seal");
+    assert_exit(&backfill.await.unwrap(), 0);
+
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 2000);
+    assert_eq!(
+        app.count("SELECT count(*) FROM vault.entries WHERE vault_key_version = 2")
+            .await,
+        4000
+    );
+    app.etl_ok(&["keys", "retire", "--purpose", "vault", "--version", "1"])
+        .await;
+    let ips = recover_all(&app, &url, "--masked-ip", "masked_ip").await;
+    let all: HashSet<String> = (0..2000)
+        .map(|i| format!("10.43.{}.{}", i / 256, i % 256))
+        .collect();
+    assert_eq!(ips.into_values().collect::<HashSet<_>>(), all);
+}
