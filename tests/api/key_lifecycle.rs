@@ -508,3 +508,43 @@ async fn a_reseal_beside_ingest_and_recover_opens_every_value_at_every_moment() 
         .collect();
     assert_eq!(ips.into_values().collect::<HashSet<_>>(), all);
 }
+
+#[tokio::test]
+async fn a_running_ingest_seals_with_the_rotated_vault_key_without_a_restart() {
+    let app = TestApp::spawn().await;
+    let mut ingest = app
+        .command(&["ingest", "--batch-messages", "10"])
+        .spawn()
+        .unwrap();
+    app.send(&[body("u-1", "10.44.0.1", "440-00-0001")]).await;
+    wait_until(Duration::from_secs(60), "the first row", || async {
+        app.count("SELECT count(*) FROM user_logins").await == 1
+    })
+    .await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
+    // New values: the process still holds version 1, is refused by the guard, reloads, seals
+    // with version 2.
+    app.send(&[
+        body("u-2", "10.44.0.2", "440-00-0002"),
+        body("u-3", "10.44.0.1", "440-00-0003"),
+    ])
+    .await;
+    wait_until(Duration::from_secs(60), "the later rows", || async {
+        app.count("SELECT count(*) FROM user_logins").await == 3
+    })
+    .await;
+    ingest.kill().await.unwrap();
+    ingest.wait().await.unwrap();
+    let versions: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT field || ':' || encode(mask, 'hex'), vault_key_version FROM vault.entries \
+         ORDER BY vault_key_version, field",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [1, 1, 2, 2, 2],
+        "{versions:?}"
+    );
+}
