@@ -59,7 +59,8 @@ pub enum OutputFormat {
 pub enum Command {
     /// Apply the schema migrations in `migrations/` (same as `sqlx migrate run`).
     Migrate(DatabaseArgs),
-    /// Manage the data keys (mask key and vault key) wrapped by KMS.
+    /// Manage the data keys (mask, vault and quarantine) wrapped by KMS: create, rotate, re-seal,
+    /// re-mask, retire, re-wrap, list.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Consume the queue into `user_logins`, the vault and quarantine.
