@@ -568,3 +568,83 @@ async fn a_running_ingest_seals_with_the_rotated_vault_key_without_a_restart() {
         "{versions:?}"
     );
 }
+
+#[tokio::test]
+async fn a_remask_killed_before_its_switch_resumes_and_switches_once() {
+    let app = TestApp::spawn().await;
+    // Every value distinct: 3,000 entries, so a re-mask one entry per chunk is still in phase 1
+    // when it is killed.
+    let rows: Vec<(String, String, String)> = (0..1500)
+        .map(|i| {
+            (
+                format!("u-{i}"),
+                format!("10.45.{}.{}", i / 256, i % 256),
+                format!("450-00-{i:04}"),
+            )
+        })
+        .collect();
+    let input = write_input(
+        &rows
+            .iter()
+            .map(|(u, ip, d)| body(u, ip, d))
+            .collect::<Vec<_>>(),
+    );
+    app.etl_ok(&["ingest", "--from-file", input.to_str().unwrap()])
+        .await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "mask"]).await;
+    let masks_before = app
+        .count(
+            "SELECT count(DISTINCT masked_ip) + count(DISTINCT masked_device_id) FROM user_logins",
+        )
+        .await;
+
+    let mut remask = app
+        .command(&["keys", "remask", "--batch", "1"])
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the first mapped entries",
+        || async { app.count("SELECT count(*) FROM vault.remask_map").await > 0 },
+    )
+    .await;
+    remask.kill().await.unwrap();
+    remask.wait().await.unwrap();
+    // Killed in phase 1: analysts still see only old masks, and a rotation waits for the re-mask.
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE mask_key_version = 1")
+            .await,
+        1500
+    );
+    assert_exit(&app.etl(&["keys", "rotate", "--purpose", "mask"]).await, 2);
+
+    let summary: Value =
+        serde_json::from_str(&app.etl_ok(&["keys", "remask", "--format", "json"]).await).unwrap();
+    assert_eq!(summary["user_logins"], 1500, "{summary}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE mask_key_version = 2")
+            .await,
+        1500
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(DISTINCT masked_ip) + count(DISTINCT masked_device_id) FROM user_logins"
+        )
+        .await,
+        masks_before
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM vault.entries").await,
+        masks_before
+    );
+    assert_eq!(app.count("SELECT count(*) FROM vault.remask_map").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log WHERE kind = 'remask' AND outcome = 'switched'")
+            .await,
+        1
+    );
+    let (_, url) = app.login_user("etl_recoverer").await;
+    let devices = recover_all(&app, &url, "--masked-device-id", "masked_device_id").await;
+    let sent: HashSet<String> = rows.into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(devices.into_values().collect::<HashSet<_>>(), sent);
+}
