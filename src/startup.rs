@@ -22,6 +22,17 @@ pub enum StartupError {
          not verify, so it is not the key `etl keys` created ({source})"
     )]
     UnattestedPublicKey { version: i32, source: KmsError },
+    #[error(
+        "the newest vault key is version {newest}, below version {minimum}, the lowest ingest may \
+         seal with: a newer keyring row was deleted or restored from an older backup; restore it, \
+         or run `etl keys rotate --purpose vault`"
+    )]
+    VaultKeyBelowMinimum { newest: i32, minimum: i32 },
+    #[error(
+        "the data keys changed (a rotation or a re-mask switch) and this process cannot reload \
+         them; restart it"
+    )]
+    CannotReload,
     #[error(transparent)]
     Unwrap(#[from] UnwrapError),
 }
@@ -34,14 +45,19 @@ impl StartupError {
             Self::Database(err) => err.is_transient(),
             Self::Unwrap(err) => err.is_transient(),
             Self::UnattestedPublicKey { source, .. } => source.is_transient(),
-            Self::MissingKey(_) | Self::BadPublicKey(_) => false,
+            Self::MissingKey(_)
+            | Self::BadPublicKey(_)
+            | Self::VaultKeyBelowMinimum { .. }
+            | Self::CannotReload => false,
         }
     }
 }
 
-/// Loads the newest mask and vault keys, unwraps each once with KMS (key id and encryption context
-/// presented), and keeps only the derived, zeroizing states; and the newest quarantine public key,
-/// which needs no unwrapping.
+/// Loads the active mask key (and the other stored mask key versions, whose user hashes the
+/// suppression list may hold) and the newest vault key, which must not be below the lowest
+/// version ingest may seal with; unwraps each once with KMS (key id and encryption context
+/// presented), and keeps only the derived, zeroizing states; and the newest quarantine public
+/// key, which needs no unwrapping.
 pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, StartupError> {
     let stored = keyring::quarantine_public_key(pool)
         .await
@@ -59,24 +75,46 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, S
     .map_err(|source| StartupError::UnattestedPublicKey { version, source })?;
     let quarantine = QuarantineSealer::from_public_key(version, &stored.public_key)
         .ok_or(StartupError::BadPublicKey(version))?;
-    let mask = unwrap_latest(pool, kms, KeyPurpose::Mask).await?;
-    let vault = unwrap_latest(pool, kms, KeyPurpose::Vault).await?;
-    Ok(Transformer::new(
-        Masker::new(&mask),
-        Sealer::new(&vault),
-        quarantine,
-    ))
-}
-
-async fn unwrap_latest(
-    pool: &PgPool,
-    kms: &Kms,
-    purpose: KeyPurpose,
-) -> Result<crate::crypto::DataKey, StartupError> {
-    let stored = keyring::latest(pool, purpose)
+    let state = keyring::key_state(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?;
+    let active = state
+        .mask_key_version
+        .ok_or(StartupError::MissingKey(KeyPurpose::Mask.as_str()))?;
+    let mut masker = None;
+    let mut others = Vec::new();
+    for stored in keyring::versions(pool, KeyPurpose::Mask)
         .await
         .map_err(DatabaseError::on(pool))?
-        .ok_or(StartupError::MissingKey(purpose.as_str()))?;
+    {
+        let key = unwrap_stored(kms, KeyPurpose::Mask, &stored).await?;
+        if stored.version == active {
+            masker = Some(Masker::new(&key));
+        } else {
+            others.push(Masker::new(&key));
+        }
+    }
+    let masker = masker.ok_or(StartupError::MissingKey(KeyPurpose::Mask.as_str()))?;
+    let vault = keyring::latest(pool, KeyPurpose::Vault)
+        .await
+        .map_err(DatabaseError::on(pool))?
+        .ok_or(StartupError::MissingKey(KeyPurpose::Vault.as_str()))?;
+    if let Some(minimum) = state.min_vault_key_version.filter(|m| vault.version < *m) {
+        return Err(StartupError::VaultKeyBelowMinimum {
+            newest: vault.version,
+            minimum,
+        });
+    }
+    let vault = unwrap_stored(kms, KeyPurpose::Vault, &vault).await?;
+    Ok(Transformer::new(masker, Sealer::new(&vault), quarantine).with_other_mask_versions(others))
+}
+
+/// Unwraps a stored data key with KMS (key id and encryption context presented).
+pub async fn unwrap_stored(
+    kms: &Kms,
+    purpose: KeyPurpose,
+    stored: &keyring::StoredKey,
+) -> Result<crate::crypto::DataKey, StartupError> {
     Ok(kms
         .unwrap_data_key(
             &stored.kms_key_id,

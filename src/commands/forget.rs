@@ -37,6 +37,31 @@ pub enum ForgetError {
     Database(#[source] postgres::DatabaseError),
 }
 
+/// SQLSTATE of `etl.forget` when the hashes are not under the active mask key version.
+const KEYS_CHANGED: &str = "ET001";
+
+/// The masker of the active mask key version (not the newest: a pending version masks nothing
+/// yet). Read here rather than through `startup`, so a missing role is named as such.
+async fn active_masker(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Masker> {
+    let active = keyring::active_mask_version(pool)
+        .await
+        .map_err(database_error(pool))?
+        .ok_or(ForgetError::NoMaskKey)?;
+    let stored = keyring::version(pool, KeyPurpose::Mask, active)
+        .await
+        .map_err(database_error(pool))?
+        .ok_or(ForgetError::NoMaskKey)?;
+    Ok(Masker::new(
+        &kms.unwrap_data_key(
+            &stored.kms_key_id,
+            KeyPurpose::Mask,
+            stored.version,
+            &stored.wrapped_key,
+        )
+        .await?,
+    ))
+}
+
 /// The conversion of the erasure's database errors on `pool`.
 fn database_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> ForgetError + '_ {
     move |err| match &err {
@@ -69,37 +94,32 @@ pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
-    // Read here rather than through `startup`, so a missing role is named as such.
-    let stored = keyring::latest(&pool, KeyPurpose::Mask)
-        .await
-        .map_err(database_error(&pool))?
-        .ok_or(ForgetError::NoMaskKey)?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let masker = Masker::new(
-        &kms.unwrap_data_key(
-            &stored.kms_key_id,
-            KeyPurpose::Mask,
-            stored.version,
-            &stored.wrapped_key,
-        )
-        .await?,
-    );
+    let mut masker = active_masker(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
     for chunk in settings.users.chunks(CHUNK) {
-        let users: Vec<(&str, UserHash)> = chunk
-            .iter()
-            .map(|user| (user.user_id.as_str(), masker.user_hash(&user.user_id)))
-            .collect();
-        let erased = lifecycle::forget(
-            &pool,
-            &users,
-            masker.version(),
-            &settings.reason,
-            settings.ticket.as_deref(),
-            settings.dry_run,
-        )
-        .await
-        .map_err(database_error(&pool))?;
+        let erased = loop {
+            let users: Vec<(&str, UserHash)> = chunk
+                .iter()
+                .map(|user| (user.user_id.as_str(), masker.user_hash(&user.user_id)))
+                .collect();
+            match lifecycle::forget(
+                &pool,
+                &users,
+                masker.version(),
+                &settings.reason,
+                settings.ticket.as_deref(),
+                settings.dry_run,
+            )
+            .await
+            {
+                // A re-mask switch committed meanwhile: hash under the version now active.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(KEYS_CHANGED) => {
+                    masker = active_masker(&pool, &kms).await?;
+                }
+                other => break other.map_err(database_error(&pool))?,
+            }
+        };
         anyhow::ensure!(
             erased.len() == chunk.len(),
             "the erasure returned {} results for {} users",

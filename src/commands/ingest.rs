@@ -17,7 +17,7 @@ use crate::adapters::sqs::{SqsProtocol, SqsQueue};
 use crate::cli::IngestArgs;
 use crate::configuration::{IngestSettings, IngestSource};
 use crate::pipeline::batcher::BatchLimits;
-use crate::pipeline::{backoff, writers, Committer, Stats, Summary, Transformer, WriteJob};
+use crate::pipeline::{backoff, writers, Committer, LiveKeys, Stats, Summary, WriteJob};
 use crate::server::{self, Readiness};
 use crate::sources::{self, sqs::progress, sqs::SqsSourceOptions};
 use crate::startup::{self, StartupError};
@@ -69,7 +69,7 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
 pub(super) async fn load_keys(
     pool: &sqlx::PgPool,
     sdk: &aws_config::SdkConfig,
-) -> anyhow::Result<Arc<Transformer>> {
+) -> anyhow::Result<Arc<LiveKeys>> {
     let kms = Kms::new(sdk);
     // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
     // a denial or a wrong encryption context is not.
@@ -80,7 +80,7 @@ pub(super) async fn load_keys(
         .await
         .context("refusing to start without the data keys")?;
     log_audit_head(pool).await;
-    Ok(Arc::new(transformer))
+    Ok(Arc::new(LiveKeys::new(transformer, kms)))
 }
 
 /// The audit chain head at start, so that log storage outside the database keeps an anchor for
@@ -108,7 +108,7 @@ async fn from_queue(
     let readiness = Readiness::new(pool.clone(), queue.clone());
     let metrics_addr =
         server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
-    let transformer = load_keys(&pool, sdk).await?;
+    let keys = load_keys(&pool, sdk).await?;
     readiness.keys_loaded();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
@@ -132,7 +132,7 @@ async fn from_queue(
             progress_done.clone(),
         ));
     }
-    let (jobs, writers) = start_writers(settings, pool, transformer, &stats);
+    let (jobs, writers) = start_writers(settings, pool, keys, &stats);
     let writers = tokio::spawn(watch_writers(writers, shutdown.clone()));
     let options = SqsSourceOptions {
         receivers: settings.receivers,
@@ -160,10 +160,10 @@ async fn from_queue(
 fn start_writers(
     settings: &IngestSettings,
     pool: sqlx::PgPool,
-    transformer: Arc<Transformer>,
+    keys: Arc<LiveKeys>,
     stats: &Arc<Stats>,
 ) -> (mpsc::Sender<WriteJob>, JoinSet<()>) {
-    let committer = Committer::new(pool, transformer, Arc::clone(stats), settings.max_receives);
+    let committer = Committer::new(pool, keys, Arc::clone(stats), settings.max_receives);
     let (jobs, queued) = mpsc::channel(settings.writers);
     let writers = writers::spawn(Arc::new(committer), settings.writers, queued);
     (jobs, writers)
@@ -196,7 +196,7 @@ async fn from_file(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let transformer = load_keys(&pool, sdk).await?;
+    let keys = load_keys(&pool, sdk).await?;
     info!(
         writers = settings.writers,
         batch_messages = settings.batch_messages,
@@ -207,11 +207,11 @@ async fn from_file(
     // The reader needs the pool, the line key and the counters the writers' committer holds.
     let committer = Committer::new(
         pool.clone(),
-        Arc::clone(&transformer),
+        Arc::clone(&keys),
         Arc::clone(&stats),
         settings.max_receives,
     );
-    let (jobs, writers) = start_writers(settings, pool, transformer, &stats);
+    let (jobs, writers) = start_writers(settings, pool, keys, &stats);
     sources::file::run(input, &committer, jobs, writers, settings.batch_messages)
         .await
         .with_context(|| format!("reading {}", path.display()))?;

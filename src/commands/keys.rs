@@ -2,7 +2,8 @@ use anyhow::Context;
 
 use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
-use crate::adapters::postgres::{keyring, DatabaseError};
+use crate::adapters::postgres::keyring::Retirement;
+use crate::adapters::postgres::{keyring, lifecycle, rekey, DatabaseError};
 use crate::cli::{DatabaseArgs, OutputFormat, PurposeArg};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -99,31 +100,40 @@ async fn create_key(
     Ok((stored, wrapped))
 }
 
-/// A new version of the vault key or the quarantine key pair. The mask key is refused: see
-/// SECURITY.md.
+/// A new version of a data key. Vault: the lowest version ingest may seal with is raised to it,
+/// so running processes reload and seal with it from their next new value. Mask: the version is
+/// pending until `etl keys remask` switches to it.
 pub async fn rotate(
     database: &DatabaseArgs,
     purpose: PurposeArg,
     kms_key_id: Option<&str>,
 ) -> anyhow::Result<()> {
-    let purpose = match purpose {
-        PurposeArg::Vault => KeyPurpose::Vault,
-        PurposeArg::Quarantine => KeyPurpose::Quarantine,
-        PurposeArg::Mask => KeyPurpose::Mask,
-    };
+    let purpose = purpose_of(purpose);
     let name = purpose.as_str();
-    anyhow::ensure!(
-        purpose != KeyPurpose::Mask,
-        "the mask key is not rotated in place: masks are the analysts' join key, and a new mask key \
-         would split every ip and device_id into two unrelated masks. See SECURITY.md, \"Rotation\", \
-         for what to do instead"
-    );
-    let pool = super::pool(database).await?;
+    let pool = super::audit_pool(database).await?;
     let current = keyring::latest(&pool, purpose)
         .await
         .map_err(DatabaseError::on(&pool))
         .context("reading keyring.data_keys")?
         .ok_or_else(|| anyhow::anyhow!("no {name} key exists yet: run `etl keys init` first"))?;
+    if purpose == KeyPurpose::Mask {
+        let active = keyring::active_mask_version(&pool)
+            .await
+            .map_err(DatabaseError::on(&pool))?;
+        let unfinished = rekey::mappings_left(&pool)
+            .await
+            .map_err(DatabaseError::on(&pool))?;
+        anyhow::ensure!(
+            unfinished == 0,
+            "a re-mask is not finished ({unfinished} mappings left): run `etl keys remask` first"
+        );
+        anyhow::ensure!(
+            active == Some(current.version),
+            "mask key version {} is already pending: run `etl keys remask` to move every mask to \
+             it before rotating again",
+            current.version
+        );
+    }
     let kms_key_id = kms_key_id
         .map(str::trim)
         .filter(|id| !id.is_empty())
@@ -135,11 +145,78 @@ pub async fn rotate(
         stored,
         "another rotation created {name} key version {version} at the same time; nothing changed"
     );
+    if purpose == KeyPurpose::Vault {
+        keyring::raise_min_vault_version(&pool, version)
+            .await
+            .map_err(DatabaseError::on(&pool))
+            .context("raising the lowest vault key version ingest may seal with")?;
+    }
+    lifecycle::record(
+        &pool,
+        "key_rotation",
+        None,
+        "created",
+        &format!("purpose={name} version={version}"),
+    )
+    .await
+    .context("recording the rotation in the audit log")?;
+    let next = match purpose {
+        KeyPurpose::Mask => "pending: nothing masks with it until `etl keys remask` moves every mask to it",
+        KeyPurpose::Vault => "ingest seals new entries with it from now on (running processes reload); `etl keys reseal` re-encrypts the existing ones",
+        KeyPurpose::Quarantine => "ingest processes seal quarantined bodies to it from their next start",
+    };
     println!(
-        "{name} key: version {version} created (wrapped by {}); ingest processes use it from their next start",
+        "{name} key: version {version} created (wrapped by {}); {next}",
         wrapped.kms_key_arn
     );
     Ok(())
+}
+
+fn purpose_of(purpose: PurposeArg) -> KeyPurpose {
+    match purpose {
+        PurposeArg::Vault => KeyPurpose::Vault,
+        PurposeArg::Quarantine => KeyPurpose::Quarantine,
+        PurposeArg::Mask => KeyPurpose::Mask,
+    }
+}
+
+/// Deletes the wrapped key of a vault or quarantine key version nothing uses; refused (an error,
+/// exit 2) with the counts while anything does.
+pub async fn retire(
+    database: &DatabaseArgs,
+    purpose: PurposeArg,
+    version: i32,
+) -> anyhow::Result<()> {
+    let purpose = purpose_of(purpose);
+    let name = purpose.as_str();
+    anyhow::ensure!(
+        purpose != KeyPurpose::Mask,
+        "mask key versions are not retired: the suppression list and backfill claims keep the \
+         hashes made under them (SECURITY.md, \"Rotation\")"
+    );
+    let pool = super::audit_pool(database).await?;
+    let outcome = keyring::retire(&pool, purpose, version)
+        .await
+        .map_err(DatabaseError::on(&pool))
+        .context("retiring the key version")?;
+    match outcome {
+        Retirement::Retired => {
+            println!("{name} key version {version}: retired (its wrapped key is deleted)");
+            Ok(())
+        }
+        Retirement::NotFound => anyhow::bail!("there is no {name} key version {version}"),
+        Retirement::InUse => anyhow::bail!(
+            "{name} key version {version} is the one ingest seals with (or may seal with); rotate \
+             first, then reseal"
+        ),
+        Retirement::Used {
+            entries,
+            quarantine_rows,
+        } => anyhow::bail!(
+            "{name} key version {version} is still used by {entries} vault entries and \
+             {quarantine_rows} quarantine rows; run `etl keys reseal` first"
+        ),
+    }
 }
 
 /// Re-wraps every data key under `kms_key_id`, inside KMS.
@@ -218,41 +295,102 @@ pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result
 struct KeyInfo<'a> {
     purpose: &'a str,
     version: i32,
+    /// mask: active, pending or previous; vault and quarantine: active (the newest) or previous.
+    state: &'static str,
     kms_key_id: &'a str,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// Vault entries sealed (vault) or masked (mask) under it.
+    entries: i64,
+    /// Quarantined bodies sealed under it (vault, quarantine), or whose user hash is under it
+    /// (mask).
+    quarantine_rows: i64,
+    /// user_logins rows masked under it (mask).
+    logins: i64,
+    /// Suppression-list rows hashed under it (mask).
+    forgotten_users: i64,
 }
 
-/// Versions, purposes, KMS keys and creation times; never key material.
+/// Versions, purposes, states, KMS keys, creation times and how much uses each; never key
+/// material.
 pub async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
     let pool = super::pool(database).await?;
     let keys = keyring::list(&pool)
         .await
         .map_err(DatabaseError::on(&pool))
         .context("reading keyring.data_keys")?;
+    let usage = keyring::usage(&pool)
+        .await
+        .map_err(DatabaseError::on(&pool))
+        .context("counting what uses each key version")?;
+    let settings = keyring::settings(&pool)
+        .await
+        .map_err(DatabaseError::on(&pool))
+        .context("reading keyring.key_settings")?;
+    let newest = |purpose: &str| {
+        keys.iter()
+            .filter(|k| k.purpose == purpose)
+            .map(|k| k.version)
+            .max()
+    };
     let infos: Vec<KeyInfo> = keys
         .iter()
-        .map(|key| KeyInfo {
-            purpose: &key.purpose,
-            version: key.version,
-            kms_key_id: &key.kms_key_id,
-            created_at: key.created_at,
+        .map(|key| {
+            let used = usage
+                .iter()
+                .find(|u| u.purpose == key.purpose && u.version == key.version)
+                .cloned()
+                .unwrap_or_default();
+            let state = match (key.purpose.as_str(), settings.active_mask_key_version) {
+                ("mask", Some(active)) if key.version == active => "active",
+                ("mask", Some(active)) if key.version > active => "pending",
+                (purpose, _) if purpose != "mask" && newest(purpose) == Some(key.version) => {
+                    "active"
+                }
+                _ => "previous",
+            };
+            KeyInfo {
+                purpose: &key.purpose,
+                version: key.version,
+                state,
+                kms_key_id: &key.kms_key_id,
+                created_at: key.created_at,
+                entries: used.entries,
+                quarantine_rows: used.quarantine_rows,
+                logins: used.logins,
+                forgotten_users: used.forgotten_users,
+            }
         })
         .collect();
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
         OutputFormat::Text => {
             println!(
-                "{:<8} {:>7}  {:<20}  kms key",
-                "purpose", "version", "created"
+                "{:<10} {:>7}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>9}  kms key",
+                "purpose",
+                "version",
+                "state",
+                "created",
+                "entries",
+                "quarantine",
+                "logins",
+                "forgotten"
             );
             for info in &infos {
                 println!(
-                    "{:<8} {:>7}  {:<20}  {}",
+                    "{:<10} {:>7}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>9}  {}",
                     info.purpose,
                     info.version,
+                    info.state,
                     info.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    info.entries,
+                    info.quarantine_rows,
+                    info.logins,
+                    info.forgotten_users,
                     info.kms_key_id
                 );
+            }
+            if let Some(minimum) = settings.min_vault_key_version {
+                println!("ingest seals with vault key version {minimum} or newer");
             }
         }
     }

@@ -34,8 +34,8 @@ pub async fn run(args: &LambdaArgs) -> anyhow::Result<()> {
         settings.database.options.clone(),
         settings.db_max_connections,
     );
-    let transformer = load_keys(&pool, &sdk).await?;
-    let handler = Arc::new(Handler::new(pool, transformer, settings.max_receives));
+    let keys = load_keys(&pool, &sdk).await?;
+    let handler = Arc::new(Handler::new(pool, keys, settings.max_receives));
     info!(
         init_ms = started.elapsed().as_millis() as u64,
         db_max_connections = settings.db_max_connections,

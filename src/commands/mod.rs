@@ -10,6 +10,8 @@ mod lambda;
 mod migrate;
 mod quarantine;
 mod recover;
+mod remask;
+mod reseal;
 mod retention;
 mod seed;
 
@@ -68,6 +70,21 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Keys(KeysCommand::List { database, format }) => {
             keys::list(&database, format).await
         }
+        Command::Keys(KeysCommand::Reseal {
+            database,
+            batch,
+            format,
+        }) => reseal::run(&database, batch, format).await,
+        Command::Keys(KeysCommand::Retire {
+            database,
+            purpose,
+            version,
+        }) => keys::retire(&database, purpose, version).await,
+        Command::Keys(KeysCommand::Remask {
+            database,
+            batch,
+            format,
+        }) => remask::run(&database, batch, format).await,
         Command::Ingest(args) => ingest::run(&args).await,
         Command::Lambda(args) => lambda::run(&args).await,
         Command::Quarantine(QuarantineCommand::List {
@@ -84,8 +101,16 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 /// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the
 /// server's default, which the append trigger requires.
 async fn audit_pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
+    audit_pool_of(database, 1).await
+}
+
+/// [`audit_pool`] with `max_connections`.
+async fn audit_pool_of(
+    database: &crate::cli::DatabaseArgs,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
     let settings = DatabaseSettings::try_from(database)?;
-    checked_pool(postgres::read_committed(settings.options), 1).await
+    checked_pool(postgres::read_committed(settings.options), max_connections).await
 }
 
 /// A small pool for one-shot commands.

@@ -17,7 +17,7 @@ use crate::adapters::postgres::{keyring, quarantine, recovery};
 use crate::cli::{DatabaseArgs, OutputFormat, QuarantineReplayArgs, QuarantineShowArgs};
 use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
 use crate::domain::{LoginEvent, Message};
-use crate::pipeline::{Committer, Stats};
+use crate::pipeline::{Committer, LiveKeys, Stats};
 use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
 
 pub async fn list(database: &DatabaseArgs, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
@@ -158,7 +158,7 @@ pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
         let transformer = startup::load_transformer(&pool, &kms).await?;
         Some(Committer::new(
             pool.clone(),
-            Arc::new(transformer),
+            Arc::new(LiveKeys::new(transformer, kms.clone())),
             Arc::new(Stats::default()),
             i32::MAX,
         ))
@@ -237,7 +237,7 @@ pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
 }
 
 /// The keys that open quarantined bodies, each unwrapped once, when first needed.
-struct Openers<'a> {
+pub(super) struct Openers<'a> {
     kms: &'a Kms,
     stored: Vec<keyring::StoredKey>,
     quarantine: HashMap<i32, QuarantineOpener>,
@@ -245,7 +245,7 @@ struct Openers<'a> {
 }
 
 impl<'a> Openers<'a> {
-    async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
+    pub(super) async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
         Ok(Self {
             kms,
             stored: keyring::list(pool)
@@ -256,7 +256,7 @@ impl<'a> Openers<'a> {
         })
     }
 
-    async fn open(&mut self, row: &lifecycle::Quarantined) -> anyhow::Result<Message> {
+    pub(super) async fn open(&mut self, row: &lifecycle::Quarantined) -> anyhow::Result<Message> {
         let purpose = KeyPurpose::parse(&row.key_purpose)
             .filter(|p| matches!(p, KeyPurpose::Quarantine | KeyPurpose::Vault))
             .with_context(|| format!("quarantined message {} has no key", row.message_id))?;

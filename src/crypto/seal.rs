@@ -113,8 +113,8 @@ impl Sealer {
     }
 
     /// Randomised ciphertext of a quarantined body, bound to its message id: how bodies were
-    /// sealed before the quarantine key pair; kept to test that such rows still open.
-    #[cfg(test)]
+    /// sealed before the quarantine key pair, and how `etl keys reseal` moves such rows to a newer
+    /// vault key.
     pub fn seal_body(&self, message_id: &str, body: &[u8]) -> Result<Vec<u8>, SealError> {
         use rand::RngCore;
         let mut nonce = [0u8; NONCE_LEN];

@@ -10,11 +10,12 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 
 use super::vault_state::VaultState;
-use super::{Stats, Transformer};
+use super::{LiveKeys, Stats, Transformer};
 use crate::adapters::postgres;
 use crate::adapters::postgres::writer::{self, WriteBatch, Written};
 use crate::crypto::SealError;
 use crate::domain::Message;
+use crate::startup::StartupError;
 
 /// How a committer builds a batch from messages: [`Transformer::prepare`] or its replay variant.
 type Prepare = fn(
@@ -26,7 +27,8 @@ type Prepare = fn(
 
 pub struct Committer {
     pub pool: PgPool,
-    pub transformer: Arc<Transformer>,
+    /// The keys in use, reloaded when the active versions change.
+    pub keys: Arc<LiveKeys>,
     /// Masks committed to the vault and forgotten users, shared by all writers of the process.
     pub vault: Arc<VaultState>,
     pub stats: Arc<Stats>,
@@ -36,15 +38,10 @@ pub struct Committer {
 
 impl Committer {
     /// The committer both sources use: one vault state for all the process's writers.
-    pub fn new(
-        pool: PgPool,
-        transformer: Arc<Transformer>,
-        stats: Arc<Stats>,
-        max_receives: i32,
-    ) -> Self {
+    pub fn new(pool: PgPool, keys: Arc<LiveKeys>, stats: Arc<Stats>, max_receives: i32) -> Self {
         Self {
             pool,
-            transformer,
+            keys,
             vault: Arc::new(VaultState::default()),
             stats,
             max_receives,
@@ -70,11 +67,16 @@ impl Committer {
         }
         let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
-            let batch = prepare(&self.transformer, part, chrono::Utc::now(), &self.vault)?;
+            let transformer = self.keys.current();
+            let batch = prepare(&transformer, part, chrono::Utc::now(), &self.vault)?;
             match self.write(&batch).await {
                 Ok(true) => {}
-                // Prepared before an erasure or a vault deletion: again, with what is now known.
-                Ok(false) => pending.push(part),
+                // Prepared before an erasure, a vault deletion or a key change: again, with what
+                // is now known.
+                Ok(false) => {
+                    self.refresh_vault_state().await?;
+                    pending.push(part);
+                }
                 // Either the part's messages are all quarantined and the other parts go on, or
                 // the whole batch fails: never success with a part left unwritten.
                 Err(err) if postgres::is_transient(&err) => {
@@ -144,7 +146,7 @@ impl Committer {
         detail: String,
     ) -> Result<(), CommitError> {
         loop {
-            let batch = self.transformer.prepare_quarantine(
+            let batch = self.keys.current().prepare_quarantine(
                 message,
                 reason,
                 detail.clone(),
@@ -153,12 +155,14 @@ impl Committer {
             if self.write(&batch).await? {
                 return Ok(());
             }
+            self.refresh_vault_state().await?;
         }
     }
 
     /// One batch write, retrying transient errors with backoff; counts what it committed.
-    /// `false` when the batch was prepared under an older vault epoch: nothing was committed,
-    /// the vault state has moved to the new epoch, and the batch must be prepared again.
+    /// `false` when the batch was prepared under an older vault epoch or with keys no longer
+    /// active: nothing was committed; the caller refreshes the vault state (and the keys) and
+    /// prepares the batch again.
     async fn write(&self, batch: &WriteBatch) -> Result<bool, sqlx::Error> {
         let written = (|| writer::write_batch(&self.pool, batch))
             .retry(backoff())
@@ -171,7 +175,10 @@ impl Committer {
             Written::Committed(outcome) => outcome,
             Written::Stale { epoch } => {
                 debug!(epoch, "the vault epoch moved on; preparing the batch again");
-                self.refresh_vault_state().await?;
+                return Ok(false);
+            }
+            Written::KeysChanged => {
+                debug!("the active key versions changed; reloading the keys");
                 return Ok(false);
             }
         };
@@ -188,14 +195,22 @@ impl Committer {
         Ok(true)
     }
 
-    /// Reads the vault epoch, then the users forgotten since the last read.
-    async fn refresh_vault_state(&self) -> Result<(), sqlx::Error> {
+    /// Reads the vault epoch and the active key versions, reloads the keys if they changed,
+    /// then takes the users forgotten since the last read. The keys are reloaded before the
+    /// epoch is taken, so a batch prepared under that epoch uses the keys active at it.
+    async fn refresh_vault_state(&self) -> Result<(), CommitError> {
         let upto = self.vault.forgotten_upto();
-        let (epoch, forgotten) = (|| postgres::lifecycle::vault_state_since(&self.pool, upto))
+        let (state, forgotten) = (|| postgres::lifecycle::vault_state_since(&self.pool, upto))
             .retry(backoff())
             .when(postgres::is_transient)
             .await?;
-        self.vault.advance(epoch, forgotten);
+        if !self.keys.matches(&state) {
+            (|| self.keys.reload(&self.pool))
+                .retry(backoff())
+                .when(StartupError::is_transient)
+                .await?;
+        }
+        self.vault.advance(state.epoch, forgotten);
         Ok(())
     }
 }
@@ -204,6 +219,8 @@ impl Committer {
 pub enum CommitError {
     #[error("cannot seal: {0}")]
     Seal(#[from] SealError),
+    #[error("cannot load the keys now active: {0}")]
+    Keys(#[from] StartupError),
     // PostgreSQL messages can quote row values, so only SQLSTATE and constraint are shown.
     #[error("database: {}", describe_db_error(.0))]
     Database(#[from] sqlx::Error),

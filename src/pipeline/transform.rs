@@ -18,6 +18,9 @@ use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField};
 #[derive(Debug)]
 pub struct Transformer {
     masker: Masker,
+    /// The other stored mask key versions: the suppression list holds hashes under the version
+    /// that was active when each user was forgotten, and backfill claims are keyed by it.
+    earlier_maskers: Vec<Masker>,
     sealer: Sealer,
     /// Only the public half: ingest seals quarantined bodies and cannot open them.
     quarantine: QuarantineSealer,
@@ -27,13 +30,27 @@ impl Transformer {
     pub fn new(masker: Masker, sealer: Sealer, quarantine: QuarantineSealer) -> Self {
         Self {
             masker,
+            earlier_maskers: Vec::new(),
             sealer,
             quarantine,
         }
     }
 
+    /// Adds the other stored mask key versions, to recognise forgotten users and backfill
+    /// claims hashed under them.
+    pub fn with_other_mask_versions(mut self, maskers: Vec<Masker>) -> Self {
+        self.earlier_maskers = maskers;
+        self
+    }
+
+    /// The maskers of the active mask key version.
     pub fn masker(&self) -> &Masker {
         &self.masker
+    }
+
+    /// The active masker, then the other stored mask key versions'.
+    pub fn all_maskers(&self) -> impl Iterator<Item = &Masker> {
+        std::iter::once(&self.masker).chain(&self.earlier_maskers)
     }
 
     pub fn sealer(&self) -> &Sealer {
@@ -92,8 +109,11 @@ impl Transformer {
                     });
                 }
                 Err(reason) => {
-                    let user_hash = self.user_hash_of(&message.body);
-                    if user_hash.is_some_and(|hash| forgotten.contains(&hash)) {
+                    let user_id = user_id_of(&message.body);
+                    if user_id
+                        .as_deref()
+                        .is_some_and(|id| self.is_forgotten(&forgotten, id))
+                    {
                         batch.forgotten.push(message.id.clone());
                         continue;
                     }
@@ -107,7 +127,7 @@ impl Transformer {
                         message,
                         reason.code().as_str(),
                         reason.to_string(),
-                        user_hash,
+                        user_id.map(|id| self.masker.user_hash(&id)),
                     )?;
                 }
             }
@@ -159,8 +179,11 @@ impl Transformer {
         let (epoch, forgotten) = vault.forgotten();
         let mut batch = self.empty_batch(std::slice::from_ref(message));
         batch.vault_epoch = epoch;
-        let user_hash = self.user_hash_of(&message.body);
-        if user_hash.is_some_and(|hash| forgotten.contains(&hash)) {
+        let user_id = user_id_of(&message.body);
+        if user_id
+            .as_deref()
+            .is_some_and(|id| self.is_forgotten(&forgotten, id))
+        {
             batch.forgotten.push(message.id.clone());
             return Ok(batch);
         }
@@ -170,18 +193,18 @@ impl Transformer {
             message,
             reason,
             detail,
-            user_hash,
+            user_id.map(|id| self.masker.user_hash(&id)),
         )?;
         Ok(batch)
     }
 
-    /// Hashed only when someone is forgotten: most runs never pay for it.
+    /// Hashed only when someone is forgotten: most runs never pay for it. Under every stored
+    /// mask key version: the list keeps each hash under the version it was made with.
     fn is_forgotten(&self, forgotten: &Forgotten, user_id: &str) -> bool {
-        !forgotten.is_empty() && forgotten.contains(&self.masker.user_hash(user_id))
-    }
-
-    fn user_hash_of(&self, body: &str) -> Option<UserHash> {
-        user_id_of(body).map(|user_id| self.masker.user_hash(&user_id))
+        !forgotten.is_empty()
+            && self
+                .all_maskers()
+                .any(|masker| forgotten.contains(&masker.user_hash(user_id)))
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.

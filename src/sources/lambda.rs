@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tracing::{error, info};
 
 use crate::domain::Message;
-use crate::pipeline::{Committer, Stats, Transformer};
+use crate::pipeline::{Committer, LiveKeys, Stats};
 
 /// How long before the invocation's deadline a commit still retrying is given up, so that the
 /// response (listing its messages as failed) reaches Lambda before the function is stopped.
@@ -60,9 +60,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(pool: PgPool, transformer: Arc<Transformer>, max_receives: i32) -> Self {
+    pub fn new(pool: PgPool, keys: Arc<LiveKeys>, max_receives: i32) -> Self {
         Self {
-            committer: Committer::new(pool, transformer, Arc::new(Stats::default()), max_receives),
+            committer: Committer::new(pool, keys, Arc::new(Stats::default()), max_receives),
         }
     }
 
@@ -79,7 +79,7 @@ impl Handler {
         let stats = Arc::new(Stats::default());
         let committer = Committer {
             pool: self.committer.pool.clone(),
-            transformer: Arc::clone(&self.committer.transformer),
+            keys: Arc::clone(&self.committer.keys),
             vault: Arc::clone(&self.committer.vault),
             stats: Arc::clone(&stats),
             max_receives: self.committer.max_receives,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etl::adapters::postgres::writer::{write_batch, Written};
 use etl::domain::Message;
-use etl::pipeline::{Committer, Stats};
+use etl::pipeline::{Committer, LiveKeys, Stats};
 use serde_json::Value;
 
 use crate::helpers::{assert_exit, TestApp};
@@ -256,13 +256,9 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
     let app = TestApp::spawn().await;
     app.ingest(&[body("gone-1", "10.22.0.1", "220-00-0001", "RU")])
         .await;
-    let transformer = Arc::new(app.transformer().await);
-    let committer = Committer::new(
-        app.pool.clone(),
-        Arc::clone(&transformer),
-        Arc::new(Stats::default()),
-        10,
-    );
+    let keys = Arc::new(LiveKeys::fixed(app.transformer().await));
+    let transformer = keys.current();
+    let committer = Committer::new(app.pool.clone(), keys, Arc::new(Stats::default()), 10);
     let epoch: i64 = sqlx::query_scalar("SELECT etl.vault_epoch()")
         .fetch_one(&app.pool)
         .await

@@ -9,6 +9,7 @@ mod file_source;
 mod helpers;
 mod hostile;
 mod ingest;
+mod key_lifecycle;
 mod keys_and_schema;
 mod lambda;
 mod lifecycle;

@@ -128,3 +128,219 @@ pub async fn rewrap(
     .await?;
     Ok(())
 }
+
+/// One stored version of a purpose's key.
+pub async fn version(
+    pool: &PgPool,
+    purpose: KeyPurpose,
+    version: i32,
+) -> Result<Option<StoredKey>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM keyring.data_keys WHERE purpose = $1 AND version = $2"
+    ))
+    .bind(purpose.as_str())
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Every stored version of a purpose's key, oldest first.
+pub async fn versions(pool: &PgPool, purpose: KeyPurpose) -> Result<Vec<StoredKey>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM keyring.data_keys WHERE purpose = $1 ORDER BY version"
+    ))
+    .bind(purpose.as_str())
+    .fetch_all(pool)
+    .await
+}
+
+/// The mask key version ingest masks with (`None` before `etl keys init`).
+pub async fn active_mask_version(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT keyring.active_mask_key_version()")
+        .fetch_one(pool)
+        .await
+}
+
+/// What ingest compares its keys with, read with the vault epoch in one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyState {
+    pub epoch: i64,
+    pub mask_key_version: Option<i32>,
+    pub vault_key_version: Option<i32>,
+    pub min_vault_key_version: Option<i32>,
+}
+
+pub async fn key_state(pool: &PgPool) -> Result<KeyState, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT epoch, mask_key_version, vault_key_version, min_vault_key_version \
+         FROM etl.key_state()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Raises the lowest vault key version ingest may seal with to `version` (never lowers it).
+pub async fn raise_min_vault_version(pool: &PgPool, version: i32) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE keyring.key_settings SET \
+             min_vault_key_version = greatest(coalesce(min_vault_key_version, 0), $1), \
+             updated_at = now(), updated_by = session_user \
+         WHERE singleton AND coalesce(min_vault_key_version, 0) < $1",
+    )
+    .bind(version)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// How many stored things use one key version.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct Usage {
+    pub purpose: String,
+    pub version: i32,
+    /// Vault entries sealed under it (vault) or masked under it (mask).
+    pub entries: i64,
+    /// Quarantined bodies sealed under it (vault, quarantine) or whose user hash is under it
+    /// (mask).
+    pub quarantine_rows: i64,
+    /// `user_logins` rows masked under it (mask).
+    pub logins: i64,
+    /// Suppression-list hashes under it (mask).
+    pub forgotten_users: i64,
+}
+
+/// Per stored key version, how many vault entries, quarantine rows, `user_logins` rows and
+/// suppression-list rows use it. Counts whole tables: a few seconds on millions of rows.
+pub async fn usage(pool: &PgPool) -> Result<Vec<Usage>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH lowest_mask AS (SELECT min(version) AS v FROM keyring.data_keys WHERE purpose = 'mask'), \
+         vault_entries AS (SELECT vault_key_version AS v, count(*) AS n FROM vault.entries GROUP BY 1), \
+         mask_entries AS (SELECT mask_key_version AS v, count(*) AS n FROM vault.entries GROUP BY 1), \
+         vault_bodies AS (SELECT vault_key_version AS v, count(*) AS n FROM etl.quarantine \
+                          WHERE vault_key_version IS NOT NULL GROUP BY 1), \
+         quarantine_bodies AS (SELECT quarantine_key_version AS v, count(*) AS n FROM etl.quarantine \
+                               WHERE quarantine_key_version IS NOT NULL GROUP BY 1), \
+         hashed_bodies AS (SELECT coalesce(user_hash_key_version, (SELECT v FROM lowest_mask)) AS v, \
+                                  count(*) AS n FROM etl.quarantine WHERE user_hash IS NOT NULL GROUP BY 1), \
+         logins AS (SELECT mask_key_version AS v, count(*) AS n FROM public.user_logins GROUP BY 1), \
+         forgotten AS (SELECT mask_key_version AS v, count(*) AS n FROM etl.forgotten_users GROUP BY 1) \
+         SELECT k.purpose, k.version, \
+                coalesce(CASE k.purpose WHEN 'vault' THEN ve.n WHEN 'mask' THEN me.n END, 0)::bigint AS entries, \
+                coalesce(CASE k.purpose WHEN 'vault' THEN vb.n WHEN 'quarantine' THEN qb.n \
+                                        WHEN 'mask' THEN hb.n END, 0)::bigint AS quarantine_rows, \
+                coalesce(CASE k.purpose WHEN 'mask' THEN l.n END, 0)::bigint AS logins, \
+                coalesce(CASE k.purpose WHEN 'mask' THEN f.n END, 0)::bigint AS forgotten_users \
+         FROM keyring.data_keys k \
+         LEFT JOIN vault_entries ve ON ve.v = k.version \
+         LEFT JOIN mask_entries me ON me.v = k.version \
+         LEFT JOIN vault_bodies vb ON vb.v = k.version \
+         LEFT JOIN quarantine_bodies qb ON qb.v = k.version \
+         LEFT JOIN hashed_bodies hb ON hb.v = k.version \
+         LEFT JOIN logins l ON l.v = k.version \
+         LEFT JOIN forgotten f ON f.v = k.version \
+         ORDER BY k.purpose, k.version",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The key settings as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Settings {
+    pub active_mask_key_version: Option<i32>,
+    pub min_vault_key_version: Option<i32>,
+}
+
+pub async fn settings(pool: &PgPool) -> Result<Settings, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT keyring.active_mask_key_version() AS active_mask_key_version, \
+                min_vault_key_version FROM keyring.key_settings WHERE singleton",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Why a key version cannot be retired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retirement {
+    Retired,
+    NotFound,
+    /// Ingest may still seal with it (the newest version, or not below the minimum).
+    InUse,
+    /// Stored things still use it: vault entries and quarantine rows.
+    Used {
+        entries: i64,
+        quarantine_rows: i64,
+    },
+}
+
+/// Deletes the wrapped key of a vault or quarantine key version that nothing uses, in one
+/// transaction that holds vault.entries and etl.quarantine against writes while it counts (a
+/// second or so on millions of rows), so no entry sealed under the version can appear between
+/// the count and the deletion.
+pub async fn retire(
+    pool: &PgPool,
+    purpose: KeyPurpose,
+    version: i32,
+) -> Result<Retirement, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE vault.entries, etl.quarantine IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let (exists, newest, minimum): (bool, Option<i32>, Option<i32>) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM keyring.data_keys WHERE purpose = $1 AND version = $2), \
+                (SELECT max(version) FROM keyring.data_keys WHERE purpose = $1), \
+                (SELECT min_vault_key_version FROM keyring.key_settings WHERE singleton)",
+    )
+    .bind(purpose.as_str())
+    .bind(version)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !exists {
+        return Ok(Retirement::NotFound);
+    }
+    let sealing = Some(version) == newest
+        || (purpose == KeyPurpose::Vault && version >= minimum.unwrap_or(i32::MAX));
+    if sealing {
+        return Ok(Retirement::InUse);
+    }
+    let (entries, quarantine_rows): (i64, i64) = match purpose {
+        KeyPurpose::Vault => {
+            sqlx::query_as(
+                "SELECT (SELECT count(*) FROM vault.entries WHERE vault_key_version = $1), \
+                        (SELECT count(*) FROM etl.quarantine WHERE vault_key_version = $1)",
+            )
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        _ => {
+            sqlx::query_as(
+                "SELECT 0::bigint, \
+                        (SELECT count(*) FROM etl.quarantine WHERE quarantine_key_version = $1)",
+            )
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    if entries + quarantine_rows > 0 {
+        return Ok(Retirement::Used {
+            entries,
+            quarantine_rows,
+        });
+    }
+    sqlx::query("DELETE FROM keyring.data_keys WHERE purpose = $1 AND version = $2")
+        .bind(purpose.as_str())
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO recovery.audit_log (kind, outcome, detail) VALUES ('key_retirement', 'retired', $1)",
+    )
+    .bind(format!("purpose={} version={version}", purpose.as_str()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Retirement::Retired)
+}

@@ -9,17 +9,16 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::keyring::KeyState;
 use crate::crypto::UserHash;
 
-/// The vault epoch, and the suppression-list rows after `upto` (read after the epoch, so they
-/// include every user forgotten up to it).
+/// The vault epoch with the key versions ingest must use, and the suppression-list rows after
+/// `upto` (read after the epoch, so they include every user forgotten up to it).
 pub async fn vault_state_since(
     pool: &PgPool,
     upto: i64,
-) -> Result<(i64, Vec<(i64, UserHash)>), sqlx::Error> {
-    let epoch: i64 = sqlx::query_scalar("SELECT etl.vault_epoch()")
-        .fetch_one(pool)
-        .await?;
+) -> Result<(KeyState, Vec<(i64, UserHash)>), sqlx::Error> {
+    let state = super::keyring::key_state(pool).await?;
     let rows: Vec<(i64, Vec<u8>)> =
         sqlx::query_as("SELECT id, user_hash FROM etl.forgotten_users WHERE id > $1 ORDER BY id")
             .bind(upto)
@@ -29,7 +28,7 @@ pub async fn vault_state_since(
         .into_iter()
         .filter_map(|(id, hash)| UserHash::from_bytes(&hash).map(|hash| (id, hash)))
         .collect();
-    Ok((epoch, forgotten))
+    Ok((state, forgotten))
 }
 
 /// What erasing one user removed.
@@ -227,7 +226,9 @@ pub type VaultKey = (Vec<u8>, String);
 /// find the epoch raised and insert them again.)
 const SWEEP_GRACE: &str = "1 hour";
 
-/// The chunk of the vault after `after`, by primary key, and its entries no row refers to.
+/// The chunk of the vault after `after`, by primary key, and its entries no row refers to. Only
+/// entries of the active mask key version: those of a pending one are referred to by no row
+/// until the re-mask switch, and the re-mask deletes the old ones itself.
 fn sweep_chunk_sql(delete: bool) -> String {
     let action = if delete {
         "DELETE FROM vault.entries e USING chunk c \
@@ -237,11 +238,12 @@ fn sweep_chunk_sql(delete: bool) -> String {
     };
     format!(
         "WITH chunk AS ( \
-             SELECT mask, field, first_seen FROM vault.entries \
+             SELECT mask, field, first_seen, mask_key_version FROM vault.entries \
              WHERE $1::bytea IS NULL OR (mask, field) > ($1::bytea, $2::text) \
              ORDER BY mask, field LIMIT $3 \
          ), gone AS ( \
              {action} e.first_seen < now() - interval '{SWEEP_GRACE}' \
+             AND e.mask_key_version = (SELECT keyring.active_mask_key_version()) \
              AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
                              WHERE e.field = 'ip' AND u.masked_ip = encode(e.mask, 'hex')) \
              AND NOT EXISTS (SELECT 1 FROM public.user_logins u \

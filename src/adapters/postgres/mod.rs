@@ -9,6 +9,7 @@ pub mod keyring;
 pub mod lifecycle;
 pub mod quarantine;
 pub mod recovery;
+pub mod rekey;
 pub mod writer;
 
 use std::net::IpAddr;

@@ -118,6 +118,10 @@ pub enum Written {
     Stale {
         epoch: i64,
     },
+    /// Nothing committed: the batch's key versions are no longer the ones to seal with (a
+    /// re-mask switched the mask key, or a rotation raised the lowest vault key version).
+    /// Reload the keys and prepare it again.
+    KeysChanged,
 }
 
 const CLAIM_MESSAGES: &str = "\
@@ -140,6 +144,7 @@ macro_rules! insert_vault_sql {
         "INSERT INTO vault.entries (field, mask, mask_key_version, vault_key_version, ciphertext)
 SELECT v.field, v.mask, $1, $2, v.ciphertext
 FROM UNNEST($3::text[], $4::bytea[], $5::bytea[]) AS v(field, mask, ciphertext)
+WHERE etl.check_seal_versions($1, $2)
 ORDER BY v.mask, v.field COLLATE \"C\""
     };
 }
@@ -156,6 +161,9 @@ const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
+/// SQLSTATE of `etl.check_seal_versions`: the batch was sealed with keys no longer active.
+const KEYS_CHANGED: &str = "ET001";
+
 const COPY_LOGINS: &str = "\
 COPY user_logins (user_id, device_type, masked_ip, masked_device_id, locale, app_version,
                   create_date, app_version_text, mask_key_version, message_id)
@@ -163,8 +171,10 @@ FROM STDIN (FORMAT binary)";
 
 const INSERT_QUARANTINE: &str = "\
 INSERT INTO etl.quarantine (message_id, reason, detail, received_at, sent_at, receive_count,
-                            quarantine_key_version, body_ciphertext, user_hash)
-SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body, q.user_hash
+                            quarantine_key_version, body_ciphertext, user_hash,
+                            user_hash_key_version)
+SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, q.body, q.user_hash,
+       CASE WHEN q.user_hash IS NOT NULL THEN $9::int4 END
 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[],
             $8::bytea[])
      AS q(message_id, reason, detail, sent_at, receive_count, body, user_hash)";
@@ -189,7 +199,12 @@ SELECT message_id FROM replayed";
 /// Writes one batch: its new vault entries, then one transaction with the claim, the rows and the
 /// quarantine rows. The caller must not list a message id twice.
 pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<Written, sqlx::Error> {
-    insert_vault(pool, batch).await?;
+    match insert_vault(pool, batch).await {
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(KEYS_CHANGED) => {
+            return Ok(Written::KeysChanged)
+        }
+        other => other?,
+    }
     let mut tx = pool.begin().await?;
     let epoch: i64 = sqlx::query_scalar(HOLD_VAULT_EPOCH)
         .fetch_one(&mut *tx)
@@ -412,6 +427,7 @@ async fn insert_quarantine(
                 .map(|r| r.user_hash.as_ref().map(|h| h.as_bytes().as_slice()))
                 .collect::<Vec<_>>(),
         )
+        .bind(batch.mask_key_version)
         .execute(&mut *conn)
         .await?;
     for row in rows {

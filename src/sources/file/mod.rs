@@ -45,6 +45,8 @@ pub enum FileSourceError {
     Io(#[from] std::io::Error),
     #[error("cannot read the input's progress from the database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("lines of this input were committed under mask key version {0}, before a re-mask; its claims are keyed by that version, so a run under the active version would write them again. Nothing was written")]
+    EarlierMaskVersion(i32),
     #[error("another `etl ingest --from-file` is ingesting an input with this first line (fingerprint {0}); wait for it to end")]
     Busy(String),
     #[error("lines {first}-{last} differ from the lines committed from an input with the same first line (fingerprint {fingerprint}); no line from {first} on was written. Is this another file?")]
@@ -83,13 +85,26 @@ pub async fn run(
     let Some((first_number, first_line)) = first else {
         return Ok(());
     };
-    let line_key = committer.transformer.masker().line_key().clone();
+    let transformer = committer.keys.current();
+    let line_key = transformer.masker().line_key().clone();
     let source = line_key.fingerprint(&first_line);
     // Held to the end of the run: closing it releases the lock.
     let lock = file_batches::lock_source(&committer.pool, source)
         .await?
         .ok_or_else(|| FileSourceError::Busy(hex::encode(source)))?;
     let committed = file_batches::committed_ranges(&committer.pool, source).await?;
+    if committed.is_empty() {
+        // Claims are keyed by the mask key version that wrote them and cannot be re-keyed.
+        for earlier in transformer.all_maskers().skip(1) {
+            let fingerprint = earlier.line_key().fingerprint(&first_line);
+            if !file_batches::committed_ranges(&committer.pool, fingerprint)
+                .await?
+                .is_empty()
+            {
+                return Err(FileSourceError::EarlierMaskVersion(earlier.version()));
+            }
+        }
+    }
     if !committed.is_empty() {
         info!(
             ranges = committed.len(),
