@@ -128,3 +128,20 @@ async fn checked_pool(
     postgres::check_connection(&options).await?;
     Ok(postgres::pool(options, max_connections))
 }
+
+/// A progress bar for a long pass of a command, shown on a terminal only (elsewhere the command
+/// logs a line per step); the caller enters the span and moves it with `pb_inc`.
+fn progress(what: &str, total: u64) -> tracing::Span {
+    use std::io::IsTerminal;
+    use tracing_indicatif::span_ext::IndicatifSpanExt;
+    let span = tracing::info_span!("progress", indicatif.pb_show = tracing::field::Empty);
+    if std::io::stderr().is_terminal() {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{wide_bar}} {{human_pos}}/{{human_len}} ({{eta}})"
+        )) {
+            span.pb_set_style(&style);
+        }
+        span.pb_set_length(total);
+    }
+    span
+}

@@ -24,8 +24,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use super::progress;
 use super::quarantine::Openers;
-use super::reseal::{progress, VaultKeys};
+use super::reseal::VaultKeys;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};

@@ -9,15 +9,14 @@
 //! older version behind the cursor; a pass that still finds some is followed by another.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::ProgressStyle;
 use serde::Serialize;
-use tracing::{info, info_span};
+use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use super::progress;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
@@ -116,20 +115,6 @@ pub(super) fn field_of(name: &str) -> anyhow::Result<PiiField> {
         .into_iter()
         .find(|f| f.as_str() == name)
         .with_context(|| format!("unknown vault field {name:?}"))
-}
-
-/// A progress bar on a terminal (log lines elsewhere).
-pub(super) fn progress(what: &str, total: u64) -> tracing::Span {
-    let span = info_span!("keys", indicatif.pb_show = tracing::field::Empty);
-    if std::io::stderr().is_terminal() {
-        if let Ok(style) = ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} {{wide_bar}} {{human_pos}}/{{human_len}} ({{eta}})"
-        )) {
-            span.pb_set_style(&style);
-        }
-        span.pb_set_length(total);
-    }
-    span
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -4,16 +4,15 @@
 //! epoch, see `pipeline::vault_state`, one chunk at a time), then old quarantined messages and old
 //! claims. Never the audit log: the pass appends one row to it with its figures.
 
-use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{Duration, Utc};
-use indicatif::ProgressStyle;
 use serde::Serialize;
-use tracing::{info, info_span};
+use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
+use super::progress;
 use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
 use crate::cli::{DatabaseArgs, OutputFormat, RetentionCommand};
 
@@ -246,20 +245,6 @@ fn write_metrics(path: &std::path::Path, pass: &Pass) -> std::io::Result<()> {
     let partial = path.with_extension("prom.partial");
     std::fs::write(&partial, text)?;
     std::fs::rename(&partial, path)
-}
-
-/// A progress bar on a terminal (a log line per table elsewhere).
-fn progress(what: &str, total: u64) -> tracing::Span {
-    let span = info_span!("retention", indicatif.pb_show = tracing::field::Empty);
-    if std::io::stderr().is_terminal() {
-        if let Ok(style) = ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} {{wide_bar}} {{human_pos}}/{{human_len}} ({{eta}})"
-        )) {
-            span.pb_set_style(&style);
-        }
-        span.pb_set_length(total);
-    }
-    span
 }
 
 async fn delete_expired(

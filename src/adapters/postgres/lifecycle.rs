@@ -337,6 +337,11 @@ pub struct Quarantined {
     pub key_version: i32,
 }
 
+/// The columns of a [`Quarantined`], selected from `etl.quarantine`.
+pub const QUARANTINED_COLUMNS: &str = "message_id, reason, sent_at, receive_count, body_ciphertext, \
+     CASE WHEN quarantine_key_version IS NOT NULL THEN 'quarantine' ELSE 'vault' END AS key_purpose, \
+     coalesce(quarantine_key_version, vault_key_version) AS key_version";
+
 /// Up to `limit` quarantined messages after `after` (by id), of one reason or id if given.
 pub async fn quarantined_page(
     pool: &PgPool,
@@ -345,16 +350,12 @@ pub async fn quarantined_page(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Quarantined>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT message_id, reason, sent_at, receive_count, body_ciphertext, \
-                CASE WHEN quarantine_key_version IS NOT NULL THEN 'quarantine' ELSE 'vault' END \
-                    AS key_purpose, \
-                coalesce(quarantine_key_version, vault_key_version) AS key_version \
-         FROM etl.quarantine \
-         WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR message_id = $2) \
-           AND ($3::text IS NULL OR message_id > $3) \
-         ORDER BY message_id LIMIT $4",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {QUARANTINED_COLUMNS} FROM etl.quarantine \
+             WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR message_id = $2) \
+               AND ($3::text IS NULL OR message_id > $3) \
+             ORDER BY message_id LIMIT $4"
+    ))
     .bind(reason)
     .bind(message_id)
     .bind(after)

@@ -261,15 +261,12 @@ pub async fn hashes_to_remask(
     conn: &mut PgConnection,
     to: i32,
 ) -> Result<Vec<Quarantined>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT message_id, reason, sent_at, receive_count, body_ciphertext, \
-                CASE WHEN quarantine_key_version IS NOT NULL THEN 'quarantine' ELSE 'vault' END \
-                    AS key_purpose, \
-                coalesce(quarantine_key_version, vault_key_version) AS key_version \
-         FROM etl.quarantine \
-         WHERE user_hash IS NOT NULL AND user_hash_key_version IS DISTINCT FROM $1 \
-         ORDER BY message_id",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {} FROM etl.quarantine \
+             WHERE user_hash IS NOT NULL AND user_hash_key_version IS DISTINCT FROM $1 \
+             ORDER BY message_id",
+        super::lifecycle::QUARANTINED_COLUMNS
+    ))
     .bind(to)
     .fetch_all(conn)
     .await
