@@ -109,14 +109,11 @@ impl Transformer {
                     });
                 }
                 Err(reason) => {
-                    let user_id = user_id_of(&message.body);
-                    if user_id
-                        .as_deref()
-                        .is_some_and(|id| self.is_forgotten(&forgotten, id))
-                    {
+                    let BodyUser::Kept(user_hash) = self.body_user(&message.body, &forgotten)
+                    else {
                         batch.forgotten.push(message.id.clone());
                         continue;
-                    }
+                    };
                     let sealer = match &mut quarantine {
                         Some(sealer) => sealer,
                         None => quarantine.insert(self.quarantine.batch()?),
@@ -127,7 +124,7 @@ impl Transformer {
                         message,
                         reason.code().as_str(),
                         reason.to_string(),
-                        user_id.map(|id| self.masker.user_hash(&id)),
+                        user_hash,
                     )?;
                 }
             }
@@ -179,23 +176,28 @@ impl Transformer {
         let (epoch, forgotten) = vault.forgotten();
         let mut batch = self.empty_batch(std::slice::from_ref(message));
         batch.vault_epoch = epoch;
-        let user_id = user_id_of(&message.body);
-        if user_id
-            .as_deref()
-            .is_some_and(|id| self.is_forgotten(&forgotten, id))
-        {
+        let BodyUser::Kept(user_hash) = self.body_user(&message.body, &forgotten) else {
             batch.forgotten.push(message.id.clone());
             return Ok(batch);
-        }
+        };
         quarantine_into(
             &mut batch,
             &self.quarantine.batch()?,
             message,
             reason,
             detail,
-            user_id.map(|id| self.masker.user_hash(&id)),
+            user_hash,
         )?;
         Ok(batch)
+    }
+
+    /// Whose a body going to quarantine is: a forgotten user's (dropped instead), or kept with
+    /// the keyed hash of its user id under the active mask key, when it has one.
+    fn body_user(&self, body: &str, forgotten: &Forgotten) -> BodyUser {
+        match user_id_of(body) {
+            Some(id) if self.is_forgotten(forgotten, &id) => BodyUser::Forgotten,
+            user_id => BodyUser::Kept(user_id.map(|id| self.masker.user_hash(&id))),
+        }
     }
 
     /// Hashed only when someone is forgotten: most runs never pay for it. Under every stored
@@ -241,6 +243,11 @@ impl Transformer {
             digest: digest.finish(),
         })
     }
+}
+
+enum BodyUser {
+    Forgotten,
+    Kept(Option<UserHash>),
 }
 
 fn quarantine_into(

@@ -148,6 +148,18 @@ fn describe(target: Option<&Target>, source: &sqlx::Error) -> String {
                     "{message}: the database user {user} lacks the role this command needs \
                          (SECURITY.md lists them; `etl doctor` checks them)"
                 ),
+                // Data exceptions and integrity violations can quote a row's values in their
+                // message (`invalid input syntax for type inet: "…"`): name the code and the
+                // constraint only.
+                Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                    match db.constraint() {
+                        Some(constraint) => format!(
+                            "database {database} rejected a value (SQLSTATE {code}, \
+                             constraint {constraint})"
+                        ),
+                        None => format!("database {database} rejected a value (SQLSTATE {code})"),
+                    }
+                }
                 Some(code) => format!("database {database}: {message} (SQLSTATE {code})"),
                 None => format!("database {database}: {message}"),
             }
