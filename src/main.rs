@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
             None => err.exit(),
         },
     };
-    etl::telemetry::init(cli.log_format, &cli.log_level);
+    etl::telemetry::init(cli.log_format.into(), &cli.log_level);
     #[cfg(target_os = "linux")]
     if let Err(err) = etl::startup::disable_core_dumps() {
         tracing::warn!(error = %err, "cannot turn core dumps off; a core dump could hold unwrapped keys");

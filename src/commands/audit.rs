@@ -2,13 +2,43 @@
 
 use anyhow::Context;
 
-use super::Outcome;
+use clap::Subcommand;
+
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::audit;
-use crate::cli::{DatabaseArgs, OutputFormat};
 use crate::crypto::{ChainVerifier, GENESIS};
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain of the audit log. Exit 0 when it holds, 1 when a row was changed,
+    /// removed or inserted out of order (the first bad id is named), 2 on error.
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// A head printed earlier by `etl audit head` (`ID:HASH`): also check that this row still
+        /// has this hash, which detects rows removed or rewritten after it was taken.
+        #[arg(long, value_name = "ID:HASH")]
+        anchor: Option<String>,
+    },
+    /// Print the chain head (id and hash of the newest row), to keep outside the database.
+    Head {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+pub async fn run(command: AuditCommand) -> anyhow::Result<Outcome> {
+    match command {
+        AuditCommand::Verify { database, anchor } => verify(&database, anchor.as_deref()).await,
+        AuditCommand::Head { database, format } => head(&database, format).await,
+    }
+}
+
 /// Exit 0 when the chain holds (and the anchor, if given), 1 when it does not.
-pub async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result<Outcome> {
+async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result<Outcome> {
     let mut verifier = match anchor {
         Some(text) => {
             let (id, hash) = parse_anchor(text)?;
@@ -51,7 +81,7 @@ fn parse_anchor(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
     Ok((id, hash))
 }
 
-pub async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
+async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
     let pool = super::pool(database).await?;
     let (id, hash) = audit::head(&pool)
         .await
@@ -62,7 +92,7 @@ pub async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Resu
         OutputFormat::Text => println!("{id}:{hash}"),
         OutputFormat::Json => println!("{}", serde_json::json!({ "id": id, "hash": hash })),
     }
-    Ok(())
+    Ok(Outcome::Success)
 }
 
 #[cfg(test)]

@@ -6,14 +6,33 @@ use aws_config::SdkConfig;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::PgPool;
 
-use super::Outcome;
+use clap::Args;
+
+use super::{Outcome, SqsProtocolArg};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
-use crate::cli::DoctorArgs;
-use crate::configuration::QueueUrl;
+use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::domain::QueueUrl;
 use crate::startup;
+
+/// Doctor takes every setting as given, unvalidated: judging each one is its job.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// URL of the SQS queue.
+    #[arg(long, env = "ETL_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// KMS key that wraps (or will wrap) the data keys.
+    #[arg(long, env = "ETL_KMS_KEY_ID")]
+    pub kms_key_id: Option<String>,
+    /// SQS wire protocol to check.
+    #[arg(long, value_enum, env = "ETL_SQS_PROTOCOL", default_value_t = SqsProtocolArg::Auto)]
+    pub sqs_protocol: SqsProtocolArg,
+}
 
 const ROLES: [&str; 4] = ["etl_ingest", "etl_analyst", "etl_recoverer", "etl_auditor"];
 
@@ -44,7 +63,8 @@ impl Report {
     }
 }
 
-pub async fn run(args: &DoctorArgs) -> anyhow::Result<Outcome> {
+pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
+    let args = &args;
     let mut report = Report { failures: 0 };
     let sdk = aws::load_config(Duration::from_secs(10)).await;
     region(&mut report, &sdk);
@@ -91,16 +111,13 @@ async fn database(report: &mut Report, url: Option<&str>) -> Option<(PgPool, PgC
         );
         return None;
     };
-    let options =
-        match crate::configuration::DatabaseSettings::try_from(&crate::cli::DatabaseArgs {
-            database_url: url.to_owned(),
-        }) {
-            Ok(settings) => settings.options,
-            Err(err) => {
-                report.check("database", Err((err.to_string(), "fix the URL".into())));
-                return None;
-            }
-        };
+    let options = match DatabaseSettings::parse(url) {
+        Ok(settings) => settings.options,
+        Err(err) => {
+            report.check("database", Err((err.to_string(), "fix the URL".into())));
+            return None;
+        }
+    };
     let pool = postgres::pool(options.clone(), 1);
     match sqlx::query_scalar::<_, String>("SHOW server_version")
         .fetch_one(&pool)
@@ -290,10 +307,14 @@ async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs) {
         ),
         Some(Err(err)) => report.check(
             "queue",
-            Err((err.to_string(), "give the queue's full URL".into())),
+            Err((
+                ConfigError::from(err).to_string(),
+                "give the queue's full URL".into(),
+            )),
         ),
         Some(Ok(url)) => {
-            let reached = match SqsQueue::connect(sdk, url.as_str(), args.sqs_protocol).await {
+            let reached = match SqsQueue::connect(sdk, url.as_str(), args.sqs_protocol.into()).await
+            {
                 Ok((queue, protocol)) => queue.depth().await.map(|depth| (depth, protocol)),
                 Err(err) => Err(err),
             };

@@ -7,15 +7,68 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use super::recover::{database_error, recover_masks};
-use super::Outcome;
+use clap::{Args, ValueEnum};
+
+use super::{DatabaseArgs, Outcome};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, lifecycle};
-use crate::cli::{ExportArgs, ExportFormat};
-use crate::configuration::{self, DatabaseSettings};
-use crate::domain::PiiField;
+use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::domain::{Justification, PiiField, UserId};
+use crate::recovery::{database_error, recover_masks};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user whose rows to export, exactly as in user_logins.user_id.
+    #[arg(long, value_name = "ID")]
+    pub user_id: String,
+    /// Why (for example "subject access request"). Required; recorded with every mask opened.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded with every mask opened.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Output format on stdout: a JSON array of rows, or CSV with a header line.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    pub format: ExportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+/// Whose rows, why, and where the database is.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    pub database: DatabaseSettings,
+    pub user_id: UserId,
+    pub why: Justification,
+    pub format: ExportFormat,
+}
+
+impl TryFrom<&ExportArgs> for ExportSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &ExportArgs) -> Result<Self, ConfigError> {
+        Ok(Self {
+            why: Justification::parse(
+                &args.reason,
+                args.ticket.as_deref(),
+                "with every mask opened",
+            )?,
+            user_id: UserId::parse(&args.user_id).ok_or_else(|| ConfigError::BadUserId {
+                given: "--user-id".to_owned(),
+            })?,
+            database: args.database.settings()?,
+            format: args.format,
+        })
+    }
+}
 
 /// One row of the export: the row as analysts see it, with the original values beside the masks.
 #[derive(Serialize)]
@@ -32,20 +85,12 @@ struct ExportedRow<'a> {
     message_id: Option<&'a str>,
 }
 
-pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
-    let reason = args.reason.trim();
-    anyhow::ensure!(
-        !reason.is_empty(),
-        "--reason must say why; it is recorded with every mask opened"
-    );
-    let ticket = configuration::ticket(args.ticket.as_deref());
-    let user_id = args.user_id.trim();
-    anyhow::ensure!(!user_id.is_empty(), "--user-id must not be empty");
-    let settings = DatabaseSettings::try_from(&args.database)?;
-    let options = postgres::read_committed(settings.options);
+pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
+    let settings = ExportSettings::try_from(&args)?;
+    let options = postgres::read_committed(settings.database.options);
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
-    let rows = lifecycle::subject_rows(&pool, user_id)
+    let rows = lifecycle::subject_rows(&pool, settings.user_id.as_str())
         .await
         .map_err(database_error(&pool))?;
     if rows.is_empty() {
@@ -66,9 +111,7 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
             continue;
         }
         let masks: Vec<String> = masks.into_iter().map(str::to_owned).collect();
-        for recovered in
-            recover_masks(&pool, &kms, field, &masks, reason, ticket.as_deref()).await?
-        {
+        for recovered in recover_masks(&pool, &kms, field, &masks, &settings.why).await? {
             if let Some(value) = recovered.value {
                 values.insert((field, recovered.mask), value);
             }
@@ -93,7 +136,7 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Outcome> {
             message_id: row.message_id.as_deref(),
         })
         .collect();
-    match args.format {
+    match settings.format {
         ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&exported)?),
         ExportFormat::Csv => {
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());

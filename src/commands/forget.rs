@@ -7,16 +7,104 @@
 //! suppression-list entry, and one erasure receipt per user in the audit log (hash, counts,
 //! reason, ticket; never the id).
 
+use std::path::PathBuf;
+
+use clap::Args;
 use serde::Serialize;
 
-use super::Outcome;
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, keyring, lifecycle};
-use crate::cli::{ForgetArgs, OutputFormat};
-use crate::configuration::ForgetSettings;
+use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::crypto::{KeyPurpose, Masker, UserHash};
+use crate::domain::{Justification, UserId};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("users").required(true).multiple(true).args(["user_id", "from_file"])))]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user id to erase, exactly as in user_logins.user_id.
+    #[arg(long, value_name = "ID")]
+    pub user_id: Option<String>,
+    /// Read user ids from this file, one per line (`-` for stdin; blank lines are skipped).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Why (for example the request's legal basis). Required; recorded in each erasure receipt.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded in each erasure receipt.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Count what would be removed, change nothing and write no receipt.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+/// Users to forget, each with where it was given (for messages that must not echo the id).
+#[derive(Debug, Clone)]
+pub struct ForgetSettings {
+    pub database: DatabaseSettings,
+    pub users: Vec<GivenUser>,
+    pub why: Justification,
+    pub dry_run: bool,
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct GivenUser {
+    pub user_id: UserId,
+    /// `--user-id`, or `line N` of the file.
+    pub source: String,
+}
+
+impl GivenUser {
+    fn parse(text: &str, source: String) -> Result<Self, ConfigError> {
+        match UserId::parse(text) {
+            Some(user_id) => Ok(Self { user_id, source }),
+            None => Err(ConfigError::BadUserId { given: source }),
+        }
+    }
+}
+
+impl TryFrom<&ForgetArgs> for ForgetSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &ForgetArgs) -> Result<Self, ConfigError> {
+        let why = Justification::parse(
+            &args.reason,
+            args.ticket.as_deref(),
+            "in each erasure receipt",
+        )?;
+        let mut users = Vec::new();
+        if let Some(user_id) = &args.user_id {
+            users.push(GivenUser::parse(user_id, "--user-id".to_owned())?);
+        }
+        if let Some(path) = &args.from_file {
+            let text = super::read_input(path).map_err(ConfigError::UserFile)?;
+            for (index, line) in text.lines().enumerate() {
+                if !line.trim().is_empty() {
+                    users.push(GivenUser::parse(line, format!("line {}", index + 1))?);
+                }
+            }
+        }
+        if users.is_empty() {
+            return Err(ConfigError::Conflict("no user id given: the file has none"));
+        }
+        Ok(Self {
+            database: args.database.settings()?,
+            users,
+            why,
+            dry_run: args.dry_run,
+            format: args.format,
+        })
+    }
+}
 
 /// Users per transaction: each costs a few index probes; the epoch lock (which holds ingest's
 /// commits back) is held for one chunk at a time.
@@ -89,8 +177,8 @@ struct Totals {
     newly_suppressed: usize,
 }
 
-pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
-    let settings = ForgetSettings::try_from(args)?;
+pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
+    let settings = ForgetSettings::try_from(&args)?;
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
@@ -101,14 +189,17 @@ pub async fn run(args: &ForgetArgs) -> anyhow::Result<Outcome> {
         let erased = loop {
             let users: Vec<(&str, UserHash)> = chunk
                 .iter()
-                .map(|user| (user.user_id.as_str(), masker.user_hash(&user.user_id)))
+                .map(|user| {
+                    let id = user.user_id.as_str();
+                    (id, masker.user_hash(id))
+                })
                 .collect();
             match lifecycle::forget(
                 &pool,
                 &users,
                 masker.version(),
-                &settings.reason,
-                settings.ticket.as_deref(),
+                settings.why.reason(),
+                settings.why.ticket(),
                 settings.dry_run,
             )
             .await

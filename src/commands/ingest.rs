@@ -1,33 +1,251 @@
+//! `etl ingest`: the long-running service (or, with `--drain`, a run until the queue is empty),
+//! and backfills from a file with `--from-file`.
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backon::Retryable;
+use clap::Args;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::{DatabaseArgs, Outcome, SqsProtocolArg};
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres;
-use crate::adapters::sqs::{SqsProtocol, SqsQueue};
-use crate::cli::IngestArgs;
-use crate::configuration::{IngestSettings, IngestSource};
+use crate::adapters::sqs::{SqsProtocol, SqsQueue, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
+use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::domain::QueueUrl;
+use crate::keys::load_live_keys;
 use crate::pipeline::batcher::BatchLimits;
-use crate::pipeline::{backoff, writers, Committer, LiveKeys, Stats, Summary, WriteJob};
+use crate::pipeline::{writers, Committer, LiveKeys, Stats, Summary, WriteJob};
 use crate::server::{self, Readiness};
 use crate::sources::{self, sqs::progress, sqs::SqsSourceOptions};
-use crate::startup::{self, StartupError};
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// URL of the SQS queue to consume.
+    #[arg(long, env = "ETL_QUEUE_URL", required_unless_present = "from_file")]
+    pub queue_url: Option<String>,
+
+    /// Read one JSON body per line from this file (`-` for stdin) instead of SQS: a backfill or a
+    /// dead-letter queue export, through the same validation, masking, vault and quarantine.
+    /// Each line's id is `file:<fingerprint of the first line>:<line number>`; replaying the
+    /// file, or a longer one that starts with it, writes nothing twice. Ends at the end of the
+    /// input.
+    #[arg(long, value_name = "PATH", conflicts_with = "drain")]
+    pub from_file: Option<PathBuf>,
+
+    /// SQS wire protocol: `auto` probes once at start (AWS JSON, then Query); `query` is what the
+    /// reference LocalStack 0.14 image speaks.
+    #[arg(long, value_enum, env = "ETL_SQS_PROTOCOL", default_value_t = SqsProtocolArg::Auto)]
+    pub sqs_protocol: SqsProtocolArg,
+
+    /// Exit when the queue is empty (an empty receive, then zero visible and zero in-flight
+    /// messages) and print a summary, instead of running until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub drain: bool,
+
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    pub summary_json: bool,
+
+    /// Concurrent `ReceiveMessage` calls (10 messages each). They stop receiving while the
+    /// writers are behind. [default: 16]
+    #[arg(long, env = "ETL_RECEIVERS")]
+    pub receivers: Option<usize>,
+
+    /// Concurrent write transactions. [default: 4]
+    #[arg(long, env = "ETL_WRITERS")]
+    pub writers: Option<usize>,
+
+    /// Largest write batch, in messages: received messages are coalesced into transactions of
+    /// up to this many (with --from-file, consecutive lines). `--batch-size` is an old name.
+    #[arg(
+        long,
+        env = "ETL_BATCH_MESSAGES",
+        default_value_t = 2000,
+        alias = "batch-size"
+    )]
+    pub batch_messages: usize,
+
+    /// Longest a received message waits for its batch to fill before the batch is written
+    /// anyway, for example `500ms` or `2s`; at most half the visibility timeout.
+    #[arg(long, env = "ETL_BATCH_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+
+    /// Deprecated: sets both --receivers and --writers where those are not given.
+    #[arg(long, env = "ETL_POLLERS", hide = true)]
+    pub pollers: Option<usize>,
+
+    /// Long-poll wait per receive, 0 to 20 seconds [default: 20, or 1 with --drain so the run
+    /// ends promptly once the queue is empty].
+    #[arg(long, env = "ETL_WAIT_SECONDS")]
+    pub wait_seconds: Option<u8>,
+
+    /// Seconds a received message stays hidden from other consumers. A batch still in flight at
+    /// half this time gets it extended (a heartbeat), so this bounds only how long a crashed
+    /// consumer's messages wait before redelivery.
+    #[arg(long, env = "ETL_VISIBILITY_TIMEOUT", default_value_t = 30)]
+    pub visibility_timeout: u64,
+
+    /// After this many receives (SQS ApproximateReceiveCount), a message that still cannot be
+    /// written is quarantined instead of returned to the queue, so one poison message cannot
+    /// block it. Keep it below the maxReceiveCount of the queue's redrive policy, if it has one.
+    #[arg(long, env = "ETL_MAX_RECEIVES", default_value_t = 10)]
+    pub max_receives: i32,
+
+    /// Address of the operations endpoint: Prometheus /metrics, /healthz and /readyz. Port 0
+    /// picks a free port (logged at start).
+    #[arg(long, env = "ETL_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: SocketAddr,
+
+    /// Database connections [default: writers + 2].
+    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+}
+
+/// Where `etl ingest` reads messages.
+#[derive(Debug, Clone)]
+pub enum IngestSource {
+    Queue {
+        url: QueueUrl,
+        protocol: SqsProtocol,
+    },
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub database: DatabaseSettings,
+    pub source: IngestSource,
+    pub receivers: usize,
+    pub writers: usize,
+    pub batch_messages: usize,
+    pub batch_wait: Duration,
+    pub wait: Duration,
+    pub drain: bool,
+    pub summary_json: bool,
+    pub db_max_connections: u32,
+    pub visibility: Duration,
+    pub max_receives: i32,
+    pub metrics_addr: SocketAddr,
+    /// Whether the deprecated `--pollers` was given (a warning is logged at start).
+    pub deprecated_pollers: bool,
+}
+
+/// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
+const DRAIN_WAIT_SECONDS: u8 = 1;
+const DEFAULT_RECEIVERS: usize = 16;
+const DEFAULT_WRITERS: usize = 4;
+const MAX_WRITERS: usize = 64;
+
+impl TryFrom<&IngestArgs> for IngestSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &IngestArgs) -> Result<Self, ConfigError> {
+        // The deprecated --pollers stands for both where they are not given.
+        if let Some(pollers) = args.pollers {
+            ConfigError::check_range("--pollers", pollers, 1, 256, "between 1 and 256")?;
+        }
+        let receivers = args.receivers.or(args.pollers).unwrap_or(DEFAULT_RECEIVERS);
+        // --pollers allowed 256 loops; writers beyond 64 only wait for connections.
+        let writers = args
+            .writers
+            .or(args.pollers.map(|p| p.min(MAX_WRITERS)))
+            .unwrap_or(DEFAULT_WRITERS);
+        ConfigError::check_range("--receivers", receivers, 1, 256, "between 1 and 256")?;
+        ConfigError::check_range("--writers", writers, 1, MAX_WRITERS, "between 1 and 64")?;
+        ConfigError::check_range(
+            "--batch-messages",
+            args.batch_messages,
+            1,
+            100_000,
+            "between 1 and 100000",
+        )?;
+        let default_wait = if args.drain {
+            DRAIN_WAIT_SECONDS
+        } else {
+            MAX_WAIT_SECONDS
+        };
+        let wait_seconds = args.wait_seconds.unwrap_or(default_wait);
+        ConfigError::check_range(
+            "--wait-seconds",
+            wait_seconds,
+            0,
+            MAX_WAIT_SECONDS,
+            "between 0 and 20",
+        )?;
+        // Each writer holds one connection at a time; the file source's lock holds one more.
+        let db_max_connections = args.db_max_connections.unwrap_or(writers as u32 + 2);
+        // A writer short of a connection waits out the pool's timeout as a transient failure.
+        if (db_max_connections as usize) < writers {
+            return Err(ConfigError::OutOfRange {
+                flag: "--db-max-connections",
+                expected: "at least --writers",
+            });
+        }
+        ConfigError::check_range(
+            "--max-receives",
+            args.max_receives,
+            1,
+            i32::MAX,
+            "at least 1",
+        )?;
+        ConfigError::check_range(
+            "--visibility-timeout",
+            args.visibility_timeout,
+            2,
+            MAX_VISIBILITY_SECONDS,
+            "between 2 and 43200 seconds",
+        )?;
+        let visibility = Duration::from_secs(args.visibility_timeout);
+        // A batch waiting longer would need its visibility extended before it is even written.
+        if args.batch_wait > visibility / 2 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--batch-wait",
+                expected: "at most half of --visibility-timeout",
+            });
+        }
+        Ok(Self {
+            database: args.database.settings()?,
+            source: match (&args.from_file, &args.queue_url) {
+                (Some(path), _) => IngestSource::File(path.clone()),
+                (None, Some(url)) => IngestSource::Queue {
+                    url: QueueUrl::parse(url)?,
+                    protocol: args.sqs_protocol.into(),
+                },
+                (None, None) => return Err(ConfigError::QueueUrl),
+            },
+            visibility,
+            max_receives: args.max_receives,
+            receivers,
+            writers,
+            batch_messages: args.batch_messages,
+            batch_wait: args.batch_wait,
+            wait: Duration::from_secs(wait_seconds.into()),
+            drain: args.drain,
+            summary_json: args.summary_json,
+            db_max_connections,
+            metrics_addr: args.metrics_addr,
+            deprecated_pollers: args.pollers.is_some(),
+        })
+    }
+}
 
 /// Headroom of each SQS attempt over the long-poll wait, so a healthy receive never times out.
 const ATTEMPT_HEADROOM: Duration = Duration::from_secs(10);
 
-pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
-    let settings = IngestSettings::try_from(args)?;
-    if args.pollers.is_some() {
+pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
+    let settings = IngestSettings::try_from(&args)?;
+    if settings.deprecated_pollers {
         warn!("--pollers / ETL_POLLERS is deprecated: use --receivers and --writers");
     }
     let sdk = aws::load_config(settings.wait + ATTEMPT_HEADROOM).await;
@@ -36,10 +254,9 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
         settings.db_max_connections,
     );
     let summary = match &settings.source {
-        IngestSource::Queue(url) => {
-            let (queue, protocol) =
-                SqsQueue::connect(&sdk, url.as_str(), args.sqs_protocol).await?;
-            from_queue(&settings, args, &sdk, pool, (queue, protocol)).await?
+        IngestSource::Queue { url, protocol } => {
+            let (queue, protocol) = SqsQueue::connect(&sdk, url.as_str(), *protocol).await?;
+            from_queue(&settings, &sdk, pool, (queue, protocol)).await?
         }
         IngestSource::File(path) => from_file(&settings, &sdk, pool, path).await?,
     };
@@ -61,43 +278,11 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<()> {
             summary.write_failures
         );
     }
-    Ok(())
-}
-
-/// Unwraps the keys (retrying transient failures) and logs the audit chain head; `ingest` and
-/// `lambda` start alike.
-pub(super) async fn load_keys(
-    pool: &sqlx::PgPool,
-    sdk: &aws_config::SdkConfig,
-) -> anyhow::Result<Arc<LiveKeys>> {
-    let kms = Kms::new(sdk);
-    // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
-    // a denial or a wrong encryption context is not.
-    let transformer = (|| startup::load_transformer(pool, &kms))
-        .retry(backoff())
-        .when(StartupError::is_transient)
-        .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
-        .await
-        .context("refusing to start without the data keys")?;
-    log_audit_head(pool).await;
-    Ok(Arc::new(LiveKeys::new(transformer, kms)))
-}
-
-/// The audit chain head at start, so that log storage outside the database keeps an anchor for
-/// `etl audit verify --anchor`. Not a reason to stop ingesting if it cannot be read.
-async fn log_audit_head(pool: &sqlx::PgPool) {
-    match crate::adapters::postgres::audit::head(pool).await {
-        Ok(head) => {
-            let (id, hash) = head.unwrap_or((0, crate::crypto::GENESIS.to_vec()));
-            info!(audit_head = %format!("{id}:{}", hex::encode(hash)), "audit chain head");
-        }
-        Err(err) => warn!(error = %err, "cannot read the audit chain head"),
-    }
+    Ok(Outcome::Success)
 }
 
 async fn from_queue(
     settings: &IngestSettings,
-    args: &IngestArgs,
     sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
     (queue, protocol): (SqsQueue, SqsProtocol),
@@ -106,9 +291,13 @@ async fn from_queue(
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     // The endpoint comes up before the keys load, so /healthz answers during startup.
     let readiness = Readiness::new(pool.clone(), queue.clone());
-    let metrics_addr =
-        server::start(args.metrics_addr, Arc::clone(&readiness), shutdown.clone()).await?;
-    let keys = load_keys(&pool, sdk).await?;
+    let metrics_addr = server::start(
+        settings.metrics_addr,
+        Arc::clone(&readiness),
+        shutdown.clone(),
+    )
+    .await?;
+    let keys = load_live_keys(&pool, sdk).await?;
     readiness.keys_loaded();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
@@ -196,7 +385,7 @@ async fn from_file(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let keys = load_keys(&pool, sdk).await?;
+    let keys = load_live_keys(&pool, sdk).await?;
     info!(
         writers = settings.writers,
         batch_messages = settings.batch_messages,

@@ -6,15 +6,70 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use clap::Args;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::info;
 
-use super::ingest::load_keys;
+use super::{DatabaseArgs, Outcome};
 use crate::adapters::{aws, postgres};
-use crate::cli::LambdaArgs;
-use crate::configuration::LambdaSettings;
+use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::keys::load_live_keys;
 use crate::sources::lambda::{Handler, SqsEventPayload};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+#[derive(Debug, Args)]
+pub struct LambdaArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// After this many receives (the record's ApproximateReceiveCount), a message that still
+    /// cannot be written is quarantined instead of failed again. Keep it below the
+    /// maxReceiveCount of the queue's redrive policy.
+    #[arg(long, env = "ETL_MAX_RECEIVES", default_value_t = 10)]
+    pub max_receives: i32,
+
+    /// Database connections of one function instance. An instance handles one event at a time,
+    /// which needs one connection; at high concurrency put a connection proxy (RDS Proxy,
+    /// PgBouncer) in front of PostgreSQL.
+    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS", default_value_t = 2)]
+    pub db_max_connections: u32,
+}
+
+/// What `etl lambda` runs with.
+#[derive(Debug, Clone)]
+pub struct LambdaSettings {
+    pub database: DatabaseSettings,
+    pub max_receives: i32,
+    pub db_max_connections: u32,
+}
+
+impl TryFrom<&LambdaArgs> for LambdaSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &LambdaArgs) -> Result<Self, ConfigError> {
+        ConfigError::check_range(
+            "--max-receives",
+            args.max_receives,
+            1,
+            i32::MAX,
+            "at least 1",
+        )?;
+        // One event at a time per instance: more connections only hold server slots that
+        // hundreds of concurrent instances would exhaust.
+        ConfigError::check_range(
+            "--db-max-connections",
+            args.db_max_connections,
+            1,
+            8,
+            "between 1 and 8 for `etl lambda`",
+        )?;
+        Ok(Self {
+            database: args.database.settings()?,
+            max_receives: args.max_receives,
+            db_max_connections: args.db_max_connections,
+        })
+    }
+}
 
 /// What the Lambda service sets in a function's environment and the runtime needs (it would
 /// panic without them).
@@ -25,16 +80,16 @@ const RUNTIME_VARIABLES: [&str; 4] = [
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
 ];
 
-pub async fn run(args: &LambdaArgs) -> anyhow::Result<()> {
+pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let settings = LambdaSettings::try_from(args)?;
+    let settings = LambdaSettings::try_from(&args)?;
     check_runtime_environment()?;
     let sdk = aws::load_config(KMS_ATTEMPT_TIMEOUT).await;
     let pool = postgres::pool(
         settings.database.options.clone(),
         settings.db_max_connections,
     );
-    let keys = load_keys(&pool, &sdk).await?;
+    let keys = load_live_keys(&pool, &sdk).await?;
     let handler = Arc::new(Handler::new(pool, keys, settings.max_receives));
     info!(
         init_ms = started.elapsed().as_millis() as u64,
@@ -50,7 +105,8 @@ pub async fn run(args: &LambdaArgs) -> anyhow::Result<()> {
         }
     }))
     .await
-    .map_err(|err| anyhow::anyhow!("the Lambda Runtime API loop stopped: {err}"))
+    .map_err(|err| anyhow::anyhow!("the Lambda Runtime API loop stopped: {err}"))?;
+    Ok(Outcome::Success)
 }
 
 fn check_runtime_environment() -> anyhow::Result<()> {

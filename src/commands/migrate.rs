@@ -1,10 +1,12 @@
+//! `etl migrate`: the schema migrations in `migrations/`.
+
 use anyhow::Context;
 use sqlx::migrate::MigrateError;
 
+use super::{DatabaseArgs, Outcome};
 use crate::adapters::postgres::{DatabaseError, MIGRATOR};
-use crate::cli::DatabaseArgs;
 
-pub async fn run(database: &DatabaseArgs) -> anyhow::Result<()> {
+pub async fn run(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
     // The pool has connected first, so a refused or unverified connection is reported as such in
     // one line, not as a failed migration.
     let pool = super::pool(database).await?;
@@ -22,5 +24,5 @@ pub async fn run(database: &DatabaseArgs) -> anyhow::Result<()> {
         "schema is up to date ({} migrations)",
         MIGRATOR.iter().count()
     );
-    Ok(())
+    Ok(Outcome::Success)
 }

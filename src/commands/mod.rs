@@ -1,25 +1,27 @@
-//! One module per subcommand: each builds its settings, runs, and prints its result on stdout.
+//! One module per subcommand: each owns its flags (`Args`), validates them into its settings,
+//! runs, and prints its result on stdout. What several commands share lives here and in
+//! [`args`]; what they share below the command line lives in `keys`, `recovery` and `pipeline`.
 
-mod audit;
-mod doctor;
-mod export;
-mod forget;
-mod ingest;
-mod keys;
-mod lambda;
+mod args;
+pub mod audit;
+pub mod dev;
+pub mod doctor;
+pub mod export;
+pub mod forget;
+pub mod ingest;
+pub mod keys;
+pub mod lambda;
 mod migrate;
-mod quarantine;
-mod recover;
-mod remask;
-mod reseal;
-mod retention;
-mod seed;
+pub mod quarantine;
+pub mod recover;
+pub mod retention;
+
+pub use args::{DatabaseArgs, OutputFormat, SqsProtocolArg};
 
 use sqlx::PgPool;
 
 use crate::adapters::postgres;
-use crate::cli::{AuditCommand, Command, DevCommand, KeysCommand, QuarantineCommand};
-use crate::configuration::DatabaseSettings;
+use crate::cli::Command;
 
 /// How a command that ran without error ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,90 +35,36 @@ pub enum Outcome {
 /// Runs a parsed command.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Recover(args) => return recover::run(&args).await,
-        Command::Quarantine(QuarantineCommand::Show(args)) => return quarantine::show(&args).await,
-        Command::Quarantine(QuarantineCommand::Replay(args)) => {
-            return quarantine::replay(&args).await
-        }
-        Command::Quarantine(QuarantineCommand::Purge {
-            database,
-            older_than,
-            dry_run,
-        }) => quarantine::purge(&database, older_than, dry_run).await,
-        Command::Forget(args) => return forget::run(&args).await,
-        Command::Export(args) => return export::run(&args).await,
-        Command::Retention(command) => retention::run(&command).await,
-        Command::Audit(AuditCommand::Verify { database, anchor }) => {
-            return audit::verify(&database, anchor.as_deref()).await
-        }
-        Command::Audit(AuditCommand::Head { database, format }) => {
-            audit::head(&database, format).await
-        }
-        Command::Doctor(args) => return doctor::run(&args).await,
         Command::Migrate(database) => migrate::run(&database).await,
-        Command::Keys(KeysCommand::Init {
-            database,
-            kms_key_id,
-        }) => keys::init(&database, &kms_key_id).await,
-        Command::Keys(KeysCommand::Rotate {
-            database,
-            purpose,
-            kms_key_id,
-        }) => keys::rotate(&database, purpose, kms_key_id.as_deref()).await,
-        Command::Keys(KeysCommand::Rewrap {
-            database,
-            kms_key_id,
-        }) => keys::rewrap(&database, &kms_key_id).await,
-        Command::Keys(KeysCommand::List { database, format }) => {
-            keys::list(&database, format).await
-        }
-        Command::Keys(KeysCommand::Reseal {
-            database,
-            batch,
-            format,
-        }) => reseal::run(&database, batch, format).await,
-        Command::Keys(KeysCommand::Retire {
-            database,
-            purpose,
-            version,
-        }) => keys::retire(&database, purpose, version).await,
-        Command::Keys(KeysCommand::Remask {
-            database,
-            batch,
-            format,
-        }) => remask::run(&database, batch, format).await,
-        Command::Ingest(args) => ingest::run(&args).await,
-        Command::Lambda(args) => lambda::run(&args).await,
-        Command::Quarantine(QuarantineCommand::List {
-            database,
-            format,
-            limit,
-        }) => quarantine::list(&database, format, limit).await,
-        Command::Dev(DevCommand::Seed(args)) => seed::run(&args).await,
-        Command::Dev(DevCommand::Generate(args)) => seed::generate(&args),
-    }?;
-    Ok(Outcome::Success)
+        Command::Keys(command) => keys::run(command).await,
+        Command::Ingest(args) => ingest::run(args).await,
+        Command::Lambda(args) => lambda::run(args).await,
+        Command::Recover(args) => recover::run(args).await,
+        Command::Audit(command) => audit::run(command).await,
+        Command::Doctor(args) => doctor::run(args).await,
+        Command::Quarantine(command) => quarantine::run(command).await,
+        Command::Forget(args) => forget::run(args).await,
+        Command::Export(args) => export::run(args).await,
+        Command::Retention(command) => retention::run(command).await,
+        Command::Dev(command) => dev::run(command).await,
+    }
 }
 
 /// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the
 /// server's default, which the append trigger requires.
-async fn audit_pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
+async fn audit_pool(database: &DatabaseArgs) -> anyhow::Result<PgPool> {
     audit_pool_of(database, 1).await
 }
 
 /// [`audit_pool`] with `max_connections`.
-async fn audit_pool_of(
-    database: &crate::cli::DatabaseArgs,
-    max_connections: u32,
-) -> anyhow::Result<PgPool> {
-    let settings = DatabaseSettings::try_from(database)?;
+async fn audit_pool_of(database: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
+    let settings = database.settings()?;
     checked_pool(postgres::read_committed(settings.options), max_connections).await
 }
 
 /// A small pool for one-shot commands.
-async fn pool(database: &crate::cli::DatabaseArgs) -> anyhow::Result<PgPool> {
-    let settings = DatabaseSettings::try_from(database)?;
-    checked_pool(settings.options, 2).await
+async fn pool(database: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    checked_pool(database.settings()?.options, 2).await
 }
 
 /// A pool whose server has just accepted a connection: a one-shot command that cannot connect
@@ -127,6 +75,15 @@ async fn checked_pool(
 ) -> anyhow::Result<PgPool> {
     postgres::check_connection(&options).await?;
     Ok(postgres::pool(options, max_connections))
+}
+
+/// A file, or stdin for `-`.
+fn read_input(path: &std::path::Path) -> std::io::Result<String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
 }
 
 /// A progress bar for a long pass of a command, shown on a terminal only (elsewhere the command

@@ -1,26 +1,116 @@
 //! `etl quarantine list` (metadata only), `show` (one body, on record), `replay` (after a rule
 //! change) and `purge`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::recover::{database_error, RecoverError};
-use super::Outcome;
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
-use crate::adapters::postgres::{keyring, quarantine, recovery};
-use crate::cli::{DatabaseArgs, OutputFormat, QuarantineReplayArgs, QuarantineShowArgs};
+use crate::adapters::postgres::{quarantine, recovery};
 use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
-use crate::domain::{LoginEvent, Message};
+use crate::domain::{Justification, LoginEvent};
+use crate::keys::QuarantineOpeners;
 use crate::pipeline::{Committer, LiveKeys, Stats};
+use crate::recovery::{database_error, RecoverError};
 use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
 
-pub async fn list(database: &DatabaseArgs, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined messages (id, reason, times; never the body).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Show at most this many of the newest entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Open one quarantined message's body (for members of etl_recoverer): the request is
+    /// committed to the audit log first, then the body is fetched, unsealed and printed on stdout.
+    Show(QuarantineShowArgs),
+    /// Validate quarantined messages again with today's rules (for the schema owner): those now
+    /// valid are written through the same commit path, exactly once, and leave the quarantine;
+    /// the rest stay. Messages of forgotten users are dropped.
+    Replay(QuarantineReplayArgs),
+    /// Delete quarantined messages older than this many days (for the schema owner).
+    Purge {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Age in days, by the time each message was quarantined.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+        /// Count what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineShowArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The quarantined message's id, as `etl quarantine list` shows it.
+    #[arg(value_name = "ID")]
+    pub message_id: String,
+    /// Why the body is needed. Required; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded in the audit log.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Output format: the body as sent (text), or one JSON object with the id and the body.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Only messages quarantined for this reason code (as `etl quarantine list` shows it).
+    #[arg(long, value_name = "CODE")]
+    pub reason_code: Option<String>,
+    /// Only this message.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Validate with today's rules and count, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+pub async fn run(command: QuarantineCommand) -> anyhow::Result<Outcome> {
+    match command {
+        QuarantineCommand::List {
+            database,
+            format,
+            limit,
+        } => list(&database, format, limit).await,
+        QuarantineCommand::Show(args) => show(&args).await,
+        QuarantineCommand::Replay(args) => replay(&args).await,
+        QuarantineCommand::Purge {
+            database,
+            older_than,
+            dry_run,
+        } => purge(&database, older_than, dry_run).await,
+    }
+}
+
+async fn list(
+    database: &DatabaseArgs,
+    format: OutputFormat,
+    limit: i64,
+) -> anyhow::Result<Outcome> {
     anyhow::ensure!(limit > 0, "--limit must be at least 1");
     let pool = super::pool(database).await?;
     let entries = quarantine::list(&pool, limit)
@@ -43,23 +133,18 @@ pub async fn list(database: &DatabaseArgs, format: OutputFormat, limit: i64) -> 
             }
         }
     }
-    Ok(())
+    Ok(Outcome::Success)
 }
 
 /// Opens one quarantined body on record: the request is committed to the audit log (under the
 /// recovery policy) before the sealed body and its wrapped key are fetched; KMS unwraps the key;
 /// the body goes to stdout and nowhere else.
-pub async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
-    let reason = args.reason.trim();
-    anyhow::ensure!(
-        !reason.is_empty(),
-        "--reason must say why the body is needed; it is recorded in the audit log"
-    );
+async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
+    let why = Justification::parse(&args.reason, args.ticket.as_deref(), "in the audit log")?;
     let message_id = args.message_id.trim().to_owned();
     anyhow::ensure!(!message_id.is_empty(), "give the quarantined message's id");
-    let ticket = crate::configuration::ticket(args.ticket.as_deref());
     let pool = super::audit_pool(&args.database).await?;
-    let request_id = recovery::request_quarantine(&pool, &[message_id], reason, ticket.as_deref())
+    let request_id = recovery::request_quarantine(&pool, &[message_id], why.reason(), why.ticket())
         .await
         .map_err(database_error(&pool))?;
     let rows = recovery::fetch_quarantine(&pool, request_id)
@@ -149,7 +234,7 @@ struct Replayed {
 /// keys), validates them again and sends the valid ones through the ingest commit path with the
 /// replay claim, which deletes each one's quarantine row in the same transaction as its row: a
 /// second replay, or two at once, write nothing twice.
-pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
+async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
     let pool = super::audit_pool(&args.database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let committer = if args.dry_run {
@@ -163,7 +248,7 @@ pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
             i32::MAX,
         ))
     };
-    let mut openers = Openers::new(&pool, &kms).await?;
+    let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
     let mut report = Replayed {
         dry_run: args.dry_run,
         ..Replayed::default()
@@ -236,91 +321,8 @@ pub async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The keys that open quarantined bodies, each unwrapped once, when first needed.
-pub(super) struct Openers<'a> {
-    kms: &'a Kms,
-    stored: Vec<keyring::StoredKey>,
-    quarantine: HashMap<i32, QuarantineOpener>,
-    vault: HashMap<i32, Sealer>,
-}
-
-impl<'a> Openers<'a> {
-    pub(super) async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
-        Ok(Self {
-            kms,
-            stored: keyring::list(pool)
-                .await
-                .context("reading the keyring (the schema owner may)")?,
-            quarantine: HashMap::new(),
-            vault: HashMap::new(),
-        })
-    }
-
-    pub(super) async fn open(&mut self, row: &lifecycle::Quarantined) -> anyhow::Result<Message> {
-        let purpose = KeyPurpose::parse(&row.key_purpose)
-            .filter(|p| matches!(p, KeyPurpose::Quarantine | KeyPurpose::Vault))
-            .with_context(|| format!("quarantined message {} has no key", row.message_id))?;
-        let version = row.key_version;
-        let missing = || {
-            anyhow::anyhow!(
-                "quarantined message {}: {} key version {version} is not in the keyring",
-                row.message_id,
-                purpose.as_str()
-            )
-        };
-        let known = match purpose {
-            KeyPurpose::Quarantine => self.quarantine.contains_key(&version),
-            _ => self.vault.contains_key(&version),
-        };
-        if !known {
-            let stored = self
-                .stored
-                .iter()
-                .find(|k| k.purpose == purpose.as_str() && k.version == version)
-                .ok_or_else(missing)?;
-            let key = self
-                .kms
-                .unwrap_data_key(&stored.kms_key_id, purpose, version, &stored.wrapped_key)
-                .await?;
-            match purpose {
-                KeyPurpose::Quarantine => {
-                    self.quarantine.insert(version, QuarantineOpener::new(&key));
-                }
-                _ => {
-                    self.vault.insert(version, Sealer::new(&key));
-                }
-            }
-        }
-        let body = match purpose {
-            KeyPurpose::Quarantine => self
-                .quarantine
-                .get(&version)
-                .ok_or_else(missing)?
-                .open(&row.message_id, &row.body_ciphertext),
-            _ => self
-                .vault
-                .get(&version)
-                .ok_or_else(missing)?
-                .open_body(&row.message_id, &row.body_ciphertext),
-        }
-        .map_err(|source| {
-            anyhow::anyhow!(
-                "quarantined body {} does not open: {source}",
-                row.message_id
-            )
-        })?;
-        Ok(Message {
-            id: row.message_id.clone(),
-            body: String::from_utf8_lossy(&body).into_owned(),
-            sent_timestamp: row.sent_at.map(|t| t.timestamp_millis().to_string()),
-            receive_count: row.receive_count,
-            line: None,
-        })
-    }
-}
-
 /// `etl quarantine purge --older-than DAYS`.
-pub async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyhow::Result<()> {
+async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyhow::Result<Outcome> {
     let pool = super::audit_pool(database).await?;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(older_than));
     let expired = lifecycle::count_expired(&pool, Expiring::Quarantine, cutoff)
@@ -328,7 +330,7 @@ pub async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> a
         .context("counting quarantined messages (the schema owner may)")?;
     if dry_run {
         println!("would purge {expired} quarantined messages older than {older_than} days");
-        return Ok(());
+        return Ok(Outcome::Success);
     }
     let mut purged = 0u64;
     loop {
@@ -350,5 +352,5 @@ pub async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> a
     .await
     .context("recording the purge in the audit log")?;
     println!("purged {purged} quarantined messages older than {older_than} days");
-    Ok(())
+    Ok(Outcome::Success)
 }

@@ -8,93 +8,177 @@
 //! The database enforces the recovery policy in step 1: a request without a required ticket, or
 //! over the daily limit, is recorded as refused and nothing can be fetched for it.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::{Args, Subcommand};
 
-use serde::Serialize;
-
-use super::Outcome;
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, recovery};
-use crate::cli::{OutputFormat, PolicyCommand, RecoverArgs, RecoverCommand};
-use crate::configuration::RecoverSettings;
-use crate::crypto::{KeyPurpose, Sealer};
-use crate::domain::PiiField;
+use crate::configuration::{ConfigError, DatabaseSettings, MaskSource};
+use crate::domain::{Justification, Mask, PiiField};
+use crate::recovery::{recover_masks, Recovered};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
-    #[error(
-        "the database refused the recovery: your database user needs the etl_recoverer role \
-         (an administrator runs: GRANT etl_recoverer TO <your user>)"
-    )]
-    NotRecoverer,
-    #[error("a recovery request must be committed before its values are fetched")]
-    NotCommitted,
-    #[error(
-        "the audit log is held by another session's open transaction; try again, and ask an \
-         administrator to look for idle transactions of recoverers"
-    )]
-    Busy,
-    #[error("the recovery policy refused the request: {0} (recorded in the audit log)")]
-    Refused(String),
-    #[error("during recovery: {0}")]
-    Database(#[source] postgres::DatabaseError),
-    #[error(transparent)]
-    Unwrap(#[from] crate::adapters::kms::UnwrapError),
-    #[error("vault entry for mask {mask} does not open: {source}")]
-    Open {
-        mask: String,
-        source: crate::crypto::SealError,
-    },
-    #[error("vault entry for mask {mask} has no vault key on record")]
-    MissingKey { mask: String },
+/// `etl recover --masked-ip <MASK>`, or `etl recover --masked-ip --from-file <PATH>` for many
+/// masks of the same field.
+#[derive(Debug, Args)]
+#[command(
+    group(clap::ArgGroup::new("field").required(true).args(["masked_ip", "masked_device_id"])),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct RecoverArgs {
+    #[command(subcommand)]
+    pub command: Option<RecoverCommand>,
+
+    /// PostgreSQL connection URL of the recovering user, who must be a member of etl_recoverer.
+    // Declared here rather than flattened from `DatabaseArgs`: a subcommand (`policy`) must be
+    // able to leave this level's arguments out.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required = true)]
+    pub database_url: Option<String>,
+
+    /// The masked_ip to recover; without a value, with --from-file, the file holds masked_ips.
+    #[arg(long, num_args = 0..=1, value_name = "MASK")]
+    pub masked_ip: Option<Option<String>>,
+
+    /// The masked_device_id to recover; without a value, with --from-file, the file holds
+    /// masked_device_ids.
+    #[arg(long, num_args = 0..=1, value_name = "MASK")]
+    pub masked_device_id: Option<Option<String>>,
+
+    /// Read masks from this file, one per line (`-` for stdin); one audit row per mask.
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+
+    /// Why the value is needed. Required; recorded in the audit log.
+    #[arg(long, required = true)]
+    pub reason: Option<String>,
+
+    /// Ticket or case reference, recorded in the audit log (required when the recovery policy
+    /// says so).
+    #[arg(long)]
+    pub ticket: Option<String>,
+
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
-/// The conversion of the recovery functions' errors on `pool`.
-pub(super) fn database_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '_ {
-    move |err| match &err {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-            RecoverError::NotRecoverer
+#[derive(Debug, Subcommand)]
+pub enum RecoverCommand {
+    /// The recovery policy, enforced by the database for every recovery and quarantine opening.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Change the policy (for the schema owner; the change is written to the audit log).
+    Set {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Whether every request must name a ticket.
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        require_ticket: Option<bool>,
+        /// Values (masks and quarantined bodies) one database user may open per UTC day; 0 means
+        /// no limit.
+        #[arg(long, value_name = "N")]
+        daily_limit: Option<u32>,
+    },
+    /// Print the policy.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+/// What `etl recover` asks for.
+#[derive(Debug, Clone)]
+pub struct RecoverSettings {
+    pub database: DatabaseSettings,
+    pub field: PiiField,
+    pub masks: Vec<Mask>,
+    /// Whether the masks came from a file (bulk output) or the command line (one value).
+    pub bulk: bool,
+    pub why: Justification,
+    pub format: OutputFormat,
+}
+
+impl TryFrom<&RecoverArgs> for RecoverSettings {
+    type Error = ConfigError;
+
+    fn try_from(args: &RecoverArgs) -> Result<Self, ConfigError> {
+        let (field, mask) = match (&args.masked_ip, &args.masked_device_id) {
+            (Some(mask), None) => (PiiField::Ip, mask),
+            (None, Some(mask)) => (PiiField::DeviceId, mask),
+            _ => {
+                return Err(ConfigError::Conflict(
+                    "give exactly one of --masked-ip and --masked-device-id",
+                ))
+            }
+        };
+        let masks = match (mask, &args.from_file) {
+            (Some(mask), None) => {
+                vec![Mask::parse(mask).ok_or(ConfigError::BadMask(MaskSource::Flag(field)))?]
+            }
+            (None, Some(path)) => read_masks(path)?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict(
+                    "give the mask on the command line or --from-file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::Conflict(
+                    "give a mask after --masked-ip / --masked-device-id, or --from-file",
+                ))
+            }
+        };
+        if masks.is_empty() {
+            return Err(ConfigError::Conflict("the mask file holds no masks"));
         }
-        // recovery.fetch in the request's own transaction, or a wait for the audit chain that
-        // timed out (another session holds it in an open transaction).
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
-            RecoverError::NotCommitted
-        }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RecoverError::Busy,
-        _ => RecoverError::Database(postgres::DatabaseError::on(pool)(err)),
+        Ok(Self {
+            database: DatabaseSettings::parse(args.database_url.as_deref().unwrap_or_default())?,
+            field,
+            masks,
+            bulk: args.from_file.is_some(),
+            why: Justification::parse(
+                args.reason.as_deref().unwrap_or_default(),
+                args.ticket.as_deref(),
+                "in the audit log",
+            )?,
+            format: args.format,
+        })
     }
 }
 
-#[derive(Serialize)]
-pub(super) struct Recovered {
-    pub field: &'static str,
-    pub mask: String,
-    pub outcome: String,
-    pub value: Option<String>,
+fn read_masks(path: &std::path::Path) -> Result<Vec<Mask>, ConfigError> {
+    let text = super::read_input(path).map_err(ConfigError::MaskFile)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            Mask::parse(line).ok_or(ConfigError::BadMask(MaskSource::Line(index + 1)))
+        })
+        .collect()
 }
 
-pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
+pub async fn run(args: RecoverArgs) -> anyhow::Result<Outcome> {
     if let Some(RecoverCommand::Policy(command)) = &args.command {
         return policy(command).await.map(|()| Outcome::Success);
     }
-    let settings = RecoverSettings::try_from(args)?;
+    let settings = RecoverSettings::try_from(&args)?;
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let results = recover_masks(
-        &pool,
-        &kms,
-        settings.field,
-        &settings.masks,
-        &settings.reason,
-        settings.ticket.as_deref(),
-    )
-    .await?;
+    let masks: Vec<String> = settings.masks.into_iter().map(Mask::into_string).collect();
+    let results = recover_masks(&pool, &kms, settings.field, &masks, &settings.why).await?;
     print(&results, settings.bulk, settings.format)?;
     let all_found = results.iter().all(|r| r.value.is_some());
     Ok(if all_found {
@@ -102,70 +186,6 @@ pub async fn run(args: &RecoverArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Negative
     })
-}
-
-/// The audited recovery of masks of one field: the request is committed, then fetched, and each
-/// vault key version unwrapped once. One result per mask, in the order given.
-pub(super) async fn recover_masks(
-    pool: &sqlx::PgPool,
-    kms: &Kms,
-    field: PiiField,
-    masks: &[String],
-    reason: &str,
-    ticket: Option<&str>,
-) -> anyhow::Result<Vec<Recovered>> {
-    let request_id = recovery::request(pool, field, masks, reason, ticket)
-        .await
-        .map_err(database_error(pool))?;
-    let rows = recovery::fetch(pool, request_id)
-        .await
-        .map_err(database_error(pool))?;
-    if let Some(refused) = rows.iter().find(|row| row.outcome == "refused") {
-        return Err(RecoverError::Refused(refused.detail.clone().unwrap_or_default()).into());
-    }
-    let mut sealers: HashMap<i32, Sealer> = HashMap::new();
-    let mut results = Vec::with_capacity(rows.len());
-    for row in rows {
-        let value = match (&row.ciphertext, row.vault_key_version) {
-            (Some(ciphertext), Some(version)) => {
-                let sealer = match sealers.entry(version) {
-                    Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(slot) => {
-                        let (Some(kms_key_id), Some(wrapped)) = (&row.kms_key_id, &row.wrapped_key)
-                        else {
-                            return Err(RecoverError::MissingKey { mask: row.mask }.into());
-                        };
-                        let key = kms
-                            .unwrap_data_key(kms_key_id, KeyPurpose::Vault, version, wrapped)
-                            .await
-                            .map_err(RecoverError::from)?;
-                        slot.insert(Sealer::new(&key))
-                    }
-                };
-                let plain = sealer
-                    .open_value(field, &row.mask, ciphertext)
-                    .map_err(|source| RecoverError::Open {
-                        mask: row.mask.clone(),
-                        source,
-                    })?;
-                Some(plain.to_string())
-            }
-            _ => None,
-        };
-        results.push(Recovered {
-            field: field.as_str(),
-            mask: row.mask,
-            outcome: row.outcome,
-            value,
-        });
-    }
-    anyhow::ensure!(
-        results.len() == masks.len(),
-        "the recovery request returned {} of {} masks",
-        results.len(),
-        masks.len()
-    );
-    Ok(results)
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {

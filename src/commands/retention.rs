@@ -12,9 +12,61 @@ use serde::Serialize;
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use super::progress;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{progress, DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
-use crate::cli::{DatabaseArgs, OutputFormat, RetentionCommand};
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Change how long each kind of data is kept, in days (for the schema owner). `0` keeps it
+    /// forever; settings not given stay as they are.
+    Set {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// user_logins rows, by create_date; then the vault entries no row refers to any more.
+        #[arg(long, value_name = "DAYS")]
+        logins: Option<u32>,
+        /// Quarantined messages, by the time they were quarantined.
+        #[arg(long, value_name = "DAYS")]
+        quarantine: Option<u32>,
+        /// Claims of processed SQS messages and backfilled line ranges, at least 14 (the longest
+        /// SQS keeps a message: a claim deleted sooner could let a redelivery be written twice).
+        /// A backfill file replayed after its claims expired is written again.
+        #[arg(long, value_name = "DAYS")]
+        claims: Option<u32>,
+    },
+    /// Print the settings.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Delete what the settings say has expired, in short transactions, safe beside a running
+    /// ingest; never the audit log. The summary goes to stdout and the audit log.
+    Apply {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Count what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// How much the pass yields to a running ingest: after each chunk it waits this many
+        /// times as long as the chunk took (as gh-ost's --nice-ratio). 0 runs flat out.
+        #[arg(long, value_name = "RATIO", default_value_t = 5.0)]
+        nice_ratio: f64,
+        /// Also write the pass's figures to this file in the Prometheus text format, for
+        /// node_exporter's textfile collector (written whole, then renamed into place).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+}
 
 /// Rows per delete statement: a few tens of milliseconds of work each.
 const ROW_CHUNK: i64 = 10_000;
@@ -25,7 +77,11 @@ const VAULT_CHUNK: i64 = 5_000;
 /// SQS keeps a message at most 14 days: a claim must outlive any redelivery of it.
 const MIN_CLAIMS_DAYS: u32 = 14;
 
-pub async fn run(command: &RetentionCommand) -> anyhow::Result<()> {
+pub async fn run(command: RetentionCommand) -> anyhow::Result<Outcome> {
+    run_command(&command).await.map(|()| Outcome::Success)
+}
+
+async fn run_command(command: &RetentionCommand) -> anyhow::Result<()> {
     match command {
         RetentionCommand::Set {
             database,

@@ -1,17 +1,26 @@
-//! The login event, its validation and the rules that turn it into a `user_logins` row.
+//! The login event, its validation and the rules that turn it into a `user_logins` row; and the
+//! values people pass in (masks, user ids, a justification, a queue URL), each parsed once.
 
 mod app_version;
 pub mod file_line;
+mod justification;
 mod login_event;
+mod mask;
 mod message;
+mod queue_url;
 mod rejection;
 mod sent_timestamp;
+mod user_id;
 
 pub use app_version::AppVersion;
+pub use justification::{BlankReason, Justification};
 pub use login_event::{user_id_of, DeviceId, Ip, LoginEvent};
+pub use mask::Mask;
 pub use message::Message;
+pub use queue_url::{InvalidQueueUrl, QueueUrl};
 pub use rejection::{ReasonCode, RejectReason};
 pub use sent_timestamp::{create_date, sent_at};
+pub use user_id::{UserId, USER_ID_MAX_CHARS};
 
 /// The two personal fields. Each has its own mask domain and vault namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

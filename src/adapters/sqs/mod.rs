@@ -252,7 +252,7 @@ impl BatchFailures {
 }
 
 /// Which SQS wire protocol to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqsProtocol {
     /// Try AWS JSON once at start; fall back to Query if the endpoint does not answer it.
     Auto,

@@ -24,39 +24,17 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use super::progress;
-use super::quarantine::Openers;
-use super::reseal::VaultKeys;
+use clap::Args;
+
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
-use crate::cli::{DatabaseArgs, OutputFormat};
+use crate::commands::{audit_pool_of, progress, DatabaseArgs, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
 use crate::domain::user_id_of;
+use crate::keys::{lock_key_job, QuarantineOpeners, VaultKeys};
 use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
-
-/// The advisory lock key of the key jobs (`reseal`, `remask`): one at a time per database.
-const KEY_JOB_LOCK: i64 = 0x6574_6c5f_6b65_7973;
-
-/// Held (on a connection of its own) for the life of a key job; closing it releases the lock.
-pub(super) async fn lock_key_job(pool: &PgPool) -> anyhow::Result<PgConnection> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(DatabaseError::on(pool))?
-        .detach();
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(KEY_JOB_LOCK)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(DatabaseError::on(pool))?;
-    anyhow::ensure!(
-        locked,
-        "another `etl keys reseal` or `etl keys remask` is running on this database; wait for it to end"
-    );
-    Ok(conn)
-}
 
 #[derive(Debug, Default, Serialize)]
 struct Remasked {
@@ -72,9 +50,22 @@ struct Remasked {
     elapsed_seconds: f64,
 }
 
-pub async fn run(database: &DatabaseArgs, batch: i64, format: OutputFormat) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct RemaskArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Vault entries per transaction before the switch.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+pub async fn run(args: &RemaskArgs) -> anyhow::Result<()> {
+    let (database, batch, format) = (&args.database, args.batch, args.format);
     // The job lock, the switch transaction, and the rest.
-    let pool = super::audit_pool_of(database, 3).await?;
+    let pool = audit_pool_of(database, 3).await?;
     let lock = lock_key_job(&pool).await?;
     let started = Instant::now();
     let active = keyring::active_mask_version(&pool)
@@ -116,7 +107,7 @@ pub async fn run(database: &DatabaseArgs, batch: i64, format: OutputFormat) -> a
             > 0;
         let prepared_at = (!resumed).then_some(epoch);
         report.vault_entries = job.prepare(&pool).await?;
-        let mut openers = Openers::new(&pool, &kms).await?;
+        let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
         let switch_started = Instant::now();
         let switched = job.switch(&pool, &mut openers, prepared_at).await?;
         report.switch_seconds = switch_started.elapsed().as_secs_f64();
@@ -256,7 +247,7 @@ impl Job<'_> {
     async fn switch(
         &self,
         pool: &PgPool,
-        openers: &mut Openers<'_>,
+        openers: &mut QuarantineOpeners<'_>,
         prepared_at: Option<i64>,
     ) -> anyhow::Result<Switched> {
         let mut conn = pool.acquire().await.map_err(DatabaseError::on(pool))?;

@@ -1,12 +1,148 @@
-use anyhow::Context;
+//! `etl keys`: the data keys (mask, vault, quarantine) wrapped by KMS. `init`, `rotate`,
+//! `rewrap`, `retire` and `list` are here; the two long jobs, `reseal` and `remask`, have a
+//! module each.
 
+mod remask;
+mod reseal;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring::Retirement;
 use crate::adapters::postgres::{keyring, lifecycle, rekey, DatabaseError};
-use crate::cli::{DatabaseArgs, OutputFormat, PurposeArg};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+pub use remask::RemaskArgs;
+pub use reseal::ResealArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the mask key and the vault key under a KMS key. Idempotent: when both exist, nothing
+    /// changes.
+    Init(InitArgs),
+    /// Create a new version of a data key. Vault: ingest seals new entries with it at once
+    /// (running processes reload), and no longer with older versions; `etl keys reseal` moves the
+    /// existing entries to it. Quarantine: new bodies are sealed to it. Mask: the new version is
+    /// pending until `etl keys remask` has moved every mask to it (see SECURITY.md, "Rotation").
+    Rotate(RotateArgs),
+    /// Re-wrap every stored data key under another KMS key (for a KMS key retirement). The data
+    /// keys themselves, and so every mask and ciphertext, stay the same.
+    Rewrap(RewrapArgs),
+    /// List the data keys: purpose, version, state, KMS key, creation time, and how many vault
+    /// entries, quarantine rows, user_logins rows and suppression-list rows use each version
+    /// (never key material).
+    List(ListArgs),
+    /// Re-encrypt every vault entry, and every quarantined body sealed under a vault key, under
+    /// the newest vault key version: in batches, each its own transaction, safe beside ingest and
+    /// recover, resumable (run it again after an interruption). Needs KMS Decrypt on every vault
+    /// key version.
+    Reseal(ResealArgs),
+    /// Delete the wrapped key of a vault or quarantine key version that nothing uses any more.
+    /// Refused (exit 2, with the counts) while vault entries or quarantine rows use it, or while
+    /// ingest may still seal with it.
+    #[command(disable_version_flag = true)]
+    Retire(RetireArgs),
+    /// Move every mask to the pending mask key version (`etl keys rotate --purpose mask`), then
+    /// make it the active one: new vault entries first (beside a running ingest, resumable), then
+    /// one switch transaction that rewrites user_logins and the quarantine's user hashes while
+    /// ingest waits, then the old entries are deleted. Running ingest processes switch without a
+    /// restart. Needs KMS Decrypt on the vault keys, the quarantine keys and the mask keys.
+    Remask(RemaskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// KMS key that wraps the data keys: key id, key ARN, alias name or alias ARN.
+    #[arg(long, env = "ETL_KMS_KEY_ID")]
+    pub kms_key_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Which key to rotate.
+    #[arg(long, value_enum)]
+    pub purpose: PurposeArg,
+    /// KMS key for the new version [default: the KMS key of the current version].
+    #[arg(long, env = "ETL_KMS_KEY_ID")]
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The KMS key to wrap under from now on.
+    #[arg(long)]
+    pub kms_key_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Which key.
+    #[arg(long, value_enum)]
+    pub purpose: PurposeArg,
+    /// The version to retire.
+    #[arg(long)]
+    pub version: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PurposeArg {
+    Mask,
+    Vault,
+    Quarantine,
+}
+
+impl From<PurposeArg> for KeyPurpose {
+    fn from(purpose: PurposeArg) -> Self {
+        match purpose {
+            PurposeArg::Vault => Self::Vault,
+            PurposeArg::Quarantine => Self::Quarantine,
+            PurposeArg::Mask => Self::Mask,
+        }
+    }
+}
+
+pub async fn run(command: KeysCommand) -> anyhow::Result<Outcome> {
+    match command {
+        KeysCommand::Init(args) => init(&args.database, &args.kms_key_id).await,
+        KeysCommand::Rotate(args) => {
+            rotate(
+                &args.database,
+                args.purpose.into(),
+                args.kms_key_id.as_deref(),
+            )
+            .await
+        }
+        KeysCommand::Rewrap(args) => rewrap(&args.database, &args.kms_key_id).await,
+        KeysCommand::List(args) => list(&args.database, args.format).await,
+        KeysCommand::Reseal(args) => reseal::run(&args).await,
+        KeysCommand::Retire(args) => {
+            retire(&args.database, args.purpose.into(), args.version).await
+        }
+        KeysCommand::Remask(args) => remask::run(&args).await,
+    }
+    .map(|()| Outcome::Success)
+}
 
 /// The first version of each key.
 const FIRST_VERSION: i32 = 1;
@@ -14,7 +150,7 @@ const FIRST_VERSION: i32 = 1;
 /// Creates whichever of the mask, vault and quarantine keys does not exist yet. KMS generates the
 /// mask and vault keys with `GenerateDataKeyWithoutPlaintext`, so this command never holds them;
 /// the quarantine seed is held for a moment, to compute the public key that ingest seals with.
-pub async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
+async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(
         !kms_key_id.is_empty(),
@@ -103,12 +239,11 @@ async fn create_key(
 /// A new version of a data key. Vault: the lowest version ingest may seal with is raised to it,
 /// so running processes reload and seal with it from their next new value. Mask: the version is
 /// pending until `etl keys remask` switches to it.
-pub async fn rotate(
+async fn rotate(
     database: &DatabaseArgs,
-    purpose: PurposeArg,
+    purpose: KeyPurpose,
     kms_key_id: Option<&str>,
 ) -> anyhow::Result<()> {
-    let purpose = purpose_of(purpose);
     let name = purpose.as_str();
     let pool = super::audit_pool(database).await?;
     let current = keyring::latest(&pool, purpose)
@@ -172,22 +307,9 @@ pub async fn rotate(
     Ok(())
 }
 
-fn purpose_of(purpose: PurposeArg) -> KeyPurpose {
-    match purpose {
-        PurposeArg::Vault => KeyPurpose::Vault,
-        PurposeArg::Quarantine => KeyPurpose::Quarantine,
-        PurposeArg::Mask => KeyPurpose::Mask,
-    }
-}
-
 /// Deletes the wrapped key of a vault or quarantine key version nothing uses; refused (an error,
 /// exit 2) with the counts while anything does.
-pub async fn retire(
-    database: &DatabaseArgs,
-    purpose: PurposeArg,
-    version: i32,
-) -> anyhow::Result<()> {
-    let purpose = purpose_of(purpose);
+async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> anyhow::Result<()> {
     let name = purpose.as_str();
     anyhow::ensure!(
         purpose != KeyPurpose::Mask,
@@ -220,7 +342,7 @@ pub async fn retire(
 }
 
 /// Re-wraps every data key under `kms_key_id`, inside KMS.
-pub async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
+async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(!kms_key_id.is_empty(), "--kms-key-id is empty");
     let pool = super::pool(database).await?;
@@ -312,7 +434,7 @@ struct KeyInfo<'a> {
 
 /// Versions, purposes, states, KMS keys, creation times and how much uses each; never key
 /// material.
-pub async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
+async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<()> {
     let pool = super::pool(database).await?;
     let keys = keyring::list(&pool)
         .await

@@ -8,7 +8,6 @@
 //! lowest version ingest may seal with is raised to the target, so no entry is added under an
 //! older version behind the cursor; a pass that still finds some is followed by another.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -16,106 +15,18 @@ use serde::Serialize;
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use super::progress;
+use clap::Args;
+
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
-use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
+use crate::adapters::postgres::rekey::{self, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
-use crate::cli::{DatabaseArgs, OutputFormat};
-use crate::crypto::{KeyPurpose, Sealer};
-use crate::domain::PiiField;
+use crate::commands::{audit_pool_of, progress, DatabaseArgs, OutputFormat};
+use crate::keys::{lock_key_job, VaultKeys};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 /// Passes before giving up on entries that keep appearing under older versions.
 const MAX_PASSES: usize = 3;
-
-/// The vault keys a job opens and seals with, each unwrapped once, when first needed.
-pub(super) struct VaultKeys<'a> {
-    kms: &'a Kms,
-    stored: Vec<keyring::StoredKey>,
-    sealers: HashMap<i32, Sealer>,
-}
-
-impl<'a> VaultKeys<'a> {
-    pub(super) async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
-        Ok(Self {
-            kms,
-            stored: keyring::versions(pool, KeyPurpose::Vault)
-                .await
-                .map_err(DatabaseError::on(pool))
-                .context("reading the vault keys")?,
-            sealers: HashMap::new(),
-        })
-    }
-
-    /// The newest stored version.
-    pub(super) fn newest(&self) -> Option<i32> {
-        self.stored.iter().map(|k| k.version).max()
-    }
-
-    /// Every stored version.
-    pub(super) fn versions(&self) -> Vec<i32> {
-        self.stored.iter().map(|k| k.version).collect()
-    }
-
-    /// Unwraps every version in `versions` not unwrapped yet.
-    pub(super) async fn load(
-        &mut self,
-        versions: impl IntoIterator<Item = i32>,
-    ) -> anyhow::Result<()> {
-        for version in versions {
-            if self.sealers.contains_key(&version) {
-                continue;
-            }
-            let stored = self
-                .stored
-                .iter()
-                .find(|k| k.version == version)
-                .with_context(|| format!("vault key version {version} is not in the keyring"))?;
-            let key = self
-                .kms
-                .unwrap_data_key(
-                    &stored.kms_key_id,
-                    KeyPurpose::Vault,
-                    version,
-                    &stored.wrapped_key,
-                )
-                .await?;
-            self.sealers.insert(version, Sealer::new(&key));
-        }
-        Ok(())
-    }
-
-    /// A loaded version's sealer.
-    pub(super) fn get(&self, version: i32) -> anyhow::Result<&Sealer> {
-        self.sealers
-            .get(&version)
-            .with_context(|| format!("vault key version {version} is not loaded"))
-    }
-
-    /// An entry's canonical value, opened with the version it names.
-    pub(super) fn open(
-        &self,
-        entry: &SealedEntry,
-    ) -> anyhow::Result<(PiiField, zeroize::Zeroizing<String>)> {
-        let field = field_of(&entry.field)?;
-        let mask = hex::encode(&entry.mask);
-        let value = self
-            .get(entry.vault_key_version)?
-            .open_value(field, &mask, &entry.ciphertext)
-            .map_err(|source| {
-                anyhow::anyhow!("vault entry for mask {mask} does not open: {source}")
-            })?;
-        Ok((field, value))
-    }
-}
-
-pub(super) fn field_of(name: &str) -> anyhow::Result<PiiField> {
-    [PiiField::Ip, PiiField::DeviceId]
-        .into_iter()
-        .find(|f| f.as_str() == name)
-        .with_context(|| format!("unknown vault field {name:?}"))
-}
 
 #[derive(Debug, Default, Serialize)]
 struct Resealed {
@@ -126,10 +37,23 @@ struct Resealed {
     elapsed_seconds: f64,
 }
 
-pub async fn run(database: &DatabaseArgs, batch: i64, format: OutputFormat) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct ResealArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+pub async fn run(args: &ResealArgs) -> anyhow::Result<()> {
+    let (database, batch, format) = (&args.database, args.batch, args.format);
     // The job lock, and one connection reading while another writes.
-    let pool = super::audit_pool_of(database, 3).await?;
-    let _job = super::remask::lock_key_job(&pool).await?;
+    let pool = audit_pool_of(database, 3).await?;
+    let _job = lock_key_job(&pool).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut keys = VaultKeys::new(&pool, &kms).await?;
     let target = keys

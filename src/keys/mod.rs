@@ -1,0 +1,75 @@
+//! Data keys below the command line: loading them for ingest (with live reload in
+//! `pipeline::LiveKeys`), the caches of unwrapped versions the key jobs and replays open with,
+//! and the lock that keeps key jobs one at a time.
+
+mod quarantine;
+mod vault;
+
+pub use quarantine::QuarantineOpeners;
+pub use vault::VaultKeys;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use backon::Retryable;
+use sqlx::{PgConnection, PgPool};
+use tracing::{info, warn};
+
+use crate::adapters::kms::Kms;
+use crate::adapters::postgres::{audit, DatabaseError};
+use crate::crypto::GENESIS;
+use crate::pipeline::{backoff, LiveKeys};
+use crate::startup::{self, StartupError};
+
+/// The advisory lock key of the key jobs (`reseal`, `remask`): one at a time per database.
+const KEY_JOB_LOCK: i64 = 0x6574_6c5f_6b65_7973;
+
+/// Held (on a connection of its own) for the life of a key job; closing it releases the lock.
+pub async fn lock_key_job(pool: &PgPool) -> anyhow::Result<PgConnection> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(DatabaseError::on(pool))?
+        .detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(KEY_JOB_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(DatabaseError::on(pool))?;
+    anyhow::ensure!(
+        locked,
+        "another `etl keys reseal` or `etl keys remask` is running on this database; wait for it to end"
+    );
+    Ok(conn)
+}
+
+/// Unwraps the keys (retrying transient failures) and logs the audit chain head; `ingest` and
+/// `lambda` start alike.
+pub async fn load_live_keys(
+    pool: &sqlx::PgPool,
+    sdk: &aws_config::SdkConfig,
+) -> anyhow::Result<Arc<LiveKeys>> {
+    let kms = Kms::new(sdk);
+    // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
+    // a denial or a wrong encryption context is not.
+    let transformer = (|| startup::load_transformer(pool, &kms))
+        .retry(backoff())
+        .when(StartupError::is_transient)
+        .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
+        .await
+        .context("refusing to start without the data keys")?;
+    log_audit_head(pool).await;
+    Ok(Arc::new(LiveKeys::new(transformer, kms)))
+}
+
+/// The audit chain head at start, so that log storage outside the database keeps an anchor for
+/// `etl audit verify --anchor`. Not a reason to stop ingesting if it cannot be read.
+async fn log_audit_head(pool: &sqlx::PgPool) {
+    match audit::head(pool).await {
+        Ok(head) => {
+            let (id, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+            info!(audit_head = %format!("{id}:{}", hex::encode(hash)), "audit chain head");
+        }
+        Err(err) => warn!(error = %err, "cannot read the audit chain head"),
+    }
+}
