@@ -5,6 +5,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use etl::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
 use etl::domain::Message;
+use etl::pipeline::batch::ClaimKind;
 use etl::pipeline::vault_state::VaultState;
 use etl::pipeline::Transformer;
 use etl::synthetic::{Generator, SyntheticOptions};
@@ -45,7 +46,7 @@ fn transform(c: &mut Criterion) {
     group.bench_function("prepare 1000 distinct events", |b| {
         b.iter_batched(
             || (),
-            |()| transformer.prepare(&messages, now, &known),
+            |()| transformer.prepare(&messages, ClaimKind::MessageIds, now, &known),
             BatchSize::SmallInput,
         )
     });

@@ -22,7 +22,7 @@ use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
 use crate::keys::load_live_keys;
 use crate::pipeline::batcher::BatchLimits;
-use crate::pipeline::{writers, Committer, LiveKeys, Stats, Summary, WriteJob};
+use crate::pipeline::{writers, Committer, Stats, Summary, WriteJob};
 use crate::server::{self, Readiness};
 use crate::sources::{self, sqs::progress, sqs::SqsSourceOptions};
 
@@ -321,7 +321,8 @@ async fn from_queue(
             progress_done.clone(),
         ));
     }
-    let (jobs, writers) = start_writers(settings, pool, keys, &stats);
+    let committer = Committer::new(pool, keys, Arc::clone(&stats), settings.max_receives);
+    let (jobs, writers) = start_writers(settings, Arc::new(committer));
     let writers = tokio::spawn(watch_writers(writers, shutdown.clone()));
     let options = SqsSourceOptions {
         receivers: settings.receivers,
@@ -348,13 +349,10 @@ async fn from_queue(
 /// one batch waiting per writer (more would only hold memory).
 fn start_writers(
     settings: &IngestSettings,
-    pool: sqlx::PgPool,
-    keys: Arc<LiveKeys>,
-    stats: &Arc<Stats>,
+    committer: Arc<Committer>,
 ) -> (mpsc::Sender<WriteJob>, JoinSet<()>) {
-    let committer = Committer::new(pool, keys, Arc::clone(stats), settings.max_receives);
     let (jobs, queued) = mpsc::channel(settings.writers);
-    let writers = writers::spawn(Arc::new(committer), settings.writers, queued);
+    let writers = writers::spawn(committer, settings.writers, queued);
     (jobs, writers)
 }
 
@@ -394,13 +392,13 @@ async fn from_file(
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     // The reader needs the pool, the line key and the counters the writers' committer holds.
-    let committer = Committer::new(
-        pool.clone(),
-        Arc::clone(&keys),
+    let committer = Arc::new(Committer::new(
+        pool,
+        keys,
         Arc::clone(&stats),
         settings.max_receives,
-    );
-    let (jobs, writers) = start_writers(settings, pool, keys, &stats);
+    ));
+    let (jobs, writers) = start_writers(settings, Arc::clone(&committer));
     sources::file::run(input, &committer, jobs, writers, settings.batch_messages)
         .await
         .with_context(|| format!("reading {}", path.display()))?;

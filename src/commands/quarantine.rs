@@ -16,6 +16,7 @@ use crate::adapters::postgres::{quarantine, recovery};
 use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
 use crate::domain::{Justification, LoginEvent};
 use crate::keys::QuarantineOpeners;
+use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::{Committer, LiveKeys, Stats};
 use crate::recovery::{database_error, RecoverError};
 use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
@@ -272,7 +273,11 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
             messages.push(openers.open(row).await?);
         }
         match &committer {
-            Some(committer) => committer.replay(&messages).await?,
+            Some(committer) => {
+                let replayed = committer.commit(&messages, ClaimKind::Replay).await?;
+                report.written += replayed.written;
+                report.forgotten_skipped += replayed.forgotten_skipped;
+            }
             None => {
                 report.written += messages
                     .iter()
@@ -280,11 +285,6 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
                     .count() as u64;
             }
         }
-    }
-    if let Some(committer) = &committer {
-        let summary = committer.stats.summary(std::time::Duration::ZERO);
-        report.written = summary.written;
-        report.forgotten_skipped = summary.forgotten_skipped;
     }
     report.still_quarantined = report.examined - report.written - report.forgotten_skipped;
     let figures = format!(

@@ -38,8 +38,9 @@ pub enum RejectReason {
     AppVersionOutOfRange,
 }
 
-/// Stable, machine-readable names of [`RejectReason`] kinds, used in quarantine rows, summaries and
-/// metrics labels.
+/// Stable, machine-readable names of why a message was quarantined, used in quarantine rows,
+/// summaries and metrics labels: a [`RejectReason`] kind, or one of the two operational reasons
+/// (the database refused the row; the message kept failing past the receive limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ReasonCode {
     NotJson,
@@ -54,6 +55,10 @@ pub enum ReasonCode {
     InvalidIp,
     InvalidAppVersion,
     AppVersionOutOfRange,
+    /// PostgreSQL refused the message's row (a constraint or rule of the database's own).
+    DatabaseRejected,
+    /// Not written after as many receives as `--max-receives` allows.
+    MaxReceivesExceeded,
 }
 
 impl ReasonCode {
@@ -71,6 +76,8 @@ impl ReasonCode {
             Self::InvalidIp => "invalid_ip",
             Self::InvalidAppVersion => "invalid_app_version",
             Self::AppVersionOutOfRange => "app_version_out_of_range",
+            Self::DatabaseRejected => "database_rejected",
+            Self::MaxReceivesExceeded => "max_receives_exceeded",
         }
     }
 }

@@ -9,98 +9,104 @@ use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
+use super::batch::{ClaimKind, WriteBatch, WriteOutcome, Written};
 use super::vault_state::VaultState;
-use super::{LiveKeys, Stats, Transformer};
-use crate::adapters::postgres;
-use crate::adapters::postgres::writer::{self, WriteBatch, Written};
+use super::{LiveKeys, Stats};
+use crate::adapters::postgres::{self, redacted, writer};
 use crate::crypto::SealError;
-use crate::domain::Message;
+use crate::domain::{Message, ReasonCode};
 use crate::startup::StartupError;
 
-/// How a committer builds a batch from messages: [`Transformer::prepare`] or its replay variant.
-type Prepare = fn(
-    &Transformer,
-    &[Message],
-    chrono::DateTime<chrono::Utc>,
-    &VaultState,
-) -> Result<WriteBatch, SealError>;
-
+/// The one commit path of every source (SQS, file, Lambda) and of `etl quarantine replay`.
 pub struct Committer {
-    pub pool: PgPool,
+    pool: PgPool,
     /// The keys in use, reloaded when the active versions change.
-    pub keys: Arc<LiveKeys>,
+    keys: Arc<LiveKeys>,
     /// Masks committed to the vault and forgotten users, shared by all writers of the process.
-    pub vault: Arc<VaultState>,
-    pub stats: Arc<Stats>,
+    vault: VaultState,
+    stats: Arc<Stats>,
     /// Receives after which a message that still cannot be written is quarantined.
-    pub max_receives: i32,
+    max_receives: i32,
 }
 
 impl Committer {
-    /// The committer both sources use: one vault state for all the process's writers.
+    /// One committer per process, shared by its writers: one vault state for all of them.
     pub fn new(pool: PgPool, keys: Arc<LiveKeys>, stats: Arc<Stats>, max_receives: i32) -> Self {
         Self {
             pool,
             keys,
-            vault: Arc::new(VaultState::default()),
+            vault: VaultState::default(),
             stats,
             max_receives,
         }
     }
 
-    /// Writes a batch with retries of transient errors. When the database rejects the batch
-    /// itself, it is split in halves until the offending messages are isolated; those are
-    /// quarantined and the rest written, so one bad row never costs good ones.
-    pub async fn commit(&self, messages: &[Message]) -> Result<(), CommitError> {
-        self.commit_with(messages, Transformer::prepare).await
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
-    /// [`Self::commit`] for quarantined messages given another chance (`etl quarantine replay`).
-    pub async fn replay(&self, messages: &[Message]) -> Result<(), CommitError> {
-        self.commit_with(messages, Transformer::prepare_replay)
-            .await
+    pub fn keys(&self) -> &LiveKeys {
+        &self.keys
     }
 
-    async fn commit_with(&self, messages: &[Message], prepare: Prepare) -> Result<(), CommitError> {
+    /// Masks known to be committed to the vault, and the users forgotten, as of an epoch.
+    pub fn vault(&self) -> &VaultState {
+        &self.vault
+    }
+
+    /// The process's counters, which every commit adds to.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Writes messages claimed as `kind` says, with retries of transient errors, and returns
+    /// what this call committed. When the database rejects the batch itself, it is split in
+    /// halves until the offending messages are isolated; those are quarantined and the rest
+    /// written, so one bad row never costs good ones.
+    pub async fn commit(
+        &self,
+        messages: &[Message],
+        kind: ClaimKind,
+    ) -> Result<WriteOutcome, CommitError> {
         if self.vault.epoch().is_none() {
             self.refresh_vault_state().await?;
         }
+        let mut committed = WriteOutcome::default();
         let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
             let transformer = self.keys.current();
-            let batch = prepare(&transformer, part, chrono::Utc::now(), &self.vault)?;
+            let batch = transformer.prepare(part, kind, chrono::Utc::now(), &self.vault)?;
             match self.write(&batch).await {
-                Ok(true) => {}
+                Ok(Some(outcome)) => committed.add(&outcome),
                 // Prepared before an erasure, a vault deletion or a key change: again, with what
                 // is now known.
-                Ok(false) => {
+                Ok(None) => {
                     self.refresh_vault_state().await?;
                     pending.push(part);
                 }
                 // Either the part's messages are all quarantined and the other parts go on, or
                 // the whole batch fails: never success with a part left unwritten.
                 Err(err) if postgres::is_transient(&err) => {
-                    self.quarantine_exhausted(part, err).await?;
+                    committed.add(&self.quarantine_exhausted(part, kind, err).await?);
                 }
                 // Not the rows' fault: splitting would fail every half the same way. The
                 // messages stay on the queue (or in the file) for a later attempt.
                 Err(err) if !postgres::rejects_rows(&err) => return Err(err.into()),
                 Err(err) if part.len() > 1 => {
-                    debug!(error = %describe_db_error(&err), messages = part.len(), "batch rejected; splitting it");
+                    debug!(error = %redacted(&err), messages = part.len(), "batch rejected; splitting it");
                     let (left, right) = part.split_at(part.len() / 2);
                     pending.extend([right, left]);
                 }
                 Err(err) => {
                     let [message] = part else { continue };
-                    warn!(message_id = %message.id, error = %describe_db_error(&err), "the database rejected this message; quarantining it");
-                    let detail =
-                        format!("PostgreSQL rejected the row ({})", describe_db_error(&err));
-                    self.quarantine(message, "database_rejected", detail)
-                        .await?;
+                    warn!(message_id = %message.id, error = %redacted(&err), "the database rejected this message; quarantining it");
+                    let detail = format!("PostgreSQL rejected the row ({})", redacted(&err));
+                    let reason = ReasonCode::DatabaseRejected;
+                    committed.add(&self.quarantine(message, kind, reason, detail).await?);
                 }
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// After transient errors outlasted the retries: messages received too often are
@@ -109,8 +115,9 @@ impl Committer {
     async fn quarantine_exhausted(
         &self,
         part: &[Message],
+        kind: ClaimKind,
         err: sqlx::Error,
-    ) -> Result<(), CommitError> {
+    ) -> Result<WriteOutcome, CommitError> {
         let limit = self.max_receives;
         let (poisoned, others): (Vec<&Message>, Vec<&Message>) = part
             .iter()
@@ -121,18 +128,19 @@ impl Committer {
         // The exhausted ones go to quarantine even when fresh messages share their batch, so a
         // message that keeps failing its batches cannot hold them back; the others fail with
         // the batch and come back.
+        let mut committed = WriteOutcome::default();
         for message in poisoned {
             warn!(message_id = %message.id, "received too many times; quarantining it");
             let detail = format!(
                 "not written after {} receives ({})",
                 message.receive_count.unwrap_or(limit),
-                describe_db_error(&err)
+                redacted(&err)
             );
-            self.quarantine(message, "max_receives_exceeded", detail)
-                .await?;
+            let reason = ReasonCode::MaxReceivesExceeded;
+            committed.add(&self.quarantine(message, kind, reason, detail).await?);
         }
         if others.is_empty() {
-            Ok(())
+            Ok(committed)
         } else {
             Err(err.into())
         }
@@ -142,44 +150,46 @@ impl Committer {
     async fn quarantine(
         &self,
         message: &Message,
-        reason: &'static str,
+        kind: ClaimKind,
+        reason: ReasonCode,
         detail: String,
-    ) -> Result<(), CommitError> {
+    ) -> Result<WriteOutcome, CommitError> {
         loop {
             let batch = self.keys.current().prepare_quarantine(
                 message,
+                kind,
                 reason,
                 detail.clone(),
                 &self.vault,
             )?;
-            if self.write(&batch).await? {
-                return Ok(());
+            if let Some(outcome) = self.write(&batch).await? {
+                return Ok(outcome);
             }
             self.refresh_vault_state().await?;
         }
     }
 
     /// One batch write, retrying transient errors with backoff; counts what it committed.
-    /// `false` when the batch was prepared under an older vault epoch or with keys no longer
+    /// `None` when the batch was prepared under an older vault epoch or with keys no longer
     /// active: nothing was committed; the caller refreshes the vault state (and the keys) and
     /// prepares the batch again.
-    async fn write(&self, batch: &WriteBatch) -> Result<bool, sqlx::Error> {
+    async fn write(&self, batch: &WriteBatch) -> Result<Option<WriteOutcome>, sqlx::Error> {
         let written = (|| writer::write_batch(&self.pool, batch))
             .retry(backoff())
             .when(postgres::is_transient)
             .notify(|err, delay| {
-                warn!(error = %describe_db_error(err), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                warn!(error = %redacted(err), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
             })
             .await?;
         let outcome = match written {
             Written::Committed(outcome) => outcome,
             Written::Stale { epoch } => {
                 debug!(epoch, "the vault epoch moved on; preparing the batch again");
-                return Ok(false);
+                return Ok(None);
             }
             Written::KeysChanged => {
                 debug!("the active key versions changed; reloading the keys");
-                return Ok(false);
+                return Ok(None);
             }
         };
         debug!(written = outcome.written, quarantined = ?outcome.quarantined,
@@ -192,7 +202,7 @@ impl Committer {
                 batch.vault.iter().map(|entry| (entry.field, entry.mask)),
             );
         }
-        Ok(true)
+        Ok(Some(outcome))
     }
 
     /// Reads the vault epoch and the active key versions, reloads the keys if they changed,
@@ -222,27 +232,8 @@ pub enum CommitError {
     #[error("cannot load the keys now active: {0}")]
     Keys(#[from] StartupError),
     // PostgreSQL messages can quote row values, so only SQLSTATE and constraint are shown.
-    #[error("database: {}", describe_db_error(.0))]
+    #[error("database: {}", redacted(.0))]
     Database(#[from] sqlx::Error),
-}
-
-/// SQLSTATE and constraint of a database error. Not its message: PostgreSQL messages and details
-/// can quote row values.
-fn describe_db_error(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Database(db) => match (db.code(), db.constraint()) {
-            (Some(code), Some(constraint)) => format!("SQLSTATE {code}, constraint {constraint}"),
-            (Some(code), None) => format!("SQLSTATE {code}"),
-            _ => "database error".to_owned(),
-        },
-        sqlx::Error::Io(io) => format!("database connection failed ({})", io.kind()),
-        sqlx::Error::PoolTimedOut => "no database connection within the pool timeout".to_owned(),
-        // These can carry a value that failed to encode or decode.
-        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => {
-            "a value could not be encoded or decoded".to_owned()
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Exponential backoff with jitter: 100 ms doubling to 10 s, eight tries.

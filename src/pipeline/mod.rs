@@ -1,7 +1,9 @@
 //! The ingest pipeline, whatever the source: batches of messages → transform (validate, mask,
-//! seal) → commit, by a pool of writers. Sources (`crate::sources`) feed it and settle what it
-//! committed (the SQS source deletes, the file source moves on).
+//! seal) → commit, by a pool of writers, through the PostgreSQL sink. Sources (`crate::sources`)
+//! feed it with the claim kind of what they send ([`batch`], the contract) and settle what it
+//! committed (the SQS source deletes, the file source moves on, the Lambda source answers).
 
+pub mod batch;
 pub mod batcher;
 mod commit;
 mod live_keys;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::adapters::postgres::writer::WriteOutcome;
+use super::batch::WriteOutcome;
 
 /// The counts of a run, each under one name everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

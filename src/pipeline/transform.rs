@@ -6,13 +6,11 @@ use chrono::{DateTime, Utc};
 
 use foldhash::fast::RandomState;
 
+use super::batch::{Claim, ClaimKind, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch};
 use super::vault_state::{Forgotten, VaultState};
-use crate::adapters::postgres::writer::{
-    Claim, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
-};
 use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash};
 use crate::domain::Message;
-use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField};
+use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField, ReasonCode};
 
 /// Holds the unwrapped keys' derived states for the life of the process.
 #[derive(Debug)]
@@ -57,17 +55,19 @@ impl Transformer {
         &self.sealer
     }
 
-    /// Builds the write batch of a set of messages. A message id listed twice is kept once.
-    /// Values the vault is known to hold are masked but not sealed again; messages of forgotten
-    /// users are only claimed.
+    /// Builds the write batch of a set of messages, claimed as `kind` says. A message id listed
+    /// twice is kept once. Values the vault is known to hold are masked but not sealed again;
+    /// messages of forgotten users are only claimed. Replayed messages still invalid stay in
+    /// quarantine, unclaimed.
     pub fn prepare(
         &self,
         messages: &[Message],
+        kind: ClaimKind,
         now: DateTime<Utc>,
         vault: &VaultState,
     ) -> Result<WriteBatch, SealError> {
         let (epoch, forgotten) = vault.forgotten();
-        let mut batch = self.empty_batch(messages);
+        let mut batch = self.empty_batch(messages, kind);
         batch.logins.reserve(messages.len());
         // Made at the batch's first rejected message: one encapsulation for all of them.
         let mut quarantine = None;
@@ -122,7 +122,7 @@ impl Transformer {
                         &mut batch,
                         sealer,
                         message,
-                        reason.code().as_str(),
+                        reason.code(),
                         reason.to_string(),
                         user_hash,
                     )?;
@@ -150,31 +150,19 @@ impl Transformer {
         Ok(batch)
     }
 
-    /// [`Self::prepare`] for quarantined messages given another chance: those now valid are
-    /// written (or dropped, if their user is forgotten), and the rest stay where they are.
-    pub fn prepare_replay(
-        &self,
-        messages: &[Message],
-        now: DateTime<Utc>,
-        vault: &VaultState,
-    ) -> Result<WriteBatch, SealError> {
-        let mut batch = self.prepare(messages, now, vault)?;
-        batch.claim = Claim::Replay;
-        Ok(batch)
-    }
-
     /// A batch that quarantines `message` whatever its content (unless its user is forgotten):
     /// for a message the database rejects, or one that failed too many times. `detail` must
     /// hold no personal data.
     pub fn prepare_quarantine(
         &self,
         message: &Message,
-        reason: &'static str,
+        kind: ClaimKind,
+        reason: ReasonCode,
         detail: String,
         vault: &VaultState,
     ) -> Result<WriteBatch, SealError> {
         let (epoch, forgotten) = vault.forgotten();
-        let mut batch = self.empty_batch(std::slice::from_ref(message));
+        let mut batch = self.empty_batch(std::slice::from_ref(message), kind);
         batch.vault_epoch = epoch;
         let BodyUser::Kept(user_hash) = self.body_user(&message.body, &forgotten) else {
             batch.forgotten.push(message.id.clone());
@@ -210,20 +198,25 @@ impl Transformer {
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
-    fn empty_batch(&self, messages: &[Message]) -> WriteBatch {
+    fn empty_batch(&self, messages: &[Message], kind: ClaimKind) -> WriteBatch {
         WriteBatch {
             received: messages.len(),
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
             quarantine_key_version: self.quarantine.version(),
-            claim: self.claim_of(messages),
+            claim: match kind {
+                ClaimKind::MessageIds => Claim::MessageIds,
+                ClaimKind::Replay => Claim::Replay,
+                ClaimKind::FileLines => self.line_range(messages),
+            },
             ..WriteBatch::default()
         }
     }
 
-    /// Messages from a file claim their line range (they come in line order); SQS messages their
-    /// ids.
-    fn claim_of(&self, messages: &[Message]) -> Claim {
+    /// The claim of lines of a file: their range (they come in line order) and the keyed digest
+    /// of their content. The file source sets every message's line; a message without one would
+    /// only be left out of the digest.
+    fn line_range(&self, messages: &[Message]) -> Claim {
         let Some(first) = messages.first().and_then(|m| m.line) else {
             return Claim::MessageIds;
         };
@@ -254,7 +247,7 @@ fn quarantine_into(
     batch: &mut WriteBatch,
     sealer: &BatchSealer,
     message: &Message,
-    reason: &'static str,
+    reason: ReasonCode,
     detail: String,
     user_hash: Option<UserHash>,
 ) -> Result<(), SealError> {

@@ -9,12 +9,14 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 use tracing::{error, info_span, Instrument};
 
+use super::batch::ClaimKind;
 use super::commit::{CommitError, Committer};
 use crate::domain::Message;
 
-/// A batch to commit, and where to report how it went.
+/// A batch to commit, how its messages are claimed, and where to report how it went.
 pub struct WriteJob {
     pub messages: Vec<Message>,
+    pub claim: ClaimKind,
     pub outcome: Option<oneshot::Sender<Result<(), CommitError>>>,
 }
 
@@ -50,14 +52,14 @@ async fn write(committer: &Committer, job: WriteJob) {
     let span = info_span!("batch", batch_id = &batch_id[..12]);
     let started = Instant::now();
     let result = committer
-        .commit(&job.messages)
+        .commit(&job.messages, job.claim)
         .instrument(span.clone())
-        .await;
-    committer
-        .stats
-        .batch_finished(job.messages.len(), started.elapsed());
+        .await
+        .map(drop);
+    let stats = committer.stats();
+    stats.batch_finished(job.messages.len(), started.elapsed());
     if let Err(err) = &result {
-        committer.stats.write_failed();
+        stats.write_failed();
         span.in_scope(
             || error!(error = %err, messages = job.messages.len(), "batch not committed"),
         );

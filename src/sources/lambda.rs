@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tracing::{error, info};
 
 use crate::domain::Message;
+use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::{Committer, LiveKeys, Stats};
 
 /// How long before the invocation's deadline a commit still retrying is given up, so that the
@@ -75,15 +76,7 @@ impl Handler {
     ) -> Result<SqsBatchResponse, InvalidEvent> {
         let messages = messages(event)?;
         let started = Instant::now();
-        // Counts of this invocation alone, for its log line.
-        let stats = Arc::new(Stats::default());
-        let committer = Committer {
-            pool: self.committer.pool.clone(),
-            keys: Arc::clone(&self.committer.keys),
-            vault: Arc::clone(&self.committer.vault),
-            stats: Arc::clone(&stats),
-            max_receives: self.committer.max_receives,
-        };
+        let stats = self.committer.stats();
         stats.received(messages.len());
         let budget = deadline
             .duration_since(SystemTime::now())
@@ -91,26 +84,27 @@ impl Handler {
             .saturating_sub(DEADLINE_MARGIN);
         // Cut short, a commit rolls back (or, if its COMMIT had reached the server, is skipped
         // as a redelivery next time); vault entries committed ahead of it stay valid.
-        let outcome = tokio::time::timeout(budget, committer.commit(&messages)).await;
+        let commit = self.committer.commit(&messages, ClaimKind::MessageIds);
+        let outcome = tokio::time::timeout(budget, commit).await;
         stats.batch_finished(messages.len(), started.elapsed());
         let mut response = SqsBatchResponse::default();
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some("the invocation's deadline came before the commit".to_owned()),
+        // The figures of this invocation alone, for its log line.
+        let committed = match outcome {
+            Ok(Ok(committed)) => Ok(committed),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("the invocation's deadline came before the commit".to_owned()),
         };
-        let summary = stats.summary(started.elapsed());
-        match failure {
-            None => info!(
+        match committed {
+            Ok(committed) => info!(
                 messages = messages.len(),
-                written = summary.written,
-                quarantined = summary.quarantined,
-                duplicates_skipped = summary.duplicates_skipped,
-                forgotten_skipped = summary.forgotten_skipped,
+                written = committed.written,
+                quarantined = committed.quarantined_total(),
+                duplicates_skipped = committed.duplicates_skipped,
+                forgotten_skipped = committed.forgotten_skipped,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "event committed"
             ),
-            Some(cause) => {
+            Err(cause) => {
                 stats.write_failed();
                 error!(error = %cause, messages = messages.len(),
                        "event not committed; its messages are reported as batch item failures");

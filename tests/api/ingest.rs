@@ -103,6 +103,7 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
                 .iter()
                 .map(|m| m.clone().into_parts().0)
                 .collect::<Vec<_>>(),
+            etl::pipeline::batch::ClaimKind::MessageIds,
             chrono::Utc::now(),
             &known,
         )
@@ -110,7 +111,7 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
     let written = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)
         .await
         .unwrap();
-    let etl::adapters::postgres::writer::Written::Committed(outcome) = written else {
+    let etl::pipeline::batch::Written::Committed(outcome) = written else {
         panic!("the batch was prepared under the current vault epoch: {written:?}");
     };
     assert_eq!(outcome.written, 10);

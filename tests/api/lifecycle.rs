@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etl::adapters::postgres::writer::{write_batch, Written};
+use etl::adapters::postgres::writer::write_batch;
 use etl::domain::Message;
+use etl::pipeline::batch::{ClaimKind, Written};
 use etl::pipeline::{Committer, LiveKeys, Stats};
 use serde_json::Value;
 
@@ -263,7 +264,7 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    committer.vault.advance(epoch, Vec::new());
+    committer.vault().advance(epoch, Vec::new());
     // Another user's event with the same ip and device: known to be in the vault, so the batch
     // carries no vault entry for them.
     let message = Message {
@@ -274,7 +275,7 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
         line: None,
     };
     let masker = transformer.masker();
-    committer.vault.insert_committed(
+    committer.vault().insert_committed(
         epoch,
         [
             (
@@ -290,8 +291,9 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
     let batch = transformer
         .prepare(
             std::slice::from_ref(&message),
+            ClaimKind::MessageIds,
             chrono::Utc::now(),
-            &committer.vault,
+            committer.vault(),
         )
         .unwrap();
     assert!(batch.vault.is_empty());
@@ -316,7 +318,10 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 0);
 
     // Through the committer, the batch is prepared again and its entries inserted again.
-    committer.commit(&[message]).await.unwrap();
+    committer
+        .commit(&[message], ClaimKind::MessageIds)
+        .await
+        .unwrap();
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
     assert_eq!(app.count(DANGLING).await, 0);
     assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);

@@ -148,23 +148,43 @@ fn describe(target: Option<&Target>, source: &sqlx::Error) -> String {
                     "{message}: the database user {user} lacks the role this command needs \
                          (SECURITY.md lists them; `etl doctor` checks them)"
                 ),
-                // Data exceptions and integrity violations can quote a row's values in their
-                // message (`invalid input syntax for type inet: "…"`): name the code and the
-                // constraint only.
-                Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                    match db.constraint() {
-                        Some(constraint) => format!(
-                            "database {database} rejected a value (SQLSTATE {code}, \
-                             constraint {constraint})"
-                        ),
-                        None => format!("database {database} rejected a value (SQLSTATE {code})"),
-                    }
+                Some(code) if quotes_values(code) => {
+                    format!(
+                        "database {database} rejected a value ({})",
+                        redacted(source)
+                    )
                 }
                 Some(code) => format!("database {database}: {message} (SQLSTATE {code})"),
                 None => format!("database {database}: {message}"),
             }
         }
         other => format!("database {database}: {other}"),
+    }
+}
+
+/// Data exceptions and integrity violations can quote a row's values in their message
+/// (`invalid input syntax for type inet: "…"`).
+fn quotes_values(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23")
+}
+
+/// What may be said of a database error where it could concern a row's values (the pipeline's
+/// logs and quarantine details): SQLSTATE and constraint, never the server's message or detail,
+/// which can quote values; and of other errors, their kind.
+pub fn redacted(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match (db.code(), db.constraint()) {
+            (Some(code), Some(constraint)) => format!("SQLSTATE {code}, constraint {constraint}"),
+            (Some(code), None) => format!("SQLSTATE {code}"),
+            _ => "database error".to_owned(),
+        },
+        sqlx::Error::Io(io) => format!("database connection failed ({})", io.kind()),
+        sqlx::Error::PoolTimedOut => "no database connection within the pool timeout".to_owned(),
+        // These can carry a value that failed to encode or decode.
+        sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => {
+            "a value could not be encoded or decoded".to_owned()
+        }
+        other => other.to_string(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Writing a batch: new vault entries first, then one transaction with the claim, the
+//! The PostgreSQL sink: writing a batch of the pipeline's contract (`pipeline::batch`). New vault
+//! entries first, then one transaction with the claim, the
 //! `user_logins` rows and the quarantine rows, committed only if the vault epoch is still the one
 //! the batch was prepared under (see `pipeline::vault_state`).
 //!
@@ -9,7 +10,7 @@
 //!   still being written by another consumer blocks on the key until that transaction ends, then
 //!   is skipped.
 //! - File lines: one `etl.file_batches` row per batch, keyed by source and first line; the file
-//!   source skips committed ranges on replay (see `pipeline::file_source`).
+//!   source skips committed ranges on replay (see `sources::file`).
 //!
 //! `user_logins` rows go in with a binary `COPY`: no per-row statement work, no parameter arrays
 //! to decode. Vault entries go in first, committed on their own, with set-based statements over
@@ -17,112 +18,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::copy::BinaryCopy;
-use crate::crypto::{MaskDigest, MaskHex, UserHash};
-use crate::domain::file_line::Fingerprint;
-use crate::domain::PiiField;
-
-/// Everything one batch writes.
-#[derive(Default)]
-pub struct WriteBatch {
-    /// Messages the batch was prepared from, including copies of one id dropped as duplicates.
-    pub received: usize,
-    pub mask_key_version: i32,
-    pub vault_key_version: i32,
-    pub quarantine_key_version: i32,
-    /// The vault epoch whose known masks and suppression list the batch was prepared with;
-    /// `None` when they were not of one epoch.
-    pub vault_epoch: Option<i64>,
-    pub claim: Claim,
-    /// Entries not known to be in the vault already.
-    pub vault: Vec<VaultEntry>,
-    pub logins: Vec<LoginRow>,
-    pub quarantine: Vec<QuarantineRow>,
-    /// Messages of forgotten users: claimed, never written.
-    pub forgotten: Vec<String>,
-}
-
-/// How a batch proves it is written once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Claim {
-    /// Each message id is claimed in `etl.processed_messages`.
-    #[default]
-    MessageIds,
-    /// The batch's lines are claimed as one range of a file source.
-    FileLines(LineRange),
-    /// Quarantined messages written (or dropped as forgotten) by `etl quarantine replay`: each
-    /// is claimed by deleting its quarantine row, and its claim in `etl.processed_messages`
-    /// takes the new outcome.
-    Replay,
-}
-
-/// Lines `first..=last` of the source with this fingerprint, and the digest of their content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineRange {
-    pub source: Fingerprint,
-    pub first: i64,
-    pub last: i64,
-    pub digest: [u8; 32],
-}
-
-pub struct VaultEntry {
-    pub field: PiiField,
-    pub mask: MaskDigest,
-    pub ciphertext: Vec<u8>,
-}
-
-pub struct LoginRow {
-    pub message_id: String,
-    pub user_id: String,
-    pub device_type: String,
-    pub masked_ip: MaskHex,
-    pub masked_device_id: MaskHex,
-    pub locale: Option<String>,
-    pub app_version: i32,
-    pub app_version_text: String,
-    pub create_date: NaiveDate,
-}
-
-pub struct QuarantineRow {
-    pub message_id: String,
-    pub reason: &'static str,
-    pub detail: String,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub receive_count: Option<i32>,
-    pub body_ciphertext: Vec<u8>,
-    /// The keyed hash of the body's user id, when it has one: erasure finds the row by it.
-    pub user_hash: Option<UserHash>,
-}
-
-/// What a committed batch changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct WriteOutcome {
-    pub written: u64,
-    /// Newly quarantined messages by reason code.
-    pub quarantined: BTreeMap<String, u64>,
-    /// Messages already processed by an earlier delivery or run.
-    pub duplicates_skipped: u64,
-    /// Messages of forgotten users, dropped.
-    pub forgotten_skipped: u64,
-}
-
-/// How a write ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    Committed(WriteOutcome),
-    /// Nothing committed: the vault epoch moved on since the batch was prepared (an erasure or a
-    /// retention pass deleted vault entries, or forgot users). Prepare it again under `epoch`.
-    Stale {
-        epoch: i64,
-    },
-    /// Nothing committed: the batch's key versions are no longer the ones to seal with (a
-    /// re-mask switched the mask key, or a rotation raised the lowest vault key version).
-    /// Reload the keys and prepare it again.
-    KeysChanged,
-}
+use crate::pipeline::batch::{Claim, QuarantineRow, VaultEntry, WriteBatch, WriteOutcome, Written};
 
 const CLAIM_MESSAGES: &str = "\
 INSERT INTO etl.processed_messages (message_id, outcome)
@@ -413,7 +312,7 @@ async fn insert_quarantine(
                 .map(|r| r.message_id.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.receive_count).collect::<Vec<_>>())
@@ -431,7 +330,7 @@ async fn insert_quarantine(
         .execute(&mut *conn)
         .await?;
     for row in rows {
-        *by_reason.entry(row.reason.to_owned()).or_insert(0) += 1;
+        *by_reason.entry(row.reason.as_str().to_owned()).or_insert(0) += 1;
     }
     Ok(by_reason)
 }

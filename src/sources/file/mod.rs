@@ -37,6 +37,7 @@ use crate::adapters::postgres::file_batches::{self, CommittedRange};
 use crate::crypto::{LineKey, LinesDigest};
 use crate::domain::file_line::{message_id_prefix, FileLine, Fingerprint};
 use crate::domain::Message;
+use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::{Committer, Stats, WriteJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,7 @@ pub async fn run(
     mut writers: JoinSet<()>,
     batch_messages: usize,
 ) -> Result<(), FileSourceError> {
-    let stats = Arc::clone(&committer.stats);
+    let stats = Arc::clone(committer.stats());
     let (mut input, first) = tokio::task::spawn_blocking(move || {
         let mut input = input;
         first_line(&mut input).map(|first| (input, first))
@@ -85,19 +86,19 @@ pub async fn run(
     let Some((first_number, first_line)) = first else {
         return Ok(());
     };
-    let transformer = committer.keys.current();
+    let transformer = committer.keys().current();
     let line_key = transformer.masker().line_key().clone();
     let source = line_key.fingerprint(&first_line);
     // Held to the end of the run: closing it releases the lock.
-    let lock = file_batches::lock_source(&committer.pool, source)
+    let lock = file_batches::lock_source(committer.pool(), source)
         .await?
         .ok_or_else(|| FileSourceError::Busy(hex::encode(source)))?;
-    let committed = file_batches::committed_ranges(&committer.pool, source).await?;
+    let committed = file_batches::committed_ranges(committer.pool(), source).await?;
     if committed.is_empty() {
         // Claims are keyed by the mask key version that wrote them and cannot be re-keyed.
         for earlier in transformer.all_maskers().skip(1) {
             let fingerprint = earlier.line_key().fingerprint(&first_line);
-            if !file_batches::committed_ranges(&committer.pool, fingerprint)
+            if !file_batches::committed_ranges(committer.pool(), fingerprint)
                 .await?
                 .is_empty()
             {
@@ -299,6 +300,7 @@ impl Reader {
         self.jobs
             .blocking_send(WriteJob {
                 messages: full,
+                claim: ClaimKind::FileLines,
                 outcome: None,
             })
             .map_err(|_| FileSourceError::Writers)

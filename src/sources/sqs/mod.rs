@@ -24,6 +24,7 @@ use tracing::{debug, error, info_span, warn, Instrument};
 
 use crate::adapters::sqs::{Receipt, SqsQueue, MAX_BATCH};
 use crate::domain::Message;
+use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::batcher::{self, BatchLimits};
 use crate::pipeline::{backoff, CommitError, Stats, WriteJob};
 use leases::Leases;
@@ -101,6 +102,7 @@ pub async fn run(
             let (outcome, written) = oneshot::channel();
             let job = WriteJob {
                 messages,
+                claim: ClaimKind::MessageIds,
                 outcome: Some(outcome),
             };
             // A send fails only when every writer has ended; then the messages come back.
