@@ -4,13 +4,12 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
     audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover, retention,
-    DatabaseArgs,
+    DatabaseArgs, LogFormatArg,
 };
-use crate::telemetry::LogFormat;
 
 /// Moves user-login events from Amazon SQS into PostgreSQL, masking ip and device_id with a keyed
 /// HMAC and sealing their original values in an encrypted vault.
@@ -32,21 +31,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormatArg {
-    Text,
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(arg: LogFormatArg) -> Self {
-        match arg {
-            LogFormatArg::Text => Self::Text,
-            LogFormatArg::Json => Self::Json,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]

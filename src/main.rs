@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use etl::cli::Cli;
-use etl::commands::Outcome;
+use etl::cli::{Cli, Command};
+use etl::commands::{self, Outcome};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,18 +21,37 @@ async fn main() -> ExitCode {
             None => err.exit(),
         },
     };
-    etl::telemetry::init(cli.log_format.into(), &cli.log_level);
+    let log_format = cli.log_format.into();
+    etl::telemetry::init(log_format, &cli.log_level);
     #[cfg(target_os = "linux")]
     if let Err(err) = etl::startup::disable_core_dumps() {
         tracing::warn!(error = %err, "cannot turn core dumps off; a core dump could hold unwrapped keys");
     }
-    match etl::commands::run(cli.command).await {
+    match run(cli.command).await {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
         Err(err) => {
             tracing::debug!(chain = %etl::error::chain(&err), "the error's whole chain");
-            eprintln!("error: {}", etl::error::one_line(&err));
+            etl::telemetry::fatal(log_format, &etl::error::one_line(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs a parsed command: each command module validates its own arguments.
+async fn run(command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Migrate(database) => commands::migrate::run(&database).await,
+        Command::Keys(command) => commands::keys::run(command).await,
+        Command::Ingest(args) => commands::ingest::run(args).await,
+        Command::Lambda(args) => commands::lambda::run(args).await,
+        Command::Recover(args) => commands::recover::run(args).await,
+        Command::Audit(command) => commands::audit::run(command).await,
+        Command::Doctor(args) => commands::doctor::run(args).await,
+        Command::Quarantine(command) => commands::quarantine::run(command).await,
+        Command::Forget(args) => commands::forget::run(args).await,
+        Command::Export(args) => commands::export::run(args).await,
+        Command::Retention(command) => commands::retention::run(command).await,
+        Command::Dev(command) => commands::dev::run(command).await,
     }
 }

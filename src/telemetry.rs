@@ -64,6 +64,23 @@ pub fn init(format: LogFormat, filter: &str) {
     }
 }
 
+/// The error that ends a command, on stderr: `error: <line>`, or under `--log-format json` one
+/// JSON object shaped as the log lines are (flattened fields), so a log pipeline parses it too.
+pub fn fatal(format: LogFormat, line: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {line}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "ERROR",
+                "message": line,
+                "target": "etl",
+            })
+        ),
+    }
+}
+
 /// Our own events at any level; other crates' events at INFO, WARN and ERROR only, and
 /// PostgreSQL's notices (such as "policy does not exist, skipping" during migrations) from WARN.
 fn is_safe(metadata: &Metadata<'_>) -> bool {

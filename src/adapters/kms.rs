@@ -27,15 +27,13 @@ pub enum KmsError {
          (purpose, key_version) does not match what it was wrapped with ({detail})"
     )]
     InvalidCiphertext { detail: String },
+    // The service's own message names the key again, and the call is named in the debug log:
+    // the line stays short whatever the alias.
     #[error(
-        "KMS key or alias {key} not found in this account and region (KMS {operation}: \
-         {detail}): check the alias with `aws kms list-aliases`, or give the key's id or ARN"
+        "KMS key or alias {key} not found in this account and region (`aws kms list-aliases` \
+         lists the aliases)"
     )]
-    NotFound {
-        operation: &'static str,
-        key: String,
-        detail: String,
-    },
+    NotFound { key: String },
     #[error(
         "cannot reach KMS ({operation}): {cause}; check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KMS \
          and AWS_REGION, and that the endpoint is up"
@@ -429,9 +427,7 @@ where
     match code.as_str() {
         "AccessDeniedException" => KmsError::Denied { operation, detail },
         "NotFoundException" => KmsError::NotFound {
-            operation,
             key: key.to_owned(),
-            detail,
         },
         "InvalidCiphertextException" | "IncorrectKeyException" => {
             KmsError::InvalidCiphertext { detail }

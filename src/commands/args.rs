@@ -1,9 +1,11 @@
-//! Arguments several commands share: where the database is, the output format, the SQS protocol.
+//! Arguments several commands share: where the database is, the output format, the SQS protocol;
+//! and the log format every command takes.
 
 use clap::{Args, ValueEnum};
 
 use crate::adapters::sqs::SqsProtocol;
 use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
@@ -41,6 +43,22 @@ impl From<SqsProtocolArg> for SqsProtocol {
             SqsProtocolArg::Auto => Self::Auto,
             SqsProtocolArg::Json => Self::Json,
             SqsProtocolArg::Query => Self::Query,
+        }
+    }
+}
+
+/// `--log-format`, as telemetry's [`LogFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
         }
     }
 }

@@ -11,17 +11,16 @@ pub mod forget;
 pub mod ingest;
 pub mod keys;
 pub mod lambda;
-mod migrate;
+pub mod migrate;
 pub mod quarantine;
 pub mod recover;
 pub mod retention;
 
-pub use args::{DatabaseArgs, OutputFormat, SqsProtocolArg};
+pub use args::{DatabaseArgs, LogFormatArg, OutputFormat, SqsProtocolArg};
 
 use sqlx::PgPool;
 
 use crate::adapters::postgres;
-use crate::cli::Command;
 
 /// How a command that ran without error ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,24 +29,6 @@ pub enum Outcome {
     /// A negative answer (exit code 1): a mask or quarantined message not found, a doctor check
     /// failed, or an audit chain that does not hold.
     Negative,
-}
-
-/// Runs a parsed command.
-pub async fn run(command: Command) -> anyhow::Result<Outcome> {
-    match command {
-        Command::Migrate(database) => migrate::run(&database).await,
-        Command::Keys(command) => keys::run(command).await,
-        Command::Ingest(args) => ingest::run(args).await,
-        Command::Lambda(args) => lambda::run(args).await,
-        Command::Recover(args) => recover::run(args).await,
-        Command::Audit(command) => audit::run(command).await,
-        Command::Doctor(args) => doctor::run(args).await,
-        Command::Quarantine(command) => quarantine::run(command).await,
-        Command::Forget(args) => forget::run(args).await,
-        Command::Export(args) => export::run(args).await,
-        Command::Retention(command) => retention::run(command).await,
-        Command::Dev(command) => dev::run(command).await,
-    }
 }
 
 /// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the

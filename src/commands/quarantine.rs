@@ -122,10 +122,20 @@ async fn list(
         OutputFormat::Text => {
             if entries.is_empty() {
                 println!("quarantine is empty");
+                return Ok(Outcome::Success);
             }
+            let id_width = entries
+                .iter()
+                .map(|e| e.message_id.len())
+                .max()
+                .unwrap_or(0);
+            println!(
+                "{:<20}  {:<id_width$}  {:<24}  detail",
+                "received", "message id", "reason"
+            );
             for entry in &entries {
                 println!(
-                    "{}  {}  {:<24}  {}",
+                    "{}  {:<id_width$}  {:<24}  {}",
                     entry.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
                     entry.message_id,
                     entry.reason,

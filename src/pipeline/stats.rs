@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::batch::WriteOutcome;
 
@@ -199,8 +199,13 @@ impl Stats {
     }
 }
 
-/// The figures of one run.
-#[derive(Debug, Clone, Serialize)]
+/// Shortest run whose rate the text summary shows. A shorter one is mostly fixed waits (the
+/// batch wait, the last empty receive), so its rate would describe them, not the pipeline; the
+/// JSON summary keeps `messages_per_second` for every run.
+const MIN_RATE_SECONDS: f64 = 10.0;
+
+/// The figures of one run (`--summary-json` prints it, and tests read it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub received: u64,
     pub written: u64,
@@ -252,16 +257,16 @@ impl std::fmt::Display for Summary {
                 );
             }
         }
-        lines.extend([
-            (
-                "elapsed".into(),
-                crate::human::duration(Duration::from_secs_f64(self.elapsed_seconds.max(0.0))),
-            ),
-            (
+        lines.push((
+            "elapsed".into(),
+            crate::human::duration(Duration::from_secs_f64(self.elapsed_seconds.max(0.0))),
+        ));
+        if self.elapsed_seconds >= MIN_RATE_SECONDS {
+            lines.push((
                 "rate".into(),
                 format!("{:.0} msg/s", self.messages_per_second),
-            ),
-        ]);
+            ));
+        }
         let width = lines
             .iter()
             .map(|(label, _)| label.len())
@@ -288,5 +293,18 @@ mod tests {
         }
         let text = Stats::default().summary(Duration::from_secs(1)).to_string();
         assert!(text.contains("duplicates skipped"), "{text}");
+    }
+
+    #[test]
+    fn the_text_summary_shows_a_rate_only_for_a_run_long_enough_to_measure() {
+        let stats = Stats::default();
+        stats.committed(&WriteOutcome {
+            written: 100,
+            ..WriteOutcome::default()
+        });
+        let short = stats.summary(Duration::from_millis(1150)).to_string();
+        assert!(!short.contains("rate"), "{short}");
+        let long = stats.summary(Duration::from_secs(20)).to_string();
+        assert!(long.contains("5 msg/s"), "{long}");
     }
 }

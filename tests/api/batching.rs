@@ -33,7 +33,7 @@ async fn a_backlog_is_written_in_few_large_transactions() {
     let (summary, _) = app
         .drain(&["--batch-messages", "400", "--batch-wait", "3s"])
         .await;
-    assert_eq!(summary["written"], 400);
+    assert_eq!(summary.written, 400);
     app.assert_exactly_once(400, 0).await;
     // Rows committed by one transaction share its xmin.
     let commits = app

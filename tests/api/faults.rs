@@ -6,6 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::helpers::{event, generated, socket_addr_of, wait_until, TcpProxy, TestApp};
+use etl::pipeline::Summary;
 
 fn sigkill(child: &tokio::process::Child) {
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
@@ -29,7 +30,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         child.wait().await.unwrap();
     }
     let (summary, _) = app.drain(&["--visibility-timeout", "2"]).await;
-    assert!(summary["received"].as_u64().unwrap() > 0);
+    assert!(summary.received > 0);
     app.assert_exactly_once(valid, bodies.len() - valid).await;
 }
 
@@ -137,8 +138,8 @@ async fn four_consumers_share_a_queue_without_duplicates() {
     for drain in drains {
         let output = drain.wait_with_output().await.unwrap();
         assert!(output.status.success());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        received += summary["received"].as_u64().unwrap();
+        let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
+        received += summary.received;
     }
     assert!(received >= bodies.len() as u64);
     app.assert_exactly_once(valid, bodies.len() - valid).await;
@@ -192,8 +193,8 @@ async fn a_slow_batch_keeps_its_messages_hidden_with_a_heartbeat() {
     }
     blocker.rollback().await.unwrap();
     let output = drain.wait_with_output().await.unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(summary["written"], 5);
+    let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary.written, 5);
     app.assert_exactly_once(5, 0).await;
 }
 
@@ -216,8 +217,8 @@ async fn a_row_the_database_rejects_is_quarantined_and_the_rest_written() {
     );
     app.send(&bodies).await;
     let (summary, _) = app.drain(&["--writers", "1"]).await;
-    assert_eq!(summary["written"], 9);
-    assert_eq!(summary["quarantined_by_reason"]["database_rejected"], 1);
+    assert_eq!(summary.written, 9);
+    assert_eq!(summary.quarantined_by_reason["database_rejected"], 1);
     let detail: String = sqlx::query_scalar("SELECT detail FROM etl.quarantine")
         .fetch_one(&app.pool)
         .await

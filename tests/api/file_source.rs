@@ -1,9 +1,8 @@
 //! `etl ingest --from-file`: replays, grown inputs, other inputs with the same first line,
 //! concurrent runs, and vault rows of values repeated across batches.
 
-use serde_json::Value;
-
 use crate::helpers::{event, TestApp};
+use etl::pipeline::Summary;
 
 fn bodies(count: usize) -> Vec<String> {
     (0..count)
@@ -22,7 +21,7 @@ fn write_input(lines: &[String]) -> std::path::PathBuf {
     path
 }
 
-async fn ingest(app: &TestApp, path: &std::path::Path, batch_size: &str) -> Value {
+async fn ingest(app: &TestApp, path: &std::path::Path, batch_size: &str) -> Summary {
     let output = app
         .etl_ok(&[
             "ingest",
@@ -44,13 +43,13 @@ async fn a_grown_input_adds_only_its_new_lines_whatever_the_batch_size() {
     let grown = write_input(&all);
 
     let summary = ingest(&app, &first, "7").await;
-    assert_eq!(summary["written"], 40);
+    assert_eq!(summary.written, 40);
     let summary = ingest(&app, &grown, "13").await;
-    assert_eq!(summary["written"], 20, "{summary}");
-    assert_eq!(summary["duplicates_skipped"], 40, "{summary}");
+    assert_eq!(summary.written, 20, "{summary}");
+    assert_eq!(summary.duplicates_skipped, 40, "{summary}");
     let summary = ingest(&app, &grown, "100").await;
-    assert_eq!(summary["written"], 0, "{summary}");
-    assert_eq!(summary["duplicates_skipped"], 60, "{summary}");
+    assert_eq!(summary.written, 0, "{summary}");
+    assert_eq!(summary.duplicates_skipped, 60, "{summary}");
 
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 60);
     assert_eq!(
@@ -141,7 +140,7 @@ async fn values_repeated_across_batches_have_one_vault_row_each() {
         .collect();
     let path = write_input(&lines);
     let summary = ingest(&app, &path, "4").await;
-    assert_eq!(summary["written"], 100);
+    assert_eq!(summary.written, 100);
     assert_eq!(
         app.count("SELECT count(*) FROM vault.entries WHERE field = 'ip'")
             .await,
@@ -179,7 +178,7 @@ async fn every_vault_row_opens_to_the_value_of_its_mask_when_the_vault_held_some
     reversed.reverse();
     let second = write_input(&reversed);
     let summary = ingest(&app, &second, "1000").await;
-    assert_eq!(summary["written"], 900, "{summary}");
+    assert_eq!(summary.written, 900, "{summary}");
 
     let rows: Vec<(String, String, Vec<u8>)> =
         sqlx::query_as("SELECT field, encode(mask, 'hex'), ciphertext FROM vault.entries")
@@ -232,8 +231,8 @@ async fn the_ingest_role_can_backfill_and_replay() {
             .await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
-        let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(summary["written"], expected_written, "{summary}");
+        let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary.written, expected_written as u64, "{summary}");
     }
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 25);
     std::fs::remove_file(path).unwrap();

@@ -5,13 +5,12 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 use etl::adapters::aws;
 use etl::adapters::kms::Kms;
 use etl::adapters::sqs::SqsQueue;
-use etl::pipeline::Transformer;
+use etl::pipeline::{Summary, Transformer};
 
 /// The admin URL of the test server, from `scripts/stack up`.
 fn admin_database_url() -> String {
@@ -130,7 +129,7 @@ impl TestApp {
     }
 
     /// `etl ingest --drain --summary-json`, returning the summary and the log output.
-    pub async fn drain(&self, extra: &[&str]) -> (Value, String) {
+    pub async fn drain(&self, extra: &[&str]) -> (Summary, String) {
         let mut args = vec!["ingest", "--drain", "--summary-json"];
         args.extend_from_slice(extra);
         let output = self.etl(&args).await;
@@ -142,7 +141,7 @@ impl TestApp {
         );
         let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
             panic!(
-                "summary is not JSON ({err}): {}",
+                "summary is not the summary's JSON ({err}): {}",
                 String::from_utf8_lossy(&output.stdout)
             )
         });
@@ -208,7 +207,7 @@ impl TestApp {
     }
 
     /// Sends `bodies` and drains them as the admin user.
-    pub async fn ingest(&self, bodies: &[String]) -> Value {
+    pub async fn ingest(&self, bodies: &[String]) -> Summary {
         self.send(bodies).await;
         self.drain(&[]).await.0
     }

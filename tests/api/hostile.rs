@@ -107,7 +107,7 @@ async fn generated_and_hand_picked_hostile_bodies_each_end_exactly_once() {
     let rows = app.count("SELECT count(*) FROM user_logins").await;
     let quarantined = app.count("SELECT count(*) FROM etl.quarantine").await;
     assert_eq!(rows + quarantined, bodies.len() as i64);
-    assert_eq!(summary["deleted"], bodies.len());
+    assert_eq!(summary.deleted, bodies.len() as u64);
     assert!(rows >= 4, "the valid hand-picked bodies are written");
     assert!(quarantined >= 100, "most generated bodies are rejected");
     assert_eq!(

@@ -38,7 +38,7 @@ async fn equal_values_share_a_mask_and_masks_are_not_plain_digests() {
         .collect();
     app.send(&bodies).await;
     let (summary, _) = app.drain(&[]).await;
-    assert_eq!(summary["written"], 6);
+    assert_eq!(summary.written, 6);
 
     let rows: HashMap<String, (String, String)> = masks(&app)
         .await
@@ -137,9 +137,9 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
         .unwrap();
 
     let (summary, _) = app.drain(&[]).await;
-    assert_eq!(summary["written"], 0);
-    assert_eq!(summary["duplicates_skipped"], 10);
-    assert_eq!(summary["deleted"], 10);
+    assert_eq!(summary.written, 0);
+    assert_eq!(summary.duplicates_skipped, 10);
+    assert_eq!(summary.deleted, 10);
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 10);
     assert_eq!(
         app.count("SELECT count(DISTINCT message_id) FROM user_logins")
@@ -149,20 +149,31 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
     assert_eq!(app.queue_depth().await, 0);
 }
 
+/// Service mode (no `--drain`) consumes until SIGTERM, then exits 0 having settled everything:
+/// one row per valid message, one quarantine entry per invalid one, nothing left on the queue
+/// (neither visible nor in flight), and a summary on stdout that counts exactly that.
 #[tokio::test]
 async fn service_mode_ingests_until_sigterm_then_exits_cleanly() {
     let app = TestApp::spawn().await;
-    let mut child = app
-        .command(&["ingest", "--wait-seconds", "1"])
+    let child = app
+        .command(&["ingest", "--wait-seconds", "1", "--summary-json"])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let bodies: Vec<String> = (0..25)
+    let valid: Vec<String> = (0..25)
         .map(|i| event(&format!("10.2.0.{i}"), &format!("200-00-{i:04}")))
         .collect();
-    app.send(&bodies).await;
-    wait_until(Duration::from_secs(60), "25 rows", || async {
-        app.count("SELECT count(*) FROM user_logins").await == 25
-    })
+    let invalid = vec!["not json".to_owned(), event("10.2.0.256", "200-00-9999")];
+    app.send(&[valid.as_slice(), invalid.as_slice()].concat())
+        .await;
+    wait_until(
+        Duration::from_secs(60),
+        "25 rows and 2 quarantined",
+        || async {
+            app.count("SELECT count(*) FROM user_logins").await == valid.len() as i64
+                && app.count("SELECT count(*) FROM etl.quarantine").await == invalid.len() as i64
+        },
+    )
     .await;
     wait_until(Duration::from_secs(30), "an empty queue", || async {
         app.queue_depth().await == 0
@@ -171,11 +182,62 @@ async fn service_mode_ingests_until_sigterm_then_exits_cleanly() {
 
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success(), "exit status {status}");
+    assert!(output.status.success(), "exit status {}", output.status);
+
+    // What the run wrote and deleted: each valid message once, each invalid one quarantined
+    // under its reason, and an empty queue.
+    app.assert_exactly_once(valid.len(), invalid.len()).await;
+    for reason in ["not_json", "invalid_ip"] {
+        assert_eq!(
+            app.count(&format!(
+                "SELECT count(*) FROM etl.quarantine WHERE reason = '{reason}'"
+            ))
+            .await,
+            1,
+            "{reason}"
+        );
+    }
+    let depth = app.queue().depth().await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 0),
+        "visible and in-flight messages after shutdown"
+    );
+
+    // The summary printed at shutdown says the same.
+    let summary: etl::pipeline::Summary =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "no JSON summary on stdout at shutdown ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+    let all = (valid.len() + invalid.len()) as u64;
+    assert_eq!(summary.received, all, "{summary}");
+    assert_eq!(summary.written, valid.len() as u64, "{summary}");
+    assert_eq!(summary.quarantined, invalid.len() as u64, "{summary}");
+    assert_eq!(
+        summary.quarantined_by_reason,
+        std::collections::BTreeMap::from([
+            ("invalid_ip".to_owned(), 1),
+            ("not_json".to_owned(), 1)
+        ]),
+        "{summary}"
+    );
+    assert_eq!(summary.deleted, all, "{summary}");
+    assert_eq!(
+        (
+            summary.duplicates_skipped,
+            summary.delete_failed,
+            summary.write_failures
+        ),
+        (0, 0, 0),
+        "{summary}"
+    );
 }
 
 #[tokio::test]
@@ -237,16 +299,16 @@ async fn every_bad_body_is_quarantined_with_its_reason() {
     app.send(&bodies).await;
 
     let (summary, _) = app.drain(&[]).await;
-    assert_eq!(summary["written"], 2);
-    assert_eq!(summary["quarantined"], cases.len());
-    assert_eq!(summary["deleted"], bodies.len());
+    assert_eq!(summary.written, 2);
+    assert_eq!(summary.quarantined, cases.len() as u64);
+    assert_eq!(summary.deleted, bodies.len() as u64);
     let mut expected: HashMap<&str, u64> = HashMap::new();
     for (_, reason) in &cases {
         *expected.entry(reason).or_default() += 1;
     }
     for (reason, n) in expected {
         assert_eq!(
-            summary["quarantined_by_reason"][reason], n,
+            summary.quarantined_by_reason[reason], n,
             "{reason}: {summary}"
         );
     }

@@ -12,6 +12,7 @@ use etl::pipeline::{Committer, LiveKeys, Stats};
 use serde_json::Value;
 
 use crate::helpers::{assert_exit, TestApp};
+use etl::pipeline::Summary;
 
 /// A valid body of this user.
 fn body(user_id: &str, ip: &str, device_id: &str, locale: &str) -> String {
@@ -154,13 +155,13 @@ async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent(
             .unwrap();
         assert_exit(&output, 0);
         (
-            serde_json::from_slice::<Value>(&output.stdout).unwrap(),
+            serde_json::from_slice::<Summary>(&output.stdout).unwrap(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
-    assert_eq!(summary["forgotten_skipped"], 3, "{summary}");
-    assert_eq!(summary["written"], 0);
-    assert_eq!(summary["quarantined"], 0);
+    assert_eq!(summary.forgotten_skipped, 3, "{summary}");
+    assert_eq!(summary.written, 0);
+    assert_eq!(summary.quarantined, 0);
     assert_eq!(
         app.count("SELECT count(*) FROM user_logins WHERE user_id = 'alice-7d1e'")
             .await,
@@ -387,7 +388,7 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
     }
     let output = drain.await.unwrap();
     assert_exit(&output, 0);
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
     // Rows committed before an erasure of their user were deleted by it; a last erasure takes
     // those committed after the one before.
     sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'after ingest', NULL)")
@@ -407,10 +408,7 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
         kept
     );
     assert_eq!(app.count(DANGLING).await, 0);
-    let settled = ["written", "forgotten_skipped", "duplicates_skipped"]
-        .iter()
-        .map(|k| summary[k].as_u64().unwrap())
-        .sum::<u64>();
+    let settled = summary.written + summary.forgotten_skipped + summary.duplicates_skipped;
     assert_eq!(settled, bodies.len() as u64, "{summary}");
     assert_eq!(app.queue_depth().await, 0);
 }
@@ -565,7 +563,7 @@ async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_au
     );
     assert!(exposition.contains("etl_retention_last_success_timestamp_seconds "));
     let summary = drain.await.unwrap();
-    assert_eq!(summary["written"], 400);
+    assert_eq!(summary.written, 400);
     assert_eq!(pass["user_logins"], 2);
     assert_eq!(pass["quarantine"], 1);
     assert_eq!(pass["processed_messages"], 4);

@@ -4,6 +4,7 @@
 
 mod audit;
 mod batching;
+mod docs;
 mod faults;
 mod file_source;
 mod helpers;

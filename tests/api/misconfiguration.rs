@@ -1,6 +1,6 @@
 //! The mistakes a new user makes, one row each: every one ends with exit code 2 and at most two
 //! lines on stderr that say the cause in words and what to do, without a password or personal
-//! data. README's troubleshooting table lists the same messages.
+//! data. docs/troubleshooting.md lists the same messages.
 
 use crate::helpers::{socket_addr_of, TestApp};
 
@@ -230,6 +230,11 @@ async fn each_misconfiguration_gets_one_clear_line_and_exit_code_2() {
             stderr.lines().count() <= 2,
             "{case}: more than two lines:\n{stderr}"
         );
+        // Details (the service's own words, the whole chain) are at --log-level debug.
+        assert!(
+            stderr.lines().all(|line| line.chars().count() <= 200),
+            "{case}: a line longer than 200 characters:\n{stderr}"
+        );
         for word in &row.words {
             assert!(
                 stderr.contains(word.as_str()),
@@ -249,4 +254,36 @@ async fn each_misconfiguration_gets_one_clear_line_and_exit_code_2() {
         }
     }
     std::fs::remove_file(&mask_file).unwrap();
+}
+
+/// Under `--log-format json`, the error that ends a command is one JSON object, as log lines are.
+#[tokio::test]
+async fn a_fatal_error_under_json_logs_is_one_json_object() {
+    let app = TestApp::spawn().await;
+    let output = app
+        .command(&[
+            "--log-format",
+            "json",
+            "ingest",
+            "--drain",
+            "--queue-url",
+            "login-queue",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let [line] = lines.as_slice() else {
+        panic!("not one line:\n{stderr}");
+    };
+    let error: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
+    assert_eq!(error["level"], "ERROR", "{line}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--queue-url / ETL_QUEUE_URL must be an http(s) URL")),
+        "{line}"
+    );
 }

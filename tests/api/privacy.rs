@@ -33,7 +33,7 @@ async fn no_raw_ip_device_id_or_body_in_tables_or_verbose_logs() {
     let bodies = sample_bodies();
     app.send(&bodies).await;
     let (summary, logs) = app.drain(&["--log-level", "trace"]).await;
-    assert_eq!(summary["deleted"], bodies.len());
+    assert_eq!(summary.deleted, bodies.len() as u64);
     assert!(logs.lines().count() > 10, "expected verbose logs");
 
     let tables = all_rows_as_text(&app).await;

@@ -114,16 +114,21 @@ WHERE n.nspname IN ('etl', 'vault', 'keyring', 'recovery')
   AND has_function_privilege(r.role, f.oid, 'EXECUTE')
 "#;
 
-#[tokio::test]
-async fn every_role_holds_exactly_the_privileges_listed() {
-    let app = TestApp::spawn().await;
-    let actual: BTreeSet<String> = sqlx::query_scalar(ACTUAL)
+/// Every grant of the catalog, as `role privilege object` lines.
+async fn actual_grants(app: &TestApp) -> BTreeSet<String> {
+    sqlx::query_scalar(ACTUAL)
         .bind(ROLES)
         .fetch_all(&app.pool)
         .await
         .unwrap()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn every_role_holds_exactly_the_privileges_listed() {
+    let app = TestApp::spawn().await;
+    let actual = actual_grants(&app).await;
     let expected: BTreeSet<String> = EXPECTED.iter().map(|s| (*s).to_owned()).collect();
     let extra: Vec<_> = actual.difference(&expected).collect();
     let missing: Vec<_> = expected.difference(&actual).collect();
@@ -131,6 +136,109 @@ async fn every_role_holds_exactly_the_privileges_listed() {
         extra.is_empty() && missing.is_empty(),
         "granted but not listed: {extra:#?}\nlisted but not granted: {missing:#?}"
     );
+}
+
+const ROLES_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/roles.md");
+
+/// `docs/roles.md` is the catalog's answer to "what may each role do": the test renders it from
+/// the grants of a freshly migrated database, and when the committed file differs it writes the
+/// new one and fails, so a change of grants cannot land without the page that says it.
+#[tokio::test]
+async fn docs_roles_md_is_the_matrix_of_the_catalog() {
+    let app = TestApp::spawn().await;
+    let rendered = roles_markdown(&actual_grants(&app).await);
+    let committed = std::fs::read_to_string(ROLES_MD).unwrap_or_default();
+    if committed != rendered {
+        std::fs::write(ROLES_MD, &rendered).unwrap();
+        panic!(
+            "docs/roles.md did not match the catalog; it has been rewritten: review and commit it"
+        );
+    }
+}
+
+/// The grants as three tables (schemas, tables and columns, functions), one row per object and
+/// one column per role.
+fn roles_markdown(grants: &BTreeSet<String>) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    // object -> role -> privileges; column privileges as `SELECT(a, b)`.
+    let mut sections: [BTreeMap<String, BTreeMap<&str, Vec<String>>>; 3] = Default::default();
+    let mut columns: BTreeMap<(String, &str, &str), Vec<String>> = BTreeMap::new();
+    for grant in grants {
+        let mut parts = grant.splitn(3, ' ');
+        let (Some(role), Some(privilege), Some(object)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            panic!("not a grant line: {grant}");
+        };
+        let role = ROLES.iter().find(|r| **r == role).expect("a listed role");
+        if let Some(schema) = object.strip_prefix("schema ") {
+            sections[0]
+                .entry(format!("`{schema}`"))
+                .or_default()
+                .entry(role)
+                .or_default()
+                .push(privilege.to_owned());
+        } else if privilege == "EXECUTE" {
+            sections[2]
+                .entry(format!("`{object}`"))
+                .or_default()
+                .entry(role)
+                .or_default()
+                .push(privilege.to_owned());
+        } else if let Some((table, column)) =
+            object.strip_suffix(')').and_then(|o| o.split_once('('))
+        {
+            columns
+                .entry((table.to_owned(), role, privilege))
+                .or_default()
+                .push(column.to_owned());
+        } else {
+            sections[1]
+                .entry(format!("`{object}`"))
+                .or_default()
+                .entry(role)
+                .or_default()
+                .push(privilege.to_owned());
+        }
+    }
+    for ((table, role, privilege), names) in columns {
+        let cell = format!("{privilege} ({})", names.join(", "));
+        sections[1]
+            .entry(format!("`{table}`"))
+            .or_default()
+            .entry(role)
+            .or_default()
+            .push(cell);
+    }
+    let mut page = String::from(
+        "# What each role may do\n\n\
+         Every privilege the group roles (and PUBLIC) hold on the product's schemas, tables, \
+         columns and functions after `etl migrate`, read from the PostgreSQL catalog. \
+         `tests/api/privileges.rs` writes this page and fails when the committed one differs, so \
+         it is always what the catalog says. The owner (the migrating user) holds everything and \
+         is not listed; what is not listed here, no role may do. SECURITY.md explains why each \
+         role holds what it holds. Back to [README](../README.md).\n",
+    );
+    let headers = ["Schemas", "Tables and columns", "Functions"];
+    for (header, rows) in headers.iter().zip(&sections) {
+        write!(page, "\n## {header}\n\n| |").unwrap();
+        for role in ROLES {
+            write!(page, " {role} |").unwrap();
+        }
+        page.push_str("\n|---|");
+        page.push_str(&"---|".repeat(ROLES.len()));
+        page.push('\n');
+        for (object, by_role) in rows {
+            write!(page, "| {object} |").unwrap();
+            for role in ROLES {
+                let cell = by_role.get(role).map(|p| p.join(", ")).unwrap_or_default();
+                write!(page, " {cell} |").unwrap();
+            }
+            page.push('\n');
+        }
+    }
+    page
 }
 
 #[tokio::test]

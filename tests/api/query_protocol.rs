@@ -73,8 +73,8 @@ async fn the_sample_drains_the_same_over_the_query_protocol() {
         logs.contains("protocol=\"query\"") || logs.contains("protocol=query"),
         "{logs}"
     );
-    assert_eq!(summary["written"], valid);
-    assert_eq!(summary["deleted"], bodies.len());
+    assert_eq!(summary.written, valid as u64);
+    assert_eq!(summary.deleted, bodies.len() as u64);
     app.assert_exactly_once(valid, bodies.len() - valid).await;
 }
 

@@ -39,11 +39,11 @@ async fn sample_queue_ends_as_rows_and_quarantine_with_an_empty_queue() {
 
     let (summary, _) = app.drain(&[]).await;
     let invalid = bodies.len() as i64 - expected_rows;
-    assert_eq!(summary["received"], bodies.len());
-    assert_eq!(summary["written"], expected_rows);
-    assert_eq!(summary["quarantined"], invalid);
-    assert_eq!(summary["duplicates_skipped"], 0);
-    assert_eq!(summary["deleted"], bodies.len());
+    assert_eq!(summary.received, bodies.len() as u64);
+    assert_eq!(summary.written, expected_rows as u64);
+    assert_eq!(summary.quarantined, invalid as u64);
+    assert_eq!(summary.duplicates_skipped, 0);
+    assert_eq!(summary.deleted, bodies.len() as u64);
 
     assert_eq!(
         app.count("SELECT count(*) FROM user_logins").await,

@@ -1,5 +1,7 @@
 //! Database roles, `etl recover` with its audit trail, and the key lifecycle.
 
+use std::process::Output;
+
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{assert_exit, create_kms_key, event, TestApp};
@@ -76,149 +78,270 @@ async fn the_ingest_role_ingests_end_to_end_but_cannot_read_the_vault() {
     assert!(denied(&mut ingest, "SELECT * FROM recovery.fetch(1)").await);
 }
 
-#[tokio::test]
-async fn recoverers_get_original_values_and_every_call_is_audited() {
+/// One ingested login (ip 10.9.2.1, device_id 902-00-0001), its masks, and a member of
+/// etl_recoverer: where each recovery test below starts.
+struct Recoverable {
+    app: TestApp,
+    masked_ip: String,
+    masked_device: String,
+    /// The recoverer's database user, as the audit log names it.
+    user: String,
+    /// The app's database as the recoverer.
+    url: String,
+}
+
+async fn recoverable() -> Recoverable {
     let app = TestApp::spawn().await;
     app.ingest(&[event("10.9.2.1", "902-00-0001")]).await;
     let (masked_ip, masked_device) = first_masks(&app).await;
     let (user, url) = app.login_user("etl_recoverer").await;
-    let recover = |args: Vec<String>| {
-        let mut command = app.command(&[]);
-        command.arg("recover").args(args).env("DATABASE_URL", &url);
-        command
-    };
+    Recoverable {
+        app,
+        masked_ip,
+        masked_device,
+        user,
+        url,
+    }
+}
 
-    let output = recover(vec![
-        "--masked-ip".into(),
-        masked_ip.clone(),
-        "--reason".into(),
-        "fraud case".into(),
-        "--ticket".into(),
-        "SEC-1".into(),
-    ])
-    .output()
-    .await
-    .unwrap();
-    assert_exit(&output, 0);
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.9.2.1\n");
+impl Recoverable {
+    /// `etl recover <args>` as the recoverer.
+    async fn recover(&self, args: &[&str]) -> Output {
+        let mut all = vec!["recover"];
+        all.extend_from_slice(args);
+        self.app.etl_as(&self.url, &all).await
+    }
+}
 
-    let output = recover(vec![
-        "--masked-device-id".into(),
-        masked_device.to_uppercase(),
-        "--reason".into(),
-        "fraud case".into(),
-        "--format".into(),
-        "json".into(),
-    ])
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(json["value"], "902-00-0001");
+/// A `recover` row of the audit log: db_user, field, subject (the mask), reason, ticket, outcome.
+type AuditRow = (String, String, String, String, Option<String>, String);
 
-    let missing = "0".repeat(64);
-    let output = recover(vec![
-        "--masked-ip".into(),
-        missing.clone(),
-        "--reason".into(),
-        "check".into(),
-    ])
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(output.stdout.is_empty());
+fn audit_row(
+    user: &str,
+    field: &str,
+    subject: &str,
+    reason: &str,
+    ticket: Option<&str>,
+    outcome: &str,
+) -> AuditRow {
+    (
+        user.to_owned(),
+        field.to_owned(),
+        subject.to_owned(),
+        reason.to_owned(),
+        ticket.map(str::to_owned),
+        outcome.to_owned(),
+    )
+}
 
-    let output = recover(vec![
-        "--masked-ip".into(),
-        masked_ip.clone(),
-        "--reason".into(),
-        "  ".into(),
-    ])
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(output.stdout.is_empty());
-
-    let file = std::env::temp_dir().join(format!("masks-{}.txt", uuid::Uuid::new_v4()));
-    std::fs::write(&file, format!("{masked_ip}\n\n{missing}\n")).unwrap();
-    let output = recover(vec![
-        "--masked-ip".into(),
-        "--from-file".into(),
-        file.display().to_string(),
-        "--reason".into(),
-        "bulk review".into(),
-    ])
-    .output()
-    .await
-    .unwrap();
-    std::fs::remove_file(&file).unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        format!("{masked_ip}\t10.9.2.1\n{missing}\tNOT FOUND\n")
-    );
-
-    let audit: Vec<(String, String, String, String, Option<String>, String)> = sqlx::query_as(
+/// The audit log's `recover` rows, oldest first.
+async fn recover_audit(app: &TestApp) -> Vec<AuditRow> {
+    sqlx::query_as(
         "SELECT db_user, field, subject, reason, ticket, outcome FROM recovery.audit_log \
          WHERE kind = 'recover' ORDER BY id",
     )
     .fetch_all(&app.pool)
     .await
-    .unwrap();
-    let expected = vec![
+    .unwrap()
+}
+
+/// A member of etl_recoverer gets the original ip, alone on a line of stdout, from its mask.
+#[tokio::test]
+async fn a_recoverer_gets_the_original_ip_from_its_mask() {
+    let case = recoverable().await;
+    let output = case
+        .recover(&[
+            "--masked-ip",
+            &case.masked_ip,
+            "--reason",
+            "fraud case",
+            "--ticket",
+            "SEC-1",
+        ])
+        .await;
+    assert_exit(&output, 0);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.9.2.1\n");
+}
+
+/// A masked_device_id given in upper case still finds its value, and `--format json` prints the
+/// original device_id as the `value` of a JSON object.
+#[tokio::test]
+async fn an_upper_case_device_id_mask_recovers_the_device_id_as_json() {
+    let case = recoverable().await;
+    let output = case
+        .recover(&[
+            "--masked-device-id",
+            &case.masked_device.to_uppercase(),
+            "--reason",
+            "fraud case",
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_exit(&output, 0);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["value"], "902-00-0001");
+}
+
+/// A well-formed mask that no value has: exit 1, "not found" on stderr, nothing on stdout.
+#[tokio::test]
+async fn a_mask_that_is_not_in_the_vault_exits_1_and_prints_no_value() {
+    let case = recoverable().await;
+    let missing = "0".repeat(64);
+    let output = case
+        .recover(&["--masked-ip", &missing, "--reason", "check"])
+        .await;
+    assert_exit(&output, 1);
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not found"), "{stderr}");
+}
+
+/// A blank reason is refused by `etl recover` itself: exit 2, nothing on stdout, and no request
+/// reaches the database, so the audit log has no row for it.
+#[tokio::test]
+async fn a_blank_reason_exits_2_before_any_request_is_made() {
+    let case = recoverable().await;
+    let output = case
+        .recover(&["--masked-ip", &case.masked_ip, "--reason", "  "])
+        .await;
+    assert_exit(&output, 2);
+    assert!(output.stdout.is_empty());
+    let audit = recover_audit(&case.app).await;
+    assert!(audit.is_empty(), "{audit:?}");
+}
+
+/// `--from-file` recovers many masks of one field, blank lines skipped: one line per mask with
+/// its value or NOT FOUND, in file order, and exit 1 because one was missing.
+#[tokio::test]
+async fn bulk_recovery_from_a_file_prints_each_mask_with_its_value_or_not_found() {
+    let case = recoverable().await;
+    let missing = "0".repeat(64);
+    let file = std::env::temp_dir().join(format!("masks-{}.txt", uuid::Uuid::new_v4()));
+    std::fs::write(&file, format!("{}\n\n{missing}\n", case.masked_ip)).unwrap();
+    let path = file.display().to_string();
+    let output = case
+        .recover(&[
+            "--masked-ip",
+            "--from-file",
+            &path,
+            "--reason",
+            "bulk review",
+        ])
+        .await;
+    std::fs::remove_file(&file).unwrap();
+    assert_exit(&output, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{}\t10.9.2.1\n{missing}\tNOT FOUND\n", case.masked_ip)
+    );
+}
+
+/// Every `etl recover` call that reaches the database leaves one audit row per mask, found or
+/// not, in call order: who (the database user), the field, the mask (lower case however it was
+/// given), why and the ticket. The call refused for a blank reason leaves none.
+#[tokio::test]
+async fn every_recovery_found_or_not_writes_one_audit_row_per_mask_with_who_and_why() {
+    let case = recoverable().await;
+    let missing = "0".repeat(64);
+    let upper_device = case.masked_device.to_uppercase();
+    let file = std::env::temp_dir().join(format!("masks-{}.txt", uuid::Uuid::new_v4()));
+    std::fs::write(&file, format!("{}\n\n{missing}\n", case.masked_ip)).unwrap();
+    let path = file.display().to_string();
+    let calls: [(Vec<&str>, i32); 5] = [
         (
-            user.clone(),
-            "ip".to_owned(),
-            masked_ip.clone(),
-            "fraud case".to_owned(),
-            Some("SEC-1".to_owned()),
-            "found".to_owned(),
+            vec![
+                "--masked-ip",
+                case.masked_ip.as_str(),
+                "--reason",
+                "fraud case",
+                "--ticket",
+                "SEC-1",
+            ],
+            0,
         ),
         (
-            user.clone(),
-            "device_id".into(),
-            masked_device.clone(),
-            "fraud case".into(),
-            None,
-            "found".into(),
+            vec![
+                "--masked-device-id",
+                upper_device.as_str(),
+                "--reason",
+                "fraud case",
+                "--format",
+                "json",
+            ],
+            0,
         ),
         (
-            user.clone(),
-            "ip".into(),
-            missing.clone(),
-            "check".into(),
-            None,
-            "not_found".into(),
+            vec!["--masked-ip", missing.as_str(), "--reason", "check"],
+            1,
         ),
         (
-            user.clone(),
-            "ip".into(),
-            masked_ip.clone(),
-            "bulk review".into(),
-            None,
-            "found".into(),
+            vec!["--masked-ip", case.masked_ip.as_str(), "--reason", "  "],
+            2,
         ),
         (
-            user.clone(),
-            "ip".into(),
-            missing.clone(),
-            "bulk review".into(),
-            None,
-            "not_found".into(),
+            vec![
+                "--masked-ip",
+                "--from-file",
+                path.as_str(),
+                "--reason",
+                "bulk review",
+            ],
+            1,
         ),
     ];
-    assert_eq!(audit, expected);
+    let mut outputs = Vec::new();
+    for (args, _) in &calls {
+        outputs.push(case.recover(args).await);
+    }
+    std::fs::remove_file(&file).unwrap();
+    for ((_, code), output) in calls.iter().zip(&outputs) {
+        assert_exit(output, *code);
+    }
 
-    // Straight to the database: no table access, a blank reason is refused on the record, and a
-    // request must be committed before anything can be fetched.
-    let mut recoverer = PgConnection::connect(&url).await.unwrap();
+    let user = case.user.as_str();
+    let expected = vec![
+        audit_row(
+            user,
+            "ip",
+            &case.masked_ip,
+            "fraud case",
+            Some("SEC-1"),
+            "found",
+        ),
+        audit_row(
+            user,
+            "device_id",
+            &case.masked_device,
+            "fraud case",
+            None,
+            "found",
+        ),
+        audit_row(user, "ip", &missing, "check", None, "not_found"),
+        audit_row(user, "ip", &case.masked_ip, "bulk review", None, "found"),
+        audit_row(user, "ip", &missing, "bulk review", None, "not_found"),
+    ];
+    assert_eq!(recover_audit(&case.app).await, expected);
+}
+
+/// Straight to the database, a recoverer can read neither the vault nor the audit log: only
+/// recovery.request and recovery.fetch are open to it.
+#[tokio::test]
+async fn recoverers_cannot_read_the_vault_or_the_audit_log_directly() {
+    let case = recoverable().await;
+    let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
     assert!(denied(&mut recoverer, "SELECT ciphertext FROM vault.entries").await);
     assert!(denied(&mut recoverer, "SELECT * FROM recovery.audit_log").await);
+}
+
+/// A caller that skips etl's validation and asks with a blank reason is refused by the database,
+/// on the record: the request is logged as refused and fetching it returns no ciphertext.
+#[tokio::test]
+async fn a_direct_request_with_a_blank_reason_is_recorded_as_refused_and_yields_nothing() {
+    let case = recoverable().await;
+    let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
     let refused: i64 = sqlx::query_scalar("SELECT recovery.request('ip', ARRAY[$1], ' ', NULL)")
-        .bind(&masked_ip)
+        .bind(&case.masked_ip)
         .fetch_one(&mut recoverer)
         .await
         .unwrap();
@@ -229,10 +352,23 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
             .await
             .unwrap();
     assert_eq!(rows, vec![("refused".to_owned(), None)]);
-    // A caller that skips etl's validation: a mask that is not hex is on record, not found.
+    assert_eq!(
+        case.app
+            .count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
+            .await,
+        1
+    );
+}
+
+/// A caller that skips etl's validation and asks for a mask that is not hex: that mask is on
+/// record as not found (not refused), and the valid mask beside it is still served.
+#[tokio::test]
+async fn a_direct_request_for_a_mask_that_is_not_hex_records_it_as_not_found() {
+    let case = recoverable().await;
+    let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
     let odd: i64 =
         sqlx::query_scalar("SELECT recovery.request('ip', ARRAY['zz', $1], 'typo', NULL)")
-            .bind(&masked_ip)
+            .bind(&case.masked_ip)
             .fetch_one(&mut recoverer)
             .await
             .unwrap();
@@ -246,10 +382,24 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
         rows,
         vec![("not_found".to_owned(), false), ("found".to_owned(), true)]
     );
+    assert_eq!(
+        case.app
+            .count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
+            .await,
+        0
+    );
+}
+
+/// A request must be committed before anything can be fetched: a fetch in the request's own
+/// transaction fails (SQLSTATE 55000), and a request rolled back leaves no audit row.
+#[tokio::test]
+async fn a_request_cannot_be_fetched_before_it_is_committed() {
+    let case = recoverable().await;
+    let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
     let mut tx = recoverer.begin().await.unwrap();
     let request: i64 =
         sqlx::query_scalar("SELECT recovery.request('ip', ARRAY[$1], 'sneaky', NULL)")
-            .bind(&masked_ip)
+            .bind(&case.masked_ip)
             .fetch_one(&mut *tx)
             .await
             .unwrap();
@@ -262,12 +412,14 @@ async fn recoverers_get_original_values_and_every_call_is_audited() {
     );
     tx.rollback().await.unwrap();
     assert_eq!(
-        app.count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
+        case.app
+            .count("SELECT count(*) FROM recovery.audit_log WHERE reason = 'sneaky'")
             .await,
-        1
+        0
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM recovery.audit_log WHERE reason = 'sneaky'")
+        case.app
+            .count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
             .await,
         0
     );

@@ -146,7 +146,7 @@ fn describe(target: Option<&Target>, source: &sqlx::Error) -> String {
                 }
                 Some("42501") => format!(
                     "{message}: the database user {user} lacks the role this command needs \
-                         (SECURITY.md lists them; `etl doctor` checks them)"
+                         (see docs/roles.md and `etl doctor`)"
                 ),
                 Some(code) if quotes_values(code) => {
                     format!(

@@ -1,0 +1,169 @@
+//! The documentation's shape: README.md stays a short front door, and every relative link in
+//! README.md and docs/*.md leads to a file that exists and, with a `#anchor`, to one of that
+//! file's headings, as GitHub names them. Reads files only; needs no stack.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const README_MAX_LINES: usize = 250;
+const EXTERNAL: [&str; 3] = ["http://", "https://", "mailto:"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+#[test]
+fn readme_is_a_front_door() {
+    let lines = read(&root().join("README.md")).lines().count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines, more than {README_MAX_LINES}: move the detail to docs/"
+    );
+}
+
+#[test]
+fn relative_links_lead_to_a_file_and_a_heading() {
+    let mut files: Vec<PathBuf> = fs::read_dir(root().join("docs"))
+        .expect("docs/ is readable")
+        .map(|entry| entry.expect("an entry of docs/ is readable").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "md"))
+        .collect();
+    files.sort();
+    files.insert(0, root().join("README.md"));
+
+    let mut broken = Vec::new();
+    for file in &files {
+        let name = file
+            .strip_prefix(root())
+            .unwrap_or(file.as_path())
+            .display();
+        for target in link_targets(&read(file)) {
+            if EXTERNAL.iter().any(|scheme| target.starts_with(scheme)) {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((target.as_str(), ""));
+            let linked = match path {
+                "" => file.clone(),
+                path => file.parent().expect("a file is in a folder").join(path),
+            };
+            let shown = linked.display();
+            if !linked.is_file() {
+                broken.push(format!("{name}: link to {target}: no file {shown}"));
+            } else if !anchor.is_empty() && !heading_anchors(&read(&linked)).contains(anchor) {
+                broken.push(format!(
+                    "{name}: link to {target}: no heading #{anchor} in {shown}"
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn anchors_are_named_as_github_names_them() {
+    let markdown = "# etl\n## Data lifecycle\n### 10. `etl lambda` on AWS\n\
+                    ```sh\n# a comment, not a heading\n```\n## Data lifecycle\n";
+    let expected = [
+        "etl",
+        "data-lifecycle",
+        "10-etl-lambda-on-aws",
+        "data-lifecycle-1",
+    ];
+    assert_eq!(
+        heading_anchors(markdown),
+        HashSet::from(expected.map(String::from))
+    );
+}
+
+/// The targets of the inline links and images outside code: `[text](target)`, or
+/// `[text](target "title")`.
+fn link_targets(markdown: &str) -> Vec<String> {
+    let text = without_code_spans(&prose(markdown));
+    let insides = text
+        .split("](")
+        .skip(1)
+        .filter_map(|after| after.split_once(')'));
+    let targets = insides.filter_map(|(inside, _)| inside.split_whitespace().next());
+    targets.map(String::from).collect()
+}
+
+/// GitHub's anchors of the headings: lower case, each space a '-', punctuation other than '-' and
+/// '_' dropped; a repeated anchor gets "-1", "-2", ...
+fn heading_anchors(markdown: &str) -> HashSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut anchors = HashSet::new();
+    for line in prose(markdown).lines() {
+        let level = line.len() - line.trim_start_matches('#').len();
+        let Some(title) = line[level..]
+            .strip_prefix(' ')
+            .filter(|_| (1..=6).contains(&level))
+        else {
+            continue;
+        };
+        let anchor: String = title
+            .trim()
+            .chars()
+            .filter(|&c| c == ' ' || c == '-' || c == '_' || c.is_alphanumeric())
+            .map(|c| if c == ' ' { '-' } else { c })
+            .flat_map(char::to_lowercase)
+            .collect();
+        let count = seen.entry(anchor.clone()).or_insert(0);
+        anchors.insert(match *count {
+            0 => anchor,
+            n => format!("{anchor}-{n}"),
+        });
+        *count += 1;
+    }
+    anchors
+}
+
+/// The text with the lines of fenced code blocks (``` or ~~~) left blank.
+fn prose(markdown: &str) -> String {
+    let mut fence: Option<&str> = None;
+    let mut kept = String::new();
+    for line in markdown.lines() {
+        let trimmed = line.trim_start();
+        if let Some(marker) = fence {
+            if trimmed.starts_with(marker) {
+                fence = None;
+            }
+        } else if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            fence = Some(&trimmed[..3]);
+        } else {
+            kept.push_str(line);
+        }
+        kept.push('\n');
+    }
+    kept
+}
+
+/// The text without its code spans, each a run of backticks up to the next run of as many; an
+/// unmatched run is literal text.
+fn without_code_spans(text: &str) -> String {
+    let backticks_at = |text: &str| text.len() - text.trim_start_matches('`').len();
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('`') {
+        kept.push_str(&rest[..start]);
+        let ticks = backticks_at(&rest[start..]);
+        let mut end = start + ticks;
+        rest = loop {
+            let Some(found) = rest[end..].find('`').map(|found| end + found) else {
+                kept.push_str(&rest[start..start + ticks]);
+                break &rest[start + ticks..];
+            };
+            match backticks_at(&rest[found..]) {
+                run if run == ticks => break &rest[found + ticks..],
+                run => end = found + run,
+            }
+        };
+    }
+    kept.push_str(rest);
+    kept
+}
