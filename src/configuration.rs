@@ -16,7 +16,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Justification(#[from] BlankReason),
     #[error("{0}")]
-    Conflict(&'static str),
+    Invalid(&'static str),
     #[error("{0} is not a mask: a mask is 64 hexadecimal characters, as stored in user_logins")]
     BadMask(MaskSource),
     #[error("cannot read the mask file: {0}")]

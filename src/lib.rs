@@ -1,9 +1,11 @@
 //! `etl`: user-login events from Amazon SQS into PostgreSQL, with ip and device_id replaced by
 //! keyed masks and their original values sealed in an encrypted vault.
 //!
-//! Layers: [`domain`] (messages, events, validation, app_version) · [`crypto`] (keys, mask,
-//! seals, the audit chain) · [`adapters`] (SQS, KMS, PostgreSQL) · [`sources`] (SQS, file) ·
-//! [`pipeline`] (batch → transform → write) · [`commands`] (the CLI's subcommands).
+//! Layers: [`domain`] (messages, events, validation, app_version, the values people pass in) ·
+//! [`crypto`] (keys, mask, seals, the audit chain) · [`adapters`] (SQS, KMS, PostgreSQL) ·
+//! [`sources`] (SQS, file, Lambda) · [`pipeline`] (the batch contract; batch → transform →
+//! write) · [`keys`] (loading and caching data keys) · [`recovery`] (opening values on record) ·
+//! [`commands`] (the CLI's subcommands, each with its flags and settings).
 
 pub mod adapters;
 pub mod cli;

@@ -94,7 +94,7 @@ impl TryFrom<&ForgetArgs> for ForgetSettings {
             }
         }
         if users.is_empty() {
-            return Err(ConfigError::Conflict("no user id given: the file has none"));
+            return Err(ConfigError::Invalid("no user id given: the file has none"));
         }
         Ok(Self {
             database: args.database.settings()?,

@@ -124,14 +124,14 @@ async fn list(
                 println!("quarantine is empty");
                 return Ok(Outcome::Success);
             }
+            const ID: &str = "message id";
             let id_width = entries
                 .iter()
-                .map(|e| e.message_id.len())
-                .max()
-                .unwrap_or(0);
+                .map(|e| e.message_id.chars().count())
+                .fold(ID.len(), usize::max);
             println!(
                 "{:<20}  {:<id_width$}  {:<24}  detail",
-                "received", "message id", "reason"
+                "received", ID, "reason"
             );
             for entry in &entries {
                 println!(

@@ -118,7 +118,7 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             (Some(mask), None) => (PiiField::Ip, mask),
             (None, Some(mask)) => (PiiField::DeviceId, mask),
             _ => {
-                return Err(ConfigError::Conflict(
+                return Err(ConfigError::Invalid(
                     "give exactly one of --masked-ip and --masked-device-id",
                 ))
             }
@@ -129,29 +129,31 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             }
             (None, Some(path)) => read_masks(path)?,
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict(
+                return Err(ConfigError::Invalid(
                     "give the mask on the command line or --from-file, not both",
                 ))
             }
             (None, None) => {
-                return Err(ConfigError::Conflict(
+                return Err(ConfigError::Invalid(
                     "give a mask after --masked-ip / --masked-device-id, or --from-file",
                 ))
             }
         };
         if masks.is_empty() {
-            return Err(ConfigError::Conflict("the mask file holds no masks"));
+            return Err(ConfigError::Invalid("the mask file holds no masks"));
         }
+        // As before the settings had a type of their own: the reason is judged before the URL.
+        let why = Justification::parse(
+            args.reason.as_deref().unwrap_or_default(),
+            args.ticket.as_deref(),
+            "in the audit log",
+        )?;
         Ok(Self {
             database: DatabaseSettings::parse(args.database_url.as_deref().unwrap_or_default())?,
             field,
             masks,
             bulk: args.from_file.is_some(),
-            why: Justification::parse(
-                args.reason.as_deref().unwrap_or_default(),
-                args.ticket.as_deref(),
-                "in the audit log",
-            )?,
+            why,
             format: args.format,
         })
     }

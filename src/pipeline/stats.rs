@@ -295,6 +295,37 @@ mod tests {
         assert!(text.contains("duplicates skipped"), "{text}");
     }
 
+    /// Operators script against these keys (`--summary-json`): a renamed field fails here.
+    #[test]
+    fn the_json_summary_has_exactly_its_documented_keys() {
+        let summary =
+            serde_json::to_value(Stats::default().summary(Duration::from_secs(1))).unwrap();
+        let mut keys: Vec<&str> = summary
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "delete_failed",
+                "deleted",
+                "duplicates_skipped",
+                "elapsed_seconds",
+                "forgotten_skipped",
+                "messages_per_second",
+                "quarantined",
+                "quarantined_by_reason",
+                "receive_errors",
+                "received",
+                "write_failures",
+                "written",
+            ]
+        );
+    }
+
     #[test]
     fn the_text_summary_shows_a_rate_only_for_a_run_long_enough_to_measure() {
         let stats = Stats::default();

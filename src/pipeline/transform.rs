@@ -214,9 +214,12 @@ impl Transformer {
     }
 
     /// The claim of lines of a file: their range (they come in line order) and the keyed digest
-    /// of their content. The file source sets every message's line; a message without one would
-    /// only be left out of the digest.
+    /// of their content. The file source sets every message's line.
     fn line_range(&self, messages: &[Message]) -> Claim {
+        debug_assert!(
+            messages.iter().all(|m| m.line.is_some()),
+            "a file batch whose messages have no line"
+        );
         let Some(first) = messages.first().and_then(|m| m.line) else {
             return Claim::MessageIds;
         };

@@ -7,6 +7,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::helpers::{event, wait_until, TestApp};
+use etl::pipeline::Summary;
 
 async fn masks(app: &TestApp) -> Vec<(String, String, String)> {
     sqlx::query_as("SELECT user_id, masked_ip, masked_device_id FROM user_logins")
@@ -209,13 +210,12 @@ async fn service_mode_ingests_until_sigterm_then_exits_cleanly() {
     );
 
     // The summary printed at shutdown says the same.
-    let summary: etl::pipeline::Summary =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-            panic!(
-                "no JSON summary on stdout at shutdown ({err}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        });
+    let summary: Summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "no JSON summary on stdout at shutdown ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     let all = (valid.len() + invalid.len()) as u64;
     assert_eq!(summary.received, all, "{summary}");
     assert_eq!(summary.written, valid.len() as u64, "{summary}");
@@ -342,14 +342,14 @@ async fn a_file_backfill_takes_the_same_path_and_replays_idempotently() {
                 "7",
             ])
             .await;
-        serde_json::from_str::<serde_json::Value>(&output).unwrap()
+        serde_json::from_str::<Summary>(&output).unwrap()
     };
     let first = run().await;
-    assert_eq!(first["written"], valid);
-    assert_eq!(first["quarantined"], bodies.len() - valid);
+    assert_eq!(first.written, valid as u64);
+    assert_eq!(first.quarantined, (bodies.len() - valid) as u64);
     let second = run().await;
-    assert_eq!(second["written"], 0);
-    assert_eq!(second["duplicates_skipped"], bodies.len());
+    assert_eq!(second.written, 0);
+    assert_eq!(second.duplicates_skipped, bodies.len() as u64);
     std::fs::remove_file(&file).unwrap();
     assert_eq!(
         app.count("SELECT count(*) FROM user_logins").await,

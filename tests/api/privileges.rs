@@ -217,7 +217,9 @@ fn roles_markdown(grants: &BTreeSet<String>) -> String {
          columns and functions after `etl migrate`, read from the PostgreSQL catalog. \
          `tests/api/privileges.rs` writes this page and fails when the committed one differs, so \
          it is always what the catalog says. The owner (the migrating user) holds everything and \
-         is not listed; what is not listed here, no role may do. SECURITY.md explains why each \
+         is not listed; what is not listed here, no role may do. Row level security narrows two \
+         grants further: `etl_ingest` sees only the mask and vault keys' rows of \
+         `keyring.data_keys`, `etl_privacy` only the mask key's. SECURITY.md explains why each \
          role holds what it holds. Back to [README](../README.md).\n",
     );
     let headers = ["Schemas", "Tables and columns", "Functions"];

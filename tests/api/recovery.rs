@@ -65,11 +65,8 @@ async fn the_ingest_role_ingests_end_to_end_but_cannot_read_the_vault() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(
-        (summary["written"].as_u64(), summary["quarantined"].as_u64()),
-        (Some(2), Some(1))
-    );
+    let summary: etl::pipeline::Summary = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((summary.written, summary.quarantined), (2, 1));
     assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 4);
 
     let mut ingest = PgConnection::connect(&url).await.unwrap();
