@@ -7,8 +7,8 @@ use std::path::Path;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
-    audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover, retention,
-    DatabaseArgs, LogFormatArg,
+    audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover,
+    recovery_service, retention, DatabaseArgs, LogFormatArg,
 };
 
 /// Moves user-login events from Amazon SQS into PostgreSQL, masking ip and device_id with a keyed
@@ -51,6 +51,9 @@ pub enum Command {
     /// Recover the original value of a mask (for members of etl_recoverer; every call is audited),
     /// or show and set the recovery policy (`etl recover policy`).
     Recover(recover::RecoverArgs),
+    /// Open recovery requests (for a login in etl_opener, with KMS Decrypt on the vault and
+    /// quarantine keys): the only process that unwraps those keys; clients need neither.
+    RecoveryService(recovery_service::RecoveryServiceArgs),
     /// Check and anchor the tamper-evident audit log of recoveries and quarantine openings.
     #[command(subcommand)]
     Audit(audit::AuditCommand),

@@ -46,6 +46,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Ingest(args) => commands::ingest::run(args).await,
         Command::Lambda(args) => commands::lambda::run(args).await,
         Command::Recover(args) => commands::recover::run(args).await,
+        Command::RecoveryService(args) => commands::recovery_service::run(args).await,
         Command::Audit(command) => commands::audit::run(command).await,
         Command::Doctor(args) => commands::doctor::run(args).await,
         Command::Quarantine(command) => commands::quarantine::run(command).await,

@@ -1,6 +1,6 @@
-//! The operations endpoint of `etl ingest`: Prometheus metrics at `/metrics`, liveness at
-//! `/healthz` and readiness at `/readyz` (database and queue reachable, keys loaded), on one
-//! address, loopback by default.
+//! The operations endpoint of `etl ingest` and `etl recovery-service`: Prometheus metrics at
+//! `/metrics`, liveness at `/healthz` and readiness at `/readyz` (database and queue reachable,
+//! started), on one address, loopback by default.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,40 +37,56 @@ pub enum ServerError {
     },
 }
 
-/// What `/readyz` checks.
+/// What `/readyz` checks: the database, the queue where there is one, and that the process has
+/// finished starting.
 pub struct Readiness {
     pool: PgPool,
-    queue: SqsQueue,
-    keys_loaded: AtomicBool,
+    queue: Option<SqsQueue>,
+    started: AtomicBool,
+    /// The line `/readyz` shows until then.
+    starting: &'static str,
 }
 
 impl Readiness {
-    pub fn new(pool: PgPool, queue: SqsQueue) -> Arc<Self> {
+    /// `etl ingest`: ready once its keys are loaded.
+    pub fn ingest(pool: PgPool, queue: SqsQueue) -> Arc<Self> {
+        Self::new(pool, Some(queue), "keys: not loaded yet")
+    }
+
+    /// `etl recovery-service`: ready once it listens for requests.
+    pub fn recovery_service(pool: PgPool) -> Arc<Self> {
+        Self::new(pool, None, "requests: not listening yet")
+    }
+
+    fn new(pool: PgPool, queue: Option<SqsQueue>, starting: &'static str) -> Arc<Self> {
         Arc::new(Self {
             pool,
             queue,
-            keys_loaded: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            starting,
         })
     }
 
-    pub fn keys_loaded(&self) {
-        self.keys_loaded.store(true, Ordering::Relaxed);
+    pub fn started(&self) {
+        self.started.store(true, Ordering::Relaxed);
     }
 
     /// One line per failing check; empty when ready.
     async fn problems(&self) -> Vec<&'static str> {
         let mut problems = Vec::new();
-        if !self.keys_loaded.load(Ordering::Relaxed) {
-            problems.push("keys: not loaded yet");
+        if !self.started.load(Ordering::Relaxed) {
+            problems.push(self.starting);
         }
         let database =
             tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
         if !matches!(database, Ok(Ok(_))) {
             problems.push("database: unreachable");
         }
-        let queue = tokio::time::timeout(CHECK_TIMEOUT, self.queue.depth()).await;
-        if !matches!(queue, Ok(Ok(_))) {
-            problems.push("queue: unreachable");
+        if let Some(queue) = &self.queue {
+            let depth = tokio::time::timeout(CHECK_TIMEOUT, queue.depth()).await;
+            if !matches!(depth, Ok(Ok(_))) {
+                problems.push("queue: unreachable");
+            }
         }
         problems
     }
@@ -110,7 +126,9 @@ pub async fn start(
             warn!(error = %err, "metrics endpoint stopped");
         }
     });
-    tokio::spawn(refresh_depth(readiness, shutdown));
+    if readiness.queue.is_some() {
+        tokio::spawn(refresh_depth(readiness, shutdown));
+    }
     // `etl ingest` logs the address once it has started; this is for a start that stalls.
     debug!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(bound)
@@ -137,7 +155,10 @@ async fn refresh_depth(readiness: Arc<Readiness>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        if let Ok(depth) = readiness.queue.depth().await {
+        let Some(queue) = &readiness.queue else {
+            return;
+        };
+        if let Ok(depth) = queue.depth().await {
             metrics::gauge!("etl_queue_messages", "state" => "visible").set(depth.visible as f64);
             metrics::gauge!("etl_queue_messages", "state" => "in_flight")
                 .set(depth.in_flight as f64);

@@ -1,6 +1,6 @@
 //! `etl export`: subject access, for members of etl_recoverer. The user's rows are read through
-//! `recovery.subject_rows`; their masks are recovered through the same audited two-step path as
-//! `etl recover` (one audit row per mask, under the recovery policy); the rows go to stdout only.
+//! `recovery.subject_rows`; their masks are recovered through the recovery service as `etl
+//! recover` does (one audit row per mask, under the recovery policy); the rows go to stdout only.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -10,13 +10,10 @@ use serde::Serialize;
 use clap::{Args, ValueEnum};
 
 use super::{DatabaseArgs, Outcome};
-use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, lifecycle};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::{Justification, PiiField, UserId};
-use crate::recovery::{database_error, recover_masks};
-use crate::startup::KMS_ATTEMPT_TIMEOUT;
+use crate::recovery::{database_error, recover_masks, CLIENT_CONNECTIONS};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -34,6 +31,9 @@ pub struct ExportArgs {
     /// Output format on stdout: a JSON array of rows, or CSV with a header line.
     #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
     pub format: ExportFormat,
+    /// How long to wait for the recovery service's answer, for example `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +49,7 @@ pub struct ExportSettings {
     pub user_id: UserId,
     pub why: Justification,
     pub format: ExportFormat,
+    pub wait: std::time::Duration,
 }
 
 impl TryFrom<&ExportArgs> for ExportSettings {
@@ -66,6 +67,7 @@ impl TryFrom<&ExportArgs> for ExportSettings {
             })?,
             database: args.database.settings()?,
             format: args.format,
+            wait: args.wait,
         })
     }
 }
@@ -89,7 +91,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
     let settings = ExportSettings::try_from(&args)?;
     let options = postgres::read_committed(settings.database.options);
     postgres::check_connection(&options).await?;
-    let pool = postgres::pool(options, 1);
+    let pool = postgres::pool(options, CLIENT_CONNECTIONS);
     let rows = lifecycle::subject_rows(&pool, settings.user_id.as_str())
         .await
         .map_err(database_error(&pool))?;
@@ -97,7 +99,6 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
         eprintln!("not found: user_logins has no row of this user");
         return Ok(Outcome::Negative);
     }
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut values: HashMap<(PiiField, String), String> = HashMap::new();
     for field in [PiiField::Ip, PiiField::DeviceId] {
         let masks: BTreeSet<&str> = rows
@@ -111,7 +112,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
             continue;
         }
         let masks: Vec<String> = masks.into_iter().map(str::to_owned).collect();
-        for recovered in recover_masks(&pool, &kms, field, &masks, &settings.why).await? {
+        for recovered in recover_masks(&pool, field, &masks, &settings.why, settings.wait).await? {
             if let Some(value) = recovered.value {
                 values.insert((field, recovered.mask), value);
             }

@@ -288,9 +288,9 @@ async fn from_queue(
     (queue, protocol): (SqsQueue, SqsProtocol),
 ) -> anyhow::Result<Summary> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(super::cancel_on_signal(shutdown.clone()));
     // The endpoint comes up before the keys load, so /healthz answers during startup.
-    let readiness = Readiness::new(pool.clone(), queue.clone());
+    let readiness = Readiness::ingest(pool.clone(), queue.clone());
     let metrics_addr = server::start(
         settings.metrics_addr,
         Arc::clone(&readiness),
@@ -298,7 +298,7 @@ async fn from_queue(
     )
     .await?;
     let keys = load_live_keys(&pool, sdk).await?;
-    readiness.keys_loaded();
+    readiness.started();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
     info!(
@@ -403,26 +403,4 @@ async fn from_file(
         .await
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(stats.summary(started.elapsed()))
-}
-
-/// SIGINT or SIGTERM stops polling; what is in flight is finished.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = terminate => {}
-    }
-    info!("shutdown requested; finishing the batches in flight");
-    shutdown.cancel();
 }

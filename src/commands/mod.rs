@@ -14,6 +14,7 @@ pub mod lambda;
 pub mod migrate;
 pub mod quarantine;
 pub mod recover;
+pub mod recovery_service;
 pub mod retention;
 
 pub use args::{DatabaseArgs, LogFormatArg, OutputFormat, SqsProtocolArg};
@@ -82,4 +83,27 @@ fn progress(what: &str, total: u64) -> tracing::Span {
         span.pb_set_length(total);
     }
     span
+}
+
+/// SIGINT or SIGTERM cancels `shutdown`: a service stops taking work and finishes what is in
+/// flight.
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing what is in flight");
+    shutdown.cancel();
 }

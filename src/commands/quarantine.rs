@@ -12,13 +12,12 @@ use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
-use crate::adapters::postgres::{quarantine, recovery};
-use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
+use crate::adapters::postgres::{self, quarantine};
 use crate::domain::{Justification, LoginEvent};
 use crate::keys::QuarantineOpeners;
 use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::{Committer, LiveKeys, Stats};
-use crate::recovery::{database_error, RecoverError};
+use crate::recovery;
 use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
 
 #[derive(Debug, Subcommand)]
@@ -35,7 +34,8 @@ pub enum QuarantineCommand {
         limit: i64,
     },
     /// Open one quarantined message's body (for members of etl_recoverer): the request is
-    /// committed to the audit log first, then the body is fetched, unsealed and printed on stdout.
+    /// committed to the audit log first, then the recovery service opens the body and seals it
+    /// to this command, which prints it on stdout.
     Show(QuarantineShowArgs),
     /// Validate quarantined messages again with today's rules (for the schema owner): those now
     /// valid are written through the same commit path, exactly once, and leave the quarantine;
@@ -70,6 +70,9 @@ pub struct QuarantineShowArgs {
     /// Output format: the body as sent (text), or one JSON object with the id and the body.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// How long to wait for the recovery service's answer, for example `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -154,53 +157,16 @@ async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
     let why = Justification::parse(&args.reason, args.ticket.as_deref(), "in the audit log")?;
     let message_id = args.message_id.trim().to_owned();
     anyhow::ensure!(!message_id.is_empty(), "give the quarantined message's id");
-    let pool = super::audit_pool(&args.database).await?;
-    let request_id = recovery::request_quarantine(&pool, &[message_id], why.reason(), why.ticket())
-        .await
-        .map_err(database_error(&pool))?;
-    let rows = recovery::fetch_quarantine(&pool, request_id)
-        .await
-        .map_err(database_error(&pool))?;
-    let [row] = rows.as_slice() else {
-        anyhow::bail!("the quarantine request returned {} rows, not 1", rows.len());
+    let settings = args.database.settings()?;
+    let pool = super::checked_pool(
+        postgres::read_committed(settings.options),
+        recovery::CLIENT_CONNECTIONS,
+    )
+    .await?;
+    let Some(body) = recovery::open_quarantined(&pool, &message_id, &why, args.wait).await? else {
+        eprintln!("not found: no quarantined message has this id");
+        return Ok(Outcome::Negative);
     };
-    match row.outcome.as_str() {
-        "refused" => {
-            return Err(RecoverError::Refused(row.detail.clone().unwrap_or_default()).into())
-        }
-        "not_found" => {
-            eprintln!("not found: no quarantined message has this id");
-            return Ok(Outcome::Negative);
-        }
-        _ => {}
-    }
-    let (Some(sealed), Some(purpose), Some(version), Some(kms_key_id), Some(wrapped)) = (
-        &row.body_ciphertext,
-        row.key_purpose.as_deref().and_then(KeyPurpose::parse),
-        row.key_version,
-        &row.kms_key_id,
-        &row.wrapped_key,
-    ) else {
-        anyhow::bail!(
-            "quarantined message {} has no key on record",
-            row.message_id
-        );
-    };
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let key = kms
-        .unwrap_data_key(kms_key_id, purpose, version, wrapped)
-        .await
-        .map_err(RecoverError::from)?;
-    let body = match purpose {
-        KeyPurpose::Quarantine => QuarantineOpener::new(&key).open(&row.message_id, sealed),
-        _ => Sealer::new(&key).open_body(&row.message_id, sealed),
-    }
-    .map_err(|source| {
-        anyhow::anyhow!(
-            "quarantined body {} does not open: {source}",
-            row.message_id
-        )
-    })?;
     let mut stdout = std::io::stdout().lock();
     match args.format {
         OutputFormat::Text => {
@@ -215,7 +181,7 @@ async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
             }
             let body = Zeroizing::new(String::from_utf8_lossy(&body).into_owned());
             let json = Zeroizing::new(serde_json::to_string(&Opened {
-                message_id: &row.message_id,
+                message_id: &message_id,
                 body: &body,
             })?);
             writeln!(stdout, "{}", json.as_str())?;

@@ -1,26 +1,22 @@
-//! `etl recover`: audited recovery of original values, for members of etl_recoverer.
+//! `etl recover`: audited recovery of original values, for members of etl_recoverer, through the
+//! recovery service (`crate::recovery`): the request, with a one-time public key, is committed
+//! to the audit log; the service opens the values and seals them to that key; this command opens
+//! them and prints them on stdout, and nowhere else. It needs no key and no KMS permission.
 //!
-//! 1. `recovery.request` records who asks for which masks and why, and commits.
-//! 2. `recovery.fetch` returns the ciphertexts and the wrapped vault keys of that request.
-//! 3. KMS unwraps each vault key version once (key id and encryption context presented).
-//! 4. The ciphertexts are opened and the values printed on stdout, and nowhere else.
-//!
-//! The database enforces the recovery policy in step 1: a request without a required ticket, or
-//! over the daily limit, is recorded as refused and nothing can be fetched for it.
+//! The database enforces the recovery policy when the request is made: a request without a
+//! required ticket, or over the daily limit, is recorded as refused and nothing is opened.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
-use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, recovery};
 use crate::configuration::{ConfigError, DatabaseSettings, MaskSource};
 use crate::domain::{Justification, Mask, PiiField};
-use crate::recovery::{recover_masks, Recovered};
-use crate::startup::KMS_ATTEMPT_TIMEOUT;
+use crate::recovery::{recover_masks, Recovered, CLIENT_CONNECTIONS};
 
 /// `etl recover --masked-ip <MASK>`, or `etl recover --masked-ip --from-file <PATH>` for many
 /// masks of the same field.
@@ -65,6 +61,10 @@ pub struct RecoverArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// How long to wait for the recovery service's answer, for example `30s`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +108,7 @@ pub struct RecoverSettings {
     pub bulk: bool,
     pub why: Justification,
     pub format: OutputFormat,
+    pub wait: Duration,
 }
 
 impl TryFrom<&RecoverArgs> for RecoverSettings {
@@ -155,6 +156,7 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             bulk: args.from_file.is_some(),
             why,
             format: args.format,
+            wait: args.wait,
         })
     }
 }
@@ -177,10 +179,10 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<Outcome> {
     let settings = RecoverSettings::try_from(&args)?;
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
-    let pool = postgres::pool(options, 1);
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let pool = postgres::pool(options, CLIENT_CONNECTIONS);
     let masks: Vec<String> = settings.masks.into_iter().map(Mask::into_string).collect();
-    let results = recover_masks(&pool, &kms, settings.field, &masks, &settings.why).await?;
+    let results =
+        recover_masks(&pool, settings.field, &masks, &settings.why, settings.wait).await?;
     print(&results, settings.bulk, settings.format)?;
     let all_found = results.iter().all(|r| r.value.is_some());
     Ok(if all_found {

@@ -8,10 +8,12 @@
 //! key never serves two purposes directly.
 
 mod audit_chain;
+mod hpke_box;
 mod keys;
 mod lines;
 mod mask;
 mod quarantine;
+mod reply;
 mod seal;
 
 pub use audit_chain::{encode_payload, ChainBreak, ChainRow, ChainVerifier, GENESIS};
@@ -19,6 +21,7 @@ pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker, UserHash};
 pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
+pub use reply::{ReplyKeyPair, ReplySealer, REPLY_PUBLIC_KEY_LEN};
 pub use seal::{SealError, Sealer};
 
 use hmac::{Hmac, Mac};

@@ -1,42 +1,29 @@
 //! Sealing quarantined bodies to a public key, so that the process that seals them cannot open
 //! them again.
 //!
-//! HPKE (RFC 9180) in base mode: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM. The key
-//! pair is derived (RFC 9180 `DeriveKeyPair`) from a 32-byte seed that KMS generated and wrapped
-//! (purpose `quarantine`); the public key is stored beside the wrapped seed. Ingest holds only the
-//! public key.
-//!
-//! One encapsulation per batch, not per body: an X25519 agreement costs about 0.1 ms, which at a
-//! few percent of malformed messages was a fifth of a backfill's CPU. The batch's HPKE context
-//! exports a secret (RFC 9180 §5.3) that keys AES-256-GCM-SIV, and each body is sealed under it
-//! with a random nonce; the associated data binds the message id and the key version, so a
-//! ciphertext copied to another row does not open. Opening needs the private key to decapsulate.
-//!
-//! Stored layout: `encapsulated key (32 bytes) || nonce (12 bytes) || ciphertext and tag`.
+//! HPKE boxes (`hpke_box`), one encapsulation per batch (at a few percent of malformed messages, one
+//! per body was a fifth of a backfill's CPU). The key pair is derived (RFC 9180 `DeriveKeyPair`)
+//! from a 32-byte seed that KMS generated and wrapped (purpose `quarantine`); the public key is
+//! stored beside the wrapped seed. Ingest holds only the public key. The associated data binds the
+//! message id and the key version, so a ciphertext copied to another row does not open.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM_SIV};
-use hpke::aead::AesGcm256;
-use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use hpke::{Deserializable, Kem as _, Serializable};
 use zeroize::Zeroizing;
 
-use super::{DataKey, SealError, KEY_LEN};
+use super::hpke_box::{self, BoxSealer, Domain, Kem, PrivateKey, PublicKey};
+use super::{DataKey, SealError};
 
-type Kem = X25519HkdfSha256;
-
-const INFO: &[u8] = b"etl/quarantine/hpke/v1";
-/// The exporter context of the secret that keys a batch's bodies.
-const BATCH_KEY_LABEL: &[u8] = b"etl/quarantine/batch-key/v1";
-const ENCAPPED_LEN: usize = 32;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+const DOMAIN: Domain = Domain {
+    info: b"etl/quarantine/hpke/v1",
+    // The exporter context of the secret that keys a batch's bodies.
+    label: b"etl/quarantine/batch-key/v1",
+};
 
 /// Seals quarantined bodies to one version of the quarantine public key.
 #[derive(Clone)]
 pub struct QuarantineSealer {
     version: i32,
-    public_key: <Kem as hpke::Kem>::PublicKey,
+    public_key: PublicKey,
 }
 
 impl std::fmt::Debug for QuarantineSealer {
@@ -50,7 +37,7 @@ impl std::fmt::Debug for QuarantineSealer {
 impl QuarantineSealer {
     /// The sealer for a stored public key; `None` if the bytes are not an X25519 public key.
     pub fn from_public_key(version: i32, public_key: &[u8]) -> Option<Self> {
-        <Kem as hpke::Kem>::PublicKey::from_bytes(public_key)
+        PublicKey::from_bytes(public_key)
             .ok()
             .map(|public_key| Self {
                 version,
@@ -65,21 +52,9 @@ impl QuarantineSealer {
 
     /// A fresh encapsulation to seal one batch's bodies with.
     pub fn batch(&self) -> Result<BatchSealer, SealError> {
-        let (encapped, context) = hpke::setup_sender::<AesGcm256, HkdfSha256, Kem, _>(
-            &OpModeS::Base,
-            &self.public_key,
-            INFO,
-            &mut rand::rng(),
-        )
-        .map_err(|_| SealError::Encrypt)?;
-        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-        context
-            .export(BATCH_KEY_LABEL, secret.as_mut_slice())
-            .map_err(|_| SealError::Encrypt)?;
         Ok(BatchSealer {
             version: self.version,
-            encapped: encapped.to_bytes().into(),
-            cipher: batch_cipher(&secret)?,
+            sealer: BoxSealer::new(DOMAIN, &self.public_key)?,
         })
     }
 }
@@ -87,37 +62,20 @@ impl QuarantineSealer {
 /// Seals the bodies of one batch under one encapsulation.
 pub struct BatchSealer {
     version: i32,
-    encapped: [u8; ENCAPPED_LEN],
-    cipher: LessSafeKey,
+    sealer: BoxSealer,
 }
 
 impl BatchSealer {
     /// Randomised ciphertext of a body, bound to its message id.
     pub fn seal(&self, message_id: &str, body: &[u8]) -> Result<Vec<u8>, SealError> {
-        use rand::RngCore;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let mut sealed = Vec::with_capacity(ENCAPPED_LEN + NONCE_LEN + body.len() + TAG_LEN);
-        sealed.extend_from_slice(&self.encapped);
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(body);
-        let tag = self
-            .cipher
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(message_id, self.version)),
-                &mut sealed[ENCAPPED_LEN + NONCE_LEN..],
-            )
-            .map_err(|_| SealError::Encrypt)?;
-        sealed.extend_from_slice(tag.as_ref());
-        Ok(sealed)
+        self.sealer.seal(&aad(message_id, self.version), body)
     }
 }
 
 /// The private half, for `etl quarantine show`. Wiped on drop (x25519-dalek's `zeroize`).
 pub struct QuarantineOpener {
     version: i32,
-    private_key: <Kem as hpke::Kem>::PrivateKey,
+    private_key: PrivateKey,
 }
 
 impl std::fmt::Debug for QuarantineOpener {
@@ -147,44 +105,10 @@ impl QuarantineOpener {
 
     /// Opens a body sealed by [`BatchSealer::seal`] for this message id and key version.
     pub fn open(&self, message_id: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        if sealed.len() < ENCAPPED_LEN + NONCE_LEN + TAG_LEN {
-            return Err(SealError::Truncated);
-        }
-        let (encapped, rest) = sealed.split_at(ENCAPPED_LEN);
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(encapped)
-            .map_err(|_| SealError::Unauthentic)?;
-        let context = hpke::setup_receiver::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            &self.private_key,
-            &encapped,
-            INFO,
-        )
-        .map_err(|_| SealError::Unauthentic)?;
-        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-        context
-            .export(BATCH_KEY_LABEL, secret.as_mut_slice())
-            .map_err(|_| SealError::Unauthentic)?;
-        let cipher = batch_cipher(&secret)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Truncated)?;
-        let mut buffer = Zeroizing::new(ciphertext.to_vec());
-        let plain_len = cipher
-            .open_in_place(
-                nonce,
-                Aad::from(aad(message_id, self.version)),
-                buffer.as_mut_slice(),
-            )
-            .map_err(|_| SealError::Unauthentic)?
-            .len();
-        buffer.truncate(plain_len);
-        Ok(buffer)
+        let encapped = hpke_box::encapped_of(sealed)?;
+        let cipher = hpke_box::receiver(DOMAIN, &self.private_key, encapped)?;
+        hpke_box::open_with(&cipher, &aad(message_id, self.version), sealed)
     }
-}
-
-fn batch_cipher(secret: &[u8; KEY_LEN]) -> Result<LessSafeKey, SealError> {
-    UnboundKey::new(&AES_256_GCM_SIV, secret)
-        .map(LessSafeKey::new)
-        .map_err(|_| SealError::Encrypt)
 }
 
 /// `version(big-endian) 0 message id`.
@@ -195,6 +119,7 @@ fn aad(message_id: &str, version: i32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::hpke_box::ENCAPPED_LEN;
 
     fn pair(version: i32, byte: u8) -> (QuarantineOpener, QuarantineSealer) {
         let seed = DataKey::from_plaintext(version, vec![byte; 32]).unwrap();

@@ -2,9 +2,11 @@
 //! `pipeline::LiveKeys`), the caches of unwrapped versions the key jobs and replays open with,
 //! and the lock that keeps key jobs one at a time.
 
+pub mod cache;
 mod quarantine;
 mod vault;
 
+pub use cache::{KeyCache, Opener, StoredKeyRef};
 pub use quarantine::QuarantineOpeners;
 pub use vault::VaultKeys;
 

@@ -8,6 +8,7 @@ use crate::helpers::{assert_exit, event, TestApp};
 /// An app with one ingested event and a recoverer who made `requests` recoveries of its ip.
 async fn app_with_recoveries(requests: usize) -> (TestApp, String, String) {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[event("10.7.0.1", "700-00-0001")]).await;
     let mask: String = sqlx::query_scalar("SELECT masked_ip FROM user_logins")
         .fetch_one(&app.pool)

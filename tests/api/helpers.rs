@@ -28,6 +28,8 @@ pub struct TestApp {
     pub kms_key_id: String,
     pub sqs: aws_sdk_sqs::Client,
     pub sdk: aws_config::SdkConfig,
+    /// Recovery services started for this app, killed when it is dropped.
+    services: std::sync::Mutex<Vec<tokio::process::Child>>,
 }
 
 impl TestApp {
@@ -76,6 +78,7 @@ impl TestApp {
             kms_key_id,
             sqs,
             sdk,
+            services: std::sync::Mutex::default(),
         }
     }
 
@@ -103,6 +106,26 @@ impl TestApp {
             .env("DATABASE_URL", database_url)
             .output()
             .await
+            .unwrap()
+    }
+
+    /// Starts `etl recovery-service` on this app's database, as the schema owner; it runs until
+    /// the app is dropped. (A test of the opener role starts one as its login with
+    /// [`Self::recovery_service_as`].)
+    pub fn start_recovery_service(&self) {
+        let service = self.recovery_service_as(&self.database_url);
+        self.services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(service);
+    }
+
+    /// `etl recovery-service` as another database user; it stops when the handle is dropped.
+    pub fn recovery_service_as(&self, database_url: &str) -> tokio::process::Child {
+        self.command(&["recovery-service", "--poll", "200ms"])
+            .env("DATABASE_URL", database_url)
+            .stdout(Stdio::null())
+            .spawn()
             .unwrap()
     }
 

@@ -89,6 +89,7 @@ async fn recover_all(
 #[tokio::test]
 async fn rotate_reseal_and_retire_keep_every_value_recoverable() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[
         body("u-1", "10.40.0.1", "400-00-0001"),
         body("u-2", "10.40.0.2", "400-00-0002"),
@@ -193,6 +194,7 @@ async fn rotate_reseal_and_retire_keep_every_value_recoverable() {
 #[tokio::test]
 async fn a_reseal_killed_halfway_resumes_and_completes() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     let lines: Vec<String> = (0..1500)
         .map(|i| {
             body(
@@ -275,6 +277,7 @@ fn remask_bodies(range: std::ops::Range<usize>) -> Vec<(String, String, String)>
 #[tokio::test]
 async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_value_recoverable() {
     let app = Arc::new(TestApp::spawn().await);
+    app.start_recovery_service();
     let before = remask_bodies(0..400);
     let input = write_input(
         &before
@@ -433,6 +436,7 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
 #[tokio::test]
 async fn a_reseal_beside_ingest_and_recover_opens_every_value_at_every_moment() {
     let app = Arc::new(TestApp::spawn().await);
+    app.start_recovery_service();
     let line = |i: usize| {
         body(
             &format!("u-{i}"),
@@ -572,6 +576,7 @@ async fn a_running_ingest_seals_with_the_rotated_vault_key_without_a_restart() {
 #[tokio::test]
 async fn a_remask_killed_before_its_switch_resumes_and_switches_once() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     // Every value distinct: 3,000 entries, so a re-mask one entry per chunk is still in phase 1
     // when it is killed.
     let rows: Vec<(String, String, String)> = (0..1500)

@@ -416,6 +416,7 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
 #[tokio::test]
 async fn export_returns_every_row_of_a_user_with_values_on_record() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[
         body("subject-1", "10.24.0.1", "240-00-0001", "RU"),
         body("subject-1", "10.24.0.2", "240-00-0001", "PT"),
@@ -485,6 +486,7 @@ async fn export_returns_every_row_of_a_user_with_values_on_record() {
 #[tokio::test]
 async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_audit_log() {
     let app = Arc::new(TestApp::spawn().await);
+    app.start_recovery_service();
     app.ingest(&[
         body("old-1", "10.25.0.1", "250-00-0001", "RU"),
         body("old-2", "10.25.0.2", "250-00-0002", "RU"),

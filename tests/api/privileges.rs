@@ -8,12 +8,13 @@ use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{event, TestApp};
 
-const ROLES: [&str; 6] = [
+const ROLES: [&str; 7] = [
     "etl_ingest",
     "etl_analyst",
     "etl_recoverer",
     "etl_auditor",
     "etl_privacy",
+    "etl_opener",
     "public",
 ];
 
@@ -35,6 +36,8 @@ const EXPECTED: &[&str] = &[
     "etl_privacy USAGE schema etl",
     "etl_privacy USAGE schema keyring",
     "etl_privacy USAGE schema public",
+    "etl_opener USAGE schema public",
+    "etl_opener USAGE schema recovery",
     "public USAGE schema public",
     // tables: ingest writes, and reads only its claims and the mask and vault keys
     "etl_ingest INSERT user_logins",
@@ -54,6 +57,9 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer SELECT etl.quarantine(received_at)",
     "etl_recoverer SELECT etl.quarantine(sent_at)",
     "etl_auditor SELECT recovery.audit_log",
+    // recoverers collect their own sealed replies (row level security)
+    "etl_recoverer SELECT recovery.replies",
+    "etl_recoverer DELETE recovery.replies",
     // erasure: the mask key's row (row level security), to hash user ids with
     "etl_privacy SELECT keyring.data_keys",
     // functions
@@ -68,10 +74,15 @@ const EXPECTED: &[&str] = &[
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text)",
     "etl_recoverer EXECUTE recovery.subject_rows(text)",
     "etl_recoverer EXECUTE recovery.audit_head()",
-    "etl_recoverer EXECUTE recovery.fetch(bigint)",
-    "etl_recoverer EXECUTE recovery.fetch_quarantine(bigint)",
-    "etl_recoverer EXECUTE recovery.request(text, text[], text, text)",
-    "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text)",
+    "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea)",
+    "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea)",
+    // the recovery service: the only role that reads ciphertexts and wrapped keys
+    "etl_opener EXECUTE recovery.audit_head()",
+    "etl_opener EXECUTE recovery.claim_request()",
+    "etl_opener EXECUTE recovery.record_opening(bigint)",
+    "etl_opener EXECUTE recovery.opening_material(bigint)",
+    "etl_opener EXECUTE recovery.store_replies(bigint, text[], text[], bytea[])",
+    "etl_opener EXECUTE recovery.expire_replies(interval)",
     "etl_auditor EXECUTE recovery.audit_head()",
 ];
 
@@ -276,7 +287,7 @@ async fn ingest_reads_no_vault_quarantine_or_quarantine_key_row() {
         "SELECT message_id FROM etl.quarantine",
         "SELECT body_ciphertext FROM etl.quarantine",
         "SELECT * FROM recovery.audit_log",
-        "SELECT * FROM recovery.fetch_quarantine(1)",
+        "SELECT * FROM recovery.opening_material(1)",
     ] {
         let result = sqlx::query(sql).fetch_all(&mut ingest).await;
         assert!(

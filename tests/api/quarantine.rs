@@ -27,6 +27,7 @@ async fn ingest_refuses_a_quarantine_public_key_that_kms_did_not_attest() {
 #[tokio::test]
 async fn a_recoverer_opens_a_quarantined_body_on_record_and_nobody_else_can() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     let hostile = r#"{"user_id": "u-1", "ip": "10.6.0.1", "device_id": 42}"#;
     app.ingest(&[event("10.6.0.2", "600-00-0002"), hostile.to_owned()])
         .await;

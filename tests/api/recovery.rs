@@ -5,6 +5,7 @@ use std::process::Output;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{assert_exit, create_kms_key, event, TestApp};
+use etl::crypto::ReplyKeyPair;
 
 /// Whether `sql` fails with "permission denied" (SQLSTATE 42501) for this connection.
 async fn denied(connection: &mut PgConnection, sql: &str) -> bool {
@@ -50,6 +51,7 @@ async fn analysts_read_user_logins_and_nothing_else() {
 #[tokio::test]
 async fn the_ingest_role_ingests_end_to_end_but_cannot_read_the_vault() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     let (_, url) = app.login_user("etl_ingest").await;
     app.send(&[
         event("10.9.1.1", "901-00-0001"),
@@ -72,7 +74,7 @@ async fn the_ingest_role_ingests_end_to_end_but_cannot_read_the_vault() {
     let mut ingest = PgConnection::connect(&url).await.unwrap();
     assert!(denied(&mut ingest, "SELECT ciphertext FROM vault.entries").await);
     assert!(denied(&mut ingest, "SELECT * FROM user_logins").await);
-    assert!(denied(&mut ingest, "SELECT * FROM recovery.fetch(1)").await);
+    assert!(denied(&mut ingest, "SELECT * FROM recovery.opening_material(1)").await);
 }
 
 /// One ingested login (ip 10.9.2.1, device_id 902-00-0001), its masks, and a member of
@@ -89,6 +91,7 @@ struct Recoverable {
 
 async fn recoverable() -> Recoverable {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[event("10.9.2.1", "902-00-0001")]).await;
     let (masked_ip, masked_device) = first_masks(&app).await;
     let (user, url) = app.login_user("etl_recoverer").await;
@@ -321,34 +324,71 @@ async fn every_recovery_found_or_not_writes_one_audit_row_per_mask_with_who_and_
     assert_eq!(recover_audit(&case.app).await, expected);
 }
 
-/// Straight to the database, a recoverer can read neither the vault nor the audit log: only
-/// recovery.request and recovery.fetch are open to it.
+/// Straight to the database, a recoverer can read neither the vault, nor the audit log, nor what
+/// opens a request: only `recovery.request` and its own sealed replies are open to it.
 #[tokio::test]
 async fn recoverers_cannot_read_the_vault_or_the_audit_log_directly() {
     let case = recoverable().await;
     let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
     assert!(denied(&mut recoverer, "SELECT ciphertext FROM vault.entries").await);
     assert!(denied(&mut recoverer, "SELECT * FROM recovery.audit_log").await);
+    assert!(denied(&mut recoverer, "SELECT * FROM recovery.opening_material(1)").await);
+    assert!(denied(&mut recoverer, "SELECT * FROM recovery.claim_request()").await);
+    assert!(denied(&mut recoverer, "SELECT * FROM keyring.data_keys").await);
+}
+
+/// A request made straight to the database with a one-time key, as `etl recover` makes it.
+async fn direct_request(
+    recoverer: &mut PgConnection,
+    masks: &[&str],
+    reason: &str,
+    keys: &ReplyKeyPair,
+) -> i64 {
+    sqlx::query_scalar("SELECT recovery.request('ip', $1, $2, NULL, $3)")
+        .bind(masks)
+        .bind(reason)
+        .bind(keys.public_key().as_slice())
+        .fetch_one(recoverer)
+        .await
+        .unwrap()
+}
+
+/// The replies of a request, as its requester reads them, once the service stored them.
+async fn replies(
+    recoverer_url: &str,
+    request: i64,
+) -> Vec<(String, Option<String>, Option<Vec<u8>>)> {
+    let mut recoverer = PgConnection::connect(recoverer_url).await.unwrap();
+    let mut found = Vec::new();
+    for _ in 0..200 {
+        found = sqlx::query_as(
+            "SELECT outcome, detail, sealed FROM recovery.replies WHERE request_id = $1 ORDER BY ord",
+        )
+        .bind(request)
+        .fetch_all(&mut recoverer)
+        .await
+        .unwrap();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!found.is_empty(), "no replies for request {request}");
+    found
 }
 
 /// A caller that skips etl's validation and asks with a blank reason is refused by the database,
-/// on the record: the request is logged as refused and fetching it returns no ciphertext.
+/// on the record: the request is logged as refused, and its reply holds no value.
 #[tokio::test]
 async fn a_direct_request_with_a_blank_reason_is_recorded_as_refused_and_yields_nothing() {
     let case = recoverable().await;
     let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
-    let refused: i64 = sqlx::query_scalar("SELECT recovery.request('ip', ARRAY[$1], ' ', NULL)")
-        .bind(&case.masked_ip)
-        .fetch_one(&mut recoverer)
-        .await
-        .unwrap();
-    let rows: Vec<(String, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT outcome, ciphertext FROM recovery.fetch($1)")
-            .bind(refused)
-            .fetch_all(&mut recoverer)
-            .await
-            .unwrap();
-    assert_eq!(rows, vec![("refused".to_owned(), None)]);
+    let keys = ReplyKeyPair::generate();
+    let refused = direct_request(&mut recoverer, &[&case.masked_ip], " ", &keys).await;
+    let rows = replies(&case.url, refused).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "refused");
+    assert_eq!(rows[0].2, None);
     assert_eq!(
         case.app
             .count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
@@ -358,27 +398,26 @@ async fn a_direct_request_with_a_blank_reason_is_recorded_as_refused_and_yields_
 }
 
 /// A caller that skips etl's validation and asks for a mask that is not hex: that mask is on
-/// record as not found (not refused), and the valid mask beside it is still served.
+/// record as not found (not refused), and the valid mask beside it is still opened, sealed to the
+/// caller's key and to nobody else's.
 #[tokio::test]
 async fn a_direct_request_for_a_mask_that_is_not_hex_records_it_as_not_found() {
     let case = recoverable().await;
     let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
-    let odd: i64 =
-        sqlx::query_scalar("SELECT recovery.request('ip', ARRAY['zz', $1], 'typo', NULL)")
-            .bind(&case.masked_ip)
-            .fetch_one(&mut recoverer)
-            .await
-            .unwrap();
-    let rows: Vec<(String, bool)> =
-        sqlx::query_as("SELECT outcome, ciphertext IS NOT NULL FROM recovery.fetch($1)")
-            .bind(odd)
-            .fetch_all(&mut recoverer)
-            .await
-            .unwrap();
-    assert_eq!(
-        rows,
-        vec![("not_found".to_owned(), false), ("found".to_owned(), true)]
-    );
+    let mut keys = ReplyKeyPair::generate();
+    let odd = direct_request(&mut recoverer, &["zz", &case.masked_ip], "typo", &keys).await;
+    let rows = replies(&case.url, odd).await;
+    let outcomes: Vec<(&str, bool)> = rows
+        .iter()
+        .map(|(outcome, _, sealed)| (outcome.as_str(), sealed.is_some()))
+        .collect();
+    assert_eq!(outcomes, vec![("not_found", false), ("found", true)]);
+    let sealed = rows[1].2.as_deref().unwrap();
+    let value = keys.open(odd, "ip", &case.masked_ip, sealed).unwrap();
+    assert_eq!(value.as_slice(), b"10.9.2.1");
+    assert!(ReplyKeyPair::generate()
+        .open(odd, "ip", &case.masked_ip, sealed)
+        .is_err());
     assert_eq!(
         case.app
             .count("SELECT count(*) FROM recovery.audit_log WHERE outcome = 'refused'")
@@ -387,30 +426,25 @@ async fn a_direct_request_for_a_mask_that_is_not_hex_records_it_as_not_found() {
     );
 }
 
-/// A request must be committed before anything can be fetched: a fetch in the request's own
-/// transaction fails (SQLSTATE 55000), and a request rolled back leaves no audit row.
+/// A request is opened only once committed: one rolled back leaves no audit row, no request for
+/// a service to open, and nothing opened.
 #[tokio::test]
-async fn a_request_cannot_be_fetched_before_it_is_committed() {
+async fn a_request_rolled_back_leaves_nothing_to_open() {
     let case = recoverable().await;
     let mut recoverer = PgConnection::connect(&case.url).await.unwrap();
+    let keys = ReplyKeyPair::generate();
     let mut tx = recoverer.begin().await.unwrap();
-    let request: i64 =
-        sqlx::query_scalar("SELECT recovery.request('ip', ARRAY[$1], 'sneaky', NULL)")
-            .bind(&case.masked_ip)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    let early = sqlx::query(&format!("SELECT * FROM recovery.fetch({request})"))
-        .fetch_all(&mut *tx)
-        .await;
-    assert!(
-        matches!(&early, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55000")),
-        "a fetch in the request's own transaction was not refused: {early:?}"
-    );
+    direct_request(&mut tx, &[&case.masked_ip], "sneaky", &keys).await;
     tx.rollback().await.unwrap();
     assert_eq!(
         case.app
             .count("SELECT count(*) FROM recovery.audit_log WHERE reason = 'sneaky'")
+            .await,
+        0
+    );
+    assert_eq!(
+        case.app
+            .count("SELECT count(*) FROM recovery.requests")
             .await,
         0
     );
@@ -425,6 +459,7 @@ async fn a_request_cannot_be_fetched_before_it_is_committed() {
 #[tokio::test]
 async fn a_vault_key_under_the_wrong_encryption_context_fails_cleanly() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[event("10.9.3.1", "903-00-0001")]).await;
     let (masked_ip, _) = first_masks(&app).await;
     // Relabel the vault key as version 9: KMS sees key_version=9 in the context and refuses.
@@ -452,6 +487,7 @@ async fn a_vault_key_under_the_wrong_encryption_context_fails_cleanly() {
 #[tokio::test]
 async fn rotated_and_rewrapped_keys_keep_every_value_recoverable() {
     let app = TestApp::spawn().await;
+    app.start_recovery_service();
     app.ingest(&[event("10.9.4.1", "904-00-0001")]).await;
     app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
     app.ingest(&[event("10.9.4.2", "904-00-0002")]).await;

@@ -46,7 +46,8 @@ impl Target {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", describe(Some(&self.target), &self.source))]
 pub struct DatabaseError {
-    target: Target,
+    // Boxed: the error travels up through results of every database call.
+    target: Box<Target>,
     #[source]
     source: sqlx::Error,
 }
@@ -55,7 +56,7 @@ impl DatabaseError {
     /// A failure of a connection made with `options`.
     pub fn new(source: sqlx::Error, options: &PgConnectOptions) -> Self {
         Self {
-            target: Target::of(options),
+            target: Box::new(Target::of(options)),
             source,
         }
     }

@@ -1,95 +1,183 @@
-//! The two-step, audited functions of the `recovery` schema (see the migrations): recovering
-//! masks, opening quarantined bodies, and the recovery policy.
+//! The audited functions of the `recovery` schema (see the migrations): a client's request and
+//! the collection of its sealed replies; the recovery service's claim, opening row, material and
+//! replies; and the recovery policy.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::PiiField;
 
-/// One requested mask as `recovery.fetch` returns it.
-#[derive(Clone, sqlx::FromRow)]
-pub struct RecoveryRow {
-    pub mask: String,
-    /// `found`, `not_found` or `refused`.
-    pub outcome: String,
-    /// Why a refused request was refused.
-    pub detail: Option<String>,
-    pub ciphertext: Option<Vec<u8>>,
-    pub vault_key_version: Option<i32>,
-    pub kms_key_id: Option<String>,
-    pub wrapped_key: Option<Vec<u8>>,
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Masks of one field.
+    Recover(PiiField),
+    /// Quarantined messages, by id.
+    Quarantine,
 }
 
-/// Records the request (one audit row per mask) and commits it; returns the request id.
+/// Records a request (one audit row per subject) with the client's one-time public key, and
+/// commits it, which wakes a recovery service; returns the request id.
 pub async fn request(
     pool: &PgPool,
-    field: PiiField,
-    masks: &[String],
+    kind: RequestKind,
+    subjects: &[String],
     reason: &str,
     ticket: Option<&str>,
+    public_key: &[u8],
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT recovery.request($1, $2, $3, $4)")
-        .bind(field.as_str())
-        .bind(masks)
+    let query = match kind {
+        RequestKind::Recover(field) => {
+            sqlx::query_scalar("SELECT recovery.request($1, $2, $3, $4, $5)")
+                .bind(field.as_str())
+                .bind(subjects)
+        }
+        RequestKind::Quarantine => {
+            sqlx::query_scalar("SELECT recovery.request_quarantine($1, $2, $3, $4)").bind(subjects)
+        }
+    };
+    query
         .bind(reason)
         .bind(ticket)
+        .bind(public_key)
         .fetch_one(pool)
         .await
 }
 
-/// The ciphertexts and wrapped vault keys of a committed request.
-pub async fn fetch(pool: &PgPool, request_id: i64) -> Result<Vec<RecoveryRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT mask, outcome, detail, ciphertext, vault_key_version, kms_key_id, wrapped_key \
-         FROM recovery.fetch($1)",
+/// The channel a service notifies when it stored a request's replies (payload: the request id).
+pub const REPLIES_CHANNEL: &str = "etl_recovery_replies";
+/// The channel a committed request notifies (payload: the request id).
+pub const REQUESTS_CHANNEL: &str = "etl_recovery_requests";
+
+/// One subject's reply, sealed to the client's key where it opened.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Reply {
+    pub ord: i32,
+    pub subject: String,
+    /// `found`, `not_found`, `refused`, or `failed` (it did not open).
+    pub outcome: String,
+    /// Why a request was refused, or why a value did not open.
+    pub detail: Option<String>,
+    pub sealed: Option<Vec<u8>>,
+}
+
+/// Takes the replies of a request, if a service stored them: they are deleted as they are read
+/// (row level security shows a database user its own replies only). Empty while none are stored.
+pub async fn collect(pool: &PgPool, request_id: i64) -> Result<Vec<Reply>, sqlx::Error> {
+    let mut replies: Vec<Reply> = sqlx::query_as(
+        "DELETE FROM recovery.replies WHERE request_id = $1 \
+         RETURNING ord, subject, outcome, detail, sealed",
     )
     .bind(request_id)
     .fetch_all(pool)
-    .await
+    .await?;
+    replies.sort_by_key(|reply| reply.ord);
+    Ok(replies)
 }
 
-/// One requested quarantined message as `recovery.fetch_quarantine` returns it.
+/// A request a service claimed: its row stays locked until the claiming transaction ends.
 #[derive(Clone, sqlx::FromRow)]
-pub struct QuarantineOpening {
-    pub message_id: String,
+pub struct Claimed {
+    pub id: i64,
+    /// `recover` or `quarantine_open`.
+    pub kind: String,
+    pub field: Option<String>,
+    pub requester: String,
+    pub public_key: Vec<u8>,
+}
+
+/// The oldest request not opened yet that no other service holds.
+pub async fn claim_request(conn: &mut PgConnection) -> Result<Option<Claimed>, sqlx::Error> {
+    sqlx::query_as("SELECT id, kind, field, requester, public_key FROM recovery.claim_request()")
+        .fetch_optional(conn)
+        .await
+}
+
+/// The audit row of an opening, committed (on `pool`, not in the claiming transaction) before
+/// anything is decrypted.
+pub async fn record_opening(pool: &PgPool, request_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.record_opening($1)")
+        .bind(request_id)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// What opens one subject of a claimed request.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Material {
+    pub ord: i32,
+    pub subject: String,
     pub outcome: String,
     pub detail: Option<String>,
-    pub body_ciphertext: Option<Vec<u8>>,
-    /// `quarantine` (sealed to the key pair) or `vault` (rows sealed before it existed).
+    /// The vault entry's ciphertext, or the quarantined body as sealed.
+    pub sealed: Option<Vec<u8>>,
     pub key_purpose: Option<String>,
     pub key_version: Option<i32>,
     pub kms_key_id: Option<String>,
     pub wrapped_key: Option<Vec<u8>>,
 }
 
-/// Records a request to open quarantined messages and commits it; returns the request id.
-pub async fn request_quarantine(
-    pool: &PgPool,
-    message_ids: &[String],
-    reason: &str,
-    ticket: Option<&str>,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT recovery.request_quarantine($1, $2, $3)")
-        .bind(message_ids)
-        .bind(reason)
-        .bind(ticket)
-        .fetch_one(pool)
-        .await
-}
-
-/// The sealed bodies and wrapped keys of a committed quarantine request.
-pub async fn fetch_quarantine(
-    pool: &PgPool,
+pub async fn opening_material(
+    conn: &mut PgConnection,
     request_id: i64,
-) -> Result<Vec<QuarantineOpening>, sqlx::Error> {
+) -> Result<Vec<Material>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT message_id, outcome, detail, body_ciphertext, key_purpose, key_version, \
-         kms_key_id, wrapped_key FROM recovery.fetch_quarantine($1)",
+        "SELECT ord, subject, outcome, detail, sealed, key_purpose, key_version, kms_key_id, \
+         wrapped_key FROM recovery.opening_material($1)",
     )
     .bind(request_id)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
+}
+
+/// One subject's reply as the service stores it: the outcome and detail where they differ from
+/// the audit row's (a value that did not open), and the sealed value where one opened.
+#[derive(Default)]
+pub struct SealedReply {
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    pub sealed: Option<Vec<u8>>,
+}
+
+/// Stores a claimed request's replies, in subject order, and marks it opened.
+pub async fn store_replies(
+    conn: &mut PgConnection,
+    request_id: i64,
+    replies: &[SealedReply],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.store_replies($1, $2, $3, $4)")
+        .bind(request_id)
+        .bind(
+            replies
+                .iter()
+                .map(|r| r.outcome.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|r| r.detail.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|r| r.sealed.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Deletes replies not collected within `ttl` (and their requests); returns how many requests.
+pub async fn expire_replies(pool: &PgPool, ttl: std::time::Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT recovery.expire_replies(make_interval(secs => $1))")
+        .bind(ttl.as_secs_f64())
+        .fetch_one(pool)
+        .await
 }
 
 /// The recovery policy as stored.
