@@ -21,4 +21,5 @@ mod quarantine;
 mod query_protocol;
 mod real_data;
 mod recovery;
+mod recovery_service;
 mod tls;

@@ -1,0 +1,297 @@
+//! `etl recovery-service`: the only process that unwraps vault and quarantine keys. Clients need
+//! no key and no KMS; every opening is on record before a value is decrypted; each request is
+//! opened once, whatever the number of services; replies are for their requester alone.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{assert_exit, event, wait_until, TestApp};
+use etl::crypto::ReplyKeyPair;
+use etl::domain::{Justification, PiiField};
+
+/// An app with `n` ingested events (ip 10.31.0.i), a recoverer login, and each ip by its mask.
+async fn app_with_events(n: usize) -> (TestApp, String, HashMap<String, String>) {
+    let app = TestApp::spawn().await;
+    let ips: Vec<String> = (1..=n).map(|i| format!("10.31.0.{i}")).collect();
+    let bodies: Vec<String> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| event(ip, &format!("310-00-{:04}", i + 1)))
+        .collect();
+    app.ingest(&bodies).await;
+    let (_, url) = app.login_user("etl_recoverer").await;
+    let transformer = app.transformer().await;
+    let by_mask = ips
+        .into_iter()
+        .map(|ip| {
+            let mask = transformer.masker().digest(PiiField::Ip, &ip).hex();
+            (mask.as_str().to_owned(), ip)
+        })
+        .collect();
+    (app, url, by_mask)
+}
+
+async fn opening_rows(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT count(*) FROM recovery.audit_log WHERE kind = 'fetch' AND outcome = 'opening'",
+    )
+    .await
+}
+
+/// The client reaches no KMS (its endpoint is a closed port) and holds no key, yet recovers: the
+/// service opened the value and sealed it to the client's one-time key.
+#[tokio::test]
+async fn a_client_without_kms_recovers_through_the_service() {
+    let (app, url, masks) = app_with_events(1).await;
+    app.start_recovery_service();
+    let mask = masks.keys().next().unwrap();
+    let output = app
+        .command(&["recover", "--masked-ip", mask, "--reason", "case 1"])
+        .env("DATABASE_URL", &url)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:9")
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&output, 0);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.31.0.1\n");
+    assert_eq!(opening_rows(&app).await, 1);
+    // Collected replies are gone.
+    assert_eq!(app.count("SELECT count(*) FROM recovery.replies").await, 0);
+}
+
+/// Without a service, the client gives up after `--wait` with exit 2 and says why; the request
+/// is on record, and nothing was opened.
+#[tokio::test]
+async fn without_a_service_the_client_exits_2_after_its_wait_and_nothing_is_opened() {
+    let (app, url, masks) = app_with_events(1).await;
+    let mask = masks.keys().next().unwrap();
+    let output = app
+        .etl_as(
+            &url,
+            &[
+                "recover",
+                "--masked-ip",
+                mask,
+                "--reason",
+                "late",
+                "--wait",
+                "1s",
+            ],
+        )
+        .await;
+    assert_exit(&output, 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "no recovery service answered within 1.0 s; is `etl recovery-service` running?"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM recovery.audit_log WHERE kind = 'recover' AND reason = 'late'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(opening_rows(&app).await, 0);
+}
+
+/// Two services, 200 requests from 25 concurrent clients: every request opened exactly once (one
+/// opening row each), every value right.
+#[tokio::test]
+async fn two_services_open_each_of_200_concurrent_requests_once() {
+    let (app, url, masks) = app_with_events(20).await;
+    let (_, opener_url) = app.login_user("etl_opener").await;
+    // One service as an etl_opener login: the role's grants are all it needs.
+    let _first = app.recovery_service_as(&opener_url);
+    let _second = app.recovery_service_as(&opener_url);
+    let pool = PgPoolOptions::new()
+        .max_connections(60)
+        .connect(&url)
+        .await
+        .unwrap();
+    let why = Justification::parse("load", None, "in the audit log").unwrap();
+    let mask_list: Vec<String> = masks.keys().cloned().collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (pool, why, mask) = (
+            pool.clone(),
+            why.clone(),
+            mask_list[i % mask_list.len()].clone(),
+        );
+        tasks.spawn(async move {
+            let recovered = etl::recovery::recover_masks(
+                &pool,
+                PiiField::Ip,
+                std::slice::from_ref(&mask),
+                &why,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            (mask, recovered.into_iter().next().unwrap().value)
+        });
+        if tasks.len() >= 25 {
+            let (mask, value) = tasks.join_next().await.unwrap().unwrap();
+            assert_eq!(value.as_ref(), masks.get(&mask));
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (mask, value) = joined.unwrap();
+        assert_eq!(value.as_ref(), masks.get(&mask));
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.requests").await,
+        200
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM (SELECT request_id FROM recovery.audit_log \
+             WHERE kind = 'fetch' AND outcome = 'opening' GROUP BY request_id \
+             HAVING count(*) = 1) once"
+        )
+        .await,
+        200
+    );
+    assert_eq!(opening_rows(&app).await, 200);
+}
+
+/// A service killed (SIGKILL) after it recorded an opening and before it stored a reply: the
+/// request is opened later by another service, with an audit row for that opening too, and no
+/// value ever left without one.
+#[tokio::test]
+async fn a_service_killed_while_opening_leaves_the_request_to_the_next_one() {
+    let (app, url, masks) = app_with_events(1).await;
+    let mask = masks.keys().next().unwrap().clone();
+    // A KMS that accepts connections and never answers: the first service hangs on the unwrap,
+    // after its opening row is committed.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut stuck = app
+        .command(&["recovery-service", "--poll", "200ms"])
+        .env("AWS_ENDPOINT_URL", &hole_url)
+        .env("AWS_ENDPOINT_URL_KMS", &hole_url)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = {
+        let command = app
+            .command(&[
+                "recover",
+                "--masked-ip",
+                &mask,
+                "--reason",
+                "crash",
+                "--wait",
+                "90s",
+            ])
+            .env("DATABASE_URL", &url)
+            .output();
+        tokio::spawn(command)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the stuck service's opening row",
+        || async { opening_rows(&app).await == 1 },
+    )
+    .await;
+    stuck.kill().await.unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM recovery.replies").await, 0);
+    app.start_recovery_service();
+    let output = client.await.unwrap().unwrap();
+    assert_exit(&output, 0);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.31.0.1\n");
+    assert_eq!(opening_rows(&app).await, 2, "each opening is on record");
+    held.abort();
+}
+
+/// Row level security: another recoverer sees none of a requester's sealed replies and cannot
+/// delete them; the requester can.
+#[tokio::test]
+async fn another_recoverer_cannot_read_or_delete_someone_elses_replies() {
+    let (app, url, masks) = app_with_events(1).await;
+    let (_, other_url) = app.login_user("etl_recoverer").await;
+    app.start_recovery_service();
+    let mask = masks.keys().next().unwrap().clone();
+    let keys = ReplyKeyPair::generate();
+    let mut requester = PgConnection::connect(&url).await.unwrap();
+    let request: i64 = sqlx::query_scalar("SELECT recovery.request('ip', $1, 'rls', NULL, $2)")
+        .bind(vec![mask])
+        .bind(keys.public_key().as_slice())
+        .fetch_one(&mut requester)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the reply", || async {
+        app.count("SELECT count(*) FROM recovery.replies").await == 1
+    })
+    .await;
+    let mut other = PgConnection::connect(&other_url).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery.replies")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    let deleted = sqlx::query("DELETE FROM recovery.replies WHERE request_id = $1")
+        .bind(request)
+        .execute(&mut other)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(deleted, 0);
+    let own: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM recovery.replies WHERE request_id = $1")
+            .bind(request)
+            .fetch_one(&mut requester)
+            .await
+            .unwrap();
+    assert_eq!(own, 1);
+}
+
+/// At debug level the service logs request ids and counts, never a value, a mask's value or a
+/// key; its metrics hold counts only.
+#[tokio::test]
+async fn the_service_logs_nothing_personal_at_debug_level() {
+    let (app, url, masks) = app_with_events(2).await;
+    let log = std::env::temp_dir().join(format!("etl-opener-{}.log", uuid::Uuid::new_v4()));
+    let mut service = app
+        .command(&[
+            "recovery-service",
+            "--poll",
+            "200ms",
+            "--log-level",
+            "debug",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    for mask in masks.keys() {
+        let output = app
+            .etl_as(&url, &["recover", "--masked-ip", mask, "--reason", "logs"])
+            .await;
+        assert_exit(&output, 0);
+    }
+    service.kill().await.unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert!(logs.contains("recovery request opened"), "{logs}");
+    for i in 1..=2 {
+        assert!(!logs.contains(&format!("10.31.0.{i}")), "an ip in the logs");
+        assert!(
+            !logs.contains(&format!("310-00-{i:04}")),
+            "a device id in the logs"
+        );
+    }
+}
