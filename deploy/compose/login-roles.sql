@@ -8,6 +8,7 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r.name)
        END
 FROM (VALUES ('etl_ingest_login', :'ingest_password', 'etl_ingest'),
              ('etl_recoverer_login', :'recoverer_password', 'etl_recoverer'),
-             ('etl_analyst_login', :'analyst_password', 'etl_analyst'))
+             ('etl_analyst_login', :'analyst_password', 'etl_analyst'),
+             ('etl_opener_login', :'opener_password', 'etl_opener'))
      AS r(name, password, grp)
 \gexec
