@@ -15,7 +15,7 @@ use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
-use crate::startup;
+use crate::keys::load_transformer;
 
 /// Doctor takes every setting as given, unvalidated: judging each one is its job.
 #[derive(Debug, Args)]
@@ -355,7 +355,7 @@ async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) {
 async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms) {
     report.check(
         "data keys",
-        startup::load_transformer(pool, kms)
+        load_transformer(pool, kms)
             .await
             .map(|t| {
                 format!(

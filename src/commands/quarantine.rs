@@ -15,10 +15,11 @@ use crate::adapters::postgres::lifecycle::{self, Expiring};
 use crate::adapters::postgres::{self, quarantine};
 use crate::domain::{Justification, LoginEvent};
 use crate::keys::QuarantineOpeners;
+use crate::keys::{load_transformer, LiveKeys};
 use crate::pipeline::batch::ClaimKind;
-use crate::pipeline::{Committer, LiveKeys, Stats};
+use crate::pipeline::{Committer, Stats};
 use crate::recovery;
-use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Subcommand)]
 pub enum QuarantineCommand {
@@ -217,7 +218,7 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
     let committer = if args.dry_run {
         None
     } else {
-        let transformer = startup::load_transformer(&pool, &kms).await?;
+        let transformer = load_transformer(&pool, &kms).await?;
         Some(Committer::new(
             pool.clone(),
             Arc::new(LiveKeys::new(transformer, kms.clone())),

@@ -62,6 +62,13 @@ impl KeyCache {
         Ok(&cached.1)
     }
 
+    /// A cached key, without unwrapping (and whatever its age).
+    pub fn get(&self, purpose: KeyPurpose, version: i32) -> Option<&Opener> {
+        self.entries
+            .get(&(purpose, version))
+            .map(|(_, opener)| opener)
+    }
+
     /// Keys unwrapped longer ago than the TTL are dropped (and wiped).
     pub fn evict_expired(&mut self) {
         let ttl = self.ttl;

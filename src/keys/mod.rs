@@ -1,12 +1,17 @@
-//! Data keys below the command line: loading them for ingest (with live reload in
-//! `pipeline::LiveKeys`), the caches of unwrapped versions the key jobs and replays open with,
-//! and the lock that keeps key jobs one at a time.
+//! Data keys below the command line, in one place: loading them for ingest and `etl lambda`, the
+//! live keys a running process swaps when a rotation or a re-mask changes them, one cache of
+//! unwrapped versions for whatever opens values (the recovery service, the key jobs, the
+//! replay), and the lock that keeps key jobs one at a time.
 
 pub mod cache;
+mod live;
+mod load;
 mod quarantine;
 mod vault;
 
 pub use cache::{KeyCache, Opener, StoredKeyRef};
+pub use live::LiveKeys;
+pub use load::{load_transformer, unwrap_stored, KeyLoadError};
 pub use quarantine::QuarantineOpeners;
 pub use vault::VaultKeys;
 
@@ -20,8 +25,7 @@ use tracing::{info, warn};
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{audit, DatabaseError};
 use crate::crypto::GENESIS;
-use crate::pipeline::{backoff, LiveKeys};
-use crate::startup::{self, StartupError};
+use crate::pipeline::backoff;
 
 /// The advisory lock key of the key jobs (`reseal`, `remask`): one at a time per database.
 const KEY_JOB_LOCK: i64 = 0x6574_6c5f_6b65_7973;
@@ -54,9 +58,9 @@ pub async fn load_live_keys(
     let kms = Kms::new(sdk);
     // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
     // a denial or a wrong encryption context is not.
-    let transformer = (|| startup::load_transformer(pool, &kms))
+    let transformer = (|| load_transformer(pool, &kms))
         .retry(backoff())
-        .when(StartupError::is_transient)
+        .when(KeyLoadError::is_transient)
         .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
         .await
         .context("refusing to start without the data keys")?;

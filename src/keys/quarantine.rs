@@ -1,32 +1,32 @@
 //! The keys that open quarantined bodies (quarantine key pairs, and vault keys for bodies sealed
 //! before the quarantine key existed), one cache entry per version.
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use super::cache::{KeyCache, Opener, StoredKeyRef};
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{keyring, lifecycle};
-use crate::crypto::{KeyPurpose, QuarantineOpener, Sealer};
+use crate::crypto::KeyPurpose;
 use crate::domain::Message;
 
 /// The keys that open quarantined bodies, each unwrapped once, when first needed.
-pub struct QuarantineOpeners<'a> {
-    kms: &'a Kms,
+pub struct QuarantineOpeners {
     stored: Vec<keyring::StoredKey>,
-    quarantine: HashMap<i32, QuarantineOpener>,
-    vault: HashMap<i32, Sealer>,
+    cache: KeyCache,
 }
 
-impl<'a> QuarantineOpeners<'a> {
-    pub async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
+/// A key job or a replay runs for as long as it takes: its keys stay for the run.
+const FOR_THE_RUN: Duration = Duration::from_secs(24 * 3600);
+
+impl QuarantineOpeners {
+    pub async fn new(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Self> {
         Ok(Self {
-            kms,
             stored: keyring::list(pool)
                 .await
                 .context("reading the keyring (the schema owner may)")?,
-            quarantine: HashMap::new(),
-            vault: HashMap::new(),
+            cache: KeyCache::new(kms.clone(), FOR_THE_RUN),
         })
     }
 
@@ -35,47 +35,29 @@ impl<'a> QuarantineOpeners<'a> {
             .filter(|p| matches!(p, KeyPurpose::Quarantine | KeyPurpose::Vault))
             .with_context(|| format!("quarantined message {} has no key", row.message_id))?;
         let version = row.key_version;
-        let missing = || {
-            anyhow::anyhow!(
-                "quarantined message {}: {} key version {version} is not in the keyring",
-                row.message_id,
-                purpose.as_str()
-            )
-        };
-        let known = match purpose {
-            KeyPurpose::Quarantine => self.quarantine.contains_key(&version),
-            _ => self.vault.contains_key(&version),
-        };
-        if !known {
-            let stored = self
-                .stored
-                .iter()
-                .find(|k| k.purpose == purpose.as_str() && k.version == version)
-                .ok_or_else(missing)?;
-            let key = self
-                .kms
-                .unwrap_data_key(&stored.kms_key_id, purpose, version, &stored.wrapped_key)
-                .await?;
-            match purpose {
-                KeyPurpose::Quarantine => {
-                    self.quarantine.insert(version, QuarantineOpener::new(&key));
-                }
-                _ => {
-                    self.vault.insert(version, Sealer::new(&key));
-                }
-            }
-        }
-        let body = match purpose {
-            KeyPurpose::Quarantine => self
-                .quarantine
-                .get(&version)
-                .ok_or_else(missing)?
-                .open(&row.message_id, &row.body_ciphertext),
-            _ => self
-                .vault
-                .get(&version)
-                .ok_or_else(missing)?
-                .open_body(&row.message_id, &row.body_ciphertext),
+        let stored = self
+            .stored
+            .iter()
+            .find(|k| k.purpose == purpose.as_str() && k.version == version)
+            .with_context(|| {
+                format!(
+                    "quarantined message {}: {} key version {version} is not in the keyring",
+                    row.message_id,
+                    purpose.as_str()
+                )
+            })?;
+        let opener = self
+            .cache
+            .opener(StoredKeyRef {
+                purpose,
+                version,
+                kms_key_id: &stored.kms_key_id,
+                wrapped_key: &stored.wrapped_key,
+            })
+            .await?;
+        let body = match opener {
+            Opener::Quarantine(opener) => opener.open(&row.message_id, &row.body_ciphertext),
+            Opener::Vault(sealer) => sealer.open_body(&row.message_id, &row.body_ciphertext),
         }
         .map_err(|source| {
             anyhow::anyhow!(

@@ -1,9 +1,10 @@
-//! The vault keys a key job opens and seals with, one cache entry per version.
+//! The vault keys a key job opens and seals with, in the one per-version cache (`cache`).
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use super::cache::{KeyCache, Opener, StoredKeyRef};
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::SealedEntry;
 use crate::adapters::postgres::{keyring, DatabaseError};
@@ -11,21 +12,22 @@ use crate::crypto::{KeyPurpose, Sealer};
 use crate::domain::PiiField;
 
 /// The vault keys a job opens and seals with, each unwrapped once, when first needed.
-pub struct VaultKeys<'a> {
-    kms: &'a Kms,
+pub struct VaultKeys {
     stored: Vec<keyring::StoredKey>,
-    sealers: HashMap<i32, Sealer>,
+    cache: KeyCache,
 }
 
-impl<'a> VaultKeys<'a> {
-    pub async fn new(pool: &sqlx::PgPool, kms: &'a Kms) -> anyhow::Result<Self> {
+/// A key job runs for as long as it takes: its keys stay for the run.
+const FOR_THE_RUN: Duration = Duration::from_secs(24 * 3600);
+
+impl VaultKeys {
+    pub async fn new(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Self> {
         Ok(Self {
-            kms,
             stored: keyring::versions(pool, KeyPurpose::Vault)
                 .await
                 .map_err(DatabaseError::on(pool))
                 .context("reading the vault keys")?,
-            sealers: HashMap::new(),
+            cache: KeyCache::new(kms.clone(), FOR_THE_RUN),
         })
     }
 
@@ -42,33 +44,29 @@ impl<'a> VaultKeys<'a> {
     /// Unwraps every version in `versions` not unwrapped yet.
     pub async fn load(&mut self, versions: impl IntoIterator<Item = i32>) -> anyhow::Result<()> {
         for version in versions {
-            if self.sealers.contains_key(&version) {
-                continue;
-            }
             let stored = self
                 .stored
                 .iter()
                 .find(|k| k.version == version)
                 .with_context(|| format!("vault key version {version} is not in the keyring"))?;
-            let key = self
-                .kms
-                .unwrap_data_key(
-                    &stored.kms_key_id,
-                    KeyPurpose::Vault,
+            self.cache
+                .opener(StoredKeyRef {
+                    purpose: KeyPurpose::Vault,
                     version,
-                    &stored.wrapped_key,
-                )
+                    kms_key_id: &stored.kms_key_id,
+                    wrapped_key: &stored.wrapped_key,
+                })
                 .await?;
-            self.sealers.insert(version, Sealer::new(&key));
         }
         Ok(())
     }
 
     /// A loaded version's sealer.
     pub fn get(&self, version: i32) -> anyhow::Result<&Sealer> {
-        self.sealers
-            .get(&version)
-            .with_context(|| format!("vault key version {version} is not loaded"))
+        match self.cache.get(KeyPurpose::Vault, version) {
+            Some(Opener::Vault(sealer)) => Ok(sealer),
+            _ => anyhow::bail!("vault key version {version} is not loaded"),
+        }
     }
 
     /// An entry's canonical value, opened with the version it names.

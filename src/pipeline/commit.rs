@@ -11,11 +11,11 @@ use tracing::{debug, warn};
 
 use super::batch::{ClaimKind, WriteBatch, WriteOutcome, Written};
 use super::vault_state::VaultState;
-use super::{LiveKeys, Stats};
+use super::Stats;
 use crate::adapters::postgres::{self, redacted, writer};
 use crate::crypto::SealError;
 use crate::domain::{Message, ReasonCode};
-use crate::startup::StartupError;
+use crate::keys::{KeyLoadError, LiveKeys};
 
 /// The one commit path of every source (SQS, file, Lambda) and of `etl quarantine replay`.
 pub struct Committer {
@@ -217,7 +217,7 @@ impl Committer {
         if !self.keys.matches(&state) {
             (|| self.keys.reload(&self.pool))
                 .retry(backoff())
-                .when(StartupError::is_transient)
+                .when(KeyLoadError::is_transient)
                 .await?;
         }
         self.vault.advance(state.epoch, forgotten);
@@ -230,7 +230,7 @@ pub enum CommitError {
     #[error("cannot seal: {0}")]
     Seal(#[from] SealError),
     #[error("cannot load the keys now active: {0}")]
-    Keys(#[from] StartupError),
+    Keys(#[from] KeyLoadError),
     // PostgreSQL messages can quote row values, so only SQLSTATE and constraint are shown.
     #[error("database: {}", redacted(.0))]
     Database(#[from] sqlx::Error),

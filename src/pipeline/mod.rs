@@ -6,14 +6,12 @@
 pub mod batch;
 pub mod batcher;
 mod commit;
-mod live_keys;
 mod stats;
 mod transform;
 pub mod vault_state;
 pub mod writers;
 
 pub use commit::{backoff, CommitError, Committer};
-pub use live_keys::LiveKeys;
 pub use stats::{Stats, Summary};
 pub use transform::Transformer;
 pub use writers::WriteJob;

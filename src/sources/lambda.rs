@@ -17,8 +17,9 @@ use sqlx::PgPool;
 use tracing::{error, info};
 
 use crate::domain::Message;
+use crate::keys::LiveKeys;
 use crate::pipeline::batch::ClaimKind;
-use crate::pipeline::{Committer, LiveKeys, Stats};
+use crate::pipeline::{Committer, Stats};
 
 /// How long before the invocation's deadline a commit still retrying is given up, so that the
 /// response (listing its messages as failed) reaches Lambda before the function is stopped.

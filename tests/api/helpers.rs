@@ -209,7 +209,7 @@ impl TestApp {
 
     /// The unwrapped keys, as `etl ingest` holds them.
     pub async fn transformer(&self) -> Transformer {
-        etl::startup::load_transformer(&self.pool, &Kms::new(&self.sdk))
+        etl::keys::load_transformer(&self.pool, &Kms::new(&self.sdk))
             .await
             .unwrap()
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use etl::adapters::postgres::writer::write_batch;
 use etl::domain::Message;
+use etl::keys::LiveKeys;
 use etl::pipeline::batch::{ClaimKind, Written};
-use etl::pipeline::{Committer, LiveKeys, Stats};
+use etl::pipeline::{Committer, Stats};
 use serde_json::Value;
 
 use crate::helpers::{assert_exit, TestApp};

@@ -33,8 +33,8 @@ use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, DatabaseArgs, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
 use crate::domain::user_id_of;
-use crate::keys::{lock_key_job, QuarantineOpeners, VaultKeys};
-use crate::startup::{self, KMS_ATTEMPT_TIMEOUT};
+use crate::keys::{lock_key_job, unwrap_stored, QuarantineOpeners, VaultKeys};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Default, Serialize)]
 struct Remasked {
@@ -83,7 +83,7 @@ pub async fn run(args: &RemaskArgs) -> anyhow::Result<()> {
     };
     if newest.version > active {
         let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-        let masker = Masker::new(&startup::unwrap_stored(&kms, KeyPurpose::Mask, &newest).await?);
+        let masker = Masker::new(&unwrap_stored(&kms, KeyPurpose::Mask, &newest).await?);
         let mut keys = VaultKeys::new(&pool, &kms).await?;
         let target = keys
             .newest()
@@ -161,7 +161,7 @@ type Remasks = (Vec<[u8; 32]>, Vec<Vec<u8>>);
 struct Job<'a> {
     from: i32,
     masker: &'a Masker,
-    keys: &'a VaultKeys<'a>,
+    keys: &'a VaultKeys,
     /// The vault key version new entries are sealed under.
     target: i32,
     batch: i64,
@@ -247,7 +247,7 @@ impl Job<'_> {
     async fn switch(
         &self,
         pool: &PgPool,
-        openers: &mut QuarantineOpeners<'_>,
+        openers: &mut QuarantineOpeners,
         prepared_at: Option<i64>,
     ) -> anyhow::Result<Switched> {
         let mut conn = pool.acquire().await.map_err(DatabaseError::on(pool))?;

@@ -109,7 +109,7 @@ pub async fn run(args: &ResealArgs) -> anyhow::Result<()> {
 
 async fn reseal_entries(
     pool: &sqlx::PgPool,
-    keys: &VaultKeys<'_>,
+    keys: &VaultKeys,
     target: i32,
     batch: i64,
     total: i64,
@@ -144,7 +144,7 @@ async fn reseal_entries(
 
 async fn reseal_bodies(
     pool: &sqlx::PgPool,
-    keys: &VaultKeys<'_>,
+    keys: &VaultKeys,
     target: i32,
     batch: i64,
     total: i64,

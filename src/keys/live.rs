@@ -14,10 +14,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use sqlx::PgPool;
 use tracing::info;
 
-use super::Transformer;
+use super::load::{load_transformer, KeyLoadError};
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::keyring::KeyState;
-use crate::startup::{self, StartupError};
+use crate::pipeline::Transformer;
 
 pub struct LiveKeys {
     current: RwLock<Arc<Transformer>>,
@@ -59,9 +59,9 @@ impl LiveKeys {
     }
 
     /// Loads the keys now active.
-    pub async fn reload(&self, pool: &PgPool) -> Result<(), StartupError> {
-        let kms = self.kms.as_ref().ok_or(StartupError::CannotReload)?;
-        let transformer = startup::load_transformer(pool, kms).await?;
+    pub async fn reload(&self, pool: &PgPool) -> Result<(), KeyLoadError> {
+        let kms = self.kms.as_ref().ok_or(KeyLoadError::CannotReload)?;
+        let transformer = load_transformer(pool, kms).await?;
         info!(
             mask_key_version = transformer.masker().version(),
             vault_key_version = transformer.sealer().version(),
@@ -114,6 +114,6 @@ mod tests {
     async fn fixed_keys_say_they_cannot_reload() {
         let pool = sqlx::PgPool::connect_lazy("postgres://localhost/none").unwrap();
         let err = keys(1, 1).reload(&pool).await.unwrap_err();
-        assert!(matches!(err, StartupError::CannotReload), "{err}");
+        assert!(matches!(err, KeyLoadError::CannotReload), "{err}");
     }
 }
