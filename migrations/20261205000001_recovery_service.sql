@@ -7,17 +7,36 @@
 -- read (row level security). Recoverers no longer see ciphertexts or wrapped keys.
 -- Valid on PostgreSQL 10 to 18.
 
+-- Approvals (Vault's control groups): with `approvals` N in the policy, a request is opened only
+-- once N members of etl_approver other than the requester approved it; one of them may deny it;
+-- it expires after `approval_ttl`. Break-glass skips approvals (never the ticket rule, the daily
+-- limit or the audit), and each break-glass opening waits for an approver's review.
 DO $$
+DECLARE
+    r text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'etl_opener') THEN
-        BEGIN
-            CREATE ROLE etl_opener NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
+    FOREACH r IN ARRAY ARRAY['etl_opener', 'etl_approver'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $$;
+
+ALTER TABLE recovery.policy
+    ADD COLUMN IF NOT EXISTS approvals integer NOT NULL DEFAULT 0 CHECK (approvals BETWEEN 0 AND 3),
+    ADD COLUMN IF NOT EXISTS approval_ttl interval NOT NULL DEFAULT '24 hours'
+        CHECK (approval_ttl > interval '0');
+
+ALTER TABLE recovery.audit_log DROP CONSTRAINT IF EXISTS audit_log_kind_check;
+ALTER TABLE recovery.audit_log ADD CONSTRAINT audit_log_kind_check
+    CHECK (kind IN ('recover', 'quarantine_open', 'fetch', 'policy', 'erasure', 'retention',
+                    'quarantine_purge', 'quarantine_replay', 'key_rotation', 'key_retirement',
+                    'reseal', 'remask', 'approval'));
 
 -- One row per request of the new kind; its subjects and outcomes are the request's audit rows.
 CREATE TABLE IF NOT EXISTS recovery.requests (
@@ -28,7 +47,23 @@ CREATE TABLE IF NOT EXISTS recovery.requests (
     -- The client's one-time X25519 public key: replies are sealed to it.
     public_key  bytea        NOT NULL CHECK (octet_length(public_key) = 32),
     created_at  timestamptz  NOT NULL DEFAULT now(),
-    opened_at   timestamptz
+    opened_at   timestamptz,
+    -- Distinct approvers it needs (the policy's `approvals` when it was made; 0 with break-glass).
+    approvals_needed  integer  NOT NULL DEFAULT 0,
+    break_glass       boolean  NOT NULL DEFAULT false,
+    -- Unapproved after this, it is refused as expired.
+    expires_at        timestamptz,
+    -- Denied or expired: closed without opening.
+    closed_at         timestamptz,
+    reviewed_at       timestamptz,
+    reviewed_by       text
+);
+
+CREATE TABLE IF NOT EXISTS recovery.approvals (
+    request_id  bigint       NOT NULL REFERENCES recovery.requests (id) ON DELETE CASCADE,
+    approver    text         NOT NULL,
+    approved_at timestamptz  NOT NULL DEFAULT now(),
+    PRIMARY KEY (request_id, approver)
 );
 CREATE INDEX IF NOT EXISTS requests_unopened_idx ON recovery.requests (id) WHERE opened_at IS NULL;
 
@@ -78,8 +113,40 @@ BEGIN
 END
 $fn$;
 
+-- The request row, under the approvals the policy asks for (none for a refused request, which the
+-- service answers at once, or with break-glass, which is on record and waits for a review).
+CREATE OR REPLACE FUNCTION recovery.open_request(p_request bigint, p_kind text, p_field text,
+                                                 p_public_key bytea, p_break_glass boolean,
+                                                 p_refused boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_policy recovery.policy;
+    v_needed integer;
+BEGIN
+    SELECT * INTO v_policy FROM recovery.policy WHERE singleton;
+    v_needed := CASE WHEN p_refused OR coalesce(p_break_glass, false) THEN 0
+                     ELSE coalesce(v_policy.approvals, 0) END;
+    INSERT INTO recovery.requests (id, kind, field, requester, public_key, approvals_needed,
+                                   break_glass, expires_at)
+    VALUES (p_request, p_kind, p_field, session_user, p_public_key, v_needed,
+            coalesce(p_break_glass, false) AND NOT p_refused,
+            CASE WHEN v_needed > 0 THEN now() + v_policy.approval_ttl END);
+    IF coalesce(p_break_glass, false) AND NOT p_refused THEN
+        INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
+        VALUES ('approval', p_request, 'break_glass', 'approvals skipped; a review is due');
+    END IF;
+    IF v_needed = 0 THEN
+        PERFORM pg_notify('etl_recovery_requests', p_request::text);
+    END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION recovery.request(p_field text, p_masks text[], p_reason text,
-                                            p_ticket text, p_public_key bytea)
+                                            p_ticket text, p_public_key bytea,
+                                            p_break_glass boolean)
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -112,15 +179,15 @@ BEGIN
            v_refusal, txid_current()
     FROM unnest(v_masks) WITH ORDINALITY AS m(mask, ord)
     ORDER BY m.ord;
-    INSERT INTO recovery.requests (id, kind, field, requester, public_key)
-    VALUES (v_request, 'recover', p_field, session_user, p_public_key);
-    PERFORM pg_notify('etl_recovery_requests', v_request::text);
+    PERFORM recovery.open_request(v_request, 'recover', p_field, p_public_key, p_break_glass,
+                                  v_refusal IS NOT NULL);
     RETURN v_request;
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION recovery.request_quarantine(p_message_ids text[], p_reason text,
-                                                       p_ticket text, p_public_key bytea)
+                                                       p_ticket text, p_public_key bytea,
+                                                       p_break_glass boolean)
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -146,9 +213,8 @@ BEGIN
            v_refusal, txid_current()
     FROM unnest(v_ids) WITH ORDINALITY AS m(id, ord)
     ORDER BY m.ord;
-    INSERT INTO recovery.requests (id, kind, requester, public_key)
-    VALUES (v_request, 'quarantine_open', session_user, p_public_key);
-    PERFORM pg_notify('etl_recovery_requests', v_request::text);
+    PERFORM recovery.open_request(v_request, 'quarantine_open', NULL, p_public_key, p_break_glass,
+                                  v_refusal IS NOT NULL);
     RETURN v_request;
 END
 $fn$;
@@ -165,10 +231,13 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT r.id, r.kind, r.field, r.requester, r.public_key
     FROM recovery.requests r
-    WHERE r.opened_at IS NULL
+    WHERE r.opened_at IS NULL AND r.closed_at IS NULL
+      AND (r.approvals_needed = 0
+           OR (SELECT count(*) FROM recovery.approvals a WHERE a.request_id = r.id)
+              >= r.approvals_needed)
     ORDER BY r.id
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF r SKIP LOCKED
 $fn$;
 
 -- Step 2, in a transaction of its own, committed before anything is decrypted: the audit row of
@@ -183,7 +252,8 @@ AS $fn$
 DECLARE
     v_request recovery.requests;
 BEGIN
-    SELECT * INTO v_request FROM recovery.requests r WHERE r.id = p_request AND r.opened_at IS NULL;
+    SELECT * INTO v_request FROM recovery.requests r
+    WHERE r.id = p_request AND r.opened_at IS NULL AND r.closed_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'recovery request % is not waiting to be opened', p_request
             USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -258,7 +328,7 @@ DECLARE
     v_request recovery.requests;
 BEGIN
     UPDATE recovery.requests r SET opened_at = now()
-    WHERE r.id = p_request AND r.opened_at IS NULL
+    WHERE r.id = p_request AND r.opened_at IS NULL AND r.closed_at IS NULL
     RETURNING * INTO v_request;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'recovery request % is not waiting to be opened', p_request
@@ -285,20 +355,297 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     WITH gone AS (
         DELETE FROM recovery.requests r
-        WHERE r.opened_at < now() - p_ttl
+        WHERE coalesce(r.opened_at, r.closed_at) < now() - p_ttl
+          AND (NOT r.break_glass OR r.reviewed_at IS NOT NULL)
         RETURNING r.id
     )
     SELECT count(*) FROM gone
 $fn$;
 
 ------------------------------------------------------------------------------------------------
+-- Approvers.
+
+-- A request closed without opening (denied or expired): one refused reply per subject, so a
+-- waiting client gets its answer, and an audit row.
+CREATE OR REPLACE FUNCTION recovery.close_request(p_request bigint, p_outcome text, p_detail text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_request recovery.requests;
+BEGIN
+    UPDATE recovery.requests r SET closed_at = now()
+    WHERE r.id = p_request AND r.opened_at IS NULL AND r.closed_at IS NULL
+    RETURNING * INTO v_request;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
+    VALUES ('approval', p_request, p_outcome, p_detail);
+    INSERT INTO recovery.replies (request_id, ord, requester, subject, outcome, detail)
+    SELECT p_request, (row_number() OVER (ORDER BY a.id))::integer, v_request.requester,
+           a.subject, 'refused', p_detail
+    FROM recovery.audit_log a
+    WHERE a.request_id = p_request AND a.kind = v_request.kind;
+    PERFORM pg_notify('etl_recovery_replies', p_request::text);
+END
+$fn$;
+
+-- The pending request an approver acts on: not the approver's own, with a reason.
+CREATE OR REPLACE FUNCTION recovery.pending_request(p_request bigint, p_reason text)
+RETURNS recovery.requests
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_request recovery.requests;
+BEGIN
+    IF btrim(coalesce(p_reason, '')) = '' THEN
+        RAISE EXCEPTION 'a reason is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_request FROM recovery.requests r
+    WHERE r.id = p_request AND r.approvals_needed > 0 AND r.opened_at IS NULL
+      AND r.closed_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'recovery request % is not waiting for approval', p_request
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_request.requester = session_user THEN
+        RAISE EXCEPTION 'the requester of recovery request % cannot approve, deny or review it',
+                        p_request
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN v_request;
+END
+$fn$;
+
+-- Requests waiting for approval; expired ones are closed first.
+CREATE OR REPLACE FUNCTION recovery.pending()
+RETURNS TABLE (id bigint, requester text, kind text, field text, subjects bigint, reason text,
+               ticket text, created_at timestamptz, approvals bigint, approvals_needed integer,
+               expires_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    PERFORM recovery.expire_pending();
+    RETURN QUERY
+    SELECT r.id, r.requester, r.kind, r.field,
+           (SELECT count(*) FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind),
+           (SELECT a.reason FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
+            ORDER BY a.id LIMIT 1),
+           (SELECT a.ticket FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
+            ORDER BY a.id LIMIT 1),
+           r.created_at,
+           (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id),
+           r.approvals_needed, r.expires_at
+    FROM recovery.requests r
+    WHERE r.approvals_needed > 0 AND r.opened_at IS NULL AND r.closed_at IS NULL
+      AND (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id) < r.approvals_needed
+    ORDER BY r.id;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION recovery.approve(p_request bigint, p_reason text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $fn$
+DECLARE
+    v_request recovery.requests;
+    v_count integer;
+BEGIN
+    PERFORM recovery.expire_pending();
+    v_request := recovery.pending_request(p_request, p_reason);
+    INSERT INTO recovery.approvals (request_id, approver) VALUES (p_request, session_user)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you approved recovery request % already', p_request
+            USING ERRCODE = 'unique_violation';
+    END IF;
+    SELECT count(*) INTO v_count FROM recovery.approvals a WHERE a.request_id = p_request;
+    INSERT INTO recovery.audit_log (kind, request_id, reason, outcome, detail)
+    VALUES ('approval', p_request, p_reason, 'approved',
+            format('%s of %s approvals, for %s', v_count, v_request.approvals_needed,
+                   v_request.requester));
+    IF v_count >= v_request.approvals_needed THEN
+        PERFORM pg_notify('etl_recovery_requests', p_request::text);
+    END IF;
+    RETURN greatest(v_request.approvals_needed - v_count, 0);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION recovery.deny(p_request bigint, p_reason text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $fn$
+BEGIN
+    PERFORM recovery.pending_request(p_request, p_reason);
+    PERFORM recovery.close_request(p_request, 'denied',
+                                   format('denied by %s: %s', session_user, btrim(p_reason)));
+END
+$fn$;
+
+-- Requests whose approvals did not come within their TTL are refused as expired.
+CREATE OR REPLACE FUNCTION recovery.expire_pending()
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_id bigint;
+    v_count bigint := 0;
+BEGIN
+    FOR v_id IN
+        SELECT r.id FROM recovery.requests r
+        WHERE r.approvals_needed > 0 AND r.opened_at IS NULL AND r.closed_at IS NULL
+          AND r.expires_at < now()
+          AND (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id)
+              < r.approvals_needed
+        ORDER BY r.id
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM recovery.close_request(v_id, 'expired',
+                                       'the request expired before its approvals');
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$fn$;
+
+-- Where a request of the caller's stands: for the client that waits, or collects later.
+CREATE OR REPLACE FUNCTION recovery.request_state(p_request bigint)
+RETURNS TABLE (kind text, field text, approvals bigint, approvals_needed integer,
+               expires_at timestamptz, opened boolean, closed boolean)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT r.kind, r.field,
+           (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id),
+           r.approvals_needed, r.expires_at, r.opened_at IS NOT NULL, r.closed_at IS NOT NULL
+    FROM recovery.requests r
+    WHERE r.id = p_request AND r.requester = session_user
+$fn$;
+
+-- Break-glass openings no approver has reviewed yet.
+CREATE OR REPLACE FUNCTION recovery.unreviewed()
+RETURNS TABLE (id bigint, requester text, kind text, field text, subjects bigint, reason text,
+               ticket text, created_at timestamptz, opened_at timestamptz)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT r.id, r.requester, r.kind, r.field,
+           (SELECT count(*) FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind),
+           (SELECT a.reason FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
+            ORDER BY a.id LIMIT 1),
+           (SELECT a.ticket FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
+            ORDER BY a.id LIMIT 1),
+           r.created_at, r.opened_at
+    FROM recovery.requests r
+    WHERE r.break_glass AND r.reviewed_at IS NULL
+    ORDER BY r.id
+$fn$;
+
+CREATE OR REPLACE FUNCTION recovery.unreviewed_count()
+RETURNS bigint
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT count(*) FROM recovery.requests r WHERE r.break_glass AND r.reviewed_at IS NULL
+$fn$;
+
+CREATE OR REPLACE FUNCTION recovery.review(p_request bigint, p_reason text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $fn$
+DECLARE
+    v_request recovery.requests;
+BEGIN
+    IF btrim(coalesce(p_reason, '')) = '' THEN
+        RAISE EXCEPTION 'a reason is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_request FROM recovery.requests r
+    WHERE r.id = p_request AND r.break_glass AND r.reviewed_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'recovery request % is not a break-glass opening waiting for review',
+                        p_request
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_request.requester = session_user THEN
+        RAISE EXCEPTION 'the requester of recovery request % cannot approve, deny or review it',
+                        p_request
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    UPDATE recovery.requests r SET reviewed_at = now(), reviewed_by = session_user
+    WHERE r.id = p_request;
+    INSERT INTO recovery.audit_log (kind, request_id, reason, outcome, detail)
+    VALUES ('approval', p_request, p_reason, 'reviewed',
+            format('break-glass opening of %s reviewed', v_request.requester));
+END
+$fn$;
+
+-- The owner's way to change the policy, approvals included; the change is itself an audit row.
+DROP FUNCTION IF EXISTS recovery.set_policy(boolean, integer);
+CREATE OR REPLACE FUNCTION recovery.set_policy(p_require_ticket boolean, p_daily_limit integer,
+                                               p_approvals integer, p_approval_ttl interval)
+RETURNS recovery.policy
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_policy recovery.policy;
+BEGIN
+    UPDATE recovery.policy p
+    SET require_ticket = coalesce(p_require_ticket, p.require_ticket),
+        daily_limit = coalesce(p_daily_limit, p.daily_limit),
+        approvals = coalesce(p_approvals, p.approvals),
+        approval_ttl = coalesce(p_approval_ttl, p.approval_ttl),
+        updated_at = now(), updated_by = session_user
+    WHERE p.singleton
+    RETURNING * INTO v_policy;
+    INSERT INTO recovery.audit_log (kind, outcome, detail)
+    VALUES ('policy', 'set', format('require_ticket=%s daily_limit=%s approvals=%s approval_ttl=%s',
+                                    v_policy.require_ticket, v_policy.daily_limit,
+                                    v_policy.approvals, v_policy.approval_ttl));
+    RETURN v_policy;
+END
+$fn$;
+
+------------------------------------------------------------------------------------------------
 -- Grants: recoverers request and collect; the opener opens; nobody else does either.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA recovery FROM PUBLIC;
 REVOKE ALL ON recovery.requests, recovery.replies FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION recovery.request(text, text[], text, text, bytea) TO etl_recoverer;
-GRANT EXECUTE ON FUNCTION recovery.request_quarantine(text[], text, text, bytea) TO etl_recoverer;
+GRANT EXECUTE ON FUNCTION recovery.request(text, text[], text, text, bytea, boolean),
+    recovery.request_quarantine(text[], text, text, bytea, boolean),
+    recovery.request_state(bigint) TO etl_recoverer;
 GRANT SELECT, DELETE ON recovery.replies TO etl_recoverer;
 GRANT USAGE ON SCHEMA recovery TO etl_opener;
 GRANT EXECUTE ON FUNCTION recovery.claim_request(), recovery.record_opening(bigint),
     recovery.opening_material(bigint), recovery.store_replies(bigint, text[], text[], bytea[]),
-    recovery.expire_replies(interval), recovery.audit_head() TO etl_opener;
+    recovery.expire_replies(interval), recovery.expire_pending(), recovery.unreviewed_count(),
+    recovery.audit_head() TO etl_opener;
+GRANT USAGE ON SCHEMA recovery TO etl_approver;
+GRANT EXECUTE ON FUNCTION recovery.pending(), recovery.approve(bigint, text),
+    recovery.deny(bigint, text), recovery.unreviewed(), recovery.review(bigint, text)
+    TO etl_approver;

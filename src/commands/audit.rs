@@ -5,8 +5,9 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
-use crate::adapters::postgres::audit;
+use crate::adapters::postgres::{audit, recovery, DatabaseError};
 use crate::crypto::{ChainVerifier, GENESIS};
+use crate::domain::Justification;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -28,13 +29,93 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// List break-glass openings not reviewed yet; with an ID and --reason, review one (for
+    /// members of etl_approver other than its requester; the review is an audit row).
+    Review {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The break-glass request to review.
+        #[arg(value_name = "ID", requires = "reason")]
+        request_id: Option<i64>,
+        /// What the review found. Required with an ID; recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Output format of the list.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<Outcome> {
     match command {
         AuditCommand::Verify { database, anchor } => verify(&database, anchor.as_deref()).await,
         AuditCommand::Head { database, format } => head(&database, format).await,
+        AuditCommand::Review {
+            database,
+            request_id,
+            reason,
+            format,
+        } => review(&database, request_id, reason.as_deref(), format).await,
     }
+}
+
+/// `etl audit review [ID --reason ...]`.
+async fn review(
+    database: &DatabaseArgs,
+    request_id: Option<i64>,
+    reason: Option<&str>,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    let pool = super::audit_pool(database).await?;
+    let refused = |err: sqlx::Error| match &err {
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("42501" | "P0002" | "22023")) =>
+        {
+            let message = db.message();
+            if message.contains("permission denied") {
+                anyhow::anyhow!(
+                    "the database refused: your database user needs the etl_approver role"
+                )
+            } else {
+                anyhow::anyhow!("{message}")
+            }
+        }
+        _ => anyhow::Error::new(DatabaseError::on(&pool)(err)),
+    };
+    if let Some(id) = request_id {
+        let why = Justification::parse(reason.unwrap_or_default(), None, "in the audit log")?;
+        recovery::review(&pool, id, why.reason())
+            .await
+            .map_err(refused)?;
+        println!("break-glass request {id} reviewed");
+        return Ok(Outcome::Success);
+    }
+    let openings = recovery::unreviewed(&pool).await.map_err(refused)?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&openings)?),
+        OutputFormat::Text if openings.is_empty() => {
+            println!("no break-glass opening waits for review")
+        }
+        OutputFormat::Text => {
+            println!(
+                "{:>8}  {:<20}  {:<16}  {:>5}  {:<20}  reason / ticket",
+                "id", "requester", "what", "count", "requested"
+            );
+            for opening in &openings {
+                println!(
+                    "{:>8}  {:<20}  {:<16}  {:>5}  {:<20}  {} / {}",
+                    opening.id,
+                    opening.requester,
+                    opening.field.as_deref().unwrap_or("quarantined body"),
+                    opening.subjects,
+                    opening.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    opening.reason.as_deref().unwrap_or(""),
+                    opening.ticket.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+    }
+    Ok(Outcome::Success)
 }
 
 /// Exit 0 when the chain holds (and the anchor, if given), 1 when it does not.

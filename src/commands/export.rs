@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use clap::{Args, ValueEnum};
 
-use super::{DatabaseArgs, Outcome};
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::{self, lifecycle};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::{Justification, PiiField, UserId};
-use crate::recovery::{database_error, recover_masks, CLIENT_CONNECTIONS};
+use crate::recovery::{database_error, recover_masks, Answer, RequestOptions, CLIENT_CONNECTIONS};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -112,7 +112,15 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
             continue;
         }
         let masks: Vec<String> = masks.into_iter().map(str::to_owned).collect();
-        for recovered in recover_masks(&pool, field, &masks, &settings.why, settings.wait).await? {
+        let options = RequestOptions {
+            wait: settings.wait,
+            break_glass: false,
+        };
+        let recovered = match recover_masks(&pool, field, &masks, &settings.why, options).await? {
+            Answer::Ready(recovered) => recovered,
+            Answer::Pending(waiting) => return super::report_pending(&waiting, OutputFormat::Text),
+        };
+        for recovered in recovered {
             if let Some(value) = recovered.value {
                 values.insert((field, recovered.mask), value);
             }

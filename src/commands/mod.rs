@@ -59,6 +59,26 @@ async fn checked_pool(
     Ok(postgres::pool(options, max_connections))
 }
 
+/// A request that waits for approvals: no value yet (exit 1), and how to collect it.
+fn report_pending(
+    waiting: &crate::recovery::PendingRequest,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "request_id": waiting.request_id,
+                "state": "pending_approval",
+                "approvals": waiting.approvals,
+                "approvals_needed": waiting.approvals_needed,
+            })
+        );
+    }
+    eprintln!("{waiting}");
+    Ok(Outcome::Negative)
+}
+
 /// A file, or stdin for `-`.
 fn read_input(path: &std::path::Path) -> std::io::Result<String> {
     if path.as_os_str() == "-" {

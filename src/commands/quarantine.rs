@@ -74,6 +74,9 @@ pub struct QuarantineShowArgs {
     /// How long to wait for the recovery service's answer, for example `30s`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub wait: std::time::Duration,
+    /// Skip the approvals the policy asks for, on record, for an approver's review.
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,9 +167,17 @@ async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
         recovery::CLIENT_CONNECTIONS,
     )
     .await?;
-    let Some(body) = recovery::open_quarantined(&pool, &message_id, &why, args.wait).await? else {
-        eprintln!("not found: no quarantined message has this id");
-        return Ok(Outcome::Negative);
+    let options = recovery::RequestOptions {
+        wait: args.wait,
+        break_glass: args.break_glass,
+    };
+    let body = match recovery::open_quarantined(&pool, &message_id, &why, options).await? {
+        recovery::Answer::Ready(Some(body)) => body,
+        recovery::Answer::Ready(None) => {
+            eprintln!("not found: no quarantined message has this id");
+            return Ok(Outcome::Negative);
+        }
+        recovery::Answer::Pending(waiting) => return super::report_pending(&waiting, args.format),
     };
     let mut stdout = std::io::stdout().lock();
     match args.format {

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use zeroize::Zeroizing;
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::{self, recovery};
 use crate::configuration::{ConfigError, DatabaseSettings, MaskSource};
 use crate::domain::{Justification, Mask, PiiField};
-use crate::recovery::{recover_masks, Recovered, CLIENT_CONNECTIONS};
+use crate::recovery::{
+    recover_masks, Answer, Collected, Recovered, RequestOptions, CLIENT_CONNECTIONS,
+};
 
 /// `etl recover --masked-ip <MASK>`, or `etl recover --masked-ip --from-file <PATH>` for many
 /// masks of the same field.
@@ -62,9 +65,15 @@ pub struct RecoverArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 
-    /// How long to wait for the recovery service's answer, for example `30s`.
+    /// How long to wait for the recovery service's answer, for example `30s`. A request that
+    /// still waits for approvals then stays on record: `etl recover collect <ID>` later.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+
+    /// Skip the approvals the policy asks for (never the ticket rule, the daily limit or the
+    /// audit): the opening is on record and waits for an approver's review (`etl audit review`).
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +81,48 @@ pub enum RecoverCommand {
     /// The recovery policy, enforced by the database for every recovery and quarantine opening.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Requests waiting for approval (for members of etl_approver): id, requester, field, count,
+    /// reason, ticket, age; never a value.
+    Pending {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Approve a pending request (for members of etl_approver other than its requester); on
+    /// record. Once it has the approvals the policy asks for, the recovery service opens it.
+    Approve(DecisionArgs),
+    /// Deny a pending request (for members of etl_approver other than its requester); on record.
+    /// Its requester gets a refusal with your reason.
+    Deny(DecisionArgs),
+    /// Collect a request of yours that waited for approvals: its one-time key was kept for this
+    /// (readable by you alone) and is deleted once the values are opened.
+    Collect {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The request id that `etl recover` printed.
+        #[arg(value_name = "ID")]
+        request_id: i64,
+        /// How long to wait for the recovery service's answer, for example `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Output format on stdout.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The request id, as `etl recover pending` shows it.
+    #[arg(value_name = "ID")]
+    pub request_id: i64,
+    /// Why. Required; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +138,13 @@ pub enum PolicyCommand {
         /// no limit.
         #[arg(long, value_name = "N")]
         daily_limit: Option<u32>,
+        /// Distinct members of etl_approver, never the requester, who must approve a request
+        /// before it is opened: 0 (the default) to 3.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=3))]
+        approvals: Option<u8>,
+        /// How long a request waits for its approvals before it expires, for example `24h`.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        approval_ttl: Option<Duration>,
     },
     /// Print the policy.
     Show {
@@ -108,7 +166,7 @@ pub struct RecoverSettings {
     pub bulk: bool,
     pub why: Justification,
     pub format: OutputFormat,
-    pub wait: Duration,
+    pub options: RequestOptions,
 }
 
 impl TryFrom<&RecoverArgs> for RecoverSettings {
@@ -156,7 +214,10 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
             bulk: args.from_file.is_some(),
             why,
             format: args.format,
-            wait: args.wait,
+            options: RequestOptions {
+                wait: args.wait,
+                break_glass: args.break_glass,
+            },
         })
     }
 }
@@ -173,23 +234,168 @@ fn read_masks(path: &std::path::Path) -> Result<Vec<Mask>, ConfigError> {
 }
 
 pub async fn run(args: RecoverArgs) -> anyhow::Result<Outcome> {
-    if let Some(RecoverCommand::Policy(command)) = &args.command {
-        return policy(command).await.map(|()| Outcome::Success);
+    match &args.command {
+        Some(RecoverCommand::Policy(command)) => {
+            return policy(command).await.map(|()| Outcome::Success)
+        }
+        Some(RecoverCommand::Pending { database, format }) => {
+            return pending(database, *format).await
+        }
+        Some(RecoverCommand::Approve(decision)) => return decide(decision, true).await,
+        Some(RecoverCommand::Deny(decision)) => return decide(decision, false).await,
+        Some(RecoverCommand::Collect {
+            database,
+            request_id,
+            wait,
+            format,
+        }) => return collect(database, *request_id, *wait, *format).await,
+        None => {}
     }
     let settings = RecoverSettings::try_from(&args)?;
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, CLIENT_CONNECTIONS);
     let masks: Vec<String> = settings.masks.into_iter().map(Mask::into_string).collect();
-    let results =
-        recover_masks(&pool, settings.field, &masks, &settings.why, settings.wait).await?;
+    let answer = recover_masks(
+        &pool,
+        settings.field,
+        &masks,
+        &settings.why,
+        settings.options,
+    )
+    .await?;
+    let results = match answer {
+        Answer::Ready(results) => results,
+        Answer::Pending(waiting) => return super::report_pending(&waiting, settings.format),
+    };
     print(&results, settings.bulk, settings.format)?;
-    let all_found = results.iter().all(|r| r.value.is_some());
-    Ok(if all_found {
+    Ok(found(&results))
+}
+
+fn found(results: &[Recovered]) -> Outcome {
+    if results.iter().all(|r| r.value.is_some()) {
         Outcome::Success
     } else {
         Outcome::Negative
-    })
+    }
+}
+
+/// `etl recover collect <ID>`.
+async fn collect(
+    database: &DatabaseArgs,
+    request_id: i64,
+    wait: Duration,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    let options = postgres::read_committed(database.settings()?.options);
+    let pool = super::checked_pool(options, CLIENT_CONNECTIONS).await?;
+    match crate::recovery::collect(&pool, request_id, wait).await? {
+        Answer::Pending(waiting) => super::report_pending(&waiting, format),
+        Answer::Ready(Collected::Values(results)) => {
+            print(&results, results.len() > 1, format)?;
+            Ok(found(&results))
+        }
+        Answer::Ready(Collected::Body { message_id, body }) => {
+            let Some(body) = body else {
+                eprintln!("not found: no quarantined message has this id");
+                return Ok(Outcome::Negative);
+            };
+            if format == OutputFormat::Json {
+                let body = Zeroizing::new(String::from_utf8_lossy(&body).into_owned());
+                let json = Zeroizing::new(
+                    serde_json::json!({ "message_id": message_id, "body": body.as_str() })
+                        .to_string(),
+                );
+                println!("{}", json.as_str());
+            } else {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&body)?;
+                stdout.write_all(b"\n")?;
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// `etl recover pending`.
+async fn pending(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+    let pool = super::audit_pool(database).await?;
+    let waiting = recovery::pending(&pool)
+        .await
+        .map_err(approver_error(&pool))?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&waiting)?),
+        OutputFormat::Text if waiting.is_empty() => println!("no request waits for approval"),
+        OutputFormat::Text => {
+            println!(
+                "{:>8}  {:<20}  {:<16}  {:>5}  {:>9}  {:>8}  reason / ticket",
+                "id", "requester", "what", "count", "approvals", "age"
+            );
+            let now = chrono::Utc::now();
+            for request in &waiting {
+                let what = request.field.as_deref().unwrap_or("quarantined body");
+                let age = (now - request.created_at).to_std().unwrap_or_default();
+                println!(
+                    "{:>8}  {:<20}  {:<16}  {:>5}  {:>9}  {:>8}  {} / {}",
+                    request.id,
+                    request.requester,
+                    what,
+                    request.subjects,
+                    format!("{} of {}", request.approvals, request.approvals_needed),
+                    crate::human::duration(age),
+                    request.reason.as_deref().unwrap_or(""),
+                    request.ticket.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `etl recover approve|deny <ID> --reason ...`.
+async fn decide(decision: &DecisionArgs, approve: bool) -> anyhow::Result<Outcome> {
+    let why = Justification::parse(&decision.reason, None, "in the audit log")?;
+    let pool = super::audit_pool(&decision.database).await?;
+    let id = decision.request_id;
+    if approve {
+        let left = recovery::approve(&pool, id, why.reason())
+            .await
+            .map_err(approver_error(&pool))?;
+        match left {
+            0 => println!("request {id} approved; the recovery service opens it now"),
+            n => println!("request {id} approved; it waits for {n} more approval(s)"),
+        }
+    } else {
+        recovery::deny(&pool, id, why.reason())
+            .await
+            .map_err(approver_error(&pool))?;
+        println!("request {id} denied; its requester gets your reason");
+    }
+    Ok(Outcome::Success)
+}
+
+/// The approval functions' refusals in words: the requester's own request, a request that does
+/// not wait, a role missing.
+pub(crate) fn approver_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> anyhow::Error + '_ {
+    move |err| {
+        let (code, message) = match &err {
+            sqlx::Error::Database(db) => {
+                (db.code().map(|c| c.into_owned()), db.message().to_owned())
+            }
+            _ => (None, String::new()),
+        };
+        match code.as_deref() {
+            // Raised by the functions themselves: their words name the request, never a value.
+            Some("42501") if message.contains("requester") => anyhow::anyhow!("{message}"),
+            Some("42501") => anyhow::anyhow!(
+                "the database refused: your database user needs the etl_approver role (an \
+                 administrator runs: GRANT etl_approver TO <your user>)"
+            ),
+            Some("P0002" | "23505" | "22023") => anyhow::anyhow!("{message}"),
+            _ => anyhow::Error::new(postgres::DatabaseError::on(pool)(err)),
+        }
+    }
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {
@@ -225,26 +431,47 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Set {
             require_ticket,
             daily_limit,
+            approvals,
+            approval_ttl,
             ..
         } => {
             anyhow::ensure!(
-                require_ticket.is_some() || daily_limit.is_some(),
-                "give --require-ticket true|false, --daily-limit N, or both"
+                require_ticket.is_some()
+                    || daily_limit.is_some()
+                    || approvals.is_some()
+                    || approval_ttl.is_some(),
+                "give --require-ticket true|false, --daily-limit N, --approvals N or \
+                 --approval-ttl DURATION"
             );
+            if let Some(ttl) = approval_ttl {
+                ConfigError::check_range(
+                    "--approval-ttl",
+                    *ttl,
+                    Duration::from_secs(1),
+                    Duration::from_secs(30 * 24 * 3600),
+                    "between 1s and 30 days",
+                )?;
+            }
             let daily_limit = daily_limit
                 .map(i32::try_from)
                 .transpose()
                 .map_err(|_| anyhow::anyhow!("--daily-limit must be at most 2147483647"))?;
-            recovery::set_policy(&pool, *require_ticket, daily_limit)
-                .await
-                .map_err(|err| match &err {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                        anyhow::anyhow!(
-                            "only the owner of the etl schemas may change the recovery policy"
-                        )
-                    }
-                    _ => anyhow::anyhow!("cannot change the recovery policy: {err}"),
-                })?
+            recovery::set_policy(
+                &pool,
+                *require_ticket,
+                daily_limit,
+                approvals.map(i32::from),
+                *approval_ttl,
+            )
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                    anyhow::anyhow!(
+                        "only the owner of the etl schemas may change the recovery policy"
+                    )
+                }
+                _ => anyhow::anyhow!("cannot change the recovery policy: {err}"),
+            })?
         }
         PolicyCommand::Show { .. } => recovery::policy(&pool)
             .await
@@ -259,6 +486,13 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
             };
             println!("require ticket: {}", policy.require_ticket);
             println!("daily limit:    {limit}");
+            println!(
+                "approvals:      {} (a request waits for them at most {})",
+                policy.approvals,
+                crate::human::duration(Duration::from_secs_f64(
+                    policy.approval_ttl_seconds.max(0.0)
+                ))
+            );
             println!(
                 "last changed:   {} by {}",
                 policy.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),

@@ -21,7 +21,7 @@ pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker, UserHash};
 pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
-pub use reply::{ReplyKeyPair, ReplySealer, REPLY_PUBLIC_KEY_LEN};
+pub use reply::{ReplyKeyPair, ReplySealer, REPLY_PUBLIC_KEY_LEN, REPLY_SEED_LEN};
 pub use seal::{SealError, Sealer};
 
 use hmac::{Hmac, Mac};

@@ -21,10 +21,15 @@ const DOMAIN: Domain = Domain {
 
 /// The length of a reply public key.
 pub const REPLY_PUBLIC_KEY_LEN: usize = 32;
+/// The length of the seed a reply key pair derives from.
+pub const REPLY_SEED_LEN: usize = 32;
 
 /// A client's one-time key pair, made in memory for one request and dropped (wiped, through
 /// x25519-dalek's `zeroize`) when the values are opened. `Debug` shows the public half only.
 pub struct ReplyKeyPair {
+    /// What the pair is derived from: kept (wiped on drop) so a request that waits for approvals
+    /// can be collected later by the same client.
+    seed: Zeroizing<[u8; REPLY_SEED_LEN]>,
     private_key: PrivateKey,
     public_key: [u8; REPLY_PUBLIC_KEY_LEN],
     /// One cipher per encapsulation met, so a request's replies cost one agreement.
@@ -42,14 +47,25 @@ impl std::fmt::Debug for ReplyKeyPair {
 impl ReplyKeyPair {
     pub fn generate() -> Self {
         use rand::RngCore;
-        let mut seed = Zeroizing::new([0u8; 32]);
+        let mut seed = Zeroizing::new([0u8; REPLY_SEED_LEN]);
         rand::rng().fill_bytes(seed.as_mut_slice());
+        Self::from_seed(seed)
+    }
+
+    /// The pair of a seed kept by [`Self::seed`].
+    pub fn from_seed(seed: Zeroizing<[u8; REPLY_SEED_LEN]>) -> Self {
         let (private_key, public_key) = Kem::derive_keypair(seed.as_slice());
         Self {
+            seed,
             private_key,
             public_key: public_key.to_bytes().into(),
             ciphers: HashMap::new(),
         }
+    }
+
+    /// The secret the pair derives from, for a client that collects later.
+    pub fn seed(&self) -> &[u8; REPLY_SEED_LEN] {
+        &self.seed
     }
 
     /// What the request carries: replies are sealed to it.
@@ -151,6 +167,18 @@ mod tests {
             client.open(7, "ip", "ab12", &sealed[..20]),
             Err(SealError::Truncated)
         );
+    }
+
+    #[test]
+    fn a_pair_made_again_from_its_seed_opens_what_was_sealed_to_it() {
+        let first = ReplyKeyPair::generate();
+        let sealed = ReplySealer::new(3, first.public_key())
+            .unwrap()
+            .seal("ip", "m", b"v")
+            .unwrap();
+        let mut again = ReplyKeyPair::from_seed(Zeroizing::new(*first.seed()));
+        assert_eq!(again.public_key(), first.public_key());
+        assert_eq!(again.open(3, "ip", "m", &sealed).unwrap().as_slice(), b"v");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::adapters::postgres::recovery::{self, Reply, RequestKind};
 use crate::adapters::postgres::{self};
-use crate::crypto::{ReplyKeyPair, SealError};
+use crate::crypto::{ReplyKeyPair, SealError, REPLY_SEED_LEN};
 use crate::domain::{Justification, PiiField};
 
 /// What a quarantined body is called in a reply's associated data.
@@ -50,6 +50,14 @@ pub enum RecoverError {
     Open { subject: String, source: SealError },
     #[error("the recovery service answered {got} subjects for {asked}")]
     Incomplete { got: usize, asked: usize },
+    #[error("no recovery request {0} of yours exists (or it was collected)")]
+    NoSuchRequest(i64),
+    #[error("cannot keep the one-time key of request {request_id} in {}: {source}", path.display())]
+    KeyFile {
+        request_id: i64,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The conversion of the recovery functions' errors on `pool`.
@@ -68,6 +76,35 @@ pub fn database_error(pool: &PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '
 /// A pool for a recovery client: one connection for the requests, one for the notifications.
 pub const CLIENT_CONNECTIONS: u32 = 2;
 
+/// What a request came to: its values, or a wait for approvals that outlasted the client's.
+pub enum Answer<T> {
+    Ready(T),
+    /// The request is on record and waits for approvals; its one-time key waits in `key_file`
+    /// for `etl recover collect`.
+    Pending(PendingRequest),
+}
+
+/// A request of this client that waits for approvals.
+#[derive(Debug, Serialize)]
+pub struct PendingRequest {
+    pub request_id: i64,
+    pub approvals: i64,
+    pub approvals_needed: i32,
+    #[serde(skip)]
+    pub key_file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for PendingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "recovery request {} is on record and waits for approval ({} of {}); run `etl recover \
+             collect {}` once it is approved",
+            self.request_id, self.approvals, self.approvals_needed, self.request_id
+        )
+    }
+}
+
 /// One requested mask and what came of it.
 #[derive(Serialize)]
 pub struct Recovered {
@@ -84,24 +121,25 @@ pub async fn recover_masks(
     field: PiiField,
     masks: &[String],
     why: &Justification,
-    wait: Duration,
-) -> Result<Vec<Recovered>, RecoverError> {
-    let mut opened = Request::new(RequestKind::Recover(field), masks, why)
-        .send(pool, wait)
+    options: RequestOptions,
+) -> Result<Answer<Vec<Recovered>>, RecoverError> {
+    let sent = Request::new(RequestKind::Recover(field), masks, why, options.break_glass)
+        .send(pool, options.wait)
         .await?;
-    let mut results = Vec::with_capacity(opened.replies.len());
-    for reply in std::mem::take(&mut opened.replies) {
-        let value = opened
-            .open(field.as_str(), &reply)?
-            .map(|plain| String::from_utf8_lossy(&plain).into_owned());
-        results.push(Recovered {
-            field: field.as_str(),
-            mask: reply.subject,
-            outcome: reply.outcome,
-            value,
-        });
+    match sent {
+        Answer::Ready(opened) => opened.recovered(field).map(Answer::Ready),
+        Answer::Pending(pending) => Ok(Answer::Pending(pending)),
     }
-    Ok(results)
+}
+
+/// How a client asks.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOptions {
+    /// How long to wait for the service (and the approvals) before giving up or leaving the
+    /// request pending.
+    pub wait: Duration,
+    /// Skip approvals, on record, for a later review.
+    pub break_glass: bool,
 }
 
 /// A quarantined message as opened: `None` when no quarantined message has this id.
@@ -109,19 +147,165 @@ pub async fn open_quarantined(
     pool: &PgPool,
     message_id: &str,
     why: &Justification,
-    wait: Duration,
-) -> Result<Option<Zeroizing<Vec<u8>>>, RecoverError> {
+    options: RequestOptions,
+) -> Result<Answer<Option<Zeroizing<Vec<u8>>>>, RecoverError> {
     let ids = [message_id.to_owned()];
-    let mut opened = Request::new(RequestKind::Quarantine, &ids, why)
-        .send(pool, wait)
+    let sent = Request::new(RequestKind::Quarantine, &ids, why, options.break_glass)
+        .send(pool, options.wait)
         .await?;
-    let replies = std::mem::take(&mut opened.replies);
-    match replies.as_slice() {
-        [reply] => opened.open(BODY, reply),
-        _ => Err(RecoverError::Incomplete {
-            got: replies.len(),
-            asked: 1,
-        }),
+    match sent {
+        Answer::Ready(opened) => opened.body().map(Answer::Ready),
+        Answer::Pending(pending) => Ok(Answer::Pending(pending)),
+    }
+}
+
+/// What a collected request held.
+pub enum Collected {
+    Values(Vec<Recovered>),
+    Body {
+        message_id: String,
+        body: Option<Zeroizing<Vec<u8>>>,
+    },
+}
+
+/// Collects a request made earlier by this client that waited for approvals: its one-time key
+/// is read from where it was kept, and deleted once the replies are opened (or refused).
+pub async fn collect(
+    pool: &PgPool,
+    request_id: i64,
+    wait: Duration,
+) -> Result<Answer<Collected>, RecoverError> {
+    let convert = database_error(pool);
+    let state = recovery::request_state(pool, request_id)
+        .await
+        .map_err(&convert)?
+        .ok_or(RecoverError::NoSuchRequest(request_id))?;
+    let key_file = key_file(request_id);
+    let keys = read_key(request_id, &key_file)?;
+    let mut listener = listen(pool).await?;
+    let Some(replies) = wait_for_replies(pool, &mut listener, request_id, None, wait).await? else {
+        return pending_or_no_service(pool, request_id, wait, key_file).await;
+    };
+    let opened = Opened {
+        id: request_id,
+        keys,
+        replies,
+    };
+    let collected = match (
+        state.kind.as_str(),
+        state.field.as_deref().and_then(field_of),
+    ) {
+        ("recover", Some(field)) => opened.recovered(field).map(Collected::Values),
+        _ => {
+            let message_id = opened
+                .replies
+                .first()
+                .map(|r| r.subject.clone())
+                .unwrap_or_default();
+            opened
+                .body()
+                .map(|body| Collected::Body { message_id, body })
+        }
+    };
+    // Opened or refused: the key has nothing left to open.
+    if matches!(&collected, Ok(_) | Err(RecoverError::Refused(_))) {
+        let _ = std::fs::remove_file(&key_file);
+    }
+    collected.map(Answer::Ready)
+}
+
+fn field_of(name: &str) -> Option<PiiField> {
+    [PiiField::Ip, PiiField::DeviceId]
+        .into_iter()
+        .find(|field| field.as_str() == name)
+}
+
+/// Where a waiting request's one-time key is kept: `ETL_REQUEST_KEY_DIR`, or the user's state
+/// directory (`$XDG_STATE_HOME/etl/requests`, `~/.local/state/etl/requests`).
+fn key_file(request_id: i64) -> std::path::PathBuf {
+    let dir = std::env::var_os("ETL_REQUEST_KEY_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_STATE_HOME")
+                .map(|d| std::path::Path::new(&d).join("etl/requests"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|d| std::path::Path::new(&d).join(".local/state/etl/requests"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    dir.join(format!("request-{request_id}.key"))
+}
+
+/// Keeps the seed, readable by this user alone (0600, in a 0700 directory).
+fn keep_key(
+    request_id: i64,
+    path: &std::path::Path,
+    keys: &ReplyKeyPair,
+) -> Result<(), RecoverError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |source| RecoverError::KeyFile {
+        request_id,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.write_all(keys.seed()).map_err(failed)
+}
+
+fn read_key(request_id: i64, path: &std::path::Path) -> Result<ReplyKeyPair, RecoverError> {
+    let failed = |source| RecoverError::KeyFile {
+        request_id,
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(failed)?);
+    let seed: [u8; REPLY_SEED_LEN] = bytes.as_slice().try_into().map_err(|_| {
+        failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a key this client kept",
+        ))
+    })?;
+    Ok(ReplyKeyPair::from_seed(Zeroizing::new(seed)))
+}
+
+/// After a wait without replies: pending approvals (the key stays kept), or no service.
+async fn pending_or_no_service<T>(
+    pool: &PgPool,
+    request_id: i64,
+    wait: Duration,
+    key_file: std::path::PathBuf,
+) -> Result<Answer<T>, RecoverError> {
+    let state = recovery::request_state(pool, request_id)
+        .await
+        .map_err(database_error(pool))?;
+    match state {
+        Some(state)
+            if !state.opened
+                && !state.closed
+                && state.approvals < i64::from(state.approvals_needed) =>
+        {
+            Ok(Answer::Pending(PendingRequest {
+                request_id,
+                approvals: state.approvals,
+                approvals_needed: state.approvals_needed,
+                key_file,
+            }))
+        }
+        _ => Err(RecoverError::NoService(wait)),
     }
 }
 
@@ -130,6 +314,7 @@ struct Request<'a> {
     kind: RequestKind,
     subjects: &'a [String],
     why: &'a Justification,
+    break_glass: bool,
     keys: ReplyKeyPair,
 }
 
@@ -145,25 +330,27 @@ struct Opened {
 const POLL: Duration = Duration::from_secs(1);
 
 impl<'a> Request<'a> {
-    fn new(kind: RequestKind, subjects: &'a [String], why: &'a Justification) -> Self {
+    fn new(
+        kind: RequestKind,
+        subjects: &'a [String],
+        why: &'a Justification,
+        break_glass: bool,
+    ) -> Self {
         Self {
             kind,
             subjects,
             why,
+            break_glass,
             keys: ReplyKeyPair::generate(),
         }
     }
 
-    /// Commits the request, then waits up to `wait` for its replies: a service's notification
-    /// wakes the client, a poll catches what a notification missed.
-    async fn send(self, pool: &PgPool, wait: Duration) -> Result<Opened, RecoverError> {
+    /// Commits the request, then waits up to `wait` for its replies. A request still waiting
+    /// for approvals then keeps its key for `etl recover collect`.
+    async fn send(self, pool: &PgPool, wait: Duration) -> Result<Answer<Opened>, RecoverError> {
         let convert = database_error(pool);
         // Listening before the request commits: its notification cannot come first.
-        let mut listener = PgListener::connect_with(pool).await.map_err(&convert)?;
-        listener
-            .listen(recovery::REPLIES_CHANNEL)
-            .await
-            .map_err(&convert)?;
+        let mut listener = listen(pool).await?;
         let id = recovery::request(
             pool,
             self.kind,
@@ -171,37 +358,73 @@ impl<'a> Request<'a> {
             self.why.reason(),
             self.why.ticket(),
             self.keys.public_key(),
+            self.break_glass,
         )
         .await
         .map_err(&convert)?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let replies = recovery::collect(pool, id).await.map_err(&convert)?;
-            if !replies.is_empty() {
-                if replies.len() != self.subjects.len() {
-                    return Err(RecoverError::Incomplete {
-                        got: replies.len(),
-                        asked: self.subjects.len(),
-                    });
+        let expected = Some(self.subjects.len());
+        match wait_for_replies(pool, &mut listener, id, expected, wait).await? {
+            Some(replies) => Ok(Answer::Ready(Opened {
+                id,
+                keys: self.keys,
+                replies,
+            })),
+            None => {
+                let key_file = key_file(id);
+                let answer = pending_or_no_service(pool, id, wait, key_file.clone()).await?;
+                if let Answer::Pending(_) = &answer {
+                    keep_key(id, &key_file, &self.keys)?;
                 }
-                if let Some(refused) = replies.iter().find(|r| r.outcome == "refused") {
-                    return Err(RecoverError::Refused(
-                        refused.detail.clone().unwrap_or_default(),
-                    ));
-                }
-                return Ok(Opened {
-                    id,
-                    keys: self.keys,
-                    replies,
+                Ok(answer)
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, RecoverError> {
+    let convert = database_error(pool);
+    let mut listener = PgListener::connect_with(pool).await.map_err(&convert)?;
+    listener
+        .listen(recovery::REPLIES_CHANNEL)
+        .await
+        .map_err(&convert)?;
+    Ok(listener)
+}
+
+/// The replies of a request once stored (`None` if `wait` passes first): a service's
+/// notification wakes the client, a poll catches what a notification missed. A refusal is an
+/// error, with its reason.
+async fn wait_for_replies(
+    pool: &PgPool,
+    listener: &mut PgListener,
+    id: i64,
+    expected: Option<usize>,
+    wait: Duration,
+) -> Result<Option<Vec<Reply>>, RecoverError> {
+    let convert = database_error(pool);
+    let deadline = Instant::now() + wait;
+    loop {
+        let replies = recovery::collect(pool, id).await.map_err(&convert)?;
+        if !replies.is_empty() {
+            if let Some(asked) = expected.filter(|asked| *asked != replies.len()) {
+                return Err(RecoverError::Incomplete {
+                    got: replies.len(),
+                    asked,
                 });
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(RecoverError::NoService(wait));
+            if let Some(refused) = replies.iter().find(|r| r.outcome == "refused") {
+                return Err(RecoverError::Refused(
+                    refused.detail.clone().unwrap_or_default(),
+                ));
             }
-            // Woken by this request's notification, or after the poll interval.
-            let _ = tokio::time::timeout(left.min(POLL), notified(&mut listener, id)).await;
+            return Ok(Some(replies));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        // Woken by this request's notification, or after the poll interval.
+        let _ = tokio::time::timeout(left.min(POLL), notified(listener, id)).await;
     }
 }
 
@@ -222,6 +445,35 @@ async fn notified(listener: &mut PgListener, request_id: i64) {
 }
 
 impl Opened {
+    /// The values of a recovery request, one per mask in order.
+    fn recovered(mut self, field: PiiField) -> Result<Vec<Recovered>, RecoverError> {
+        let mut results = Vec::with_capacity(self.replies.len());
+        for reply in std::mem::take(&mut self.replies) {
+            let value = self
+                .open(field.as_str(), &reply)?
+                .map(|plain| String::from_utf8_lossy(&plain).into_owned());
+            results.push(Recovered {
+                field: field.as_str(),
+                mask: reply.subject,
+                outcome: reply.outcome,
+                value,
+            });
+        }
+        Ok(results)
+    }
+
+    /// The body of a one-message quarantine request (`None`: no such message).
+    fn body(mut self) -> Result<Option<Zeroizing<Vec<u8>>>, RecoverError> {
+        let replies = std::mem::take(&mut self.replies);
+        match replies.as_slice() {
+            [reply] => self.open(BODY, reply),
+            _ => Err(RecoverError::Incomplete {
+                got: replies.len(),
+                asked: 1,
+            }),
+        }
+    }
+
     /// The value of a found reply (`None` for any other outcome).
     fn open(
         &mut self,

@@ -85,11 +85,7 @@ pub async fn run(
             }
         }
         if last_expiry.is_none_or(|at| at.elapsed() >= EXPIRY_INTERVAL) {
-            match recovery::expire_replies(&pool, settings.reply_ttl).await {
-                Ok(0) => {}
-                Ok(expired) => info!(expired, "uncollected recovery replies deleted"),
-                Err(err) => warn!(error = %redacted(&err), "cannot delete expired replies"),
-            }
+            housekeeping(&pool, &settings).await;
             last_expiry = Some(Instant::now());
         }
         keys.evict_expired();
@@ -109,8 +105,27 @@ pub async fn run(
     Ok(())
 }
 
-/// How often uncollected replies past their TTL are deleted.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Requests whose approvals did not come in time are refused; replies past their TTL deleted;
+/// the break-glass openings waiting for review counted.
+async fn housekeeping(pool: &PgPool, settings: &ServiceSettings) {
+    match recovery::expire_pending(pool).await {
+        Ok(0) => {}
+        Ok(expired) => info!(expired, "requests expired before their approvals"),
+        Err(err) => warn!(error = %redacted(&err), "cannot expire pending requests"),
+    }
+    match recovery::expire_replies(pool, settings.reply_ttl).await {
+        Ok(0) => {}
+        Ok(expired) => info!(expired, "uncollected recovery replies deleted"),
+        Err(err) => warn!(error = %redacted(&err), "cannot delete expired replies"),
+    }
+    match recovery::unreviewed_count(pool).await {
+        Ok(count) => metrics::gauge!("etl_recovery_break_glass_unreviewed").set(count as f64),
+        Err(err) => warn!(error = %redacted(&err), "cannot count unreviewed break-glass openings"),
+    }
+}
+
+/// How often the housekeeping runs.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest pause after failures.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 

@@ -8,13 +8,14 @@ use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{event, TestApp};
 
-const ROLES: [&str; 7] = [
+const ROLES: [&str; 8] = [
     "etl_ingest",
     "etl_analyst",
     "etl_recoverer",
     "etl_auditor",
     "etl_privacy",
     "etl_opener",
+    "etl_approver",
     "public",
 ];
 
@@ -38,6 +39,8 @@ const EXPECTED: &[&str] = &[
     "etl_privacy USAGE schema public",
     "etl_opener USAGE schema public",
     "etl_opener USAGE schema recovery",
+    "etl_approver USAGE schema public",
+    "etl_approver USAGE schema recovery",
     "public USAGE schema public",
     // tables: ingest writes, and reads only its claims and the mask and vault keys
     "etl_ingest INSERT user_logins",
@@ -74,8 +77,9 @@ const EXPECTED: &[&str] = &[
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text)",
     "etl_recoverer EXECUTE recovery.subject_rows(text)",
     "etl_recoverer EXECUTE recovery.audit_head()",
-    "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea)",
-    "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea)",
+    "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea, boolean)",
+    "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea, boolean)",
+    "etl_recoverer EXECUTE recovery.request_state(bigint)",
     // the recovery service: the only role that reads ciphertexts and wrapped keys
     "etl_opener EXECUTE recovery.audit_head()",
     "etl_opener EXECUTE recovery.claim_request()",
@@ -83,6 +87,14 @@ const EXPECTED: &[&str] = &[
     "etl_opener EXECUTE recovery.opening_material(bigint)",
     "etl_opener EXECUTE recovery.store_replies(bigint, text[], text[], bytea[])",
     "etl_opener EXECUTE recovery.expire_replies(interval)",
+    "etl_opener EXECUTE recovery.expire_pending()",
+    "etl_opener EXECUTE recovery.unreviewed_count()",
+    // approvers decide and review, and see no value
+    "etl_approver EXECUTE recovery.pending()",
+    "etl_approver EXECUTE recovery.approve(bigint, text)",
+    "etl_approver EXECUTE recovery.deny(bigint, text)",
+    "etl_approver EXECUTE recovery.unreviewed()",
+    "etl_approver EXECUTE recovery.review(bigint, text)",
     "etl_auditor EXECUTE recovery.audit_head()",
 ];
 

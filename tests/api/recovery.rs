@@ -38,8 +38,8 @@ async fn analysts_read_user_logins_and_nothing_else() {
         "SELECT * FROM keyring.data_keys",
         "SELECT * FROM etl.quarantine",
         "SELECT * FROM recovery.audit_log",
-        "SELECT recovery.request('ip', ARRAY['x'], 'curious', NULL)",
-        "SELECT * FROM recovery.fetch(1)",
+        "SELECT recovery.request('ip', ARRAY['x'], 'curious', NULL, '\\x00'::bytea, false)",
+        "SELECT * FROM recovery.opening_material(1)",
     ] {
         assert!(
             denied(&mut analyst, sql).await,
@@ -344,7 +344,7 @@ async fn direct_request(
     reason: &str,
     keys: &ReplyKeyPair,
 ) -> i64 {
-    sqlx::query_scalar("SELECT recovery.request('ip', $1, $2, NULL, $3)")
+    sqlx::query_scalar("SELECT recovery.request('ip', $1, $2, NULL, $3, false)")
         .bind(masks)
         .bind(reason)
         .bind(keys.public_key().as_slice())

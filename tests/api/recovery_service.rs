@@ -131,10 +131,16 @@ async fn two_services_open_each_of_200_concurrent_requests_once() {
                 PiiField::Ip,
                 std::slice::from_ref(&mask),
                 &why,
-                Duration::from_secs(60),
+                etl::recovery::RequestOptions {
+                    wait: Duration::from_secs(60),
+                    break_glass: false,
+                },
             )
             .await
             .unwrap();
+            let etl::recovery::Answer::Ready(recovered) = recovered else {
+                panic!("no approvals are required here");
+            };
             (mask, recovered.into_iter().next().unwrap().value)
         });
         if tasks.len() >= 25 {
@@ -227,12 +233,13 @@ async fn another_recoverer_cannot_read_or_delete_someone_elses_replies() {
     let mask = masks.keys().next().unwrap().clone();
     let keys = ReplyKeyPair::generate();
     let mut requester = PgConnection::connect(&url).await.unwrap();
-    let request: i64 = sqlx::query_scalar("SELECT recovery.request('ip', $1, 'rls', NULL, $2)")
-        .bind(vec![mask])
-        .bind(keys.public_key().as_slice())
-        .fetch_one(&mut requester)
-        .await
-        .unwrap();
+    let request: i64 =
+        sqlx::query_scalar("SELECT recovery.request('ip', $1, 'rls', NULL, $2, false)")
+            .bind(vec![mask])
+            .bind(keys.public_key().as_slice())
+            .fetch_one(&mut requester)
+            .await
+            .unwrap();
     wait_until(Duration::from_secs(30), "the reply", || async {
         app.count("SELECT count(*) FROM recovery.replies").await == 1
     })
@@ -294,4 +301,266 @@ async fn the_service_logs_nothing_personal_at_debug_level() {
             "a device id in the logs"
         );
     }
+}
+
+/// A login in etl_recoverer and etl_approver: it may ask, and approve others' requests.
+async fn recoverer_and_approver(app: &TestApp) -> (String, String) {
+    let (name, url) = app.login_user("etl_recoverer").await;
+    sqlx::query(&format!("GRANT etl_approver TO {name}"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    (name, url)
+}
+
+/// `etl recover` with a key directory of the test's own; the JSON answer when it waits.
+async fn ask(
+    app: &TestApp,
+    url: &str,
+    key_dir: &std::path::Path,
+    mask: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["recover", "--masked-ip", mask, "--reason", "case 7"];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--wait") {
+        // Short: these requests wait for approvals, and the client leaves them pending.
+        args.extend(["--wait", "1s"]);
+    }
+    app.command(&args)
+        .env("DATABASE_URL", url)
+        .env("ETL_REQUEST_KEY_DIR", key_dir)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn request_id_of(output: &std::process::Output) -> i64 {
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["state"], "pending_approval", "{answer}");
+    answer["request_id"].as_i64().unwrap()
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("etl-keys-{}", uuid::Uuid::new_v4()))
+}
+
+/// With one approval required: the request waits (exit 1, its key kept 0600 for the requester),
+/// the requester cannot approve it, another approver does, and the requester collects the value;
+/// the kept key is then gone. Every step is an audit row.
+#[tokio::test]
+async fn a_request_waits_for_an_approval_by_someone_else_then_is_collected() {
+    use std::os::unix::fs::PermissionsExt;
+    let (app, _, masks) = app_with_events(1).await;
+    app.start_recovery_service();
+    app.etl_ok(&["recover", "policy", "set", "--approvals", "1"])
+        .await;
+    let (_, requester) = recoverer_and_approver(&app).await;
+    let (_, approver) = app.login_user("etl_approver").await;
+    let keys = temp_dir();
+    let mask = masks.keys().next().unwrap();
+    let output = ask(&app, &requester, &keys, mask, &["--format", "json"]).await;
+    assert_exit(&output, 1);
+    let id = request_id_of(&output);
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("etl recover collect {id}")));
+    let kept = keys.join(format!("request-{id}.key"));
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the kept key is the requester's alone");
+    assert_eq!(
+        opening_rows(&app).await,
+        0,
+        "nothing opened before the approval"
+    );
+
+    let own = app
+        .etl_as(
+            &requester,
+            &["recover", "approve", &id.to_string(), "--reason", "mine"],
+        )
+        .await;
+    assert_exit(&own, 2);
+    assert!(String::from_utf8_lossy(&own.stderr).contains("cannot approve"));
+    let listed = app
+        .etl_as(&approver, &["recover", "pending", "--format", "json"])
+        .await;
+    assert_exit(&listed, 0);
+    let pending: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(pending[0]["id"], id);
+    assert_eq!(pending[0]["reason"], "case 7");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("10.31.0.1"));
+    let approved = app
+        .etl_as(
+            &approver,
+            &["recover", "approve", &id.to_string(), "--reason", "checked"],
+        )
+        .await;
+    assert_exit(&approved, 0);
+
+    let collected = app
+        .command(&["recover", "collect", &id.to_string()])
+        .env("DATABASE_URL", &requester)
+        .env("ETL_REQUEST_KEY_DIR", &keys)
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&collected, 0);
+    assert_eq!(String::from_utf8_lossy(&collected.stdout), "10.31.0.1\n");
+    assert!(!kept.exists(), "the kept key is deleted once collected");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM recovery.audit_log WHERE request_id = {id} AND kind = 'approval' \
+             AND outcome = 'approved'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(opening_rows(&app).await, 1);
+    std::fs::remove_dir_all(&keys).unwrap();
+}
+
+/// A denied request is never opened; its requester collects a refusal with the reason (exit 2).
+#[tokio::test]
+async fn a_denied_request_is_refused_with_the_approvers_reason() {
+    let (app, url, masks) = app_with_events(1).await;
+    app.start_recovery_service();
+    app.etl_ok(&["recover", "policy", "set", "--approvals", "1"])
+        .await;
+    let (_, approver) = app.login_user("etl_approver").await;
+    let keys = temp_dir();
+    let mask = masks.keys().next().unwrap();
+    let id = request_id_of(&ask(&app, &url, &keys, mask, &["--format", "json"]).await);
+    let denied = app
+        .etl_as(
+            &approver,
+            &["recover", "deny", &id.to_string(), "--reason", "no ticket"],
+        )
+        .await;
+    assert_exit(&denied, 0);
+    let collected = app
+        .command(&["recover", "collect", &id.to_string()])
+        .env("DATABASE_URL", &url)
+        .env("ETL_REQUEST_KEY_DIR", &keys)
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&collected, 2);
+    let stderr = String::from_utf8_lossy(&collected.stderr);
+    assert!(
+        stderr.contains("denied by") && stderr.contains("no ticket"),
+        "{stderr}"
+    );
+    assert_eq!(opening_rows(&app).await, 0);
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// A request whose approvals do not come within the approval TTL expires: refused, never opened.
+#[tokio::test]
+async fn an_unapproved_request_expires() {
+    let (app, url, masks) = app_with_events(1).await;
+    app.start_recovery_service();
+    app.etl_ok(&[
+        "recover",
+        "policy",
+        "set",
+        "--approvals",
+        "2",
+        "--approval-ttl",
+        "1s",
+    ])
+    .await;
+    let (_, approver) = app.login_user("etl_approver").await;
+    let keys = temp_dir();
+    let mask = masks.keys().next().unwrap();
+    let id = request_id_of(&ask(&app, &url, &keys, mask, &["--format", "json"]).await);
+    wait_until(Duration::from_secs(30), "the request to expire", || async {
+        let listed = app
+            .etl_as(&approver, &["recover", "pending", "--format", "json"])
+            .await;
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout)
+            .map(|pending| pending.as_array().is_some_and(Vec::is_empty))
+            .unwrap_or(false)
+    })
+    .await;
+    let late = app
+        .etl_as(
+            &approver,
+            &["recover", "approve", &id.to_string(), "--reason", "late"],
+        )
+        .await;
+    assert_exit(&late, 2);
+    let collected = app
+        .command(&["recover", "collect", &id.to_string()])
+        .env("DATABASE_URL", &url)
+        .env("ETL_REQUEST_KEY_DIR", &keys)
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&collected, 2);
+    assert!(String::from_utf8_lossy(&collected.stderr).contains("expired"));
+    assert_eq!(opening_rows(&app).await, 0);
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// Break-glass skips the approvals, on record; the opening waits for a review, which its
+/// requester cannot give and another approver does.
+#[tokio::test]
+async fn break_glass_opens_at_once_and_waits_for_a_review_by_someone_else() {
+    let (app, _, masks) = app_with_events(1).await;
+    app.start_recovery_service();
+    app.etl_ok(&["recover", "policy", "set", "--approvals", "1"])
+        .await;
+    let (_, requester) = recoverer_and_approver(&app).await;
+    let (_, reviewer) = app.login_user("etl_approver").await;
+    let keys = temp_dir();
+    let mask = masks.keys().next().unwrap();
+    let output = ask(
+        &app,
+        &requester,
+        &keys,
+        mask,
+        &["--break-glass", "--wait", "30s"],
+    )
+    .await;
+    assert_exit(&output, 0);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "10.31.0.1\n");
+    let listed = app
+        .etl_as(&reviewer, &["audit", "review", "--format", "json"])
+        .await;
+    assert_exit(&listed, 0);
+    let openings: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = openings[0]["id"].as_i64().unwrap();
+    let own = app
+        .etl_as(
+            &requester,
+            &["audit", "review", &id.to_string(), "--reason", "fine"],
+        )
+        .await;
+    assert_exit(&own, 2);
+    let reviewed = app
+        .etl_as(
+            &reviewer,
+            &[
+                "audit",
+                "review",
+                &id.to_string(),
+                "--reason",
+                "incident 12",
+            ],
+        )
+        .await;
+    assert_exit(&reviewed, 0);
+    let after = app
+        .etl_as(&reviewer, &["audit", "review", "--format", "json"])
+        .await;
+    let openings: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(openings, serde_json::json!([]));
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM recovery.audit_log WHERE request_id = {id} AND kind = 'approval' \
+             AND outcome IN ('break_glass', 'reviewed')"
+        ))
+        .await,
+        2
+    );
+    let _ = std::fs::remove_dir_all(&keys);
 }

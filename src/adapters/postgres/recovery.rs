@@ -26,21 +26,24 @@ pub async fn request(
     reason: &str,
     ticket: Option<&str>,
     public_key: &[u8],
+    break_glass: bool,
 ) -> Result<i64, sqlx::Error> {
     let query = match kind {
         RequestKind::Recover(field) => {
-            sqlx::query_scalar("SELECT recovery.request($1, $2, $3, $4, $5)")
+            sqlx::query_scalar("SELECT recovery.request($1, $2, $3, $4, $5, $6)")
                 .bind(field.as_str())
                 .bind(subjects)
         }
         RequestKind::Quarantine => {
-            sqlx::query_scalar("SELECT recovery.request_quarantine($1, $2, $3, $4)").bind(subjects)
+            sqlx::query_scalar("SELECT recovery.request_quarantine($1, $2, $3, $4, $5)")
+                .bind(subjects)
         }
     };
     query
         .bind(reason)
         .bind(ticket)
         .bind(public_key)
+        .bind(break_glass)
         .fetch_one(pool)
         .await
 }
@@ -186,11 +189,16 @@ pub struct Policy {
     pub require_ticket: bool,
     /// Values one database user may open per UTC day; 0: no limit.
     pub daily_limit: i32,
+    /// Distinct approvers (members of etl_approver, never the requester) a request needs.
+    pub approvals: i32,
+    /// How long a request waits for its approvals before it expires.
+    pub approval_ttl_seconds: f64,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }
 
-const POLICY_COLUMNS: &str = "require_ticket, daily_limit, updated_at, updated_by";
+const POLICY_COLUMNS: &str = "require_ticket, daily_limit, approvals, \
+    extract(epoch FROM approval_ttl)::float8 AS approval_ttl_seconds, updated_at, updated_by";
 
 pub async fn policy(pool: &PgPool) -> Result<Policy, sqlx::Error> {
     sqlx::query_as(&format!(
@@ -205,12 +213,130 @@ pub async fn set_policy(
     pool: &PgPool,
     require_ticket: Option<bool>,
     daily_limit: Option<i32>,
+    approvals: Option<i32>,
+    approval_ttl: Option<std::time::Duration>,
 ) -> Result<Policy, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {POLICY_COLUMNS} FROM recovery.set_policy($1, $2)"
+        "SELECT {POLICY_COLUMNS} FROM recovery.set_policy($1, $2, $3, make_interval(secs => $4))"
     ))
     .bind(require_ticket)
     .bind(daily_limit)
+    .bind(approvals)
+    .bind(approval_ttl.map(|ttl| ttl.as_secs_f64()))
     .fetch_one(pool)
     .await
+}
+
+/// A request waiting for approval, as approvers see it (never a value).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Pending {
+    pub id: i64,
+    pub requester: String,
+    pub kind: String,
+    pub field: Option<String>,
+    pub subjects: i64,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub approvals: i64,
+    pub approvals_needed: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn pending(pool: &PgPool) -> Result<Vec<Pending>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, requester, kind, field, subjects, reason, ticket, created_at, approvals, \
+         approvals_needed, expires_at FROM recovery.pending()",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Approves a request; returns how many approvals it still needs.
+pub async fn approve(pool: &PgPool, request_id: i64, reason: &str) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT recovery.approve($1, $2)")
+        .bind(request_id)
+        .bind(reason)
+        .fetch_one(pool)
+        .await
+}
+
+pub async fn deny(pool: &PgPool, request_id: i64, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.deny($1, $2)")
+        .bind(request_id)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Where one of the caller's own requests stands.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestState {
+    pub kind: String,
+    pub field: Option<String>,
+    pub approvals: i64,
+    pub approvals_needed: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub opened: bool,
+    pub closed: bool,
+}
+
+pub async fn request_state(
+    pool: &PgPool,
+    request_id: i64,
+) -> Result<Option<RequestState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, field, approvals, approvals_needed, expires_at, opened, closed \
+         FROM recovery.request_state($1)",
+    )
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A break-glass opening not reviewed yet.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Unreviewed {
+    pub id: i64,
+    pub requester: String,
+    pub kind: String,
+    pub field: Option<String>,
+    pub subjects: i64,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub opened_at: Option<DateTime<Utc>>,
+}
+
+pub async fn unreviewed(pool: &PgPool) -> Result<Vec<Unreviewed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, requester, kind, field, subjects, reason, ticket, created_at, opened_at \
+         FROM recovery.unreviewed()",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn review(pool: &PgPool, request_id: i64, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.review($1, $2)")
+        .bind(request_id)
+        .bind(reason)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Break-glass openings waiting for review (the service's gauge).
+pub async fn unreviewed_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT recovery.unreviewed_count()")
+        .fetch_one(pool)
+        .await
+}
+
+/// Closes requests whose approvals did not come in time; returns how many.
+pub async fn expire_pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT recovery.expire_pending()")
+        .fetch_one(pool)
+        .await
 }
