@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS recovery.requests (
     reviewed_by       text
 );
 
+-- Openings tried, and when the next may be: a request that keeps failing (a key KMS refuses)
+-- waits longer each time and is closed as failed after a few, so it cannot block the others.
+-- A table of its own: the opening row's transaction writes it while the claim holds the request.
+CREATE TABLE IF NOT EXISTS recovery.attempts (
+    request_id       bigint       PRIMARY KEY REFERENCES recovery.requests (id) ON DELETE CASCADE,
+    attempts         integer      NOT NULL,
+    next_attempt_at  timestamptz  NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS recovery.approvals (
     request_id  bigint       NOT NULL REFERENCES recovery.requests (id) ON DELETE CASCADE,
     approver    text         NOT NULL,
@@ -133,13 +142,34 @@ BEGIN
                                    break_glass, expires_at)
     VALUES (p_request, p_kind, p_field, session_user, p_public_key, v_needed,
             coalesce(p_break_glass, false) AND NOT p_refused,
-            CASE WHEN v_needed > 0 THEN now() + v_policy.approval_ttl END);
-    IF coalesce(p_break_glass, false) AND NOT p_refused THEN
+            -- Unapproved requests expire with the policy's TTL; the others an hour on, by when
+            -- any client has stopped waiting.
+            now() + CASE WHEN v_needed > 0 THEN v_policy.approval_ttl ELSE interval '1 hour' END);
+    IF p_refused THEN
+        -- Answered at once, with the refusal on the request's own audit rows: no service needed.
+        PERFORM recovery.close_request(p_request, 'refused', NULL, false);
+        RETURN;
+    END IF;
+    IF coalesce(p_break_glass, false) THEN
         INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
         VALUES ('approval', p_request, 'break_glass', 'approvals skipped; a review is due');
     END IF;
     IF v_needed = 0 THEN
         PERFORM pg_notify('etl_recovery_requests', p_request::text);
+    END IF;
+END
+$fn$;
+
+-- One request opens at most this many values: the service holds a request's material at once.
+CREATE OR REPLACE FUNCTION recovery.check_size(p_count integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF coalesce(p_count, 0) < 1 OR p_count > 100000 THEN
+        RAISE EXCEPTION 'a recovery request names 1 to 100000 subjects, not %', coalesce(p_count, 0)
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $fn$;
@@ -160,6 +190,7 @@ DECLARE
     v_refusal text;
 BEGIN
     PERFORM recovery.check_public_key(p_public_key);
+    PERFORM recovery.check_size(cardinality(v_masks));
     PERFORM recovery.lock_chain();
     v_refusal := CASE WHEN p_field IS NULL OR p_field NOT IN ('ip', 'device_id')
                       THEN 'unknown field'
@@ -200,6 +231,7 @@ DECLARE
     v_refusal text;
 BEGIN
     PERFORM recovery.check_public_key(p_public_key);
+    PERFORM recovery.check_size(cardinality(v_ids));
     PERFORM recovery.lock_chain();
     v_refusal := recovery.refusal(p_reason, p_ticket, cardinality(v_ids));
     INSERT INTO recovery.audit_log (kind, request_id, subject, reason, ticket, outcome, detail,
@@ -220,6 +252,19 @@ END
 $fn$;
 
 ------------------------------------------------------------------------------------------------
+-- Whether a request may be opened: approved as the policy asked, and (without approvals) not
+-- past the hour after which no client waits for it.
+CREATE OR REPLACE FUNCTION recovery.approved(r recovery.requests)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN r.approvals_needed = 0 THEN r.expires_at > now()
+                ELSE (SELECT count(*) FROM recovery.approvals a WHERE a.request_id = r.id)
+                     >= r.approvals_needed END
+$fn$;
+
 -- The service. Step 1, in the transaction that will store the replies: claim the oldest request
 -- not opened yet. The row lock is held until that transaction ends, so two services never open
 -- one request at once; a service that dies releases it, and the request is opened again.
@@ -231,19 +276,20 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT r.id, r.kind, r.field, r.requester, r.public_key
     FROM recovery.requests r
+    LEFT JOIN recovery.attempts t ON t.request_id = r.id
     WHERE r.opened_at IS NULL AND r.closed_at IS NULL
-      AND (r.approvals_needed = 0
-           OR (SELECT count(*) FROM recovery.approvals a WHERE a.request_id = r.id)
-              >= r.approvals_needed)
-    ORDER BY r.id
+      AND coalesce(t.next_attempt_at, r.created_at) <= now()
+      AND recovery.approved(r)
+    ORDER BY coalesce(t.next_attempt_at, r.created_at), r.id
     LIMIT 1
-    FOR UPDATE OF r SKIP LOCKED
+    -- NO KEY: the opening row's transaction may still reference the row (recovery.attempts).
+    FOR NO KEY UPDATE OF r SKIP LOCKED
 $fn$;
 
 -- Step 2, in a transaction of its own, committed before anything is decrypted: the audit row of
 -- this opening. No audit row, no value.
 CREATE OR REPLACE FUNCTION recovery.record_opening(p_request bigint)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -254,10 +300,20 @@ DECLARE
 BEGIN
     SELECT * INTO v_request FROM recovery.requests r
     WHERE r.id = p_request AND r.opened_at IS NULL AND r.closed_at IS NULL;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR NOT recovery.approved(v_request) THEN
         RAISE EXCEPTION 'recovery request % is not waiting to be opened', p_request
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    -- After five, the claiming transaction closes it as failed (recovery.close_failed).
+    IF (SELECT t.attempts FROM recovery.attempts t WHERE t.request_id = p_request) >= 5 THEN
+        RETURN false;
+    END IF;
+    -- Committed before anything opens: the next attempt, if this one fails, waits longer.
+    INSERT INTO recovery.attempts AS t (request_id, attempts, next_attempt_at)
+    VALUES (p_request, 1, now() + interval '5 seconds')
+    ON CONFLICT (request_id) DO UPDATE
+    SET attempts = t.attempts + 1,
+        next_attempt_at = now() + interval '5 seconds' * power(2, t.attempts);
     INSERT INTO recovery.audit_log (kind, request_id, outcome, detail, request_txid)
     SELECT 'fetch', p_request, 'opening',
            format('%s of %s %s rows, for %s', count(*) FILTER (WHERE a.outcome = 'found'),
@@ -265,6 +321,21 @@ BEGIN
            txid_current()
     FROM recovery.audit_log a
     WHERE a.request_id = p_request AND a.kind = v_request.kind;
+    RETURN true;
+END
+$fn$;
+
+-- A request that failed five openings, closed as failed by the claiming transaction.
+CREATE OR REPLACE FUNCTION recovery.close_failed(p_request bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    PERFORM recovery.close_request(p_request, 'failed',
+                                   'not opened after 5 attempts; the recovery service logs why',
+                                   true);
 END
 $fn$;
 
@@ -281,7 +352,15 @@ AS $fn$
 DECLARE
     v_kind text;
 BEGIN
-    SELECT r.kind INTO v_kind FROM recovery.requests r WHERE r.id = p_request;
+    -- Only a request still waiting, approved, and held by this transaction's claim (NOWAIT
+    -- fails while another transaction holds it).
+    SELECT r.kind INTO v_kind FROM recovery.requests r
+    WHERE r.id = p_request AND r.opened_at IS NULL AND r.closed_at IS NULL AND recovery.approved(r)
+    FOR NO KEY UPDATE NOWAIT;
+    IF v_kind IS NULL THEN
+        RAISE EXCEPTION 'recovery request % is not waiting to be opened', p_request
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM recovery.audit_log a
                    WHERE a.request_id = p_request AND a.kind = 'fetch'
                      AND a.outcome = 'opening' AND a.db_user = session_user
@@ -353,10 +432,22 @@ LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    WITH gone AS (
-        DELETE FROM recovery.requests r
-        WHERE coalesce(r.opened_at, r.closed_at) < now() - p_ttl
-          AND (NOT r.break_glass OR r.reviewed_at IS NOT NULL)
+    WITH policy AS (SELECT p.approval_ttl FROM recovery.policy p WHERE p.singleton),
+    expired AS (
+        SELECT r.id, r.break_glass, r.reviewed_at FROM recovery.requests r
+        WHERE coalesce(r.opened_at, r.closed_at)
+              -- A requester who did not wait collects within the approval TTL.
+              < now() - CASE WHEN r.approvals_needed > 0
+                             THEN greatest(p_ttl, (SELECT approval_ttl FROM policy))
+                             ELSE greatest(p_ttl, interval '1 second') END
+    ),
+    gone_replies AS (
+        DELETE FROM recovery.replies p USING expired e WHERE p.request_id = e.id RETURNING 1
+    ),
+    -- A break-glass request stays, without its replies, until it is reviewed.
+    gone AS (
+        DELETE FROM recovery.requests r USING expired e
+        WHERE r.id = e.id AND (NOT e.break_glass OR e.reviewed_at IS NOT NULL)
         RETURNING r.id
     )
     SELECT count(*) FROM gone
@@ -367,7 +458,8 @@ $fn$;
 
 -- A request closed without opening (denied or expired): one refused reply per subject, so a
 -- waiting client gets its answer, and an audit row.
-CREATE OR REPLACE FUNCTION recovery.close_request(p_request bigint, p_outcome text, p_detail text)
+CREATE OR REPLACE FUNCTION recovery.close_request(p_request bigint, p_outcome text, p_detail text,
+                                                  p_audit boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -381,11 +473,13 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
-    VALUES ('approval', p_request, p_outcome, p_detail);
+    IF p_audit THEN
+        INSERT INTO recovery.audit_log (kind, request_id, outcome, detail)
+        VALUES ('approval', p_request, p_outcome, p_detail);
+    END IF;
     INSERT INTO recovery.replies (request_id, ord, requester, subject, outcome, detail)
     SELECT p_request, (row_number() OVER (ORDER BY a.id))::integer, v_request.requester,
-           a.subject, 'refused', p_detail
+           a.subject, 'refused', coalesce(p_detail, a.detail)
     FROM recovery.audit_log a
     WHERE a.request_id = p_request AND a.kind = v_request.kind;
     PERFORM pg_notify('etl_recovery_replies', p_request::text);
@@ -492,7 +586,7 @@ AS $fn$
 BEGIN
     PERFORM recovery.pending_request(p_request, p_reason);
     PERFORM recovery.close_request(p_request, 'denied',
-                                   format('denied by %s: %s', session_user, btrim(p_reason)));
+                                   format('denied by %s: %s', session_user, btrim(p_reason)), true);
 END
 $fn$;
 
@@ -517,10 +611,27 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     LOOP
         PERFORM recovery.close_request(v_id, 'expired',
-                                       'the request expired before its approvals');
+                                       'the request expired before its approvals', true);
         v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
+END
+$fn$;
+
+-- A client that stops waiting withdraws its request: never opened afterwards, on record.
+CREATE OR REPLACE FUNCTION recovery.cancel(p_request bigint)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
+AS $fn$
+BEGIN
+    IF EXISTS (SELECT 1 FROM recovery.requests r
+               WHERE r.id = p_request AND r.requester = session_user) THEN
+        PERFORM recovery.close_request(p_request, 'cancelled', 'the client stopped waiting', true);
+        DELETE FROM recovery.replies WHERE request_id = p_request;
+    END IF;
 END
 $fn$;
 
@@ -586,6 +697,7 @@ BEGIN
     END IF;
     SELECT * INTO v_request FROM recovery.requests r
     WHERE r.id = p_request AND r.break_glass AND r.reviewed_at IS NULL
+      AND (r.opened_at IS NOT NULL OR r.closed_at IS NOT NULL)
     FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'recovery request % is not a break-glass opening waiting for review',
@@ -638,12 +750,13 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA recovery FROM PUBLIC;
 REVOKE ALL ON recovery.requests, recovery.replies FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION recovery.request(text, text[], text, text, bytea, boolean),
     recovery.request_quarantine(text[], text, text, bytea, boolean),
-    recovery.request_state(bigint) TO etl_recoverer;
+    recovery.request_state(bigint), recovery.cancel(bigint) TO etl_recoverer;
 GRANT SELECT, DELETE ON recovery.replies TO etl_recoverer;
 GRANT USAGE ON SCHEMA recovery TO etl_opener;
 GRANT EXECUTE ON FUNCTION recovery.claim_request(), recovery.record_opening(bigint),
     recovery.opening_material(bigint), recovery.store_replies(bigint, text[], text[], bytea[]),
     recovery.expire_replies(interval), recovery.expire_pending(), recovery.unreviewed_count(),
+    recovery.close_failed(bigint),
     recovery.audit_head() TO etl_opener;
 GRANT USAGE ON SCHEMA recovery TO etl_approver;
 GRANT EXECUTE ON FUNCTION recovery.pending(), recovery.approve(bigint, text),

@@ -42,6 +42,11 @@ pub enum KmsError {
         operation: &'static str,
         cause: String,
     },
+    #[error("KMS refused {operation}: the key cannot be used now ({detail})")]
+    KeyUnusable {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("KMS {operation} failed: {detail}")]
     Call {
         operation: &'static str,
@@ -432,6 +437,11 @@ where
         "InvalidCiphertextException" | "IncorrectKeyException" => {
             KmsError::InvalidCiphertext { detail }
         }
+        // The key's state, not the call, is the problem: trying again changes nothing.
+        "DisabledException"
+        | "KMSInvalidStateException"
+        | "KeyUnavailableException"
+        | "ValidationException" => KmsError::KeyUnusable { operation, detail },
         _ => KmsError::Call { operation, detail },
     }
 }

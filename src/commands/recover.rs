@@ -201,6 +201,13 @@ impl TryFrom<&RecoverArgs> for RecoverSettings {
         if masks.is_empty() {
             return Err(ConfigError::Invalid("the mask file holds no masks"));
         }
+        ConfigError::check_range(
+            "--wait",
+            args.wait,
+            Duration::ZERO,
+            crate::recovery::MAX_WAIT,
+            "at most 24h",
+        )?;
         // As before the settings had a type of their own: the reason is judged before the URL.
         let why = Justification::parse(
             args.reason.as_deref().unwrap_or_default(),

@@ -40,8 +40,8 @@ pub struct RecoveryServiceArgs {
     #[arg(long, env = "ETL_RECOVERY_REPLY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub reply_ttl: Duration,
 
-    /// Database connections: the claim, the opening row and the listener each take one.
-    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    /// Database connections: the listener, the claim, the opening row and `/readyz` each take one.
+    #[arg(long, env = "ETL_DB_MAX_CONNECTIONS", default_value_t = 5)]
     pub db_max_connections: u32,
 }
 
@@ -78,9 +78,9 @@ impl TryFrom<&RecoveryServiceArgs> for RecoveryServiceSettings {
         ConfigError::check_range(
             "--db-max-connections",
             args.db_max_connections,
-            3,
+            4,
             64,
-            "between 3 and 64",
+            "between 4 and 64",
         )?;
         Ok(Self {
             database: args.database.settings()?,

@@ -35,7 +35,7 @@ pub enum RecoverError {
          administrator to look for idle transactions of recoverers"
     )]
     Busy,
-    #[error("the recovery policy refused the request: {0} (recorded in the audit log)")]
+    #[error("the recovery request was refused: {0} (recorded in the audit log)")]
     Refused(String),
     #[error("during recovery: {0}")]
     Database(#[source] postgres::DatabaseError),
@@ -72,6 +72,9 @@ pub fn database_error(pool: &PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '
         _ => RecoverError::Database(postgres::DatabaseError::on(pool)(err)),
     }
 }
+
+/// The longest a client waits (`--wait` is judged against it by the commands).
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A pool for a recovery client: one connection for the requests, one for the notifications.
 pub const CLIENT_CONNECTIONS: u32 = 2;
@@ -127,9 +130,21 @@ pub async fn recover_masks(
         .send(pool, options.wait)
         .await?;
     match sent {
-        Answer::Ready(opened) => opened.recovered(field).map(Answer::Ready),
+        Answer::Ready(opened) => {
+            let id = opened.id;
+            let recovered = opened.recovered(field)?;
+            discard(pool, id).await?;
+            Ok(Answer::Ready(recovered))
+        }
         Answer::Pending(pending) => Ok(Answer::Pending(pending)),
     }
+}
+
+/// Deletes replies once opened: they were sealed to a key that is about to be dropped.
+async fn discard(pool: &PgPool, request_id: i64) -> Result<(), RecoverError> {
+    recovery::discard_replies(pool, request_id)
+        .await
+        .map_err(database_error(pool))
 }
 
 /// How a client asks.
@@ -154,7 +169,12 @@ pub async fn open_quarantined(
         .send(pool, options.wait)
         .await?;
     match sent {
-        Answer::Ready(opened) => opened.body().map(Answer::Ready),
+        Answer::Ready(opened) => {
+            let id = opened.id;
+            let body = opened.body()?;
+            discard(pool, id).await?;
+            Ok(Answer::Ready(body))
+        }
         Answer::Pending(pending) => Ok(Answer::Pending(pending)),
     }
 }
@@ -176,15 +196,30 @@ pub async fn collect(
     wait: Duration,
 ) -> Result<Answer<Collected>, RecoverError> {
     let convert = database_error(pool);
-    let state = recovery::request_state(pool, request_id)
+    let key_file = key_file(request_id);
+    let Some(state) = recovery::request_state(pool, request_id)
         .await
         .map_err(&convert)?
-        .ok_or(RecoverError::NoSuchRequest(request_id))?;
-    let key_file = key_file(request_id);
+    else {
+        // Collected, or deleted after its TTL: the kept key has nothing left to open.
+        let _ = std::fs::remove_file(&key_file);
+        return Err(RecoverError::NoSuchRequest(request_id));
+    };
     let keys = read_key(request_id, &key_file)?;
     let mut listener = listen(pool).await?;
-    let Some(replies) = wait_for_replies(pool, &mut listener, request_id, None, wait).await? else {
-        return pending_or_no_service(pool, request_id, wait, key_file).await;
+    let replies = match wait_for_replies(pool, &mut listener, request_id, None, wait).await {
+        Ok(Some(replies)) => replies,
+        Ok(None) => match pending_or_no_service(pool, request_id, wait, key_file.clone()).await? {
+            Answer::Ready(replies) => answered(replies, None)?,
+            Answer::Pending(pending) => return Ok(Answer::Pending(pending)),
+        },
+        Err(err) => {
+            if matches!(err, RecoverError::Refused(_)) {
+                let _ = std::fs::remove_file(&key_file);
+                let _ = recovery::discard_replies(pool, request_id).await;
+            }
+            return Err(err);
+        }
     };
     let opened = Opened {
         id: request_id,
@@ -207,9 +242,12 @@ pub async fn collect(
                 .map(|body| Collected::Body { message_id, body })
         }
     };
-    // Opened or refused: the key has nothing left to open.
-    if matches!(&collected, Ok(_) | Err(RecoverError::Refused(_))) {
+    // Opened: the replies and the key have nothing left to give.
+    if collected.is_ok() {
         let _ = std::fs::remove_file(&key_file);
+        recovery::discard_replies(pool, request_id)
+            .await
+            .map_err(&convert)?;
     }
     collected.map(Answer::Ready)
 }
@@ -282,31 +320,44 @@ fn read_key(request_id: i64, path: &std::path::Path) -> Result<ReplyKeyPair, Rec
     Ok(ReplyKeyPair::from_seed(Zeroizing::new(seed)))
 }
 
-/// After a wait without replies: pending approvals (the key stays kept), or no service.
-async fn pending_or_no_service<T>(
+/// After a wait without replies: the replies if they came meanwhile, pending approvals (the key
+/// stays kept), or no service.
+async fn pending_or_no_service(
     pool: &PgPool,
     request_id: i64,
     wait: Duration,
     key_file: std::path::PathBuf,
-) -> Result<Answer<T>, RecoverError> {
+) -> Result<Answer<Vec<Reply>>, RecoverError> {
+    let convert = database_error(pool);
     let state = recovery::request_state(pool, request_id)
         .await
-        .map_err(database_error(pool))?;
-    match state {
-        Some(state)
-            if !state.opened
-                && !state.closed
-                && state.approvals < i64::from(state.approvals_needed) =>
-        {
-            Ok(Answer::Pending(PendingRequest {
-                request_id,
-                approvals: state.approvals,
-                approvals_needed: state.approvals_needed,
-                key_file,
-            }))
+        .map_err(&convert)?;
+    let Some(state) = state else {
+        return Err(RecoverError::NoService(wait));
+    };
+    if state.opened || state.closed {
+        let replies = recovery::replies(pool, request_id)
+            .await
+            .map_err(&convert)?;
+        if !replies.is_empty() {
+            return Ok(Answer::Ready(replies));
         }
-        _ => Err(RecoverError::NoService(wait)),
+        return Err(RecoverError::NoSuchRequest(request_id));
     }
+    if state.approvals >= i64::from(state.approvals_needed) {
+        return Err(RecoverError::NoService(wait));
+    }
+    if state.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        return Err(RecoverError::Refused(
+            "the request expired before its approvals".to_owned(),
+        ));
+    }
+    Ok(Answer::Pending(PendingRequest {
+        request_id,
+        approvals: state.approvals,
+        approvals_needed: state.approvals_needed,
+        key_file,
+    }))
 }
 
 /// A request about to be sent, with the key pair its replies will be sealed to.
@@ -362,8 +413,7 @@ impl<'a> Request<'a> {
         )
         .await
         .map_err(&convert)?;
-        let expected = Some(self.subjects.len());
-        match wait_for_replies(pool, &mut listener, id, expected, wait).await? {
+        match wait_for_replies(pool, &mut listener, id, Some(self.subjects), wait).await? {
             Some(replies) => Ok(Answer::Ready(Opened {
                 id,
                 keys: self.keys,
@@ -371,11 +421,24 @@ impl<'a> Request<'a> {
             })),
             None => {
                 let key_file = key_file(id);
-                let answer = pending_or_no_service(pool, id, wait, key_file.clone()).await?;
-                if let Answer::Pending(_) = &answer {
-                    keep_key(id, &key_file, &self.keys)?;
+                match pending_or_no_service(pool, id, wait, key_file.clone()).await {
+                    Ok(Answer::Pending(pending)) => {
+                        keep_key(id, &key_file, &self.keys)?;
+                        Ok(Answer::Pending(pending))
+                    }
+                    Ok(Answer::Ready(replies)) => Ok(Answer::Ready(Opened {
+                        id,
+                        keys: self.keys,
+                        replies: answered(replies, Some(self.subjects))?,
+                    })),
+                    Err(err) => {
+                        // Withdrawn, so no service opens it for nobody later.
+                        if let Err(cancel) = recovery::cancel(pool, id).await {
+                            tracing::debug!(error = %postgres::redacted(&cancel), "cannot withdraw the request");
+                        }
+                        Err(err)
+                    }
                 }
-                Ok(answer)
             }
         }
     }
@@ -398,26 +461,15 @@ async fn wait_for_replies(
     pool: &PgPool,
     listener: &mut PgListener,
     id: i64,
-    expected: Option<usize>,
+    asked: Option<&[String]>,
     wait: Duration,
 ) -> Result<Option<Vec<Reply>>, RecoverError> {
     let convert = database_error(pool);
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + wait.min(MAX_WAIT);
     loop {
-        let replies = recovery::collect(pool, id).await.map_err(&convert)?;
+        let replies = recovery::replies(pool, id).await.map_err(&convert)?;
         if !replies.is_empty() {
-            if let Some(asked) = expected.filter(|asked| *asked != replies.len()) {
-                return Err(RecoverError::Incomplete {
-                    got: replies.len(),
-                    asked,
-                });
-            }
-            if let Some(refused) = replies.iter().find(|r| r.outcome == "refused") {
-                return Err(RecoverError::Refused(
-                    refused.detail.clone().unwrap_or_default(),
-                ));
-            }
-            return Ok(Some(replies));
+            return answered(replies, asked).map(Some);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -442,6 +494,30 @@ async fn notified(listener: &mut PgListener, request_id: i64) {
             }
         }
     }
+}
+
+/// The replies, checked against what was asked (their subjects, in order); a refusal is an
+/// error with its reason.
+fn answered(replies: Vec<Reply>, asked: Option<&[String]>) -> Result<Vec<Reply>, RecoverError> {
+    if let Some(asked) = asked {
+        let matches = replies.len() == asked.len()
+            && replies
+                .iter()
+                .zip(asked)
+                .all(|(reply, subject)| reply.subject == *subject);
+        if !matches {
+            return Err(RecoverError::Incomplete {
+                got: replies.len(),
+                asked: asked.len(),
+            });
+        }
+    }
+    if let Some(refused) = replies.iter().find(|r| r.outcome == "refused") {
+        return Err(RecoverError::Refused(
+            refused.detail.clone().unwrap_or_default(),
+        ));
+    }
+    Ok(replies)
 }
 
 impl Opened {
@@ -492,6 +568,10 @@ impl Opened {
             ("failed", _) => Err(RecoverError::Failed {
                 subject: reply.subject.clone(),
                 detail: reply.detail.clone().unwrap_or_default(),
+            }),
+            ("found", None) => Err(RecoverError::Failed {
+                subject: reply.subject.clone(),
+                detail: "the reply holds no value".to_owned(),
             }),
             _ => Ok(None),
         }

@@ -69,36 +69,35 @@ pub async fn run(
         .map_err(ServiceError::Listen)?;
     ready();
     let mut keys = KeyCache::new(kms, settings.key_ttl);
-    let mut last_expiry: Option<Instant> = None;
-    let mut failures = 0u32;
+    let mut last_housekeeping: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        // Every waiting request, oldest first, until none is left or one fails.
-        loop {
+        // Every waiting request, oldest first, until none is left, one fails (it waits its own
+        // backoff in the database, so it cannot block the others), or shutdown.
+        while !shutdown.is_cancelled() {
+            if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_INTERVAL) {
+                housekeeping(&pool, &settings).await;
+                last_housekeeping = Some(Instant::now());
+            }
             match open_next(&pool, &mut keys).await {
-                Ok(true) => failures = 0,
+                Ok(true) => {}
                 Ok(false) => break,
                 Err(err) => {
-                    failures = failures.saturating_add(1);
-                    warn!(error = %err, "a recovery request was not opened; it is tried again");
+                    warn!(error = %err, "a recovery request was not opened; it is tried again later");
                     break;
                 }
             }
         }
-        if last_expiry.is_none_or(|at| at.elapsed() >= EXPIRY_INTERVAL) {
-            housekeeping(&pool, &settings).await;
-            last_expiry = Some(Instant::now());
-        }
         keys.evict_expired();
         metrics::gauge!("etl_recovery_keys_held").set(keys.len() as f64);
-        // After failures, wait longer before the next look (up to a minute), not at once.
-        let pause = settings
-            .poll
-            .saturating_mul(1 << failures.min(6))
-            .min(MAX_PAUSE);
         tokio::select! {
             () = shutdown.cancelled() => {}
-            _ = listener.recv(), if failures == 0 => {}
-            () = tokio::time::sleep(pause) => {}
+            received = listener.recv() => {
+                // A listener that lost its connection reconnects by itself; not in a busy loop.
+                if received.is_err() {
+                    tokio::time::sleep(settings.poll).await;
+                }
+            }
+            () = tokio::time::sleep(settings.poll) => {}
         }
     }
     info!("recovery service stopped");
@@ -125,9 +124,7 @@ async fn housekeeping(pool: &PgPool, settings: &ServiceSettings) {
 }
 
 /// How often the housekeeping runs.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
-/// Longest pause after failures.
-const MAX_PAUSE: Duration = Duration::from_secs(60);
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Opens the oldest waiting request; `false` when none waits.
 async fn open_next(pool: &PgPool, keys: &mut KeyCache) -> Result<bool, OpenError> {
@@ -138,7 +135,15 @@ async fn open_next(pool: &PgPool, keys: &mut KeyCache) -> Result<bool, OpenError
         return Ok(false);
     };
     // Committed on another connection while this one holds the request.
-    recovery::record_opening(pool, request.id).await?;
+    if !recovery::record_opening(pool, request.id).await? {
+        warn!(
+            request_id = request.id,
+            "a recovery request failed too often; closed as failed"
+        );
+        recovery::close_failed(&mut claim, request.id).await?;
+        claim.commit().await?;
+        return Ok(true);
+    }
     let material = recovery::opening_material(&mut claim, request.id).await?;
     let replies = seal_replies(&request, &material, keys).await?;
     recovery::store_replies(&mut claim, request.id, &replies).await?;

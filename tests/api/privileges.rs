@@ -80,6 +80,7 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea, boolean)",
     "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea, boolean)",
     "etl_recoverer EXECUTE recovery.request_state(bigint)",
+    "etl_recoverer EXECUTE recovery.cancel(bigint)",
     // the recovery service: the only role that reads ciphertexts and wrapped keys
     "etl_opener EXECUTE recovery.audit_head()",
     "etl_opener EXECUTE recovery.claim_request()",
@@ -89,6 +90,7 @@ const EXPECTED: &[&str] = &[
     "etl_opener EXECUTE recovery.expire_replies(interval)",
     "etl_opener EXECUTE recovery.expire_pending()",
     "etl_opener EXECUTE recovery.unreviewed_count()",
+    "etl_opener EXECUTE recovery.close_failed(bigint)",
     // approvers decide and review, and see no value
     "etl_approver EXECUTE recovery.pending()",
     "etl_approver EXECUTE recovery.approve(bigint, text)",

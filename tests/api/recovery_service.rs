@@ -100,6 +100,75 @@ async fn without_a_service_the_client_exits_2_after_its_wait_and_nothing_is_open
         1
     );
     assert_eq!(opening_rows(&app).await, 0);
+    // Withdrawn, on record: no service that starts later opens it for nobody.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM recovery.requests WHERE closed_at IS NOT NULL AND opened_at IS NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM recovery.audit_log WHERE kind = 'approval' AND outcome = 'cancelled'")
+            .await,
+        1
+    );
+}
+
+/// A policy refusal needs no service: the request function answers it at once.
+#[tokio::test]
+async fn a_policy_refusal_is_answered_without_a_service() {
+    let (app, url, masks) = app_with_events(1).await;
+    app.etl_ok(&["recover", "policy", "set", "--require-ticket", "true"])
+        .await;
+    let mask = masks.keys().next().unwrap();
+    let output = app
+        .etl_as(
+            &url,
+            &[
+                "recover",
+                "--masked-ip",
+                mask,
+                "--reason",
+                "no ticket",
+                "--wait",
+                "20s",
+            ],
+        )
+        .await;
+    assert_exit(&output, 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("requires a ticket"), "{stderr}");
+    assert_eq!(opening_rows(&app).await, 0);
+}
+
+/// The opener's functions check the request's state: a request already opened gives its
+/// material to nobody, even to an etl_opener login that opened it.
+#[tokio::test]
+async fn an_opened_request_gives_its_material_to_nobody_again() {
+    let (app, url, masks) = app_with_events(1).await;
+    let (_, opener_url) = app.login_user("etl_opener").await;
+    let _service = app.recovery_service_as(&opener_url);
+    let mask = masks.keys().next().unwrap();
+    let output = app
+        .etl_as(&url, &["recover", "--masked-ip", mask, "--reason", "once"])
+        .await;
+    assert_exit(&output, 0);
+    let id: i64 = sqlx::query_scalar("SELECT max(id) FROM recovery.requests")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut opener = PgConnection::connect(&opener_url).await.unwrap();
+    for sql in [
+        format!("SELECT recovery.record_opening({id})"),
+        format!("SELECT * FROM recovery.opening_material({id})"),
+    ] {
+        let refused = sqlx::query(&sql).fetch_all(&mut opener).await;
+        assert!(
+            matches!(&refused, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55000")),
+            "{sql}: {refused:?}"
+        );
+    }
 }
 
 /// Two services, 200 requests from 25 concurrent clients: every request opened exactly once (one
@@ -336,7 +405,12 @@ async fn ask(
 }
 
 fn request_id_of(output: &std::process::Output) -> i64 {
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "no JSON answer ({err}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
     assert_eq!(answer["state"], "pending_approval", "{answer}");
     answer["request_id"].as_i64().unwrap()
 }
@@ -465,7 +539,7 @@ async fn an_unapproved_request_expires() {
         "--approvals",
         "2",
         "--approval-ttl",
-        "1s",
+        "3s",
     ])
     .await;
     let (_, approver) = app.login_user("etl_approver").await;

@@ -65,18 +65,34 @@ pub struct Reply {
     pub sealed: Option<Vec<u8>>,
 }
 
-/// Takes the replies of a request, if a service stored them: they are deleted as they are read
-/// (row level security shows a database user its own replies only). Empty while none are stored.
-pub async fn collect(pool: &PgPool, request_id: i64) -> Result<Vec<Reply>, sqlx::Error> {
-    let mut replies: Vec<Reply> = sqlx::query_as(
-        "DELETE FROM recovery.replies WHERE request_id = $1 \
-         RETURNING ord, subject, outcome, detail, sealed",
+/// The replies of a request, if a service stored them (row level security shows a database user
+/// its own replies only). Empty while none are stored.
+pub async fn replies(pool: &PgPool, request_id: i64) -> Result<Vec<Reply>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT ord, subject, outcome, detail, sealed FROM recovery.replies \
+         WHERE request_id = $1 ORDER BY ord",
     )
     .bind(request_id)
     .fetch_all(pool)
-    .await?;
-    replies.sort_by_key(|reply| reply.ord);
-    Ok(replies)
+    .await
+}
+
+/// Deletes a request's replies once they are opened.
+pub async fn discard_replies(pool: &PgPool, request_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM recovery.replies WHERE request_id = $1")
+        .bind(request_id)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Withdraws a request its client stopped waiting for: it is never opened afterwards.
+pub async fn cancel(pool: &PgPool, request_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.cancel($1)")
+        .bind(request_id)
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// A request a service claimed: its row stays locked until the claiming transaction ends.
@@ -98,11 +114,19 @@ pub async fn claim_request(conn: &mut PgConnection) -> Result<Option<Claimed>, s
 }
 
 /// The audit row of an opening, committed (on `pool`, not in the claiming transaction) before
-/// anything is decrypted.
-pub async fn record_opening(pool: &PgPool, request_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT recovery.record_opening($1)")
+/// anything is decrypted. `false`: the request failed too often and is closed as failed instead.
+pub async fn record_opening(pool: &PgPool, request_id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT recovery.record_opening($1)")
         .bind(request_id)
-        .execute(pool)
+        .fetch_one(pool)
+        .await
+}
+
+/// Closes a claimed request that failed too often (in the claiming transaction).
+pub async fn close_failed(conn: &mut PgConnection, request_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT recovery.close_failed($1)")
+        .bind(request_id)
+        .execute(conn)
         .await
         .map(drop)
 }
