@@ -17,7 +17,7 @@ use crate::commands::{
 /// AWS region, credentials and endpoint come from the AWS SDK's usual sources (AWS_REGION,
 /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, profiles, instance roles).
 ///
-/// Exit codes: 0 success, 1 nothing found (`recover`), 2 error or denied.
+/// Exit codes: 0 success, 1 a negative answer (see each command's help), 2 an error or a denial.
 #[derive(Debug, Parser)]
 #[command(name = "etl", version, propagate_version = true)]
 pub struct Cli {

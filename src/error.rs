@@ -30,6 +30,16 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether the error is stdout's reader going away (`etl dev generate | head`): the command did
+/// what was asked of it, as `head` asked, so it ends quietly and successfully.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|layer| {
+        layer
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// The whole chain for the debug log: each layer's own words, none repeated.
 pub fn chain(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

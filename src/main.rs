@@ -30,6 +30,7 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),
+        Err(err) if etl::error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::debug!(chain = %etl::error::chain(&err), "the error's whole chain");
             etl::telemetry::fatal(log_format, &etl::error::one_line(&err));

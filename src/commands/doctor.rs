@@ -38,26 +38,38 @@ const ROLES: [&str; 4] = ["etl_ingest", "etl_analyst", "etl_recoverer", "etl_aud
 
 struct Report {
     failures: usize,
+    /// The reader of stdout went away: nothing more is printed.
+    stdout_closed: bool,
 }
 
 impl Report {
     fn check(&mut self, name: &str, result: Result<String, (String, String)>) {
         match result {
-            Ok(detail) => println!("OK    {name}: {detail}"),
+            Ok(detail) => self.line(format_args!("OK    {name}: {detail}")),
             Err((problem, fix)) => {
                 self.failures += 1;
-                println!("FAIL  {name}: {problem}\n      → {fix}");
+                self.line(format_args!("FAIL  {name}: {problem}\n      → {fix}"));
             }
         }
     }
 
-    fn outcome(self) -> Outcome {
-        println!();
+    /// One line on stdout. A reader that went away (`etl doctor | head -1`) ends the output,
+    /// not the checks: the exit code still says whether all passed.
+    fn line(&mut self, text: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if !self.stdout_closed && writeln!(std::io::stdout(), "{text}").is_err() {
+            self.stdout_closed = true;
+        }
+    }
+
+    fn outcome(mut self) -> Outcome {
+        self.line(format_args!(""));
         if self.failures == 0 {
-            println!("all checks passed");
+            self.line(format_args!("all checks passed"));
             Outcome::Success
         } else {
-            println!("{} check(s) failed", self.failures);
+            let failures = self.failures;
+            self.line(format_args!("{failures} check(s) failed"));
             Outcome::Negative
         }
     }
@@ -65,7 +77,10 @@ impl Report {
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
     let args = &args;
-    let mut report = Report { failures: 0 };
+    let mut report = Report {
+        failures: 0,
+        stdout_closed: false,
+    };
     let sdk = aws::load_config(Duration::from_secs(10)).await;
     region(&mut report, &sdk);
     let connected = database(&mut report, args.database_url.as_deref()).await;

@@ -287,3 +287,32 @@ async fn a_fatal_error_under_json_logs_is_one_json_object() {
         "{line}"
     );
 }
+
+/// A reader that goes away (`| head`) ends the output quietly: no panic, no error line.
+#[tokio::test]
+async fn a_closed_pipe_ends_output_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let app = TestApp::spawn().await;
+    for args in [vec!["dev", "generate", "--count", "200000"], vec!["doctor"]] {
+        let mut child = app
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .await
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}: no first line");
+        // `head -1` exits here, closing the pipe.
+        let output = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{args:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+}
