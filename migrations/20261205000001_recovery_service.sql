@@ -530,15 +530,16 @@ BEGIN
     PERFORM recovery.expire_pending();
     RETURN QUERY
     SELECT r.id, r.requester, r.kind, r.field,
-           (SELECT count(*) FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind),
-           (SELECT a.reason FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
-            ORDER BY a.id LIMIT 1),
-           (SELECT a.ticket FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
-            ORDER BY a.id LIMIT 1),
+           s.subjects, s.reason, s.ticket,
            r.created_at,
            (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id),
            r.approvals_needed, r.expires_at
     FROM recovery.requests r
+    -- One pass over the request's audit rows: they share its reason and ticket.
+    CROSS JOIN LATERAL (SELECT count(*) AS subjects, min(a.reason) AS reason,
+                               min(a.ticket) AS ticket
+                        FROM recovery.audit_log a
+                        WHERE a.request_id = r.id AND a.kind = r.kind) s
     WHERE r.approvals_needed > 0 AND r.opened_at IS NULL AND r.closed_at IS NULL
       AND (SELECT count(*) FROM recovery.approvals p WHERE p.request_id = r.id) < r.approvals_needed
     ORDER BY r.id;
@@ -661,13 +662,14 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT r.id, r.requester, r.kind, r.field,
-           (SELECT count(*) FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind),
-           (SELECT a.reason FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
-            ORDER BY a.id LIMIT 1),
-           (SELECT a.ticket FROM recovery.audit_log a WHERE a.request_id = r.id AND a.kind = r.kind
-            ORDER BY a.id LIMIT 1),
+           s.subjects, s.reason, s.ticket,
            r.created_at, r.opened_at
     FROM recovery.requests r
+    -- One pass over the request's audit rows: they share its reason and ticket.
+    CROSS JOIN LATERAL (SELECT count(*) AS subjects, min(a.reason) AS reason,
+                               min(a.ticket) AS ticket
+                        FROM recovery.audit_log a
+                        WHERE a.request_id = r.id AND a.kind = r.kind) s
     WHERE r.break_glass AND r.reviewed_at IS NULL
     ORDER BY r.id
 $fn$;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
-use crate::adapters::postgres::{audit, recovery, DatabaseError};
+use crate::adapters::postgres::{audit, recovery};
 use crate::crypto::{ChainVerifier, GENESIS};
 use crate::domain::Justification;
 
@@ -67,30 +67,16 @@ async fn review(
     format: OutputFormat,
 ) -> anyhow::Result<Outcome> {
     let pool = super::audit_pool(database).await?;
-    let refused = |err: sqlx::Error| match &err {
-        sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("42501" | "P0002" | "22023")) =>
-        {
-            let message = db.message();
-            if message.contains("permission denied") {
-                anyhow::anyhow!(
-                    "the database refused: your database user needs the etl_approver role"
-                )
-            } else {
-                anyhow::anyhow!("{message}")
-            }
-        }
-        _ => anyhow::Error::new(DatabaseError::on(&pool)(err)),
-    };
+    let refused = super::approver_error(&pool);
     if let Some(id) = request_id {
         let why = Justification::parse(reason.unwrap_or_default(), None, "in the audit log")?;
         recovery::review(&pool, id, why.reason())
             .await
-            .map_err(refused)?;
+            .map_err(&refused)?;
         println!("break-glass request {id} reviewed");
         return Ok(Outcome::Success);
     }
-    let openings = recovery::unreviewed(&pool).await.map_err(refused)?;
+    let openings = recovery::unreviewed(&pool).await.map_err(&refused)?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&openings)?),
         OutputFormat::Text if openings.is_empty() => {

@@ -100,7 +100,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Negative);
     }
     let mut values: HashMap<(PiiField, String), String> = HashMap::new();
-    for field in [PiiField::Ip, PiiField::DeviceId] {
+    for field in PiiField::ALL {
         let masks: BTreeSet<&str> = rows
             .iter()
             .filter_map(|row| match field {

@@ -79,6 +79,29 @@ fn report_pending(
     Ok(Outcome::Negative)
 }
 
+/// The refusals of the approval and review functions in words: the requester's own request, a
+/// request that does not wait, a role missing. Their messages name requests, never a value.
+fn approver_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> anyhow::Error + '_ {
+    move |err| {
+        let (code, message) = match &err {
+            sqlx::Error::Database(db) => {
+                (db.code().map(|c| c.into_owned()), db.message().to_owned())
+            }
+            _ => (None, String::new()),
+        };
+        match code.as_deref() {
+            // Raised by the functions themselves: their words name the request, never a value.
+            Some("42501") if message.contains("requester") => anyhow::anyhow!("{message}"),
+            Some("42501") => anyhow::anyhow!(
+                "the database refused: your database user needs the etl_approver role (an \
+                 administrator runs: GRANT etl_approver TO <your user>)"
+            ),
+            Some("P0002" | "23505" | "22023") => anyhow::anyhow!("{message}"),
+            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(pool)(err)),
+        }
+    }
+}
+
 /// A file, or stdin for `-`.
 fn read_input(path: &std::path::Path) -> std::io::Result<String> {
     if path.as_os_str() == "-" {

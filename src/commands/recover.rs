@@ -330,7 +330,7 @@ async fn pending(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Resul
     let pool = super::audit_pool(database).await?;
     let waiting = recovery::pending(&pool)
         .await
-        .map_err(approver_error(&pool))?;
+        .map_err(super::approver_error(&pool))?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&waiting)?),
         OutputFormat::Text if waiting.is_empty() => println!("no request waits for approval"),
@@ -368,7 +368,7 @@ async fn decide(decision: &DecisionArgs, approve: bool) -> anyhow::Result<Outcom
     if approve {
         let left = recovery::approve(&pool, id, why.reason())
             .await
-            .map_err(approver_error(&pool))?;
+            .map_err(super::approver_error(&pool))?;
         match left {
             0 => println!("request {id} approved; the recovery service opens it now"),
             n => println!("request {id} approved; it waits for {n} more approval(s)"),
@@ -376,33 +376,10 @@ async fn decide(decision: &DecisionArgs, approve: bool) -> anyhow::Result<Outcom
     } else {
         recovery::deny(&pool, id, why.reason())
             .await
-            .map_err(approver_error(&pool))?;
+            .map_err(super::approver_error(&pool))?;
         println!("request {id} denied; its requester gets your reason");
     }
     Ok(Outcome::Success)
-}
-
-/// The approval functions' refusals in words: the requester's own request, a request that does
-/// not wait, a role missing.
-pub(crate) fn approver_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> anyhow::Error + '_ {
-    move |err| {
-        let (code, message) = match &err {
-            sqlx::Error::Database(db) => {
-                (db.code().map(|c| c.into_owned()), db.message().to_owned())
-            }
-            _ => (None, String::new()),
-        };
-        match code.as_deref() {
-            // Raised by the functions themselves: their words name the request, never a value.
-            Some("42501") if message.contains("requester") => anyhow::anyhow!("{message}"),
-            Some("42501") => anyhow::anyhow!(
-                "the database refused: your database user needs the etl_approver role (an \
-                 administrator runs: GRANT etl_approver TO <your user>)"
-            ),
-            Some("P0002" | "23505" | "22023") => anyhow::anyhow!("{message}"),
-            _ => anyhow::Error::new(postgres::DatabaseError::on(pool)(err)),
-        }
-    }
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use crate::domain::{AppVersion, RejectReason};
 
 /// Column limits of `user_logins` (characters, as PostgreSQL `varchar(n)` counts them).
-const USER_ID_MAX: usize = 128;
+use super::USER_ID_MAX_CHARS as USER_ID_MAX;
 const DEVICE_TYPE_MAX: usize = 32;
 const LOCALE_MAX: usize = 32;
 /// device_id is stored only masked and sealed; this bound keeps vault rows small.

@@ -30,6 +30,13 @@ pub enum PiiField {
 }
 
 impl PiiField {
+    pub const ALL: [Self; 2] = [Self::Ip, Self::DeviceId];
+
+    /// The field a stored name (`ip`, `device_id`) stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|field| field.as_str() == name)
+    }
+
     /// The name stored in the vault's `field` column and bound into masks and ciphertexts.
     pub fn as_str(self) -> &'static str {
         match self {

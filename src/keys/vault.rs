@@ -74,7 +74,8 @@ impl VaultKeys {
         &self,
         entry: &SealedEntry,
     ) -> anyhow::Result<(PiiField, zeroize::Zeroizing<String>)> {
-        let field = field_of(&entry.field)?;
+        let field = PiiField::parse(&entry.field)
+            .with_context(|| format!("unknown vault field {:?}", entry.field))?;
         let mask = hex::encode(&entry.mask);
         let value = self
             .get(entry.vault_key_version)?
@@ -84,11 +85,4 @@ impl VaultKeys {
             })?;
         Ok((field, value))
     }
-}
-
-fn field_of(name: &str) -> anyhow::Result<PiiField> {
-    [PiiField::Ip, PiiField::DeviceId]
-        .into_iter()
-        .find(|f| f.as_str() == name)
-        .with_context(|| format!("unknown vault field {name:?}"))
 }

@@ -228,7 +228,7 @@ pub async fn collect(
     };
     let collected = match (
         state.kind.as_str(),
-        state.field.as_deref().and_then(field_of),
+        state.field.as_deref().and_then(PiiField::parse),
     ) {
         ("recover", Some(field)) => opened.recovered(field).map(Collected::Values),
         _ => {
@@ -250,12 +250,6 @@ pub async fn collect(
             .map_err(&convert)?;
     }
     collected.map(Answer::Ready)
-}
-
-fn field_of(name: &str) -> Option<PiiField> {
-    [PiiField::Ip, PiiField::DeviceId]
-        .into_iter()
-        .find(|field| field.as_str() == name)
 }
 
 /// Where a waiting request's one-time key is kept: `ETL_REQUEST_KEY_DIR`, or the user's state

@@ -170,11 +170,7 @@ async fn seal_replies(
     keys: &mut KeyCache,
 ) -> Result<Vec<SealedReply>, OpenError> {
     let sealer = ReplySealer::new(request.id, &request.public_key);
-    let field = request.field.as_deref().and_then(|name| {
-        [PiiField::Ip, PiiField::DeviceId]
-            .into_iter()
-            .find(|f| f.as_str() == name)
-    });
+    let field = request.field.as_deref().and_then(PiiField::parse);
     let mut replies = Vec::with_capacity(material.len());
     for subject in material {
         if subject.outcome != "found" {

@@ -16,9 +16,6 @@ use crate::adapters::postgres::{keyring, lifecycle, rekey, DatabaseError};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
-pub use remask::RemaskArgs;
-pub use reseal::ResealArgs;
-
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create the mask key and the vault key under a KMS key. Idempotent: when both exist, nothing
@@ -40,7 +37,7 @@ pub enum KeysCommand {
     /// the newest vault key version: in batches, each its own transaction, safe beside ingest and
     /// recover, resumable (run it again after an interruption). Needs KMS Decrypt on every vault
     /// key version.
-    Reseal(ResealArgs),
+    Reseal(KeyJobArgs),
     /// Delete the wrapped key of a vault or quarantine key version that nothing uses any more.
     /// Refused (exit 2, with the counts) while vault entries or quarantine rows use it, or while
     /// ingest may still seal with it.
@@ -51,7 +48,20 @@ pub enum KeysCommand {
     /// one switch transaction that rewrites user_logins and the quarantine's user hashes while
     /// ingest waits, then the old entries are deleted. Running ingest processes switch without a
     /// restart. Needs KMS Decrypt on the vault keys, the quarantine keys and the mask keys.
-    Remask(RemaskArgs),
+    Remask(KeyJobArgs),
+}
+
+/// `etl keys reseal` and `etl keys remask`: long jobs in short transactions.
+#[derive(Debug, Args)]
+pub struct KeyJobArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Vault entries (or quarantined bodies) per transaction.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Args)]

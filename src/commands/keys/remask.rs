@@ -24,13 +24,12 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use clap::Args;
-
+use super::KeyJobArgs;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
-use crate::commands::{audit_pool_of, progress, DatabaseArgs, OutputFormat};
+use crate::commands::{audit_pool_of, progress, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
 use crate::domain::user_id_of;
 use crate::keys::{lock_key_job, unwrap_stored, QuarantineOpeners, VaultKeys};
@@ -50,19 +49,7 @@ struct Remasked {
     elapsed_seconds: f64,
 }
 
-#[derive(Debug, Args)]
-pub struct RemaskArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Vault entries per transaction before the switch.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub batch: i64,
-    /// Output format of the summary.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
-}
-
-pub async fn run(args: &RemaskArgs) -> anyhow::Result<()> {
+pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
     let (database, batch, format) = (&args.database, args.batch, args.format);
     // The job lock, the switch transaction, and the rest.
     let pool = audit_pool_of(database, 3).await?;

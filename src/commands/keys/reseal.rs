@@ -15,13 +15,12 @@ use serde::Serialize;
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use clap::Args;
-
+use super::KeyJobArgs;
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
-use crate::commands::{audit_pool_of, progress, DatabaseArgs, OutputFormat};
+use crate::commands::{audit_pool_of, progress, OutputFormat};
 use crate::keys::{lock_key_job, VaultKeys};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
@@ -37,19 +36,7 @@ struct Resealed {
     elapsed_seconds: f64,
 }
 
-#[derive(Debug, Args)]
-pub struct ResealArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Rows per transaction.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub batch: i64,
-    /// Output format of the summary.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
-}
-
-pub async fn run(args: &ResealArgs) -> anyhow::Result<()> {
+pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
     let (database, batch, format) = (&args.database, args.batch, args.format);
     // The job lock, and one connection reading while another writes.
     let pool = audit_pool_of(database, 3).await?;
