@@ -7,6 +7,8 @@
 //! write) · [`keys`] (loading and caching data keys) · [`recovery`] (opening values on record) ·
 //! [`commands`] (the CLI's subcommands, each with its flags and settings).
 
+#![warn(clippy::print_stdout)]
+
 pub mod adapters;
 pub mod cli;
 pub mod commands;

@@ -73,22 +73,26 @@ async fn review(
         recovery::review(&pool, id, why.reason())
             .await
             .map_err(&refused)?;
-        println!("break-glass request {id} reviewed");
+        outln!("break-glass request {id} reviewed")?;
         return Ok(Outcome::Success);
     }
     let openings = recovery::unreviewed(&pool).await.map_err(&refused)?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&openings)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&openings)?)?,
         OutputFormat::Text if openings.is_empty() => {
-            println!("no break-glass opening waits for review")
+            outln!("no break-glass opening waits for review")?
         }
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "{:>8}  {:<20}  {:<16}  {:>5}  {:<20}  reason / ticket",
-                "id", "requester", "what", "count", "requested"
-            );
+                "id",
+                "requester",
+                "what",
+                "count",
+                "requested"
+            )?;
             for opening in &openings {
-                println!(
+                outln!(
                     "{:>8}  {:<20}  {:<16}  {:>5}  {:<20}  {} / {}",
                     opening.id,
                     opening.requester,
@@ -97,7 +101,7 @@ async fn review(
                     opening.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
                     opening.reason.as_deref().unwrap_or(""),
                     opening.ticket.as_deref().unwrap_or("-"),
-                );
+                )?;
             }
         }
     }
@@ -119,22 +123,22 @@ async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result
         .context("reading recovery.audit_log (the owner and etl_auditor may)")?;
     let (head_id, head_hash) = verifier.head();
     if let Some(broken) = verifier.first_break() {
-        println!("FAIL  audit chain broken at row {}: {broken}", broken.id());
+        outln!("FAIL  audit chain broken at row {}: {broken}", broken.id())?;
         return Ok(Outcome::Negative);
     }
     if !verifier.anchor_holds() {
-        println!(
+        outln!(
             "FAIL  the anchored head {} is not in the chain with that hash: rows up to it were \
              removed or rewritten",
             anchor.unwrap_or_default()
-        );
+        )?;
         return Ok(Outcome::Negative);
     }
-    println!(
+    outln!(
         "OK    audit chain holds: {} rows, head {head_id}:{}",
         verifier.rows(),
         hex::encode(head_hash)
-    );
+    )?;
     Ok(Outcome::Success)
 }
 
@@ -156,8 +160,8 @@ async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<O
         .unwrap_or((0, GENESIS.to_vec()));
     let hash = hex::encode(hash);
     match format {
-        OutputFormat::Text => println!("{id}:{hash}"),
-        OutputFormat::Json => println!("{}", serde_json::json!({ "id": id, "hash": hash })),
+        OutputFormat::Text => outln!("{id}:{hash}")?,
+        OutputFormat::Json => outln!("{}", serde_json::json!({ "id": id, "hash": hash }))?,
     }
     Ok(Outcome::Success)
 }

@@ -163,7 +163,7 @@ async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
         "SQS refused {refused} of {} messages",
         bodies.len()
     );
-    println!("sent {} messages", bodies.len());
+    outln!("sent {} messages", bodies.len())?;
     Ok(())
 }
 

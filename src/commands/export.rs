@@ -146,7 +146,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
         })
         .collect();
     match settings.format {
-        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&exported)?),
+        ExportFormat::Json => outln!("{}", serde_json::to_string_pretty(&exported)?)?,
         ExportFormat::Csv => {
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());
             for row in &exported {

@@ -253,14 +253,14 @@ fn print(
             users: &'a [UserResult<'a>],
             totals: &'a Totals,
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&Report {
                 dry_run,
                 users: results,
                 totals,
             })?
-        );
+        )?;
         return Ok(());
     }
     let verb = if dry_run { "would erase" } else { "erased" };
@@ -268,12 +268,15 @@ fn print(
         let e = &result.erased;
         let receipt = hex::encode(&e.user_hash);
         if e.logins + e.vault_entries + e.quarantined > 0 {
-            println!(
+            outln!(
                 "{}: {verb} user_logins={} vault_entries={} quarantine={} (receipt {receipt})",
-                result.source, e.logins, e.vault_entries, e.quarantined
-            );
+                result.source,
+                e.logins,
+                e.vault_entries,
+                e.quarantined
+            )?;
         } else if e.newly_suppressed {
-            println!(
+            outln!(
                 "{}: nothing found; {} the suppression list (receipt {receipt})",
                 result.source,
                 if dry_run {
@@ -281,15 +284,15 @@ fn print(
                 } else {
                     "added to"
                 }
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{}: nothing found; already forgotten, nothing changed",
                 result.source
-            );
+            )?;
         }
     }
-    println!(
+    outln!(
         "{} users: user_logins={} vault_entries={} quarantine={} newly suppressed={}{}",
         totals.users,
         totals.logins,
@@ -301,6 +304,6 @@ fn print(
         } else {
             ""
         }
-    );
+    )?;
     Ok(())
 }

@@ -266,9 +266,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
         "ingest stopped"
     );
     if settings.summary_json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
-        print!("{summary}");
+        out!("{summary}")?;
     }
     // From SQS, a batch that was not written stays on the queue and comes back; from a file, its
     // lines wait for the next run, so the run must not look successful.

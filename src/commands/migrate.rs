@@ -20,9 +20,9 @@ pub async fn run(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
             other => anyhow::Error::new(other),
         })
         .context("applying migrations")?;
-    println!(
+    outln!(
         "schema is up to date ({} migrations)",
         MIGRATOR.iter().count()
-    );
+    )?;
     Ok(Outcome::Success)
 }

@@ -2,6 +2,23 @@
 //! runs, and prints its result on stdout. What several commands share lives here and in
 //! [`args`]; what they share below the command line lives in `keys`, `recovery` and `pipeline`.
 
+/// `println!` that returns the write's error instead of panicking: a reader that went away
+/// (`etl … | head -1`) ends the command quietly, with exit 0 (see `error::is_broken_pipe`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln`] does it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod args;
 pub mod audit;
 pub mod dev;
@@ -65,7 +82,7 @@ fn report_pending(
     format: OutputFormat,
 ) -> anyhow::Result<Outcome> {
     if format == OutputFormat::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "request_id": waiting.request_id,
@@ -73,7 +90,7 @@ fn report_pending(
                 "approvals": waiting.approvals,
                 "approvals_needed": waiting.approvals_needed,
             })
-        );
+        )?;
     }
     eprintln!("{waiting}");
     Ok(Outcome::Negative)

@@ -125,10 +125,10 @@ async fn list(
         .await
         .context("reading etl.quarantine (the owner and etl_recoverer may)")?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&entries)?)?,
         OutputFormat::Text => {
             if entries.is_empty() {
-                println!("quarantine is empty");
+                outln!("quarantine is empty")?;
                 return Ok(Outcome::Success);
             }
             const ID: &str = "message id";
@@ -136,18 +136,20 @@ async fn list(
                 .iter()
                 .map(|e| e.message_id.chars().count())
                 .fold(ID.len(), usize::max);
-            println!(
+            outln!(
                 "{:<20}  {:<id_width$}  {:<24}  detail",
-                "received", ID, "reason"
-            );
+                "received",
+                ID,
+                "reason"
+            )?;
             for entry in &entries {
-                println!(
+                outln!(
                     "{}  {:<id_width$}  {:<24}  {}",
                     entry.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
                     entry.message_id,
                     entry.reason,
                     entry.detail
-                );
+                )?;
             }
         }
     }
@@ -291,14 +293,14 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
         .context("recording the replay in the audit log")?;
     }
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&report)?)?,
         OutputFormat::Text => {
             let verb = if args.dry_run {
                 "would replay"
             } else {
                 "replayed"
             };
-            println!("{verb}: {figures}");
+            outln!("{verb}: {figures}")?;
         }
     }
     Ok(if report.examined > 0 {
@@ -317,7 +319,7 @@ async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyho
         .await
         .context("counting quarantined messages (the schema owner may)")?;
     if dry_run {
-        println!("would purge {expired} quarantined messages older than {older_than} days");
+        outln!("would purge {expired} quarantined messages older than {older_than} days")?;
         return Ok(Outcome::Success);
     }
     let mut purged = 0u64;
@@ -339,6 +341,6 @@ async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyho
     )
     .await
     .context("recording the purge in the audit log")?;
-    println!("purged {purged} quarantined messages older than {older_than} days");
+    outln!("purged {purged} quarantined messages older than {older_than} days")?;
     Ok(Outcome::Success)
 }

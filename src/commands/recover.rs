@@ -313,7 +313,7 @@ async fn collect(
                     serde_json::json!({ "message_id": message_id, "body": body.as_str() })
                         .to_string(),
                 );
-                println!("{}", json.as_str());
+                outln!("{}", json.as_str())?;
             } else {
                 use std::io::Write;
                 let mut stdout = std::io::stdout().lock();
@@ -332,18 +332,23 @@ async fn pending(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Resul
         .await
         .map_err(super::approver_error(&pool))?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&waiting)?),
-        OutputFormat::Text if waiting.is_empty() => println!("no request waits for approval"),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&waiting)?)?,
+        OutputFormat::Text if waiting.is_empty() => outln!("no request waits for approval")?,
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "{:>8}  {:<20}  {:<16}  {:>5}  {:>9}  {:>8}  reason / ticket",
-                "id", "requester", "what", "count", "approvals", "age"
-            );
+                "id",
+                "requester",
+                "what",
+                "count",
+                "approvals",
+                "age"
+            )?;
             let now = chrono::Utc::now();
             for request in &waiting {
                 let what = request.field.as_deref().unwrap_or("quarantined body");
                 let age = (now - request.created_at).to_std().unwrap_or_default();
-                println!(
+                outln!(
                     "{:>8}  {:<20}  {:<16}  {:>5}  {:>9}  {:>8}  {} / {}",
                     request.id,
                     request.requester,
@@ -353,7 +358,7 @@ async fn pending(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Resul
                     crate::human::duration(age),
                     request.reason.as_deref().unwrap_or(""),
                     request.ticket.as_deref().unwrap_or("-"),
-                );
+                )?;
             }
         }
     }
@@ -370,33 +375,33 @@ async fn decide(decision: &DecisionArgs, approve: bool) -> anyhow::Result<Outcom
             .await
             .map_err(super::approver_error(&pool))?;
         match left {
-            0 => println!("request {id} approved; the recovery service opens it now"),
-            n => println!("request {id} approved; it waits for {n} more approval(s)"),
+            0 => outln!("request {id} approved; the recovery service opens it now")?,
+            n => outln!("request {id} approved; it waits for {n} more approval(s)")?,
         }
     } else {
         recovery::deny(&pool, id, why.reason())
             .await
             .map_err(super::approver_error(&pool))?;
-        println!("request {id} denied; its requester gets your reason");
+        outln!("request {id} denied; its requester gets your reason")?;
     }
     Ok(Outcome::Success)
 }
 
 fn print(results: &[Recovered], bulk: bool, format: OutputFormat) -> anyhow::Result<()> {
     match (format, bulk, results) {
-        (OutputFormat::Json, false, [one]) => println!("{}", serde_json::to_string(one)?),
+        (OutputFormat::Json, false, [one]) => outln!("{}", serde_json::to_string(one)?)?,
         (OutputFormat::Text, false, [one]) => match &one.value {
-            Some(value) => println!("{value}"),
+            Some(value) => outln!("{value}")?,
             None => eprintln!("not found: no {} has this mask", one.field),
         },
-        (OutputFormat::Json, _, _) => println!("{}", serde_json::to_string(results)?),
+        (OutputFormat::Json, _, _) => outln!("{}", serde_json::to_string(results)?)?,
         (OutputFormat::Text, _, _) => {
             for result in results {
-                println!(
+                outln!(
                     "{}\t{}",
                     result.mask,
                     result.value.as_deref().unwrap_or("NOT FOUND")
-                );
+                )?;
             }
         }
     }
@@ -462,26 +467,26 @@ async fn policy(command: &PolicyCommand) -> anyhow::Result<()> {
             .context("reading the recovery policy (the owner may)")?,
     };
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&policy)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&policy)?)?,
         OutputFormat::Text => {
             let limit = match policy.daily_limit {
                 0 => "no limit".to_owned(),
                 n => format!("{n} values per database user per UTC day"),
             };
-            println!("require ticket: {}", policy.require_ticket);
-            println!("daily limit:    {limit}");
-            println!(
+            outln!("require ticket: {}", policy.require_ticket)?;
+            outln!("daily limit:    {limit}")?;
+            outln!(
                 "approvals:      {} (a request waits for them at most {})",
                 policy.approvals,
                 crate::human::duration(Duration::from_secs_f64(
                     policy.approval_ttl_seconds.max(0.0)
                 ))
-            );
-            println!(
+            )?;
+            outln!(
                 "last changed:   {} by {}",
                 policy.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 policy.updated_by
-            );
+            )?;
         }
     }
     Ok(())

@@ -157,18 +157,18 @@ async fn set(
 
 fn print_settings(settings: &Retention, format: OutputFormat) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
-        println!("{}", serde_json::to_string(settings)?);
+        outln!("{}", serde_json::to_string(settings)?)?;
         return Ok(());
     }
     let days = |d: Option<i32>| d.map_or("forever".to_owned(), |d| format!("{d} days"));
-    println!("user_logins: {}", days(settings.logins_days));
-    println!("quarantine:  {}", days(settings.quarantine_days));
-    println!("claims:      {}", days(settings.claims_days));
-    println!(
+    outln!("user_logins: {}", days(settings.logins_days))?;
+    outln!("quarantine:  {}", days(settings.quarantine_days))?;
+    outln!("claims:      {}", days(settings.claims_days))?;
+    outln!(
         "last changed: {} by {}",
         settings.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
         settings.updated_by
-    );
+    )?;
     Ok(())
 }
 
@@ -257,13 +257,13 @@ async fn apply(
             .context("recording the retention pass in the audit log")?;
     }
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&pass)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&pass)?)?,
         OutputFormat::Text => {
             let verb = if dry_run { "would delete" } else { "deleted" };
-            println!(
+            outln!(
                 "retention {verb}: {figures} in {:.1} s",
                 pass.elapsed_seconds
-            );
+            )?;
         }
     }
     Ok(pass)

@@ -2,7 +2,7 @@
 //! lines on stderr that say the cause in words and what to do, without a password or personal
 //! data. docs/troubleshooting.md lists the same messages.
 
-use crate::helpers::{socket_addr_of, TestApp};
+use crate::helpers::{event, socket_addr_of, TestApp};
 
 /// Values that must never reach stderr: what the rows pass as masks is personal data.
 const PERSONAL_DATA: [&str; 2] = ["10.20.30.40", "555-12-3456"];
@@ -314,5 +314,41 @@ async fn a_closed_pipe_ends_output_quietly() {
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
         assert_ne!(output.status.code(), Some(101), "{args:?}: {stderr}");
         assert_ne!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+}
+
+/// Every command that prints on stdout, run with a stdout whose reader is already gone (the
+/// worst case of `| head`): exit as if it had finished, with no panic and no error line.
+#[tokio::test]
+async fn every_command_ends_quietly_when_stdout_is_closed() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[event("10.0.0.1", "dev-1"), "not json".to_owned()])
+        .await;
+    let commands: [&[&str]; 12] = [
+        &["migrate"],
+        &["keys", "list"],
+        &["keys", "list", "--format", "json"],
+        &["retention", "show"],
+        &["audit", "verify"],
+        &["audit", "head"],
+        &["quarantine", "list"],
+        &["recover", "policy", "show"],
+        &["ingest", "--drain"],
+        &["dev", "generate", "--count", "10"],
+        &["doctor"],
+        &["retention", "apply", "--dry-run"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = app.command(args).stdout(writer).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)),
+            "{args:?}: {:?} {stderr}",
+            output.status
+        );
     }
 }

@@ -176,25 +176,27 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
             .map_err(DatabaseError::on(&pool))
             .context("reading keyring.data_keys")?
         {
-            println!(
+            outln!(
                 "{name} key: already present (version {}, wrapped by {}, created {})",
-                existing.version, existing.kms_key_id, existing.created_at
-            );
+                existing.version,
+                existing.kms_key_id,
+                existing.created_at
+            )?;
             continue;
         }
         let (stored, wrapped) = create_key(&pool, &kms, kms_key_id, purpose, FIRST_VERSION).await?;
         if stored {
             created += 1;
-            println!(
+            outln!(
                 "{name} key: created (version {FIRST_VERSION}, wrapped by {})",
                 wrapped.kms_key_arn
-            );
+            )?;
         } else {
-            println!("{name} key: created concurrently by another run; kept that one");
+            outln!("{name} key: created concurrently by another run; kept that one")?;
         }
     }
     if created == 0 {
-        println!("nothing changed: every data key already exists");
+        outln!("nothing changed: every data key already exists")?;
     }
     Ok(())
 }
@@ -310,10 +312,10 @@ async fn rotate(
         KeyPurpose::Vault => "ingest seals new entries with it from now on (running processes reload); `etl keys reseal` re-encrypts the existing ones",
         KeyPurpose::Quarantine => "ingest processes seal quarantined bodies to it from their next start",
     };
-    println!(
+    outln!(
         "{name} key: version {version} created (wrapped by {}); {next}",
         wrapped.kms_key_arn
-    );
+    )?;
     Ok(())
 }
 
@@ -333,7 +335,7 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
         .context("retiring the key version")?;
     match outcome {
         Retirement::Retired => {
-            println!("{name} key version {version}: retired (its wrapped key is deleted)");
+            outln!("{name} key version {version}: retired (its wrapped key is deleted)")?;
             Ok(())
         }
         Retirement::NotFound => anyhow::bail!("there is no {name} key version {version}"),
@@ -415,10 +417,12 @@ async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()>
         .await
         .map_err(DatabaseError::on(&pool))
         .context("storing the re-wrapped key")?;
-        println!(
+        outln!(
             "{} key version {}: now wrapped by {}",
-            key.purpose, key.version, wrapped.kms_key_arn
-        );
+            key.purpose,
+            key.version,
+            wrapped.kms_key_arn
+        )?;
     }
     Ok(())
 }
@@ -494,9 +498,9 @@ async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<(
         })
         .collect();
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&infos)?)?,
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "{:<10} {:>7}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>9}  kms key",
                 "purpose",
                 "version",
@@ -506,9 +510,9 @@ async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<(
                 "quarantine",
                 "logins",
                 "forgotten"
-            );
+            )?;
             for info in &infos {
-                println!(
+                outln!(
                     "{:<10} {:>7}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>9}  {}",
                     info.purpose,
                     info.version,
@@ -519,10 +523,10 @@ async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<(
                     info.logins,
                     info.forgotten_users,
                     info.kms_key_id
-                );
+                )?;
             }
             if let Some(minimum) = settings.min_vault_key_version {
-                println!("ingest seals with vault key version {minimum} or newer");
+                outln!("ingest seals with vault key version {minimum} or newer")?;
             }
         }
     }

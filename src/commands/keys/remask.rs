@@ -118,7 +118,7 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
             .await
             .map_err(DatabaseError::on(&pool))?;
         if left == 0 {
-            println!("nothing to re-mask: mask key version {active} is active and no version is pending (`etl keys rotate --purpose mask` creates one)");
+            outln!("nothing to re-mask: mask key version {active} is active and no version is pending (`etl keys rotate --purpose mask` creates one)")?;
             return Ok(());
         }
         report.old_entries_deleted = left;
@@ -127,8 +127,8 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
     drop(lock);
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
-        OutputFormat::Text => println!(
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&report)?)?,
+        OutputFormat::Text => outln!(
             "re-masked to mask key version {}: {} vault entries, {} user_logins rows, {} quarantine user hashes; the switch held ingest for {:.1} s; {} old vault entries deleted; {:.1} s in all",
             report.to_mask_key_version,
             report.vault_entries,
@@ -137,7 +137,7 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
             report.switch_seconds,
             report.old_entries_deleted,
             report.elapsed_seconds
-        ),
+        )?,
     }
     Ok(())
 }

@@ -85,11 +85,11 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         .await
         .context("recording the re-seal in the audit log")?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
-        OutputFormat::Text => println!(
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&report)?)?,
+        OutputFormat::Text => outln!(
             "re-sealed {} vault entries and {} quarantine rows under vault key version {target} in {:.1} s; older vault key versions can now be retired (`etl keys retire`)",
             report.vault_entries, report.quarantine_rows, report.elapsed_seconds
-        ),
+        )?,
     }
     Ok(())
 }
