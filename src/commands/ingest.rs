@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::{DatabaseArgs, Outcome, SqsProtocolArg};
 use crate::adapters::aws;
-use crate::adapters::postgres;
+use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::sqs::{SqsProtocol, SqsQueue, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
@@ -25,6 +25,7 @@ use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::{writers, Committer, Stats, Summary, WriteJob};
 use crate::server::{self, Readiness};
 use crate::sources::{self, sqs::progress, sqs::SqsSourceOptions};
+use crate::startup;
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
@@ -255,10 +256,23 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
     );
     let summary = match &settings.source {
         IngestSource::Queue { url, protocol } => {
-            let (queue, protocol) = SqsQueue::connect(&sdk, url.as_str(), *protocol).await?;
-            from_queue(&settings, &sdk, pool, (queue, protocol)).await?
+            // From the first wait on: Kubernetes sends SIGKILL 30 s after SIGTERM.
+            let shutdown = CancellationToken::new();
+            tokio::spawn(super::cancel_on_signal(shutdown.clone()));
+            wait_for_database(&settings, &shutdown).await?;
+            let queue = tokio::select! {
+                connected = SqsQueue::connect(&sdk, url.as_str(), *protocol) => connected?,
+                () = shutdown.cancelled() => anyhow::bail!("stopped by a signal while connecting to SQS"),
+            };
+            from_queue(&settings, &sdk, pool, queue, shutdown).await?
         }
-        IngestSource::File(path) => from_file(&settings, &sdk, pool, path).await?,
+        IngestSource::File(path) => {
+            // No signal handler here: SIGTERM ends a file run at once, and what it did not
+            // commit is read again by the next run.
+            let shutdown = CancellationToken::new();
+            wait_for_database(&settings, &shutdown).await?;
+            from_file(&settings, &sdk, pool, path, &shutdown).await?
+        }
     };
     info!(
         written = summary.written,
@@ -281,14 +295,30 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// Waits until the database accepts a connection, retrying what may pass. Connecting directly,
+/// not through the pool, keeps the cause (`connection refused`) the pool's timeout would hide.
+async fn wait_for_database(
+    settings: &IngestSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let options = &settings.database.options;
+    startup::retrying(
+        shutdown,
+        "the database",
+        || postgres::check_connection(options),
+        DatabaseError::is_transient,
+    )
+    .await
+    .context("refusing to start without the database")
+}
+
 async fn from_queue(
     settings: &IngestSettings,
     sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
     (queue, protocol): (SqsQueue, SqsProtocol),
+    shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(super::cancel_on_signal(shutdown.clone()));
     // The endpoint comes up before the keys load, so /healthz answers during startup.
     let readiness = Readiness::ingest(pool.clone(), queue.clone());
     let metrics_addr = server::start(
@@ -297,7 +327,7 @@ async fn from_queue(
         shutdown.clone(),
     )
     .await?;
-    let keys = load_live_keys(&pool, sdk).await?;
+    let keys = load_live_keys(&pool, sdk, &shutdown).await?;
     readiness.started();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
@@ -375,6 +405,7 @@ async fn from_file(
     sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
     path: &Path,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Summary> {
     let input: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))
@@ -383,7 +414,7 @@ async fn from_file(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let keys = load_live_keys(&pool, sdk).await?;
+    let keys = load_live_keys(&pool, sdk, shutdown).await?;
     info!(
         writers = settings.writers,
         batch_messages = settings.batch_messages,

@@ -89,7 +89,8 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
         settings.database.options.clone(),
         settings.db_max_connections,
     );
-    let keys = load_live_keys(&pool, &sdk).await?;
+    // The runtime ends a function by freezing or killing it, not with a signal to give way to.
+    let keys = load_live_keys(&pool, &sdk, &tokio_util::sync::CancellationToken::new()).await?;
     let handler = Arc::new(Handler::new(pool, keys, settings.max_receives));
     info!(
         init_ms = started.elapsed().as_millis() as u64,

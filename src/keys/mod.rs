@@ -18,14 +18,14 @@ pub use vault::VaultKeys;
 use std::sync::Arc;
 
 use anyhow::Context;
-use backon::Retryable;
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{audit, DatabaseError};
 use crate::crypto::GENESIS;
-use crate::pipeline::backoff;
+use crate::startup;
 
 /// The advisory lock key of the key jobs (`reseal`, `remask`): one at a time per database.
 const KEY_JOB_LOCK: i64 = 0x6574_6c5f_6b65_7973;
@@ -49,21 +49,24 @@ pub async fn lock_key_job(pool: &PgPool) -> anyhow::Result<PgConnection> {
     Ok(conn)
 }
 
-/// Unwraps the keys (retrying transient failures) and logs the audit chain head; `ingest` and
-/// `lambda` start alike.
+/// Unwraps the keys (retrying transient failures until `shutdown`) and logs the audit chain head;
+/// `ingest` and `lambda` start alike.
 pub async fn load_live_keys(
     pool: &sqlx::PgPool,
     sdk: &aws_config::SdkConfig,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<LiveKeys>> {
     let kms = Kms::new(sdk);
     // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
     // a denial or a wrong encryption context is not.
-    let transformer = (|| load_transformer(pool, &kms))
-        .retry(backoff())
-        .when(KeyLoadError::is_transient)
-        .notify(|err, delay| warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot load the keys yet; retrying"))
-        .await
-        .context("refusing to start without the data keys")?;
+    let transformer = startup::retrying(
+        shutdown,
+        "the data keys",
+        || load_transformer(pool, &kms),
+        KeyLoadError::is_transient,
+    )
+    .await
+    .context("refusing to start without the data keys")?;
     log_audit_head(pool).await;
     Ok(Arc::new(LiveKeys::new(transformer, kms)))
 }

@@ -2,6 +2,8 @@
 //! lines on stderr that say the cause in words and what to do, without a password or personal
 //! data. docs/troubleshooting.md lists the same messages.
 
+use std::time::Duration;
+
 use crate::helpers::{event, socket_addr_of, TestApp};
 
 /// Values that must never reach stderr: what the rows pass as masks is personal data.
@@ -351,4 +353,54 @@ async fn every_command_ends_quietly_when_stdout_is_closed() {
             output.status
         );
     }
+}
+
+/// SIGTERM while ingest waits at start for a database that refuses: the process ends within
+/// 5 s (Kubernetes kills 30 s after SIGTERM), exit 2, with the last cause in one line.
+#[tokio::test]
+async fn a_signal_during_start_up_ends_the_wait() {
+    use tokio::io::AsyncBufReadExt;
+    let app = TestApp::spawn_bare().await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = app
+        .command(&["ingest", "--drain"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://etl:pw@127.0.0.1:{closed_port}/etl"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = std::time::Instant::now();
+    // Waiting has begun once the first refusal is logged; the signal comes 3 s into start-up.
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        if line.contains("waiting for the database") {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let signalled = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("ingest still running 5 s after SIGTERM")
+        .unwrap();
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(2));
+    let mut last = String::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        last = line;
+    }
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("stopped by a signal while waiting for the database")
+            && last.contains("connection refused"),
+        "{last}"
+    );
 }
