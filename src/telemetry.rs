@@ -81,8 +81,8 @@ pub fn fatal(format: LogFormat, line: &str) {
     }
 }
 
-/// Our own events at any level; other crates' events at INFO, WARN and ERROR only, and
-/// PostgreSQL's notices (such as "policy does not exist, skipping" during migrations) from WARN.
+/// Our own events at any level; other crates' events at INFO, WARN and ERROR only (the instance
+/// metadata client's at ERROR), and PostgreSQL's notices (such as "policy does not exist, skipping" during migrations) from WARN.
 fn is_safe(metadata: &Metadata<'_>) -> bool {
     let target = metadata.target();
     if target.starts_with("etl") {
@@ -90,6 +90,10 @@ fn is_safe(metadata: &Metadata<'_>) -> bool {
     }
     let ceiling = if target == "sqlx::postgres::notice" {
         Level::WARN
+    } else if target.starts_with("aws_config::imds") {
+        // Off EC2, the region and credential lookups of the instance metadata service fail with
+        // a long warning each; what is missing is said once, by our own error or `etl doctor`.
+        Level::ERROR
     } else {
         Level::INFO
     };

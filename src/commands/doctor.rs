@@ -15,7 +15,7 @@ use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
-use crate::keys::load_transformer;
+use crate::keys::{load_active_masker, load_transformer, KeyLoadError};
 
 /// Doctor takes every setting as given, unvalidated: judging each one is its job.
 #[derive(Debug, Args)]
@@ -34,15 +34,137 @@ pub struct DoctorArgs {
     pub sqs_protocol: SqsProtocolArg,
 }
 
-const ROLES: [&str; 4] = ["etl_ingest", "etl_analyst", "etl_recoverer", "etl_auditor"];
+/// The group roles `etl migrate` creates, each the role of one job.
+const JOBS: [(Job, &str); 7] = [
+    (Job::Ingest, "etl_ingest"),
+    (Job::Analyst, "etl_analyst"),
+    (Job::Recoverer, "etl_recoverer"),
+    (Job::Auditor, "etl_auditor"),
+    (Job::Privacy, "etl_privacy"),
+    (Job::Opener, "etl_opener"),
+    (Job::Approver, "etl_approver"),
+];
+
+fn role_names() -> Vec<&'static str> {
+    JOBS.iter().map(|(_, role)| *role).collect()
+}
+
+/// What a login may do, by the group roles whose privileges it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Ingest,
+    Analyst,
+    Recoverer,
+    Auditor,
+    Privacy,
+    Opener,
+    Approver,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Analyst => "analyst",
+            Self::Recoverer => "recoverer",
+            Self::Auditor => "auditor",
+            Self::Privacy => "privacy officer",
+            Self::Opener => "recovery service",
+            Self::Approver => "approver",
+        }
+    }
+
+    /// What the job reads or runs, by schema and object: checked with the catalog, so that a
+    /// grant revoked by hand shows here rather than as a failure in the middle of a run.
+    fn needs(self) -> &'static [Need] {
+        use Need::{Execute, Table};
+        match self {
+            Self::Ingest => &[
+                Table("public", "user_logins", "INSERT"),
+                Table("vault", "entries", "INSERT"),
+                Table("etl", "processed_messages", "INSERT"),
+                Table("keyring", "data_keys", "SELECT"),
+                Execute("etl", "hold_vault_epoch"),
+            ],
+            Self::Analyst => &[Table("public", "user_logins", "SELECT")],
+            Self::Recoverer => &[
+                Execute("recovery", "request"),
+                Table("recovery", "replies", "SELECT"),
+            ],
+            Self::Auditor => &[Table("recovery", "audit_log", "SELECT")],
+            Self::Privacy => &[Execute("etl", "forget")],
+            Self::Opener => &[
+                Execute("recovery", "claim_request"),
+                Execute("recovery", "opening_material"),
+            ],
+            Self::Approver => &[Execute("recovery", "approve")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    /// A privilege on a table: schema, table, privilege.
+    Table(&'static str, &'static str, &'static str),
+    /// EXECUTE on a function: schema, function.
+    Execute(&'static str, &'static str),
+}
+
+impl std::fmt::Display for Need {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Table("public", table, privilege) => write!(f, "{privilege} on {table}"),
+            Self::Table(schema, table, privilege) => write!(f, "{privilege} on {schema}.{table}"),
+            Self::Execute(schema, function) => write!(f, "EXECUTE on {schema}.{function}()"),
+        }
+    }
+}
+
+/// The database user doctor runs as, and what it may do.
+struct Login {
+    name: String,
+    /// Owns the schema (or is a superuser): every job's privileges, and the migrations.
+    owner: bool,
+    jobs: Vec<Job>,
+}
+
+impl Login {
+    fn does(&self, job: Job) -> bool {
+        self.owner || self.jobs.contains(&job)
+    }
+
+    fn job_names(&self) -> String {
+        self.jobs
+            .iter()
+            .map(|job| job.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 struct Report {
     failures: usize,
     /// The reader of stdout went away: nothing more is printed.
     stdout_closed: bool,
+    /// The database user doctor connected as, named in the checks it cannot make as that user.
+    login: Option<String>,
 }
 
 impl Report {
+    /// A check this login cannot make: neither a pass nor a failure.
+    fn skip_as_login(&mut self, name: &str, why: &str) {
+        let line = match &self.login {
+            Some(login) => format!("SKIP  {name}: cannot check as {login}: {why}"),
+            None => format!("SKIP  {name}: cannot check: {why}"),
+        };
+        self.line(format_args!("{line}"));
+    }
+
+    /// A check that cannot run until a failure above is fixed.
+    fn skip(&mut self, name: &str, why: &str) {
+        self.line(format_args!("SKIP  {name}: cannot check: {why}"));
+    }
+
     fn check(&mut self, name: &str, result: Result<String, (String, String)>) {
         match result {
             Ok(detail) => self.line(format_args!("OK    {name}: {detail}")),
@@ -80,38 +202,77 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
     let mut report = Report {
         failures: 0,
         stdout_closed: false,
+        login: None,
     };
     let sdk = aws::load_config(Duration::from_secs(10)).await;
-    region(&mut report, &sdk);
+    let aws_ready = aws_setup(&mut report, &sdk).await;
     let connected = database(&mut report, args.database_url.as_deref()).await;
+    let mut login = None;
     if let Some((pool, options)) = &connected {
         server_version(&mut report, pool).await;
         database_tls(&mut report, pool, options).await;
+        login = login_check(&mut report, pool).await;
+        report.login = login.as_ref().map(|login| login.name.clone());
         migrations(&mut report, pool).await;
         roles(&mut report, pool).await;
+        if let Some(login) = &login {
+            access(&mut report, pool, login).await;
+        }
         public_schema(&mut report, pool).await;
     }
-    queue(&mut report, &sdk, args).await;
+    let jobs_known = login.is_some();
+    let needs_queue = !jobs_known || login.as_ref().is_some_and(|l| l.does(Job::Ingest));
     let kms = Kms::new(&sdk);
-    kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await;
-    if let Some((pool, _)) = &connected {
-        data_keys(&mut report, pool, &kms).await;
+    match aws_ready {
+        Err(why) => {
+            for name in ["queue", "KMS key", "data keys"] {
+                report.skip(name, why);
+            }
+        }
+        Ok(()) => {
+            queue(&mut report, &sdk, args, needs_queue).await;
+            kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await;
+            if let Some((pool, _)) = &connected {
+                data_keys(&mut report, pool, &kms, login.as_ref()).await;
+            }
+        }
     }
     Ok(report.outcome())
 }
 
-fn region(report: &mut Report, sdk: &SdkConfig) {
-    report.check(
-        "AWS region",
-        sdk.region()
-            .map(|region| region.to_string())
-            .ok_or_else(|| {
-                (
-                    "no region configured".into(),
-                    "set AWS_REGION (or a profile with a region)".into(),
-                )
-            }),
-    );
+/// The AWS region and credentials, each one line naming what to set; without them the queue and
+/// KMS checks say why they cannot run rather than fail with an SDK error.
+async fn aws_setup(report: &mut Report, sdk: &SdkConfig) -> Result<(), &'static str> {
+    let Some(region) = sdk.region() else {
+        report.check(
+            "AWS region",
+            Err((
+                "no region configured".into(),
+                "set AWS_REGION (or AWS_PROFILE naming a profile with a region)".into(),
+            )),
+        );
+        return Err("no AWS region");
+    };
+    report.check("AWS region", Ok(region.to_string()));
+    use aws_credential_types::provider::ProvideCredentials;
+    let found = match sdk.credentials_provider() {
+        Some(provider) => provider.provide_credentials().await.is_ok(),
+        None => false,
+    };
+    if found {
+        report.check("AWS credentials", Ok("found".into()));
+        Ok(())
+    } else {
+        report.check(
+            "AWS credentials",
+            Err((
+                "none found".into(),
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role"
+                    .into(),
+            )),
+        );
+        Err("no AWS credentials")
+    }
 }
 
 /// Whether the database answers; on success its pool, and the options the TLS check judges.
@@ -223,26 +384,177 @@ async fn migrations(report: &mut Report, pool: &PgPool) {
                 ),
                 "run `etl migrate`".into(),
             )),
-            Err(_) => Err(("no migrations applied".into(), "run `etl migrate`".into())),
+            Err(err) => match sqlstate(&err).as_deref() {
+                Some(UNDEFINED_TABLE) => {
+                    Err(("no migrations applied".into(), "run `etl migrate`".into()))
+                }
+                Some(INSUFFICIENT_PRIVILEGE) => {
+                    report.skip_as_login(
+                        "migrations applied",
+                        "only the schema owner reads _sqlx_migrations (the checks below look at what this login needs)",
+                    );
+                    return;
+                }
+                _ => Err((err.to_string(), "check the connection".into())),
+            },
         },
     );
 }
 
+const UNDEFINED_TABLE: &str = "42P01";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// Which group roles this login uses the privileges of (membership with INHERIT), and whether it
+/// owns the schema; "lacks the role" errors send users here.
+async fn login_check(report: &mut Report, pool: &PgPool) -> Option<Login> {
+    let row: Result<(String, bool, Vec<String>), _> = sqlx::query_as(
+        "SELECT current_user::text, \
+                r.rolsuper OR COALESCE(pg_has_role(current_user, c.relowner, 'USAGE'), \
+                    c.oid IS NULL AND has_database_privilege(current_database(), 'CREATE')), \
+                ARRAY(SELECT g FROM unnest($1::text[]) AS g \
+                      WHERE CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = g) \
+                                 THEN pg_has_role(current_user, g, 'USAGE') ELSE false END) \
+         FROM pg_roles r LEFT JOIN pg_class c ON c.oid = to_regclass('public.user_logins') \
+         WHERE r.rolname = current_user",
+    )
+    .bind(role_names())
+    .fetch_one(pool)
+    .await;
+    let (name, owner, groups) = match row {
+        Ok(row) => row,
+        Err(err) => {
+            report.check(
+                "login",
+                Err((err.to_string(), "check the connection".into())),
+            );
+            return None;
+        }
+    };
+    let login = Login {
+        jobs: JOBS
+            .iter()
+            .filter(|(_, role)| groups.iter().any(|g| g == role))
+            .map(|(job, _)| *job)
+            .collect(),
+        name,
+        owner,
+    };
+    report.check(
+        "login",
+        match (login.owner, login.jobs.is_empty()) {
+            (true, _) => Ok(format!("{} owns the schema: every job", login.name)),
+            (false, false) => Ok(format!(
+                "{} is a member of {} (jobs: {})",
+                login.name,
+                groups.join(", "),
+                login.job_names()
+            )),
+            (false, true) => Err((
+                format!(
+                    "{} is a member of no etl role, so it can do no job",
+                    login.name
+                ),
+                format!(
+                    "as the owner: GRANT etl_ingest (or the role of its job, docs/roles.md) TO {}",
+                    login.name
+                ),
+            )),
+        },
+    );
+    Some(login)
+}
+
+/// Whether the login holds what each of its jobs needs, one line per job.
+async fn access(report: &mut Report, pool: &PgPool, login: &Login) {
+    if login.owner {
+        return;
+    }
+    for job in &login.jobs {
+        let mut lacking = Vec::new();
+        let mut missing = Vec::new();
+        for need in job.needs() {
+            match holds(pool, *need).await {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => lacking.push(need.to_string()),
+                Ok(None) => missing.push(need.to_string()),
+                Err(err) => lacking.push(format!("{need} ({err})")),
+            }
+        }
+        let needs: Vec<String> = job.needs().iter().map(ToString::to_string).collect();
+        report.check(
+            &format!("{} access", job.name()),
+            if !missing.is_empty() {
+                Err((
+                    format!("not in the database: {}", missing.join(", ")),
+                    "have the owner run `etl migrate`".into(),
+                ))
+            } else if !lacking.is_empty() {
+                Err((
+                    format!("{} lacks {}", login.name, lacking.join(", ")),
+                    "have the owner run `etl migrate`, which grants them again".into(),
+                ))
+            } else {
+                Ok(needs.join(", "))
+            },
+        );
+    }
+}
+
+/// Whether the current user holds `need`: `None` when the object does not exist. Read from the
+/// catalog, which every user may read, so no lookup fails for lack of a schema privilege.
+async fn holds(pool: &PgPool, need: Need) -> Result<Option<bool>, sqlx::Error> {
+    match need {
+        Need::Table(schema, table, privilege) => {
+            sqlx::query_scalar(
+                "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, $3) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+            )
+            .bind(schema)
+            .bind(table)
+            .bind(privilege)
+            .fetch_optional(pool)
+            .await
+        }
+        Need::Execute(schema, function) => {
+            sqlx::query_scalar(
+                "SELECT bool_or(has_schema_privilege(n.oid, 'USAGE') \
+                                AND has_function_privilege(p.oid, 'EXECUTE')) \
+                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = $1 AND p.proname = $2",
+            )
+            .bind(schema)
+            .bind(function)
+            .fetch_one(pool)
+            .await
+        }
+    }
+}
+
 async fn roles(report: &mut Report, pool: &PgPool) {
+    let roles = role_names();
     let present: Vec<String> =
         sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
-            .bind(&ROLES[..])
+            .bind(&roles)
             .fetch_all(pool)
             .await
             .unwrap_or_default();
-    let missing: Vec<&str> = ROLES
-        .into_iter()
+    let missing: Vec<&str> = roles
+        .iter()
+        .copied()
         .filter(|r| !present.iter().any(|p| p == r))
         .collect();
     report.check(
         "roles present",
         if missing.is_empty() {
-            Ok(ROLES.join(", "))
+            Ok(roles.join(", "))
         } else {
             Err((
                 format!("missing {}", missing.join(", ")),
@@ -311,8 +623,11 @@ async fn public_schema(report: &mut Report, pool: &PgPool) {
     );
 }
 
-async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs) {
+async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs, needed: bool) {
     match args.queue_url.as_deref().map(QueueUrl::parse) {
+        None if !needed => {
+            report.skip_as_login("queue", "no queue URL given (only ingest reads the queue)")
+        }
         None => report.check(
             "queue",
             Err((
@@ -367,25 +682,45 @@ async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) {
     }
 }
 
-async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms) {
-    report.check(
-        "data keys",
-        load_transformer(pool, kms)
-            .await
-            .map(|t| {
-                format!(
-                    "mask key v{} and vault key v{} unwrap",
-                    t.masker().version(),
-                    t.sealer().version()
-                )
-            })
-            .map_err(|err| {
-                (
-                    err.to_string(),
-                    "run `etl keys init`, or grant kms:Decrypt for context application=etl".into(),
-                )
-            }),
-    );
+/// The data keys this login's jobs unwrap: all of ingest's for ingest and the owner, the mask key
+/// for a privacy officer; the others unwrap none (the recovery service unwraps per request).
+async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<&Login>) {
+    let fix = |err: KeyLoadError| {
+        let fix = match err {
+            KeyLoadError::MissingKey(_) => "have the owner run `etl keys init --kms-key-id <id>`",
+            _ => "grant this AWS identity kms:Decrypt on the key, for context application=etl",
+        };
+        (err.to_string(), fix.to_owned())
+    };
+    let ingest = login.is_none_or(|login| login.does(Job::Ingest));
+    if ingest {
+        report.check(
+            "data keys",
+            load_transformer(pool, kms)
+                .await
+                .map(|t| {
+                    format!(
+                        "mask key v{} and vault key v{} unwrap; the quarantine key's attestation verifies",
+                        t.masker().version(),
+                        t.sealer().version()
+                    )
+                })
+                .map_err(fix),
+        );
+    } else if login.is_some_and(|login| login.does(Job::Privacy)) {
+        report.check(
+            "data keys",
+            load_active_masker(pool, kms)
+                .await
+                .map(|masker| format!("mask key v{} unwraps", masker.version()))
+                .map_err(fix),
+        );
+    } else {
+        report.skip_as_login(
+            "data keys",
+            "only ingest, a privacy officer and the owner unwrap data keys",
+        );
+    }
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@ use serde::Serialize;
 use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
-use crate::adapters::postgres::{self, keyring, lifecycle};
+use crate::adapters::postgres::{self, lifecycle};
 use crate::configuration::{ConfigError, DatabaseSettings};
-use crate::crypto::{KeyPurpose, Masker, UserHash};
+use crate::crypto::{Masker, UserHash};
 use crate::domain::{Justification, UserId};
+use crate::keys::{self, KeyLoadError};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Args)]
@@ -128,26 +129,18 @@ pub enum ForgetError {
 /// SQLSTATE of `etl.forget` when the hashes are not under the active mask key version.
 const KEYS_CHANGED: &str = "ET001";
 
-/// The masker of the active mask key version (not the newest: a pending version masks nothing
-/// yet). Read here rather than through `startup`, so a missing role is named as such.
+/// The masker of the active mask key version, read here rather than at start-up so that a missing
+/// role is named as such.
 async fn active_masker(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Masker> {
-    let active = keyring::active_mask_version(pool)
+    keys::load_active_masker(pool, kms)
         .await
-        .map_err(database_error(pool))?
-        .ok_or(ForgetError::NoMaskKey)?;
-    let stored = keyring::version(pool, KeyPurpose::Mask, active)
-        .await
-        .map_err(database_error(pool))?
-        .ok_or(ForgetError::NoMaskKey)?;
-    Ok(Masker::new(
-        &kms.unwrap_data_key(
-            &stored.kms_key_id,
-            KeyPurpose::Mask,
-            stored.version,
-            &stored.wrapped_key,
-        )
-        .await?,
-    ))
+        .map_err(|err| match err {
+            KeyLoadError::MissingKey(_) => ForgetError::NoMaskKey.into(),
+            KeyLoadError::Database(db) if db.sqlstate().as_deref() == Some("42501") => {
+                ForgetError::NotPrivacy.into()
+            }
+            other => other.into(),
+        })
 }
 
 /// The conversion of the erasure's database errors on `pool`.

@@ -22,6 +22,10 @@ pub enum KeyLoadError {
     )]
     UnattestedPublicKey { version: i32, source: KmsError },
     #[error(
+        "cannot check the stored quarantine public key (version {version}) with KMS: {source}"
+    )]
+    PublicKeyUnchecked { version: i32, source: KmsError },
+    #[error(
         "the newest vault key is version {newest}, below version {minimum}, the lowest ingest may \
          seal with: a newer keyring row was deleted or restored from an older backup; restore it, \
          or run `etl keys rotate --purpose vault`"
@@ -43,7 +47,9 @@ impl KeyLoadError {
         match self {
             Self::Database(err) => err.is_transient(),
             Self::Unwrap(err) => err.is_transient(),
-            Self::UnattestedPublicKey { source, .. } => source.is_transient(),
+            Self::UnattestedPublicKey { source, .. } | Self::PublicKeyUnchecked { source, .. } => {
+                source.is_transient()
+            }
             Self::MissingKey(_)
             | Self::BadPublicKey(_)
             | Self::VaultKeyBelowMinimum { .. }
@@ -71,7 +77,11 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
         &stored.public_key_attestation,
     )
     .await
-    .map_err(|source| KeyLoadError::UnattestedPublicKey { version, source })?;
+    .map_err(|source| match source {
+        // Only KMS's refusal to decrypt the attestation says the key is not the one it attested.
+        KmsError::InvalidCiphertext { .. } => KeyLoadError::UnattestedPublicKey { version, source },
+        source => KeyLoadError::PublicKeyUnchecked { version, source },
+    })?;
     let quarantine = QuarantineSealer::from_public_key(version, &stored.public_key)
         .ok_or(KeyLoadError::BadPublicKey(version))?;
     let state = keyring::key_state(pool)
@@ -106,6 +116,25 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     }
     let vault = unwrap_stored(kms, KeyPurpose::Vault, &vault).await?;
     Ok(Transformer::new(masker, Sealer::new(&vault), quarantine).with_other_mask_versions(others))
+}
+
+/// The masker of the active mask key version (not the newest: a pending version masks nothing
+/// yet), for what needs the mask key alone (erasure).
+pub async fn load_active_masker(pool: &PgPool, kms: &Kms) -> Result<Masker, KeyLoadError> {
+    let missing = KeyLoadError::MissingKey(KeyPurpose::Mask.as_str());
+    let Some(active) = keyring::active_mask_version(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?
+    else {
+        return Err(missing);
+    };
+    let stored = keyring::version(pool, KeyPurpose::Mask, active)
+        .await
+        .map_err(DatabaseError::on(pool))?
+        .ok_or(missing)?;
+    Ok(Masker::new(
+        &unwrap_stored(kms, KeyPurpose::Mask, &stored).await?,
+    ))
 }
 
 /// Unwraps a stored data key with KMS (key id and encryption context presented).

@@ -110,3 +110,87 @@ async fn doctor_passes_on_a_ready_setup_and_says_what_to_do_otherwise() {
     );
     assert!(stdout.contains("FAIL  data keys"), "{stdout}");
 }
+
+/// Doctor as each job's login: no false failure, the membership named, what it cannot check as
+/// that login said as such; a login in no etl role is told which grant it lacks.
+#[tokio::test]
+async fn doctor_checks_the_login_it_runs_as() {
+    let app = TestApp::spawn().await;
+    for (group, job) in [
+        ("etl_ingest", "ingest"),
+        ("etl_analyst", "analyst"),
+        ("etl_recoverer", "recoverer"),
+        ("etl_auditor", "auditor"),
+        ("etl_privacy", "privacy officer"),
+        ("etl_opener", "recovery service"),
+        ("etl_approver", "approver"),
+    ] {
+        let (name, url) = app.login_user(group).await;
+        let output = app.etl_as(&url, &["doctor"]).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{group}: {stdout}");
+        assert!(!stdout.contains("FAIL"), "{group}: {stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "OK    login: {name} is a member of {group} (jobs: {job})"
+            )),
+            "{group}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("OK    {job} access: ")),
+            "{group}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "SKIP  migrations applied: cannot check as {name}: only the schema owner"
+            )),
+            "{group}: {stdout}"
+        );
+        let keys_checked = matches!(group, "etl_ingest" | "etl_privacy");
+        assert_eq!(
+            stdout.contains("OK    data keys: "),
+            keys_checked,
+            "{group}: {stdout}"
+        );
+        assert!(output.stderr.is_empty(), "{group}: {stdout}");
+    }
+
+    let (name, url) = app.login_user("etl_analyst").await;
+    sqlx::query(&format!("REVOKE etl_analyst FROM {name}"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let output = app.etl_as(&url, &["doctor"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAIL  login: {name} is a member of no etl role"))
+            && stdout.contains(&format!("TO {name}")),
+        "{stdout}"
+    );
+
+    // Without a region: one line naming the variable, the AWS checks skipped, no SDK warnings.
+    let output = app
+        .command(&["doctor"])
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  AWS region: no region configured\n      → set AWS_REGION"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("SKIP  data keys: cannot check: no AWS region"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("FAIL").count(), 1, "{stdout}");
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -70,6 +70,14 @@ impl DatabaseError {
     pub fn is_transient(&self) -> bool {
         super::is_transient(&self.source)
     }
+
+    /// The server's SQLSTATE, where the server answered with an error.
+    pub fn sqlstate(&self) -> Option<String> {
+        match &self.source {
+            sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+            _ => None,
+        }
+    }
 }
 
 /// A sqlx error whose connection is not known, in the same words.
