@@ -1,10 +1,21 @@
-//! Rates and durations as people read them on a terminal: `834/s`, `1.2 s`, `3 min 5 s`.
+//! Rates, durations and counts as people read them on a terminal: `834/s`, `1.2 s`, `3 min 5 s`,
+//! `1 user`, `2 days`.
 
 use std::time::Duration;
 
 /// A rate per second, rounded to a whole number: `834/s`.
 pub fn rate(per_second: f64) -> String {
     format!("{:.0}/s", per_second.max(0.0))
+}
+
+/// A count and its noun, plural unless the count is one: `1 user`, `0 users`, `2 days`.
+pub fn count(count: impl Into<i64>, noun: &str) -> String {
+    let count = count.into();
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// A duration in the largest unit that keeps it readable: `340 ms`, `1.2 s`, `42 s`,
@@ -29,6 +40,13 @@ pub fn duration(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counts_are_plural_unless_one() {
+        assert_eq!(super::count(1, "user"), "1 user");
+        assert_eq!(super::count(0, "user"), "0 users");
+        assert_eq!(super::count(30, "day"), "30 days");
+    }
+
     use super::*;
 
     #[test]

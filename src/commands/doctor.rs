@@ -15,7 +15,7 @@ use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
-use crate::keys::{load_active_masker, load_transformer, KeyLoadError};
+use crate::keys::{load_maskers, load_transformer, KeyLoadError};
 
 /// Doctor takes every setting as given, unvalidated: judging each one is its job.
 #[derive(Debug, Args)]
@@ -710,9 +710,15 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
     } else if login.is_some_and(|login| login.does(Job::Privacy)) {
         report.check(
             "data keys",
-            load_active_masker(pool, kms)
+            load_maskers(pool, kms)
                 .await
-                .map(|masker| format!("mask key v{} unwraps", masker.version()))
+                .map(|maskers| {
+                    format!(
+                        "mask key v{} unwraps (and {} other stored version(s))",
+                        maskers.active.version(),
+                        maskers.others.len()
+                    )
+                })
                 .map_err(fix),
         );
     } else {

@@ -15,11 +15,12 @@ use serde::Serialize;
 use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
-use crate::adapters::postgres::{self, lifecycle};
+use crate::adapters::postgres::{self, lifecycle, lifecycle::ToForget};
 use crate::configuration::{ConfigError, DatabaseSettings};
-use crate::crypto::{Masker, UserHash};
+
 use crate::domain::{Justification, UserId};
-use crate::keys::{self, KeyLoadError};
+use crate::human;
+use crate::keys::{self, KeyLoadError, Maskers};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Args)]
@@ -129,10 +130,10 @@ pub enum ForgetError {
 /// SQLSTATE of `etl.forget` when the hashes are not under the active mask key version.
 const KEYS_CHANGED: &str = "ET001";
 
-/// The masker of the active mask key version, read here rather than at start-up so that a missing
-/// role is named as such.
-async fn active_masker(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Masker> {
-    keys::load_active_masker(pool, kms)
+/// The maskers of every stored mask key version, read here rather than at start-up so that a
+/// missing role is named as such.
+async fn maskers(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Maskers> {
+    keys::load_maskers(pool, kms)
         .await
         .map_err(|err| match err {
             KeyLoadError::MissingKey(_) => ForgetError::NoMaskKey.into(),
@@ -164,7 +165,7 @@ struct UserResult<'a> {
 #[derive(Serialize, Default)]
 struct Totals {
     users: usize,
-    logins: i64,
+    user_logins: i64,
     vault_entries: i64,
     quarantined: i64,
     newly_suppressed: usize,
@@ -176,21 +177,25 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let mut masker = active_masker(&pool, &kms).await?;
+    let mut maskers = maskers(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
     for chunk in settings.users.chunks(CHUNK) {
         let erased = loop {
-            let users: Vec<(&str, UserHash)> = chunk
+            let users: Vec<ToForget<'_>> = chunk
                 .iter()
                 .map(|user| {
                     let id = user.user_id.as_str();
-                    (id, masker.user_hash(id))
+                    ToForget {
+                        user_id: id,
+                        hash: maskers.active.user_hash(id),
+                        earlier_hashes: maskers.others.iter().map(|m| m.user_hash(id)).collect(),
+                    }
                 })
                 .collect();
             match lifecycle::forget(
                 &pool,
                 &users,
-                masker.version(),
+                maskers.active.version(),
                 settings.why.reason(),
                 settings.why.ticket(),
                 settings.dry_run,
@@ -199,7 +204,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
             {
                 // A re-mask switch committed meanwhile: hash under the version now active.
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(KEYS_CHANGED) => {
-                    masker = active_masker(&pool, &kms).await?;
+                    maskers = self::maskers(&pool, &kms).await?;
                 }
                 other => break other.map_err(database_error(&pool))?,
             }
@@ -218,19 +223,20 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
     let mut totals = Totals::default();
     for result in &results {
         totals.users += 1;
-        totals.logins += result.erased.logins;
+        totals.user_logins += result.erased.logins;
         totals.vault_entries += result.erased.vault_entries;
         totals.quarantined += result.erased.quarantined;
         totals.newly_suppressed += usize::from(result.erased.newly_suppressed);
     }
     print(&results, &totals, settings.dry_run, settings.format)?;
-    Ok(
-        if totals.logins + totals.vault_entries + totals.quarantined > 0 {
-            Outcome::Success
-        } else {
-            Outcome::Negative
-        },
-    )
+    // Done when something was erased or someone newly suppressed; when every user was already
+    // forgotten, nothing was written (no receipt either).
+    let erased = totals.user_logins + totals.vault_entries + totals.quarantined;
+    Ok(if erased > 0 || totals.newly_suppressed > 0 {
+        Outcome::Success
+    } else {
+        Outcome::Negative
+    })
 }
 
 fn print(
@@ -256,39 +262,36 @@ fn print(
         )?;
         return Ok(());
     }
-    let verb = if dry_run { "would erase" } else { "erased" };
     for result in results {
         let e = &result.erased;
-        let receipt = hex::encode(&e.user_hash);
+        // A dry run writes no receipt, so it names none.
+        let receipt = if dry_run {
+            String::new()
+        } else {
+            format!(" (receipt {})", hex::encode(&e.user_hash))
+        };
+        let source = &result.source;
         if e.logins + e.vault_entries + e.quarantined > 0 {
+            let verb = if dry_run { "would erase" } else { "erased" };
             outln!(
-                "{}: {verb} user_logins={} vault_entries={} quarantine={} (receipt {receipt})",
-                result.source,
+                "{source}: {verb} user_logins={} vault_entries={} quarantined={}{receipt}",
                 e.logins,
                 e.vault_entries,
                 e.quarantined
             )?;
         } else if e.newly_suppressed {
+            let verb = if dry_run { "would be added" } else { "added" };
             outln!(
-                "{}: nothing found; {} the suppression list (receipt {receipt})",
-                result.source,
-                if dry_run {
-                    "would be added to"
-                } else {
-                    "added to"
-                }
+                "{source}: never seen, nothing to erase; {verb} to the suppression list, so later events are dropped{receipt}"
             )?;
         } else {
-            outln!(
-                "{}: nothing found; already forgotten, nothing changed",
-                result.source
-            )?;
+            outln!("{source}: already forgotten; nothing changed")?;
         }
     }
     outln!(
-        "{} users: user_logins={} vault_entries={} quarantine={} newly suppressed={}{}",
-        totals.users,
-        totals.logins,
+        "{}: user_logins={} vault_entries={} quarantined={} newly_suppressed={}{}",
+        human::count(totals.users as i64, "user"),
+        totals.user_logins,
         totals.vault_entries,
         totals.quarantined,
         totals.newly_suppressed,

@@ -90,20 +90,10 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     let active = state
         .mask_key_version
         .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
-    let mut masker = None;
-    let mut others = Vec::new();
-    for stored in keyring::versions(pool, KeyPurpose::Mask)
-        .await
-        .map_err(DatabaseError::on(pool))?
-    {
-        let key = unwrap_stored(kms, KeyPurpose::Mask, &stored).await?;
-        if stored.version == active {
-            masker = Some(Masker::new(&key));
-        } else {
-            others.push(Masker::new(&key));
-        }
-    }
-    let masker = masker.ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
+    let Maskers {
+        active: masker,
+        others,
+    } = maskers(pool, kms, active).await?;
     let vault = keyring::latest(pool, KeyPurpose::Vault)
         .await
         .map_err(DatabaseError::on(pool))?
@@ -118,23 +108,41 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     Ok(Transformer::new(masker, Sealer::new(&vault), quarantine).with_other_mask_versions(others))
 }
 
-/// The masker of the active mask key version (not the newest: a pending version masks nothing
-/// yet), for what needs the mask key alone (erasure).
-pub async fn load_active_masker(pool: &PgPool, kms: &Kms) -> Result<Masker, KeyLoadError> {
-    let missing = KeyLoadError::MissingKey(KeyPurpose::Mask.as_str());
-    let Some(active) = keyring::active_mask_version(pool)
+/// The maskers of every stored mask key version: the active one (not the newest: a pending
+/// version masks nothing yet) and the others, whose user hashes the suppression list may hold.
+pub struct Maskers {
+    pub active: Masker,
+    pub others: Vec<Masker>,
+}
+
+/// [`Maskers`], for what needs the mask key alone (erasure).
+pub async fn load_maskers(pool: &PgPool, kms: &Kms) -> Result<Maskers, KeyLoadError> {
+    let active = keyring::active_mask_version(pool)
         .await
         .map_err(DatabaseError::on(pool))?
-    else {
-        return Err(missing);
-    };
-    let stored = keyring::version(pool, KeyPurpose::Mask, active)
+        .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
+    maskers(pool, kms, active).await
+}
+
+/// Unwraps every stored mask key version once with KMS.
+async fn maskers(pool: &PgPool, kms: &Kms, active: i32) -> Result<Maskers, KeyLoadError> {
+    let mut masker = None;
+    let mut others = Vec::new();
+    for stored in keyring::versions(pool, KeyPurpose::Mask)
         .await
         .map_err(DatabaseError::on(pool))?
-        .ok_or(missing)?;
-    Ok(Masker::new(
-        &unwrap_stored(kms, KeyPurpose::Mask, &stored).await?,
-    ))
+    {
+        let key = unwrap_stored(kms, KeyPurpose::Mask, &stored).await?;
+        if stored.version == active {
+            masker = Some(Masker::new(&key));
+        } else {
+            others.push(Masker::new(&key));
+        }
+    }
+    Ok(Maskers {
+        active: masker.ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?,
+        others,
+    })
 }
 
 /// Unwraps a stored data key with KMS (key id and encryption context presented).

@@ -77,7 +77,7 @@ async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent(
     assert_exit(&dry, 0);
     let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(report["dry_run"], true);
-    assert_eq!(report["totals"]["logins"], 2);
+    assert_eq!(report["totals"]["user_logins"], 2);
     assert_eq!(report["totals"]["vault_entries"], 3);
     assert_eq!(report["totals"]["quarantined"], 1);
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 3);
@@ -91,7 +91,7 @@ async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent(
     let report: Value = serde_json::from_slice(&done.stdout).unwrap();
     let user = &report["users"][0];
     assert_eq!(user["source"], "--user-id");
-    assert_eq!(user["logins"], 2);
+    assert_eq!(user["user_logins"], 2);
     assert_eq!(
         user["vault_entries"], 3,
         "alice's second ip and both devices"
@@ -132,7 +132,7 @@ async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent(
     assert_exit(&again, 1);
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("already forgotten, nothing changed"),
+        stdout.contains("--user-id: already forgotten; nothing changed"),
         "{stdout}"
     );
     assert_eq!(
@@ -218,7 +218,7 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
     assert!(stdout.contains("line 1: erased user_logins=1"), "{stdout}");
     assert!(stdout.contains("line 3: erased user_logins=1"), "{stdout}");
     assert!(
-        stdout.contains("line 4: nothing found; added to the suppression list"),
+        stdout.contains("line 4: never seen, nothing to erase; added to the suppression list"),
         "{stdout}"
     );
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
@@ -250,6 +250,70 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
         .await
         .unwrap();
     assert_eq!(keys, 1, "the mask key's row only");
+}
+
+/// Erasure is idempotent across re-masks: a user forgotten under mask key version 1 is still
+/// "already forgotten" once version 2 is active (exit 1, no second receipt). A dry run reports
+/// what the real run then does; a never-seen id is suppressed, and its receipt says nothing was
+/// found.
+#[tokio::test]
+async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
+    let app = TestApp::spawn().await;
+    app.start_recovery_service();
+    app.ingest(&[
+        body("carol-1", "10.23.0.1", "230-00-0001", "RU"),
+        body("carol-1", "10.23.0.2", "230-00-0002", "RU"),
+        body("dave-2", "10.23.0.3", "230-00-0003", "RU"),
+    ])
+    .await;
+    let (_, privacy) = app.login_user("etl_privacy").await;
+    let forget = async |user: &str, extra: &[&str]| {
+        let mut args = vec!["forget", "--user-id", user, "--reason", "art. 17"];
+        args.extend_from_slice(extra);
+        app.etl_as(&privacy, &args).await
+    };
+    let dry = forget("carol-1", &["--dry-run"]).await;
+    assert_exit(&dry, 0);
+    let dry_out = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(!dry_out.contains("receipt"), "{dry_out}");
+    let done = forget("carol-1", &[]).await;
+    assert_exit(&done, 0);
+    let done_out = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert_eq!(
+        dry_out.replace("would erase", "erased").lines().next(),
+        done_out.split(" (receipt").next(),
+        "the dry run's figures are the real run's"
+    );
+    assert!(done_out.contains("1 user: user_logins=2"), "{done_out}");
+
+    app.etl_ok(&["keys", "rotate", "--purpose", "mask"]).await;
+    app.etl_ok(&["keys", "remask"]).await;
+    let receipts = "SELECT count(*) FROM recovery.audit_log WHERE kind = 'erasure'";
+    assert_eq!(app.count(receipts).await, 1);
+    let again = forget("carol-1", &[]).await;
+    assert_exit(&again, 1);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("--user-id: already forgotten; nothing changed"),
+        "{stdout}"
+    );
+    assert_eq!(app.count(receipts).await, 1, "no second receipt");
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.forgotten_users").await,
+        1
+    );
+
+    let never = forget("nobody-ever", &[]).await;
+    assert_exit(&never, 0);
+    let stdout = String::from_utf8_lossy(&never.stdout);
+    assert!(stdout.contains("never seen, nothing to erase"), "{stdout}");
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM recovery.audit_log WHERE kind = 'erasure' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(detail, "nothing found; suppressed=new");
 }
 
 /// The guarantee itself, step by step: a batch prepared while the vault held an entry, committed
@@ -303,7 +367,7 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
     // The erasure of the only user of that ip and device deletes their entries.
     let hash = masker.user_hash("gone-1");
     let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'test', NULL)")
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'test', NULL, '{}', '{}')")
         .bind(vec!["gone-1"])
         .bind(vec![hash.as_bytes().to_vec()])
         .execute(&mut *tx)
@@ -378,7 +442,7 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
         .collect();
     let mut erasures = 0;
     while !drain.is_finished() {
-        sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'beside ingest', NULL)")
+        sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'beside ingest', NULL, '{}', '{}')")
             .bind(&forgotten)
             .bind(&hashes)
             .execute(&app.pool)
@@ -392,7 +456,7 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
     let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
     // Rows committed before an erasure of their user were deleted by it; a last erasure takes
     // those committed after the one before.
-    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'after ingest', NULL)")
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'after ingest', NULL, '{}', '{}')")
         .bind(&forgotten)
         .bind(&hashes)
         .execute(&app.pool)

@@ -36,6 +36,8 @@ pub async fn vault_state_since(
 pub struct Erased {
     #[serde(serialize_with = "hex_bytes")]
     pub user_hash: Vec<u8>,
+    /// Named as in the text output and the receipt.
+    #[serde(rename = "user_logins")]
     pub logins: i64,
     pub vault_entries: i64,
     pub quarantined: i64,
@@ -47,30 +49,49 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok,
     serializer.serialize_str(&hex::encode(bytes))
 }
 
-/// Erases these users (ids and their keyed hashes) in one transaction, committed unless
-/// `dry_run`, which rolls it back and so reports what would be removed.
+/// A user to erase: the id, its keyed hash under the active mask key version, and its hashes
+/// under the other stored versions (under which an earlier erasure may have suppressed it).
+pub struct ToForget<'a> {
+    pub user_id: &'a str,
+    pub hash: UserHash,
+    pub earlier_hashes: Vec<UserHash>,
+}
+
+/// Erases these users in one transaction, committed unless `dry_run`, which rolls it back and so
+/// reports exactly what the real run would remove.
 pub async fn forget(
     pool: &PgPool,
-    users: &[(&str, UserHash)],
+    users: &[ToForget<'_>],
     mask_key_version: i32,
     reason: &str,
     ticket: Option<&str>,
     dry_run: bool,
 ) -> Result<Vec<Erased>, sqlx::Error> {
-    let (ids, hashes): (Vec<&str>, Vec<&[u8]>) = users
+    let ids: Vec<&str> = users.iter().map(|user| user.user_id).collect();
+    let hashes: Vec<&[u8]> = users
         .iter()
-        .map(|(id, hash)| (*id, hash.as_bytes().as_slice()))
-        .unzip();
+        .map(|user| user.hash.as_bytes().as_slice())
+        .collect();
+    let mut earlier_hashes: Vec<&[u8]> = Vec::new();
+    let mut earlier_users: Vec<i32> = Vec::new();
+    for (index, user) in (1..).zip(users) {
+        for hash in &user.earlier_hashes {
+            earlier_hashes.push(hash.as_bytes().as_slice());
+            earlier_users.push(index);
+        }
+    }
     let mut tx = pool.begin().await?;
     let erased = sqlx::query_as(
         "SELECT user_hash, logins, vault_entries, quarantined, newly_suppressed \
-         FROM etl.forget($1, $2, $3, $4, $5)",
+         FROM etl.forget($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(ids)
     .bind(hashes)
     .bind(mask_key_version)
     .bind(reason)
     .bind(ticket)
+    .bind(earlier_hashes)
+    .bind(earlier_users)
     .fetch_all(&mut *tx)
     .await?;
     if dry_run {
