@@ -19,7 +19,8 @@ use crate::recovery::{database_error, recover_masks, Answer, RequestOptions, CLI
 pub struct ExportArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// The user whose rows to export, exactly as in user_logins.user_id.
+    /// The user whose rows to export, exactly as in user_logins.user_id (byte for byte: spaces
+    /// around it are part of it).
     #[arg(long, value_name = "ID")]
     pub user_id: String,
     /// Why (for example "subject access request"). Required; recorded with every mask opened.

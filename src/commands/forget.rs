@@ -28,10 +28,12 @@ use crate::startup::KMS_ATTEMPT_TIMEOUT;
 pub struct ForgetArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// The user id to erase, exactly as in user_logins.user_id.
+    /// The user id to erase, exactly as in user_logins.user_id (byte for byte: spaces around it
+    /// are part of it). `--from-file` keeps ids out of `ps` and shell history.
     #[arg(long, value_name = "ID")]
     pub user_id: Option<String>,
-    /// Read user ids from this file, one per line (`-` for stdin; blank lines are skipped).
+    /// Read user ids from this file, one per line, each exactly as written (`-` for stdin; blank
+    /// lines are skipped).
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,
     /// Why (for example the request's legal basis). Required; recorded in each erasure receipt.
