@@ -13,7 +13,8 @@ use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
 use crate::adapters::postgres::{self, quarantine};
-use crate::domain::{Justification, LoginEvent};
+use crate::domain::Justification;
+use crate::human;
 use crate::keys::QuarantineOpeners;
 use crate::keys::{load_transformer, LiveKeys};
 use crate::pipeline::batch::ClaimKind;
@@ -137,15 +138,24 @@ async fn list(
                 .map(|e| e.message_id.chars().count())
                 .fold(ID.len(), usize::max);
             outln!(
-                "{:<20}  {:<id_width$}  {:<24}  detail",
+                "{:<20}  {:<20}  {:>8}  {:<id_width$}  {:<24}  detail",
                 "received",
+                "sent",
+                "receives",
                 ID,
                 "reason"
             )?;
+            const TIME: &str = "%Y-%m-%dT%H:%M:%SZ";
             for entry in &entries {
                 outln!(
-                    "{}  {:<id_width$}  {:<24}  {}",
-                    entry.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    "{}  {:<20}  {:>8}  {:<id_width$}  {:<24}  {}",
+                    entry.received_at.format(TIME),
+                    entry
+                        .sent_at
+                        .map_or("-".to_owned(), |sent| sent.format(TIME).to_string()),
+                    entry
+                        .receive_count
+                        .map_or("-".to_owned(), |count| count.to_string()),
                     entry.message_id,
                     entry.reason,
                     entry.detail
@@ -228,17 +238,15 @@ struct Replayed {
 async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
     let pool = super::audit_pool(&args.database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
-    let committer = if args.dry_run {
-        None
-    } else {
-        let transformer = load_transformer(&pool, &kms).await?;
-        Some(Committer::new(
-            pool.clone(),
-            Arc::new(LiveKeys::new(transformer, kms.clone())),
-            Arc::new(Stats::default()),
-            i32::MAX,
-        ))
-    };
+    // A dry run prepares each page as the real run does (validation, the suppression list) and
+    // writes nothing, so its figures are the real run's.
+    let transformer = load_transformer(&pool, &kms).await?;
+    let committer = Committer::new(
+        pool.clone(),
+        Arc::new(LiveKeys::new(transformer, kms.clone())),
+        Arc::new(Stats::default()),
+        i32::MAX,
+    );
     let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
     let mut report = Replayed {
         dry_run: args.dry_run,
@@ -262,19 +270,13 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
         for row in &page {
             messages.push(openers.open(row).await?);
         }
-        match &committer {
-            Some(committer) => {
-                let replayed = committer.commit(&messages, ClaimKind::Replay).await?;
-                report.written += replayed.written;
-                report.forgotten_skipped += replayed.forgotten_skipped;
-            }
-            None => {
-                report.written += messages
-                    .iter()
-                    .filter(|m| LoginEvent::parse(&m.body).is_ok())
-                    .count() as u64;
-            }
-        }
+        let replayed = if args.dry_run {
+            committer.preview(&messages, ClaimKind::Replay).await?
+        } else {
+            committer.commit(&messages, ClaimKind::Replay).await?
+        };
+        report.written += replayed.written;
+        report.forgotten_skipped += replayed.forgotten_skipped;
     }
     report.still_quarantined = report.examined - report.written - report.forgotten_skipped;
     let figures = format!(
@@ -318,8 +320,14 @@ async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyho
     let expired = lifecycle::count_expired(&pool, Expiring::Quarantine, cutoff)
         .await
         .context("counting quarantined messages (the schema owner may)")?;
+    let messages = |n| human::count(n, "quarantined message");
+    let days = human::count(i64::from(older_than), "day");
+    if expired == 0 {
+        outln!("nothing to purge: no quarantined message is older than {days}")?;
+        return Ok(Outcome::Negative);
+    }
     if dry_run {
-        outln!("would purge {expired} quarantined messages older than {older_than} days")?;
+        outln!("would purge {} older than {days}", messages(expired))?;
         return Ok(Outcome::Success);
     }
     let mut purged = 0u64;
@@ -341,6 +349,6 @@ async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyho
     )
     .await
     .context("recording the purge in the audit log")?;
-    outln!("purged {purged} quarantined messages older than {older_than} days")?;
+    outln!("purged {} older than {days}", messages(purged as i64))?;
     Ok(Outcome::Success)
 }

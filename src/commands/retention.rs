@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{progress, DatabaseArgs, Outcome, OutputFormat};
-use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
+use crate::adapters::postgres::lifecycle::{self, Expiring, Retention, Sweep};
+use crate::human;
 
 #[derive(Debug, Subcommand)]
 pub enum RetentionCommand {
@@ -78,23 +79,19 @@ const VAULT_CHUNK: i64 = 5_000;
 const MIN_CLAIMS_DAYS: u32 = 14;
 
 pub async fn run(command: RetentionCommand) -> anyhow::Result<Outcome> {
-    run_command(&command).await.map(|()| Outcome::Success)
-}
-
-async fn run_command(command: &RetentionCommand) -> anyhow::Result<()> {
-    match command {
+    match &command {
         RetentionCommand::Set {
             database,
             logins,
             quarantine,
             claims,
-        } => set(database, *logins, *quarantine, *claims).await,
+        } => set(database, *logins, *quarantine, *claims).await?,
         RetentionCommand::Show { database, format } => {
             let pool = super::pool(database).await?;
             let settings = lifecycle::retention(&pool)
                 .await
                 .context("reading etl.retention (the schema owner may)")?;
-            print_settings(&settings, *format)
+            print_settings(&settings, *format)?;
         }
         RetentionCommand::Apply {
             database,
@@ -108,13 +105,16 @@ async fn run_command(command: &RetentionCommand) -> anyhow::Result<()> {
                 "--nice-ratio must be between 0 and 100"
             );
             let pass = apply(database, *dry_run, *format, Pace(*nice_ratio)).await?;
-            match metrics_file {
-                Some(path) if !dry_run => write_metrics(path, &pass)
-                    .with_context(|| format!("writing {}", path.display())),
-                _ => Ok(()),
+            if let Some(path) = metrics_file.as_ref().filter(|_| !dry_run) {
+                write_metrics(path, &pass)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if pass.deleted() == 0 {
+                return Ok(Outcome::Negative);
             }
         }
     }
+    Ok(Outcome::Success)
 }
 
 async fn set(
@@ -160,7 +160,7 @@ fn print_settings(settings: &Retention, format: OutputFormat) -> anyhow::Result<
         outln!("{}", serde_json::to_string(settings)?)?;
         return Ok(());
     }
-    let days = |d: Option<i32>| d.map_or("forever".to_owned(), |d| format!("{d} days"));
+    let days = |d: Option<i32>| d.map_or("forever".to_owned(), |d| human::count(d, "day"));
     outln!("user_logins: {}", days(settings.logins_days))?;
     outln!("quarantine:  {}", days(settings.quarantine_days))?;
     outln!("claims:      {}", days(settings.claims_days))?;
@@ -182,6 +182,17 @@ struct Pass {
     processed_messages: u64,
     file_batches: u64,
     elapsed_seconds: f64,
+}
+
+impl Pass {
+    /// Rows deleted (or, in a dry run, that would be), all tables together.
+    fn deleted(&self) -> u64 {
+        self.user_logins
+            + self.vault_entries
+            + self.quarantine
+            + self.processed_messages
+            + self.file_batches
+    }
 }
 
 /// How much a pass yields to ingest: after each chunk that took `t`, it waits `ratio × t`.
@@ -221,7 +232,14 @@ async fn apply(
             .and_time(chrono::NaiveTime::MIN)
             .and_utc();
         pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run, pace).await?;
-        pass.vault_entries = sweep_vault(&pool, dry_run, pace).await?;
+        let sweep = if dry_run {
+            Sweep::Count {
+                rows_expire_before: cutoff.date_naive(),
+            }
+        } else {
+            Sweep::Delete
+        };
+        pass.vault_entries = sweep_vault(&pool, &sweep, pace).await?;
     }
     if let Some(cutoff) = cutoff(settings.quarantine_days) {
         pass.quarantine =
@@ -335,7 +353,7 @@ async fn delete_expired(
     }
 }
 
-async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool, pace: Pace) -> anyhow::Result<u64> {
+async fn sweep_vault(pool: &sqlx::PgPool, sweep: &Sweep, pace: Pace) -> anyhow::Result<u64> {
     let size = lifecycle::vault_size(pool).await.unwrap_or(0);
     let span = progress("vault.entries", u64::try_from(size).unwrap_or(0));
     let _shown = span.enter();
@@ -343,7 +361,7 @@ async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool, pace: Pace) -> anyhow::
     let mut gone = 0;
     loop {
         let chunk = Instant::now();
-        let (n, next) = lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, dry_run)
+        let (n, next) = lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, sweep)
             .await
             .context("deleting vault entries no row refers to")?;
         gone += n;
@@ -352,7 +370,7 @@ async fn sweep_vault(pool: &sqlx::PgPool, dry_run: bool, pace: Pace) -> anyhow::
             Some(key) => after = Some(key),
             None => return Ok(gone),
         }
-        if !dry_run {
+        if matches!(sweep, Sweep::Delete) {
             pace.after(chunk).await;
         }
     }

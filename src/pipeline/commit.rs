@@ -109,6 +109,35 @@ impl Committer {
         Ok(committed)
     }
 
+    /// What [`Self::commit`] would commit, prepared the same way (validation, masks, the
+    /// suppression list) but written nowhere: a dry run's figures. A row the table's own
+    /// constraints would reject is counted as written.
+    pub async fn preview(
+        &self,
+        messages: &[Message],
+        kind: ClaimKind,
+    ) -> Result<WriteOutcome, CommitError> {
+        if self.vault.epoch().is_none() {
+            self.refresh_vault_state().await?;
+        }
+        let batch = self
+            .keys
+            .current()
+            .prepare(messages, kind, chrono::Utc::now(), &self.vault)?;
+        let mut outcome = WriteOutcome {
+            written: batch.logins.len() as u64,
+            forgotten_skipped: batch.forgotten.len() as u64,
+            ..WriteOutcome::default()
+        };
+        for row in &batch.quarantine {
+            *outcome
+                .quarantined
+                .entry(row.reason.as_str().to_owned())
+                .or_default() += 1;
+        }
+        Ok(outcome)
+    }
+
     /// After transient errors outlasted the retries: messages received too often are
     /// quarantined (if the database takes it) so a poison message cannot block the queue;
     /// the others stay on the queue.

@@ -650,6 +650,55 @@ async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_au
     app.etl_ok(&["audit", "verify"]).await;
 }
 
+/// A retention dry run counts the vault entries that only expiring rows use, as the real pass
+/// then deletes them; with nothing expired, the pass exits 1.
+#[tokio::test]
+async fn a_retention_dry_run_counts_what_the_pass_then_deletes() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[
+        body("old-1", "10.27.0.1", "270-00-0001", "RU"),
+        body("old-2", "10.27.0.2", "270-00-0002", "RU"),
+        // Shares old-1's ip, and is recent: that entry stays.
+        body("new-1", "10.27.0.1", "270-00-0003", "RU"),
+    ])
+    .await;
+    for sql in [
+        "UPDATE user_logins SET create_date = current_date - 40 WHERE user_id LIKE 'old-%'",
+        "UPDATE vault.entries SET first_seen = now() - interval '40 days'",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    app.etl_ok(&["retention", "set", "--logins", "30"]).await;
+    let apply = async |extra: &[&str]| -> Value {
+        let mut args = vec!["retention", "apply", "--format", "json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&app.etl_ok(&args).await).unwrap()
+    };
+    let dry = apply(&["--dry-run"]).await;
+    let pass = apply(&[]).await;
+    assert_eq!(pass["user_logins"], 2);
+    assert_eq!(pass["vault_entries"], 3, "old-2's ip and both old devices");
+    for figure in [
+        "user_logins",
+        "vault_entries",
+        "quarantine",
+        "processed_messages",
+    ] {
+        assert_eq!(dry[figure], pass[figure], "{figure}: {dry} {pass}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
+    assert_eq!(app.count(DANGLING).await, 0);
+    let nothing = app.etl(&["retention", "apply"]).await;
+    assert_exit(&nothing, 1);
+    let shown: Value =
+        serde_json::from_str(&app.etl_ok(&["retention", "show", "--format", "json"]).await)
+            .unwrap();
+    assert_eq!(
+        shown["quarantine_days"], 0,
+        "0 keeps forever, as `set` takes it"
+    );
+}
+
 #[tokio::test]
 async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_old_entries() {
     let app = TestApp::spawn().await;
@@ -726,19 +775,35 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
         .execute(&app.pool)
         .await
         .unwrap();
+    // Nothing to do: exit 1, as replay with nothing to replay.
     let kept = app
-        .etl_ok(&["quarantine", "purge", "--older-than", "30"])
+        .etl(&["quarantine", "purge", "--older-than", "30"])
         .await;
-    assert!(kept.contains("purged 0"), "{kept}");
+    assert_exit(&kept, 1);
+    let kept = String::from_utf8_lossy(&kept.stdout);
+    assert!(
+        kept.contains("nothing to purge: no quarantined message is older than 30 days"),
+        "{kept}"
+    );
+    let dry = app
+        .etl_ok(&["quarantine", "purge", "--older-than", "7", "--dry-run"])
+        .await;
+    assert_eq!(
+        dry.trim(),
+        "would purge 1 quarantined message older than 7 days"
+    );
     let purged = app
         .etl_ok(&["quarantine", "purge", "--older-than", "7"])
         .await;
-    assert!(purged.contains("purged 1"), "{purged}");
+    assert_eq!(
+        purged.trim(),
+        "purged 1 quarantined message older than 7 days"
+    );
     assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log WHERE kind IN ('quarantine_replay', 'quarantine_purge')")
             .await,
-        4
+        3
     );
     app.etl_ok(&["audit", "verify"]).await;
 }

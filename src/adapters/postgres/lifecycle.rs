@@ -126,14 +126,24 @@ pub async fn subject_rows(pool: &PgPool, user_id: &str) -> Result<Vec<SubjectRow
     .await
 }
 
-/// The retention settings, in days; `None` keeps forever.
+/// The retention settings, in days; `None` keeps forever, shown as `0` as `retention set` takes it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Retention {
+    #[serde(serialize_with = "days_or_forever")]
     pub logins_days: Option<i32>,
+    #[serde(serialize_with = "days_or_forever")]
     pub quarantine_days: Option<i32>,
+    #[serde(serialize_with = "days_or_forever")]
     pub claims_days: Option<i32>,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
+}
+
+fn days_or_forever<S: serde::Serializer>(
+    days: &Option<i32>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_i32(days.unwrap_or(0))
 }
 
 const RETENTION_COLUMNS: &str = "logins_days, quarantine_days, claims_days, updated_at, updated_by";
@@ -250,12 +260,18 @@ const SWEEP_GRACE: &str = "1 hour";
 /// The chunk of the vault after `after`, by primary key, and its entries no row refers to. Only
 /// entries of the active mask key version: those of a pending one are referred to by no row
 /// until the re-mask switch, and the re-mask deletes the old ones itself.
-fn sweep_chunk_sql(delete: bool) -> String {
-    let action = if delete {
-        "DELETE FROM vault.entries e USING chunk c \
-         WHERE e.mask = c.mask AND e.field = c.field AND"
-    } else {
-        "SELECT 1 FROM chunk e WHERE"
+fn sweep_chunk_sql(mode: &Sweep) -> String {
+    let (action, remaining) = match mode {
+        Sweep::Delete => (
+            "DELETE FROM vault.entries e USING chunk c \
+             WHERE e.mask = c.mask AND e.field = c.field AND",
+            "",
+        ),
+        // Rows that the pass would delete refer to nothing: only those it keeps count.
+        Sweep::Count { .. } => (
+            "SELECT 1 FROM chunk e WHERE",
+            "AND (u.create_date IS NULL OR u.create_date >= $4::date)",
+        ),
     };
     format!(
         "WITH chunk AS ( \
@@ -266,43 +282,61 @@ fn sweep_chunk_sql(delete: bool) -> String {
              {action} e.first_seen < now() - interval '{SWEEP_GRACE}' \
              AND e.mask_key_version = (SELECT keyring.active_mask_key_version()) \
              AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
-                             WHERE e.field = 'ip' AND u.masked_ip = encode(e.mask, 'hex')) \
+                             WHERE e.field = 'ip' AND u.masked_ip = encode(e.mask, 'hex') \
+                             {remaining}) \
              AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
                              WHERE e.field = 'device_id' \
-                               AND u.masked_device_id = encode(e.mask, 'hex')) \
+                               AND u.masked_device_id = encode(e.mask, 'hex') {remaining}) \
              {returning} \
          ) \
          SELECT (SELECT count(*) FROM gone), \
                 (SELECT count(*) FROM chunk), \
                 (SELECT mask FROM chunk ORDER BY mask DESC, field DESC LIMIT 1), \
                 (SELECT field FROM chunk ORDER BY mask DESC, field DESC LIMIT 1)",
-        returning = if delete { "RETURNING 1" } else { "" },
+        returning = match mode {
+            Sweep::Delete => "RETURNING 1",
+            Sweep::Count { .. } => "",
+        },
     )
 }
 
+/// What a vault sweep does with the entries no row refers to.
+pub enum Sweep {
+    Delete,
+    /// A dry run's count: as if the rows created before `rows_expire_before` were deleted, as the
+    /// real pass deletes them first.
+    Count {
+        rows_expire_before: NaiveDate,
+    },
+}
+
 /// One chunk of the vault sweep: the entries of up to `chunk` keys after `after` that no row
-/// refers to are deleted (counted, with `dry_run`), holding the vault epoch exclusively and
-/// raising it if any went. Returns how many went, and where the next chunk starts (`None`: done).
+/// refers to are deleted (or counted), holding the vault epoch exclusively and raising it if any
+/// went. Returns how many went, and where the next chunk starts (`None`: done).
 pub async fn sweep_vault_chunk(
     pool: &PgPool,
     after: Option<&VaultKey>,
     chunk: i64,
-    dry_run: bool,
+    mode: &Sweep,
 ) -> Result<(u64, Option<VaultKey>), sqlx::Error> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
-    if !dry_run {
+    let delete = matches!(mode, Sweep::Delete);
+    if delete {
         sqlx::query("SELECT etl.lock_vault_epoch()")
             .execute(&mut *tx)
             .await?;
     }
+    let sql = sweep_chunk_sql(mode);
+    let mut query = sqlx::query_as(&sql)
+        .bind(after.map(|(mask, _)| mask.as_slice()))
+        .bind(after.map(|(_, field)| field.as_str()))
+        .bind(chunk);
+    if let Sweep::Count { rows_expire_before } = mode {
+        query = query.bind(*rows_expire_before);
+    }
     let (gone, seen, last_mask, last_field): (i64, i64, Option<Vec<u8>>, Option<String>) =
-        sqlx::query_as(&sweep_chunk_sql(!dry_run))
-            .bind(after.map(|(mask, _)| mask.as_slice()))
-            .bind(after.map(|(_, field)| field.as_str()))
-            .bind(chunk)
-            .fetch_one(&mut *tx)
-            .await?;
-    if gone > 0 && !dry_run {
+        query.fetch_one(&mut *tx).await?;
+    if gone > 0 && delete {
         sqlx::query("SELECT etl.raise_vault_epoch()")
             .execute(&mut *tx)
             .await?;
