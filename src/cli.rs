@@ -4,10 +4,10 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover,
+    self, audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover,
     recovery_service, retention, DatabaseArgs, LogFormatArg,
 };
 
@@ -16,10 +16,8 @@ use crate::commands::{
 ///
 /// AWS region, credentials and endpoint come from the AWS SDK's usual sources (AWS_REGION,
 /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, profiles, instance roles).
-///
-/// Exit codes: 0 success, 1 a negative answer (see each command's help), 2 an error or a denial.
 #[derive(Debug, Parser)]
-#[command(name = "etl", version, propagate_version = true)]
+#[command(name = "etl", version, propagate_version = true, after_help = commands::EXIT_CODES)]
 pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, env = "ETL_LOG_FORMAT", default_value_t = LogFormatArg::Text)]
@@ -57,16 +55,15 @@ pub enum Command {
     /// Check and anchor the tamper-evident audit log of recoveries and quarantine openings.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Check configuration, database, migrations, roles, queue, KMS and data keys; one line per
-    /// check, with what to do for each failure. Exit code 0 only if all pass.
+    /// Check configuration, database, this login's roles and access, migrations, queue, KMS and
+    /// data keys; one line per check, with what to do for each failure.
     Doctor(doctor::DoctorArgs),
     /// Inspect quarantined messages, open one on record, replay them after a rule change, purge
     /// old ones.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
     /// Erase a person (for members of etl_privacy): their rows, the vault entries only they
-    /// used, their quarantined messages; their later events are dropped. Exit 0 when something
-    /// was removed, 1 when nothing was found, 2 on error.
+    /// used, their quarantined messages; their later events are dropped.
     Forget(forget::ForgetArgs),
     /// Subject access (for members of etl_recoverer): every row of one user with ip and
     /// device_id recovered, on record (one audit row per mask), on stdout only.
@@ -77,6 +74,39 @@ pub enum Command {
     /// Development helpers.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+}
+
+/// Parses the command line, with each command's exit-status line (from the one table in
+/// `commands`) at the end of its `--help`.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// The parser's description, each command's help ending with its exit-status line.
+pub fn command() -> clap::Command {
+    with_exit_status(Cli::command(), "")
+}
+
+fn with_exit_status(command: clap::Command, path: &str) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    // Every command that runs (`recover` runs itself and has subcommands too); not the groups.
+    let command = if command.is_subcommand_required_set() || path.is_empty() {
+        command
+    } else {
+        command.after_help(commands::exit_status(path))
+    };
+    names.into_iter().fold(command, |command, name| {
+        let sub_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path} {name}")
+        };
+        command.mut_subcommand(&name, |sub| with_exit_status(sub, &sub_path))
+    })
 }
 
 /// The command line; run as `bootstrap`, the name a Lambda custom runtime starts without
@@ -123,8 +153,16 @@ pub fn usage_message(err: &clap::Error) -> Option<String> {
 }
 
 /// `--database-url <DATABASE_URL>` as `--database-url / DATABASE_URL`, where the flag has a
-/// variable.
+/// variable; a required group (`<--masked-ip [<MASK>]|--masked-device-id [<MASK>]>`) as
+/// `one of --masked-ip, --masked-device-id`.
 fn with_variable(arg: &str) -> String {
+    if let Some(group) = arg
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+    {
+        let flags: Vec<String> = group.split('|').map(with_variable).collect();
+        return format!("one of {}", flags.join(", "));
+    }
     let flag = arg.split_whitespace().next().unwrap_or(arg);
     match variable_of(&Cli::command(), flag.trim_start_matches('-')) {
         Some(variable) => format!("{flag} / {variable}"),

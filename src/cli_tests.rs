@@ -5,7 +5,7 @@ use crate::commands::keys::KeysCommand;
 fn every_subcommand_is_well_formed() {
     // clap checks argument names (e.g. `keys retire --version` against the version flag)
     // only when a subcommand is built; this builds them all.
-    Cli::command().debug_assert();
+    command().debug_assert();
 }
 
 #[test]
@@ -44,4 +44,25 @@ fn bootstrap_runs_the_lambda_command() {
         "postgres://h/db",
     ]);
     assert!(matches!(cli.command, Command::Migrate(_)), "{cli:?}");
+}
+
+#[test]
+fn a_missing_group_is_named_flag_by_flag() {
+    let err = parse(
+        [
+            "etl",
+            "recover",
+            "--database-url",
+            "postgres://h/db",
+            "--reason",
+            "r",
+        ]
+        .map(OsString::from)
+        .to_vec(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        usage_message(&err).unwrap().lines().next(),
+        Some("error: one of --masked-ip, --masked-device-id is required and not set")
+    );
 }

@@ -8,13 +8,19 @@ pub fn rate(per_second: f64) -> String {
     format!("{:.0}/s", per_second.max(0.0))
 }
 
-/// A count and its noun, plural unless the count is one: `1 user`, `0 users`, `2 days`.
+/// A count and its noun, plural unless the count is one: `1 user`, `0 users`, `2 days`,
+/// `3 vault entries`.
 pub fn count(count: impl Into<i64>, noun: &str) -> String {
     let count = count.into();
     if count == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{count} {noun}s")
+        return format!("1 {noun}");
+    }
+    let consonant_y = noun
+        .strip_suffix('y')
+        .filter(|stem| stem.ends_with(|c: char| !"aeiou".contains(c)));
+    match consonant_y {
+        Some(stem) => format!("{count} {stem}ies"),
+        None => format!("{count} {noun}s"),
     }
 }
 
@@ -45,6 +51,7 @@ mod tests {
         assert_eq!(super::count(1, "user"), "1 user");
         assert_eq!(super::count(0, "user"), "0 users");
         assert_eq!(super::count(30, "day"), "30 days");
+        assert_eq!(super::count(3, "vault entry"), "3 vault entries");
     }
 
     use super::*;

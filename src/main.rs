@@ -1,17 +1,16 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use etl::cli::{Cli, Command};
+use etl::cli::Command;
 use etl::commands::{self, Outcome};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit codes: 0 success, 1 not found, 2 error or denied (clap also uses 2 for usage errors).
+/// Exit codes: 0 done, 1 nothing found or nothing to do, 2 error or refused (clap also uses 2 for
+/// usage errors); `commands::EXIT_CODES`.
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(etl::cli::arguments()) {
+    let cli = match etl::cli::parse(etl::cli::arguments()) {
         Ok(cli) => cli,
         Err(err) => match etl::cli::usage_message(&err) {
             Some(message) => {

@@ -11,8 +11,8 @@ use crate::domain::Justification;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain of the audit log. Exit 0 when it holds, 1 when a row was changed,
-    /// removed or inserted out of order (the first bad id is named), 2 on error.
+    /// Recompute the hash chain of the audit log; when it does not hold (a row was changed,
+    /// removed or inserted out of order), the first bad id is named.
     Verify {
         #[command(flatten)]
         database: DatabaseArgs,

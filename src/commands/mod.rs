@@ -43,10 +43,53 @@ use crate::adapters::postgres;
 /// How a command that ran without error ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Exit code 0: done.
     Success,
-    /// A negative answer (exit code 1): a mask or quarantined message not found, a doctor check
-    /// failed, or an audit chain that does not hold.
+    /// Exit code 1: nothing found or nothing to do (see [`EXIT_ONE`] for each command).
     Negative,
+}
+
+/// The one exit-code table, as top-level `--help` and README state it.
+pub const EXIT_CODES: &str = "Exit codes: 0 done; 1 nothing found or nothing to do (a negative \
+    answer: each command's help says when); 2 an error or a refusal. Listings exit 0 even when \
+    empty.";
+
+/// What exit code 1 means, for each command that uses it; every other command exits 0 or 2.
+pub const EXIT_ONE: [(&str, &str); 10] = [
+    (
+        "recover",
+        "a mask is not in the vault, or the request waits for approval",
+    ),
+    (
+        "recover collect",
+        "a value is not found, or the request still waits for approval",
+    ),
+    ("audit verify", "the chain does not hold"),
+    ("doctor", "a check failed"),
+    (
+        "quarantine show",
+        "no such quarantined message, or the request waits for approval",
+    ),
+    ("quarantine replay", "no quarantined message matches"),
+    ("quarantine purge", "no quarantined message is that old"),
+    (
+        "forget",
+        "every user given was already forgotten: nothing written",
+    ),
+    (
+        "export",
+        "the user has no row, or the request waits for approval",
+    ),
+    ("retention apply", "nothing has expired"),
+];
+
+/// The exit-status line of one command's `--help` (its path without `etl`, as `quarantine show`),
+/// from the one table.
+pub fn exit_status(path: &str) -> String {
+    match EXIT_ONE.iter().find(|(command, _)| *command == path) {
+        Some((_, one)) => format!("Exit status: 0 done; 1 {one}; 2 error or refused."),
+        None => "Exit status: 0 done; 2 error or refused.".to_owned(),
+    }
 }
 
 /// A one-connection pool for commands that append to the audit log: READ COMMITTED whatever the

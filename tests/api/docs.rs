@@ -169,3 +169,64 @@ fn without_code_spans(text: &str) -> String {
     kept.push_str(rest);
     kept
 }
+
+/// Every command that runs ends its `--help` with its exit-status line, taken from the one table
+/// (`etl::commands::exit_status`); top-level `--help` and README state the table, and README names
+/// every command that exits 1.
+#[test]
+fn every_command_states_its_exit_status_from_the_one_table() {
+    fn runnable(command: &clap::Command, path: &[String], found: &mut Vec<Vec<String>>) {
+        if !path.is_empty() && !command.is_subcommand_required_set() {
+            found.push(path.to_vec());
+        }
+        for sub in command.get_subcommands() {
+            let mut sub_path = path.to_vec();
+            sub_path.push(sub.get_name().to_owned());
+            runnable(sub, &sub_path, found);
+        }
+    }
+    let mut paths = Vec::new();
+    runnable(&etl::cli::command(), &[], &mut paths);
+    assert!(paths.len() > 30, "{paths:?}");
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for path in &paths {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+            .args(path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{path:?}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        let Some((_, status)) = help.split_once("Exit status:") else {
+            panic!("`etl {}` --help has no exit status", path.join(" "));
+        };
+        let status = format!("Exit status: {}", words(status));
+        assert_eq!(
+            status,
+            etl::commands::exit_status(&path.join(" ")),
+            "{path:?}"
+        );
+        assert!(
+            status.starts_with("Exit status: 0 done; ") && status.ends_with("2 error or refused."),
+            "{status}"
+        );
+    }
+    let top = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        words(&String::from_utf8_lossy(&top.stdout)).contains(&words(etl::commands::EXIT_CODES)),
+        "top-level --help states the table"
+    );
+    let readme = read(&root().join("README.md"));
+    let (_, table) = readme
+        .split_once("## Exit codes")
+        .expect("README has an exit-code section");
+    for (command, _) in etl::commands::EXIT_ONE {
+        assert!(
+            table.contains(&format!("`{command}`")),
+            "README's exit codes do not name `{command}`"
+        );
+    }
+}

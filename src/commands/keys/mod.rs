@@ -14,12 +14,13 @@ use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring::Retirement;
 use crate::adapters::postgres::{keyring, lifecycle, rekey, DatabaseError};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
+use crate::human;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create the mask key and the vault key under a KMS key. Idempotent: when both exist, nothing
-    /// changes.
+    /// Create the mask key, the vault key and the quarantine key pair under a KMS key. Idempotent:
+    /// the keys that exist stay as they are.
     Init(InitArgs),
     /// Create a new version of a data key. Vault: ingest seals new entries with it at once
     /// (running processes reload), and no longer with older versions; `etl keys reseal` moves the
@@ -346,9 +347,19 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
         Retirement::Used {
             entries,
             quarantine_rows,
+        } if purpose == KeyPurpose::Quarantine => anyhow::bail!(
+            "{name} key version {version} is still used by {}; they leave by retention, \
+             `etl quarantine purge` or `etl quarantine replay` (bodies sealed to a quarantine key \
+             are never re-sealed)",
+            human::count(quarantine_rows + entries, "quarantined message")
+        ),
+        Retirement::Used {
+            entries,
+            quarantine_rows,
         } => anyhow::bail!(
-            "{name} key version {version} is still used by {entries} vault entries and \
-             {quarantine_rows} quarantine rows; run `etl keys reseal` first"
+            "{name} key version {version} is still used by {} and {}; run `etl keys reseal` first",
+            human::count(entries, "vault entry"),
+            human::count(quarantine_rows, "quarantine row")
         ),
     }
 }
