@@ -135,7 +135,7 @@ async fn rotate_reseal_and_retire_keep_every_value_recoverable() {
     assert_exit(&output, 2);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("5 vault entries") && stderr.contains("1 quarantine rows"),
+        stderr.contains("5 vault entries") && stderr.contains("1 quarantine row;"),
         "{stderr}"
     );
 
