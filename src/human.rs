@@ -9,7 +9,7 @@ pub fn rate(per_second: f64) -> String {
 }
 
 /// A count and its noun, plural unless the count is one: `1 user`, `0 users`, `2 days`,
-/// `3 vault entries`.
+/// `3 vault entries`, `2 batches`.
 pub fn count(count: impl Into<i64>, noun: &str) -> String {
     let count = count.into();
     if count == 1 {
@@ -20,6 +20,9 @@ pub fn count(count: impl Into<i64>, noun: &str) -> String {
         .filter(|stem| stem.ends_with(|c: char| !"aeiou".contains(c)));
     match consonant_y {
         Some(stem) => format!("{count} {stem}ies"),
+        None if ["s", "x", "ch", "sh"].iter().any(|end| noun.ends_with(end)) => {
+            format!("{count} {noun}es")
+        }
         None => format!("{count} {noun}s"),
     }
 }
@@ -52,6 +55,7 @@ mod tests {
         assert_eq!(super::count(0, "user"), "0 users");
         assert_eq!(super::count(30, "day"), "30 days");
         assert_eq!(super::count(3, "vault entry"), "3 vault entries");
+        assert_eq!(super::count(2, "batch"), "2 batches");
     }
 
     use super::*;

@@ -135,8 +135,8 @@ async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result
         return Ok(Outcome::Negative);
     }
     outln!(
-        "OK    audit chain holds: {} rows, head {head_id}:{}",
-        verifier.rows(),
+        "OK    audit chain holds: {}, head {head_id}:{}",
+        crate::human::count(verifier.rows() as i64, "row"),
         hex::encode(head_hash)
     )?;
     Ok(Outcome::Success)

@@ -163,7 +163,10 @@ async fn seed(args: &SeedArgs) -> anyhow::Result<()> {
         "SQS refused {refused} of {} messages",
         bodies.len()
     );
-    outln!("sent {} messages", bodies.len())?;
+    outln!(
+        "sent {}",
+        crate::human::count(bodies.len() as i64, "message")
+    )?;
     Ok(())
 }
 

@@ -714,9 +714,9 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
                 .await
                 .map(|maskers| {
                     format!(
-                        "mask key v{} unwraps (and {} other stored version(s))",
+                        "mask key v{} unwraps (and {})",
                         maskers.active.version(),
-                        maskers.others.len()
+                        crate::human::count(maskers.others.len() as i64, "other stored version")
                     )
                 })
                 .map_err(fix),

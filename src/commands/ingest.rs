@@ -288,8 +288,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
     // lines wait for the next run, so the run must not look successful.
     if matches!(settings.source, IngestSource::File(_)) && summary.write_failures > 0 {
         anyhow::bail!(
-            "{} batches were not written; run the same command again to write them (committed lines are skipped)",
-            summary.write_failures
+            "{} not written; run the same command again to write them (committed lines are skipped)",
+            crate::human::count(summary.write_failures as i64, "batch")
         );
     }
     Ok(Outcome::Success)
