@@ -90,7 +90,11 @@ impl DatabaseSettings {
         postgres::connect_options(database_url)
             .map(|options| Self { options })
             .map_err(|err| match err {
-                postgres::ConnectOptionsError::Url => ConfigError::DatabaseUrl(err.to_string()),
+                postgres::ConnectOptionsError::Url
+                | postgres::ConnectOptionsError::EnvSystemRoots
+                | postgres::ConnectOptionsError::WeakModeWithSystemRoots => {
+                    ConfigError::DatabaseUrl(err.to_string())
+                }
                 postgres::ConnectOptionsError::EnvSslMode => ConfigError::OutOfRange {
                     flag: "PGSSLMODE",
                     expected: "one of disable, allow, prefer, require, verify-ca, verify-full",

@@ -344,7 +344,15 @@ fn tls_verdict(
     local: bool,
 ) -> Result<String, (String, String)> {
     let mode_name = postgres::ssl_mode_name(mode);
+    let verified = matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull);
     match tls_version {
+        Some(version) if !local && !verified => Err((
+            format!(
+                "encrypted ({version}) to a host off this machine, but its certificate is not \
+                 verified (sslmode={mode_name}): anyone on the path can pose as the server"
+            ),
+            "connect with sslmode=verify-full (the default off this machine) and sslrootcert=<the server's CA bundle>".into(),
+        )),
         Some(version) => Ok(format!(
             "encrypted ({version}), {}",
             match mode {
@@ -751,12 +759,17 @@ mod tests {
             Ok("encrypted (TLSv1.3), server certificate and host name verified".into())
         );
         assert_eq!(
-            tls_verdict(Some("TLSv1.3"), PgSslMode::Require, false),
+            tls_verdict(Some("TLSv1.3"), PgSslMode::Require, true),
             Ok("encrypted (TLSv1.3), server certificate not verified (sslmode=require)".into())
         );
         assert_eq!(
             tls_verdict(None, PgSslMode::Disable, true),
             Ok("not encrypted (this machine, sslmode=disable)".into())
+        );
+        let (problem, _) = tls_verdict(Some("TLSv1.3"), PgSslMode::Require, false).unwrap_err();
+        assert!(
+            problem.contains("not verified (sslmode=require)"),
+            "{problem}"
         );
         let (problem, _) = tls_verdict(None, PgSslMode::Prefer, false).unwrap_err();
         assert_eq!(

@@ -70,22 +70,45 @@ async fn verify_full_with_the_stack_ca_connects_encrypted() {
     }
 }
 
-#[tokio::test]
-async fn a_wrong_ca_fails_naming_the_certificate_problem_without_the_url() {
-    let app = TestApp::spawn_bare().await;
+/// A CA certificate other than the stack's, in a directory of its own (removed by the caller).
+async fn another_ca() -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("etl-tls-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let wrong_ca = dir.join("wrong-ca.crt");
+    let ca = dir.join("wrong-ca.crt");
     let made = tokio::process::Command::new("openssl")
         .args("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1".split(' '))
         .args(["-subj", "/CN=not the stack CA", "-keyout"])
         .arg(dir.join("wrong-ca.key"))
         .arg("-out")
-        .arg(&wrong_ca)
+        .arg(&ca)
         .output()
         .await
         .unwrap();
     assert!(made.status.success(), "openssl: {made:?}");
+    (dir, ca)
+}
+
+/// As libpq: `require` with an `sslrootcert` verifies the chain, so a server whose certificate
+/// another CA signed is refused under it as under `verify-ca`.
+#[tokio::test]
+async fn require_with_a_root_certificate_refuses_another_ca() {
+    let app = TestApp::spawn_bare().await;
+    let (dir, wrong_ca) = another_ca().await;
+    for mode in ["require", "verify-ca"] {
+        let query = format!("sslmode={mode}&sslrootcert={}", wrong_ca.display());
+        let url = etl_tls_url(&app, "127.0.0.1", "etl_tls", &query).await;
+        let output = etl_with_url(&url, &["migrate"]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{mode}: {stderr}");
+        assert!(stderr.contains("UnknownIssuer"), "{mode}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_ca_fails_naming_the_certificate_problem_without_the_url() {
+    let app = TestApp::spawn_bare().await;
+    let (dir, wrong_ca) = another_ca().await;
 
     let password = "hunter2-never-echoed";
     let query = format!("sslmode=verify-full&sslrootcert={}", wrong_ca.display());

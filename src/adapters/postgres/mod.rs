@@ -30,31 +30,71 @@ pub enum ConnectOptionsError {
     Url,
     #[error("PGSSLMODE is not one of disable, allow, prefer, require, verify-ca, verify-full")]
     EnvSslMode,
+    #[error("PGSSLROOTCERT=system is not supported: give sslrootcert=system in the URL")]
+    EnvSystemRoots,
+    #[error("sslrootcert=system needs sslmode=verify-full: any public certificate chains to it")]
+    WeakModeWithSystemRoots,
 }
 
 /// Connect options from a URL. sqlx starts from the PG* variables (PGHOST, PGSSLMODE,
-/// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, ...) and lets the URL override them. Without an explicit
-/// sslmode a host off this machine gets `require`, because sqlx's default `prefer` falls back to
-/// plaintext without a word.
+/// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, ...) and lets the URL override them. The TLS rules follow
+/// libpq: without an explicit sslmode a host off this machine gets `verify-full` (sqlx's default
+/// `prefer` falls back to plaintext without a word); `require` with an `sslrootcert` verifies the
+/// chain as `verify-ca` does; `sslrootcert=system` (in the URL) trusts the public roots.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectOptionsError> {
-    let parsed = url::Url::parse(url).map_err(|_| ConnectOptionsError::Url)?;
-    let options = PgConnectOptions::from_url(&parsed)
-        .map_err(|_| ConnectOptionsError::Url)?
-        .application_name("etl");
+    let mut parsed = url::Url::parse(url).map_err(|_| ConnectOptionsError::Url)?;
     let url_names_mode = parsed
         .query_pairs()
         .any(|(key, _)| key == "sslmode" || key == "ssl-mode");
+    let url_root_cert = parsed
+        .query_pairs()
+        .find(|(key, _)| key == "sslrootcert" || key == "ssl-root-cert")
+        .map(|(_, value)| value.into_owned());
+    let env_root_cert = std::env::var("PGSSLROOTCERT")
+        .ok()
+        .filter(|value| !value.is_empty());
+    if url_root_cert.is_none() && env_root_cert.as_deref() == Some(SYSTEM_ROOTS) {
+        return Err(ConnectOptionsError::EnvSystemRoots);
+    }
+    if url_root_cert.as_deref() == Some(SYSTEM_ROOTS) {
+        // sqlx verifies against the public roots when it is given no file.
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(key, _)| key != "sslrootcert" && key != "ssl-root-cert")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let system_roots = url_root_cert.as_deref() == Some(SYSTEM_ROOTS);
+    let root_cert_file = match url_root_cert {
+        Some(_) => !system_roots,
+        None => env_root_cert.is_some(),
+    };
+    let options = PgConnectOptions::from_url(&parsed)
+        .map_err(|_| ConnectOptionsError::Url)?
+        .application_name("etl");
     let env_mode = std::env::var("PGSSLMODE").ok();
-    Ok(
-        match imposed_ssl_mode(url_names_mode, env_mode.as_deref(), is_local(&options))? {
-            Some(mode) => options.ssl_mode(mode),
-            None => options,
-        },
-    )
+    let local = is_local(&options);
+    let options = match imposed_ssl_mode(url_names_mode, env_mode.as_deref(), local)? {
+        Some(mode) => options.ssl_mode(mode),
+        None if root_cert_file && matches!(options.get_ssl_mode(), PgSslMode::Require) => {
+            options.ssl_mode(PgSslMode::VerifyCa)
+        }
+        None => options,
+    };
+    // As libpq: any publicly signed certificate chains to the public roots, so only the host
+    // name check makes them mean anything.
+    if system_roots && !matches!(options.get_ssl_mode(), PgSslMode::VerifyFull) {
+        return Err(ConnectOptionsError::WeakModeWithSystemRoots);
+    }
+    Ok(options)
 }
 
-/// The sslmode to set over sqlx's choice, if any: `require` for a remote host when neither the
-/// URL nor PGSSLMODE names a mode. An invalid PGSSLMODE is an error here, where sqlx would
+/// The `sslrootcert` value that asks for the public roots rather than a file (libpq 16).
+const SYSTEM_ROOTS: &str = "system";
+
+/// The sslmode to set over sqlx's choice, if any: `verify-full` for a remote host when neither
+/// the URL nor PGSSLMODE names a mode. An invalid PGSSLMODE is an error here, where sqlx would
 /// silently fall back to `prefer`.
 fn imposed_ssl_mode(
     url_names_mode: bool,
@@ -70,7 +110,7 @@ fn imposed_ssl_mode(
             Err(_) => Err(ConnectOptionsError::EnvSslMode),
         },
         None if local => Ok(None),
-        None => Ok(Some(PgSslMode::Require)),
+        None => Ok(Some(PgSslMode::VerifyFull)),
     }
 }
 
@@ -176,16 +216,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_remote_host_without_sslmode_gets_require() {
+    fn a_remote_host_without_sslmode_gets_verify_full() {
         assert!(matches!(
             imposed_ssl_mode(false, None, false),
-            Ok(Some(PgSslMode::Require))
+            Ok(Some(PgSslMode::VerifyFull))
         ));
         // An empty PGSSLMODE counts as unset, as sqlx reads it.
         assert!(matches!(
             imposed_ssl_mode(false, Some(""), false),
-            Ok(Some(PgSslMode::Require))
+            Ok(Some(PgSslMode::VerifyFull))
         ));
+    }
+
+    #[test]
+    fn require_with_a_root_certificate_verifies_the_chain() {
+        let options = connect_options(
+            "postgres://u:p@db.example.com/etl?sslmode=require&sslrootcert=/ca.crt",
+        )
+        .unwrap();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyCa));
+        assert!(matches!(
+            connect_options("postgres://u:p@db.example.com/etl?sslmode=require&sslrootcert=system"),
+            Err(ConnectOptionsError::WeakModeWithSystemRoots)
+        ));
+        let options = connect_options(
+            "postgres://u:p@db.example.com/etl?sslmode=verify-full&sslrootcert=system",
+        )
+        .unwrap();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
     }
 
     #[test]
