@@ -52,6 +52,11 @@ pub enum KmsError {
         operation: &'static str,
         detail: String,
     },
+    #[error(
+        "refusing a keyring row wrapped under KMS key {found}: ETL_KMS_KEY_ID pins {pinned} (a \
+         row planted in the keyring, or keys re-wrapped without changing ETL_KMS_KEY_ID)"
+    )]
+    NotPinned { found: String, pinned: String },
     #[error("KMS {operation} returned no {what}")]
     Incomplete {
         operation: &'static str,
@@ -120,6 +125,9 @@ impl WrappedKey {
 #[derive(Clone, Debug)]
 pub struct Kms {
     client: aws_sdk_kms::Client,
+    /// The ARN of the one KMS key data keys may be wrapped under (`ETL_KMS_KEY_ID`), when set: a
+    /// keyring row wrapped under another key is refused before KMS is asked.
+    pinned: Option<std::sync::Arc<str>>,
 }
 
 /// The encryption context that binds a quarantine public key to KMS: its SHA-256 is in it, so
@@ -156,7 +164,15 @@ impl Kms {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
             client: aws_sdk_kms::Client::new(config),
+            pinned: None,
         }
+    }
+
+    /// Pins the KMS key (its ARN, as `describe_usable_key` returns it): only data keys wrapped
+    /// under it are unwrapped.
+    pub fn pinned_to(mut self, kms_key_arn: &str) -> Self {
+        self.pinned = Some(kms_key_arn.into());
+        self
     }
 
     /// Generates a fresh AES-256 data key under `kms_key_id` and returns only its wrapped form.
@@ -273,6 +289,16 @@ impl Kms {
         context: HashMap<String, String>,
         ciphertext: &[u8],
     ) -> Result<Option<Blob>, KmsError> {
+        if let Some(pinned) = self
+            .pinned
+            .as_deref()
+            .filter(|pinned| *pinned != kms_key_id)
+        {
+            return Err(KmsError::NotPinned {
+                found: kms_key_id.to_owned(),
+                pinned: pinned.to_owned(),
+            });
+        }
         let output = self
             .client
             .decrypt()

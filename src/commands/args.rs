@@ -3,6 +3,7 @@
 
 use clap::{Args, ValueEnum};
 
+use crate::adapters::kms::Kms;
 use crate::adapters::sqs::SqsProtocol;
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::telemetry::LogFormat;
@@ -17,6 +18,34 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     pub fn settings(&self) -> Result<DatabaseSettings, ConfigError> {
         DatabaseSettings::parse(&self.database_url)
+    }
+}
+
+/// The KMS key every data key must be wrapped under, for the commands that unwrap them.
+#[derive(Debug, Args)]
+pub struct KmsPinArgs {
+    /// The KMS key the data keys are wrapped under (key id, ARN or alias). When set, a keyring
+    /// row wrapped under any other key is refused (exit 2) before KMS is asked to unwrap it.
+    #[arg(long = "kms-key-id", env = "ETL_KMS_KEY_ID", value_name = "KMS_KEY_ID")]
+    pub kms_key_id: Option<String>,
+}
+
+impl KmsPinArgs {
+    /// A KMS client, pinned to the configured key's ARN (resolved once, here) when one is set.
+    pub async fn kms(&self, sdk: &aws_config::SdkConfig) -> anyhow::Result<Kms> {
+        let kms = Kms::new(sdk);
+        let Some(id) = self
+            .kms_key_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+        else {
+            return Ok(kms);
+        };
+        match kms.describe_usable_key(id).await? {
+            Ok(arn) => Ok(kms.pinned_to(&arn)),
+            Err(problem) => anyhow::bail!("--kms-key-id / ETL_KMS_KEY_ID: {problem}"),
+        }
     }
 }
 

@@ -231,7 +231,11 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         }
         Ok(()) => {
             queue(&mut report, &sdk, args, needs_queue).await;
-            kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await;
+            // The data keys are checked as a pinned process unwraps them.
+            let kms = match kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await {
+                Some(arn) => kms.pinned_to(&arn),
+                None => kms,
+            };
             if let Some((pool, _)) = &connected {
                 data_keys(&mut report, pool, &kms, login.as_ref()).await;
             }
@@ -670,24 +674,36 @@ async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs, needed: 
     }
 }
 
-async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) {
-    match key_id {
-        None => report.check("KMS key", Ok("not given (only `etl keys` needs it)".into())),
-        Some(id) => report.check(
-            "KMS key usable",
-            match kms.describe_usable_key(id).await {
-                Ok(Ok(arn)) => Ok(arn),
-                Ok(Err(problem)) => Err((
-                    problem,
-                    "enable the key, or give a symmetric ENCRYPT_DECRYPT key".into(),
-                )),
-                Err(err) => Err((
-                    err.to_string(),
-                    "check the key id and kms:DescribeKey permission".into(),
-                )),
-            },
-        ),
-    }
+/// The KMS key given with `--kms-key-id`: its ARN when it is usable.
+async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) -> Option<String> {
+    let Some(id) = key_id else {
+        report.check(
+            "KMS key",
+            Ok("not given (set ETL_KMS_KEY_ID to pin the key every data key must be wrapped under)".into()),
+        );
+        return None;
+    };
+    let usable = kms.describe_usable_key(id).await;
+    let arn = usable
+        .as_ref()
+        .ok()
+        .and_then(|usable| usable.as_ref().ok())
+        .cloned();
+    report.check(
+        "KMS key usable",
+        match usable {
+            Ok(Ok(arn)) => Ok(arn),
+            Ok(Err(problem)) => Err((
+                problem,
+                "enable the key, or give a symmetric ENCRYPT_DECRYPT key".into(),
+            )),
+            Err(err) => Err((
+                err.to_string(),
+                "check the key id and kms:DescribeKey permission".into(),
+            )),
+        },
+    );
+    arn
 }
 
 /// The data keys this login's jobs unwrap: all of ingest's for ingest and the owner, the mask key

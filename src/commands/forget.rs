@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use super::{DatabaseArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, lifecycle, lifecycle::ToForget};
@@ -28,6 +28,8 @@ use crate::startup::KMS_ATTEMPT_TIMEOUT;
 pub struct ForgetArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
     /// The user id to erase, exactly as in user_logins.user_id (byte for byte: spaces around it
     /// are part of it). `--from-file` keeps ids out of `ps` and shell history.
     #[arg(long, value_name = "ID")]
@@ -178,7 +180,10 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
     let options = postgres::read_committed(settings.database.options.clone());
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, 1);
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
     let mut maskers = maskers(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
     for chunk in settings.users.chunks(CHUNK) {

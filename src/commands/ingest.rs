@@ -14,8 +14,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{DatabaseArgs, Outcome, SqsProtocolArg};
+use super::{DatabaseArgs, KmsPinArgs, Outcome, SqsProtocolArg};
 use crate::adapters::aws;
+use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, DatabaseError};
 use crate::adapters::sqs::{SqsProtocol, SqsQueue, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::configuration::{ConfigError, DatabaseSettings};
@@ -31,6 +32,9 @@ use crate::startup;
 pub struct IngestArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
 
     /// URL of the SQS queue to consume.
     #[arg(long, env = "ETL_QUEUE_URL", required_unless_present = "from_file")]
@@ -264,14 +268,16 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
                 connected = SqsQueue::connect(&sdk, url.as_str(), *protocol) => connected?,
                 () = shutdown.cancelled() => anyhow::bail!("stopped by a signal while connecting to SQS"),
             };
-            from_queue(&settings, &sdk, pool, queue, shutdown).await?
+            let kms = args.kms.kms(&sdk).await?;
+            from_queue(&settings, kms, pool, queue, shutdown).await?
         }
         IngestSource::File(path) => {
             // No signal handler here: SIGTERM ends a file run at once, and what it did not
             // commit is read again by the next run.
             let shutdown = CancellationToken::new();
             wait_for_database(&settings, &shutdown).await?;
-            from_file(&settings, &sdk, pool, path, &shutdown).await?
+            let kms = args.kms.kms(&sdk).await?;
+            from_file(&settings, kms, pool, path, &shutdown).await?
         }
     };
     info!(
@@ -314,7 +320,7 @@ async fn wait_for_database(
 
 async fn from_queue(
     settings: &IngestSettings,
-    sdk: &aws_config::SdkConfig,
+    kms: Kms,
     pool: sqlx::PgPool,
     (queue, protocol): (SqsQueue, SqsProtocol),
     shutdown: CancellationToken,
@@ -327,7 +333,7 @@ async fn from_queue(
         shutdown.clone(),
     )
     .await?;
-    let keys = load_live_keys(&pool, sdk, &shutdown).await?;
+    let keys = load_live_keys(&pool, kms, &shutdown).await?;
     readiness.started();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
@@ -402,7 +408,7 @@ async fn watch_writers(mut writers: JoinSet<()>, shutdown: CancellationToken) ->
 
 async fn from_file(
     settings: &IngestSettings,
-    sdk: &aws_config::SdkConfig,
+    kms: Kms,
     pool: sqlx::PgPool,
     path: &Path,
     shutdown: &CancellationToken,
@@ -414,7 +420,7 @@ async fn from_file(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let keys = load_live_keys(&pool, sdk, shutdown).await?;
+    let keys = load_live_keys(&pool, kms, shutdown).await?;
     info!(
         writers = settings.writers,
         batch_messages = settings.batch_messages,

@@ -10,7 +10,7 @@ use clap::Args;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::info;
 
-use super::{DatabaseArgs, Outcome};
+use super::{DatabaseArgs, KmsPinArgs, Outcome};
 use crate::adapters::{aws, postgres};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::keys::load_live_keys;
@@ -21,6 +21,9 @@ use crate::startup::KMS_ATTEMPT_TIMEOUT;
 pub struct LambdaArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
 
     /// After this many receives (the record's ApproximateReceiveCount), a message that still
     /// cannot be written is quarantined instead of failed again. Keep it below the
@@ -90,7 +93,8 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
         settings.db_max_connections,
     );
     // The runtime ends a function by freezing or killing it, not with a signal to give way to.
-    let keys = load_live_keys(&pool, &sdk, &tokio_util::sync::CancellationToken::new()).await?;
+    let kms = args.kms.kms(&sdk).await?;
+    let keys = load_live_keys(&pool, kms, &tokio_util::sync::CancellationToken::new()).await?;
     let handler = Arc::new(Handler::new(pool, keys, settings.max_receives));
     info!(
         init_ms = started.elapsed().as_millis() as u64,

@@ -34,7 +34,7 @@ pub mod recover;
 pub mod recovery_service;
 pub mod retention;
 
-pub use args::{DatabaseArgs, LogFormatArg, OutputFormat, SqsProtocolArg};
+pub use args::{DatabaseArgs, KmsPinArgs, LogFormatArg, OutputFormat, SqsProtocolArg};
 
 use sqlx::PgPool;
 

@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::{DatabaseArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
 use crate::adapters::postgres::{self, quarantine};
 use crate::domain::Justification;
@@ -84,6 +83,8 @@ pub struct QuarantineShowArgs {
 pub struct QuarantineReplayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
     /// Only messages quarantined for this reason code (as `etl quarantine list` shows it).
     #[arg(long, value_name = "CODE")]
     pub reason_code: Option<String>,
@@ -237,7 +238,10 @@ struct Replayed {
 /// second replay, or two at once, write nothing twice.
 async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
     let pool = super::audit_pool(&args.database).await?;
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
     // A dry run prepares each page as the real run does (validation, the suppression list) and
     // writes nothing, so its figures are the real run's.
     let transformer = load_transformer(&pool, &kms).await?;

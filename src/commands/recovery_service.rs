@@ -9,8 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{DatabaseArgs, Outcome};
-use crate::adapters::kms::Kms;
+use super::{DatabaseArgs, KmsPinArgs, Outcome};
 use crate::adapters::{aws, postgres};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::recovery::service::{self, ServiceSettings};
@@ -21,6 +20,9 @@ use crate::startup::KMS_ATTEMPT_TIMEOUT;
 pub struct RecoveryServiceArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
 
     /// Address of the operations endpoint: Prometheus /metrics, /healthz and /readyz. Port 0
     /// picks a free port (logged at start).
@@ -109,7 +111,10 @@ pub async fn run(args: RecoveryServiceArgs) -> anyhow::Result<Outcome> {
         shutdown.clone(),
     )
     .await?;
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
     service::run(pool, kms, settings.service, shutdown, || {
         readiness.started();
         info!(%metrics_addr, "recovery service started");

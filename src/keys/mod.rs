@@ -53,10 +53,9 @@ pub async fn lock_key_job(pool: &PgPool) -> anyhow::Result<PgConnection> {
 /// `ingest` and `lambda` start alike.
 pub async fn load_live_keys(
     pool: &sqlx::PgPool,
-    sdk: &aws_config::SdkConfig,
+    kms: Kms,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<LiveKeys>> {
-    let kms = Kms::new(sdk);
     // A database or KMS hiccup at start is retried beyond the SDK's own retries; a missing key,
     // a denial or a wrong encryption context is not.
     let transformer = startup::retrying(

@@ -194,3 +194,45 @@ async fn doctor_checks_the_login_it_runs_as() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A newer vault key version wrapped under a KMS key of someone else's (here made with `keys
+/// rotate`, as anyone who can write the keyring could plant it): unpinned, ingest would seal with
+/// it; with ETL_KMS_KEY_ID set, ingest and the key jobs refuse it, exit 2, in one line.
+#[tokio::test]
+async fn a_data_key_under_another_kms_key_is_refused_when_the_key_is_pinned() {
+    let app = TestApp::spawn().await;
+    let other = crate::helpers::create_kms_key(&aws_sdk_kms::Client::new(&app.sdk)).await;
+    app.etl_ok(&[
+        "keys",
+        "rotate",
+        "--purpose",
+        "vault",
+        "--kms-key-id",
+        &other,
+    ])
+    .await;
+    app.send(&[crate::helpers::event("10.30.0.1", "300-00-0001")])
+        .await;
+    for args in [&["ingest", "--drain"][..], &["keys", "reseal"][..]] {
+        let output = app
+            .command(args)
+            .env("ETL_KMS_KEY_ID", &app.kms_key_id)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ")
+                && last.contains("refusing a keyring row wrapped under KMS key")
+                && last.contains(&other)
+                && last.contains("ETL_KMS_KEY_ID pins"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 0);
+    // Unpinned, the same run seals under the other key: what the pin prevents.
+    let (summary, _) = app.drain(&[]).await;
+    assert_eq!(summary.written, 1);
+}

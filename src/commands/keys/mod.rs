@@ -8,7 +8,7 @@ mod reseal;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{DatabaseArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring::Retirement;
@@ -57,6 +57,8 @@ pub enum KeysCommand {
 pub struct KeyJobArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kms: KmsPinArgs,
     /// Vault entries (or quarantined bodies) per transaction.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch: i64,

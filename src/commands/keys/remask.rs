@@ -26,7 +26,6 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::KeyJobArgs;
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
@@ -69,7 +68,10 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         ..Remasked::default()
     };
     if newest.version > active {
-        let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+        let kms = args
+            .kms
+            .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+            .await?;
         let masker = Masker::new(&unwrap_stored(&kms, KeyPurpose::Mask, &newest).await?);
         let mut keys = VaultKeys::new(&pool, &kms).await?;
         let target = keys

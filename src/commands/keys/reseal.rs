@@ -17,7 +17,6 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::KeyJobArgs;
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
 use crate::adapters::postgres::rekey::{self, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
@@ -41,7 +40,10 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
     // The job lock, and one connection reading while another writes.
     let pool = audit_pool_of(database, 3).await?;
     let _job = lock_key_job(&pool).await?;
-    let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
     let mut keys = VaultKeys::new(&pool, &kms).await?;
     let target = keys
         .newest()
