@@ -12,3 +12,10 @@ FROM (VALUES ('etl_ingest_login', :'ingest_password', 'etl_ingest'),
              ('etl_opener_login', :'opener_password', 'etl_opener'))
      AS r(name, password, grp)
 \gexec
+
+-- A transaction a login leaves idle ends after a minute, releasing the audit chain or the vault
+-- epoch it may hold (SECURITY.md, "Who can do what").
+SELECT format('ALTER ROLE %I SET idle_in_transaction_session_timeout = %L', name, '1min')
+FROM unnest(ARRAY['etl_ingest_login', 'etl_recoverer_login', 'etl_analyst_login',
+                  'etl_opener_login']) AS name
+\gexec

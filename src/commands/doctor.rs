@@ -217,6 +217,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         roles(&mut report, pool).await;
         if let Some(login) = &login {
             access(&mut report, pool, login).await;
+            idle_transactions(&mut report, pool, login).await;
         }
         public_schema(&mut report, pool).await;
     }
@@ -517,6 +518,37 @@ async fn access(report: &mut Report, pool: &PgPool, login: &Login) {
             },
         );
     }
+}
+
+/// Whether a transaction this login leaves open ends by itself: one left idle holds what it locked
+/// (the audit chain, the vault epoch) and makes ingest, erasure and recovery wait.
+async fn idle_transactions(report: &mut Report, pool: &PgPool, login: &Login) {
+    if login.owner {
+        return;
+    }
+    let timeout: Result<String, _> =
+        sqlx::query_scalar("SELECT current_setting('idle_in_transaction_session_timeout')")
+            .fetch_one(pool)
+            .await;
+    report.check(
+        "idle transactions",
+        match timeout {
+            Ok(timeout) if timeout != "0" => Ok(format!(
+                "a session idle in a transaction ends after {timeout}"
+            )),
+            Ok(_) => Err((
+                format!(
+                    "{} may leave a transaction open forever, holding what it locked",
+                    login.name
+                ),
+                format!(
+                    "as the owner: ALTER ROLE {} SET idle_in_transaction_session_timeout = '1min'",
+                    login.name
+                ),
+            )),
+            Err(err) => Err((err.to_string(), "check the connection".into())),
+        },
+    );
 }
 
 /// Whether the current user holds `need`: `None` when the object does not exist. Read from the

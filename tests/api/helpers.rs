@@ -215,15 +215,16 @@ impl TestApp {
     }
 
     /// A new login user in `group` (etl_ingest, etl_analyst or etl_recoverer): its name and a
-    /// URL to this app's database as that user.
+    /// URL to this app's database as that user. Made as docs/roles.md asks an administrator to:
+    /// a transaction it leaves idle ends after a minute.
     pub async fn login_user(&self, group: &str) -> (String, String) {
         let name = format!("u_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        sqlx::query(&format!(
-            "CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"
-        ))
-        .execute(&self.pool)
-        .await
-        .unwrap();
+        for sql in [
+            format!("CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {group}"),
+            format!("ALTER ROLE {name} SET idle_in_transaction_session_timeout = '1min'"),
+        ] {
+            sqlx::query(&sql).execute(&self.pool).await.unwrap();
+        }
         let (_, after_scheme) = self.database_url.split_once("://").unwrap();
         let (_, host_and_db) = after_scheme.split_once('@').unwrap();
         (name.clone(), format!("postgres://{name}:pw@{host_and_db}"))

@@ -807,3 +807,75 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
     );
     app.etl_ok(&["audit", "verify"]).await;
 }
+
+/// Sessions a person leaves open cannot stall ingest: an empty recovery request or erasure is
+/// refused before it takes a lock, and a real erasure left idle inside its transaction ends when
+/// its login's idle_in_transaction_session_timeout passes (set as docs/roles.md asks); a drain
+/// beside them finishes within a bound.
+#[tokio::test]
+async fn a_session_left_open_cannot_stall_a_drain() {
+    use sqlx::{Connection, PgConnection};
+    let app = TestApp::spawn().await;
+    let (_, recoverer) = app.login_user("etl_recoverer").await;
+    let (_, privacy) = app.login_user("etl_privacy").await;
+    let (idle_name, idle_privacy) = app.login_user("etl_privacy").await;
+    sqlx::query(&format!(
+        "ALTER ROLE {idle_name} SET idle_in_transaction_session_timeout = '2s'"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let mut recoverer = PgConnection::connect(&recoverer).await.unwrap();
+    let mut recovering = recoverer.begin().await.unwrap();
+    let refused = sqlx::query("SELECT recovery.request('ip', '{}', 'x', NULL, $1, false)")
+        .bind(vec![7u8; 32])
+        .execute(&mut *recovering)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("1 to 100000 subjects"),
+        "{refused}"
+    );
+
+    let mut privacy = PgConnection::connect(&privacy).await.unwrap();
+    let mut erasing = privacy.begin().await.unwrap();
+    let refused = sqlx::query("SELECT * FROM etl.forget('{}', '{}', 1, 'x', NULL, '{}', '{}')")
+        .execute(&mut *erasing)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("no user id given"),
+        "{refused}"
+    );
+
+    // A real erasure, left open: it holds the vault epoch until its session is ended.
+    let mut idle = PgConnection::connect(&idle_privacy).await.unwrap();
+    let mut left_open = idle.begin().await.unwrap();
+    sqlx::query("SELECT * FROM etl.forget(ARRAY['nobody'], ARRAY[$1], 1, 'x', NULL, '{}', '{}')")
+        .bind(vec![1u8; 32])
+        .execute(&mut *left_open)
+        .await
+        .unwrap();
+
+    let bodies: Vec<String> = (0..30)
+        .map(|i| {
+            body(
+                &format!("open-{i}"),
+                &format!("10.31.0.{i}"),
+                "310-00-0001",
+                "RU",
+            )
+        })
+        .collect();
+    app.send(&bodies).await;
+    let (summary, _) = tokio::time::timeout(Duration::from_secs(40), app.drain(&[]))
+        .await
+        .expect("the drain is stalled by a session left open");
+    assert_eq!(summary.written, 30, "{summary}");
+    assert!(
+        left_open.commit().await.is_err(),
+        "the idle session was ended, its erasure rolled back"
+    );
+    drop((recovering, erasing));
+}

@@ -180,7 +180,8 @@ pub async fn check_connection(options: &PgConnectOptions) -> Result<(), Database
 }
 
 /// Whether retrying the same statement may succeed: lost connections, pool exhaustion, and the
-/// SQLSTATEs of serialization failure, deadlock, admin shutdown and connection exceptions. A
+/// SQLSTATEs of serialization failure, deadlock, a lock wait that timed out (a function's
+/// `lock_timeout`), admin shutdown and connection exceptions. A
 /// failed TLS handshake (a certificate problem) is not: it fails the same way until someone fixes
 /// the configuration.
 pub fn is_transient(err: &sqlx::Error) -> bool {
@@ -190,7 +191,7 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             matches!(
                 code.as_ref(),
-                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "55P03"
             ) || code.starts_with("08")
         }),
         _ => false,
