@@ -91,7 +91,15 @@ pub struct QuarantineReplayArgs {
     /// Only this message.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
-    /// Validate with today's rules and count, write nothing.
+    /// Why the bodies are opened (for example the rule change). Required: recorded in the audit
+    /// log before any body is opened, dry runs included.
+    #[arg(long)]
+    pub reason: String,
+    /// Ticket or case reference, recorded with the reason.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Validate with today's rules and count, write nothing (the bodies are still opened, on
+    /// record).
     #[arg(long)]
     pub dry_run: bool,
     /// Output format of the summary.
@@ -237,7 +245,24 @@ struct Replayed {
 /// replay claim, which deletes each one's quarantine row in the same transaction as its row: a
 /// second replay, or two at once, write nothing twice.
 async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
+    let why = Justification::parse(&args.reason, args.ticket.as_deref(), "in the audit log")?;
     let pool = super::audit_pool(&args.database).await?;
+    // On record before any body is opened: which messages, why, by whom.
+    let filter = format!(
+        "reason_code={} message_id={} dry_run={}",
+        args.reason_code.as_deref().unwrap_or("any"),
+        args.id.as_deref().unwrap_or("any"),
+        args.dry_run
+    );
+    lifecycle::record(
+        &pool,
+        "quarantine_replay",
+        (Some(why.reason()), why.ticket()),
+        "opening",
+        &filter,
+    )
+    .await
+    .context("recording the replay in the audit log before opening any body")?;
     let kms = args
         .kms
         .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
@@ -291,9 +316,9 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
         lifecycle::record(
             &pool,
             "quarantine_replay",
-            args.reason_code.as_deref(),
+            (Some(why.reason()), why.ticket()),
             "replayed",
-            &figures,
+            &format!("{filter} {figures}"),
         )
         .await
         .context("recording the replay in the audit log")?;
@@ -347,7 +372,7 @@ async fn purge(database: &DatabaseArgs, older_than: u32, dry_run: bool) -> anyho
     lifecycle::record(
         &pool,
         "quarantine_purge",
-        None,
+        (None, None),
         "deleted",
         &format!("quarantine={purged} older_than_days={older_than}"),
     )

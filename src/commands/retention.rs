@@ -270,7 +270,7 @@ async fn apply(
         "retention pass done"
     );
     if !dry_run {
-        lifecycle::record(&pool, "retention", None, "deleted", &figures)
+        lifecycle::record(&pool, "retention", (None, None), "deleted", &figures)
             .await
             .context("recording the retention pass in the audit log")?;
     }

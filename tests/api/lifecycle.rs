@@ -725,8 +725,16 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
         .await
         .unwrap();
     let dry: Value = serde_json::from_str(
-        &app.etl_ok(&["quarantine", "replay", "--dry-run", "--format", "json"])
-            .await,
+        &app.etl_ok(&[
+            "quarantine",
+            "replay",
+            "--reason",
+            "no_zz dropped",
+            "--dry-run",
+            "--format",
+            "json",
+        ])
+        .await,
     )
     .unwrap();
     assert_eq!(dry["examined"], 3);
@@ -739,6 +747,10 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
             "replay",
             "--reason-code",
             "database_rejected",
+            "--reason",
+            "no_zz dropped",
+            "--ticket",
+            "OPS-7",
             "--format",
             "json",
         ])
@@ -756,12 +768,26 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
     );
     // Twice: nothing matches, nothing is written again.
     let again = app
-        .etl(&["quarantine", "replay", "--reason-code", "database_rejected"])
+        .etl(&[
+            "quarantine",
+            "replay",
+            "--reason-code",
+            "database_rejected",
+            "--reason",
+            "again",
+        ])
         .await;
     assert_exit(&again, 1);
     let everything: Value = serde_json::from_str(
-        &app.etl_ok(&["quarantine", "replay", "--format", "json"])
-            .await,
+        &app.etl_ok(&[
+            "quarantine",
+            "replay",
+            "--reason",
+            "all",
+            "--format",
+            "json",
+        ])
+        .await,
     )
     .unwrap();
     assert_eq!(everything["written"], 0);
@@ -803,7 +829,21 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log WHERE kind IN ('quarantine_replay', 'quarantine_purge')")
             .await,
-        3
+        7,
+        "each replay's opening row (dry run included), two replays' figures, the purge"
+    );
+    let opening: (String, Option<String>, String) = sqlx::query_as(
+        "SELECT reason, ticket, detail FROM recovery.audit_log \
+         WHERE kind = 'quarantine_replay' AND outcome = 'opening' AND ticket IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(opening.0, "no_zz dropped");
+    assert_eq!(opening.1.as_deref(), Some("OPS-7"));
+    assert_eq!(
+        opening.2,
+        "reason_code=database_rejected message_id=any dry_run=false"
     );
     app.etl_ok(&["audit", "verify"]).await;
 }

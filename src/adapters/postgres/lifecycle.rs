@@ -363,15 +363,17 @@ pub async fn vault_size(pool: &PgPool) -> Result<i64, sqlx::Error> {
 pub async fn record(
     pool: &PgPool,
     kind: &str,
-    reason: Option<&str>,
+    (reason, ticket): (Option<&str>, Option<&str>),
     outcome: &str,
     detail: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO recovery.audit_log (kind, reason, outcome, detail) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO recovery.audit_log (kind, reason, ticket, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(kind)
     .bind(reason)
+    .bind(ticket)
     .bind(outcome)
     .bind(detail)
     .execute(pool)

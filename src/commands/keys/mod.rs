@@ -304,7 +304,7 @@ async fn rotate(
     lifecycle::record(
         &pool,
         "key_rotation",
-        None,
+        (None, None),
         "created",
         &format!("purpose={name} version={version}"),
     )

@@ -330,7 +330,7 @@ async fn clean_up(pool: &PgPool, active: i32, batch: i64) -> anyhow::Result<u64>
     lifecycle::record(
         pool,
         "remask",
-        None,
+        (None, None),
         "cleaned",
         &format!("mask_key_version={active} old_entries_deleted={done}"),
     )

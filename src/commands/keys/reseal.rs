@@ -83,7 +83,7 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         "vault_key_version={target} vault_entries={} quarantine_rows={}",
         report.vault_entries, report.quarantine_rows
     );
-    lifecycle::record(&pool, "reseal", None, "resealed", &figures)
+    lifecycle::record(&pool, "reseal", (None, None), "resealed", &figures)
         .await
         .context("recording the re-seal in the audit log")?;
     match format {
