@@ -77,12 +77,13 @@ BEGIN
         GET DIAGNOSTICS v_quarantined = ROW_COUNT;
         -- Forgotten under an earlier mask key version, the user is still suppressed: ingest
         -- checks the hashes of every stored version.
+        -- One array, so the lookup is index probes on user_hash (an OR with a subquery would
+        -- scan the list while ingest waits for the epoch).
         v_already := EXISTS (
             SELECT 1 FROM etl.forgotten_users f
-            WHERE f.user_hash = v_hash
-               OR f.user_hash IN (SELECT o.hash
-                                  FROM unnest(p_earlier_hashes, p_earlier_users) AS o(hash, u)
-                                  WHERE o.u = i));
+            WHERE f.user_hash = ANY (
+                ARRAY(SELECT o.hash FROM unnest(p_earlier_hashes, p_earlier_users) AS o(hash, u)
+                      WHERE o.u = i) || v_hash));
         v_new := 0;
         IF NOT v_already THEN
             INSERT INTO etl.forgotten_users (user_hash, mask_key_version)

@@ -156,9 +156,11 @@ pub fn usage_message(err: &clap::Error) -> Option<String> {
 /// variable; a required group (`<--masked-ip [<MASK>]|--masked-device-id [<MASK>]>`) as
 /// `one of --masked-ip, --masked-device-id`.
 fn with_variable(arg: &str) -> String {
+    // A group (`<--a|--b>`), not a positional value (`<ID>`).
     if let Some(group) = arg
         .strip_prefix('<')
         .and_then(|rest| rest.strip_suffix('>'))
+        .filter(|group| group.contains('|'))
     {
         let flags: Vec<String> = group.split('|').map(with_variable).collect();
         return format!("one of {}", flags.join(", "));

@@ -66,3 +66,11 @@ fn a_missing_group_is_named_flag_by_flag() {
         Some("error: one of --masked-ip, --masked-device-id is required and not set")
     );
 }
+
+#[test]
+fn a_missing_positional_is_named_as_clap_names_it() {
+    let err = parse(["etl", "recover", "approve"].map(OsString::from).to_vec()).unwrap_err();
+    let message = usage_message(&err).unwrap();
+    assert!(!message.contains("one of"), "{message}");
+    assert!(message.contains("<ID>"), "{message}");
+}

@@ -30,13 +30,19 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// A write to stdout that failed: the reader went away, or the disk under a redirect is full.
+/// Only this error, not a broken pipe to the database or an endpoint, ends a command quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout: {0}")]
+pub struct StdoutError(#[from] pub std::io::Error);
+
 /// Whether the error is stdout's reader going away (`etl dev generate | head`): the command did
 /// what was asked of it, as `head` asked, so it ends quietly and successfully.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|layer| {
         layer
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            .downcast_ref::<StdoutError>()
+            .is_some_and(|stdout| stdout.0.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

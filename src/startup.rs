@@ -38,7 +38,7 @@ pub enum StartupError<E: std::error::Error + 'static> {
 }
 
 /// Runs `attempt` until it succeeds or fails for good, retrying transient failures with the
-/// commit path's backoff (about two minutes in all). SIGTERM or SIGINT (`shutdown`) ends the wait
+/// commit path's backoff (eight tries over about half a minute). SIGTERM or SIGINT (`shutdown`) ends the wait
 /// at once, with the last failure's cause: Kubernetes allows 30 s between SIGTERM and SIGKILL.
 pub async fn retrying<T, E, Fut>(
     shutdown: &CancellationToken,

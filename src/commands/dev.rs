@@ -14,6 +14,7 @@ use crate::adapters::aws;
 use crate::adapters::sqs::{SqsQueue, MAX_BATCH};
 use crate::configuration::ConfigError;
 use crate::domain::QueueUrl;
+use crate::error::StdoutError;
 use crate::synthetic::{Generator, SyntheticOptions};
 
 #[derive(Debug, Subcommand)]
@@ -184,9 +185,9 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let options = synthetic_options(args.count, &args.shape)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for body in Generator::new(options) {
-        writeln!(out, "{body}")?;
+        writeln!(out, "{body}").map_err(StdoutError)?;
     }
-    out.flush()?;
+    out.flush().map_err(StdoutError)?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::{Outcome, SqsProtocolArg};
 use crate::adapters::aws;
-use crate::adapters::kms::Kms;
+use crate::adapters::kms::{Kms, KmsError};
 use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
 use crate::configuration::{ConfigError, DatabaseSettings};
@@ -191,7 +191,10 @@ impl Report {
             Outcome::Success
         } else {
             let failures = self.failures;
-            self.line(format_args!("{failures} check(s) failed"));
+            self.line(format_args!(
+                "{} failed",
+                crate::human::count(failures as i64, "check")
+            ));
             Outcome::Negative
         }
     }
@@ -204,8 +207,6 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         stdout_closed: false,
         login: None,
     };
-    let sdk = aws::load_config(Duration::from_secs(10)).await;
-    let aws_ready = aws_setup(&mut report, &sdk).await;
     let connected = database(&mut report, args.database_url.as_deref()).await;
     let mut login = None;
     if let Some((pool, options)) = &connected {
@@ -213,7 +214,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         database_tls(&mut report, pool, options).await;
         login = login_check(&mut report, pool).await;
         report.login = login.as_ref().map(|login| login.name.clone());
-        migrations(&mut report, pool).await;
+        migrations(&mut report, pool, login.as_ref()).await;
         roles(&mut report, pool).await;
         if let Some(login) = &login {
             access(&mut report, pool, login).await;
@@ -221,26 +222,39 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<Outcome> {
         }
         public_schema(&mut report, pool).await;
     }
-    let jobs_known = login.is_some();
-    let needs_queue = !jobs_known || login.as_ref().is_some_and(|l| l.does(Job::Ingest));
+    // Without a known login every check runs; with one, only those its jobs need.
+    let needs = |jobs: &[Job]| {
+        login
+            .as_ref()
+            .is_none_or(|login| jobs.iter().any(|job| login.does(*job)))
+    };
+    if !needs(&[Job::Ingest, Job::Privacy, Job::Opener]) {
+        let why = "its jobs call no AWS service (only ingest, a privacy officer and the recovery service do)";
+        for name in ["AWS", "queue", "KMS key", "data keys"] {
+            report.skip_as_login(name, why);
+        }
+        return Ok(report.outcome());
+    }
+    let sdk = aws::load_config(Duration::from_secs(10)).await;
+    if let Err(why) = aws_setup(&mut report, &sdk).await {
+        for name in ["queue", "KMS key", "data keys"] {
+            report.skip(name, why);
+        }
+        return Ok(report.outcome());
+    }
+    if needs(&[Job::Ingest]) {
+        queue(&mut report, &sdk, args).await;
+    } else {
+        report.skip_as_login("queue", "only ingest reads the queue");
+    }
     let kms = Kms::new(&sdk);
-    match aws_ready {
-        Err(why) => {
-            for name in ["queue", "KMS key", "data keys"] {
-                report.skip(name, why);
-            }
-        }
-        Ok(()) => {
-            queue(&mut report, &sdk, args, needs_queue).await;
-            // The data keys are checked as a pinned process unwraps them.
-            let kms = match kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await {
-                Some(arn) => kms.pinned_to(&arn),
-                None => kms,
-            };
-            if let Some((pool, _)) = &connected {
-                data_keys(&mut report, pool, &kms, login.as_ref()).await;
-            }
-        }
+    // The data keys are checked as a pinned process unwraps them.
+    let kms = match kms_key(&mut report, &kms, args.kms_key_id.as_deref()).await {
+        Some(arn) => kms.pinned_to(&arn),
+        None => kms,
+    };
+    if let Some((pool, _)) = &connected {
+        data_keys(&mut report, pool, &kms, login.as_ref()).await;
     }
     Ok(report.outcome())
 }
@@ -377,7 +391,8 @@ fn tls_verdict(
     }
 }
 
-async fn migrations(report: &mut Report, pool: &PgPool) {
+async fn migrations(report: &mut Report, pool: &PgPool, login: Option<&Login>) {
+    let owner = login.is_none_or(|login| login.owner);
     let applied: Result<Vec<i64>, _> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
             .fetch_all(pool)
@@ -398,10 +413,11 @@ async fn migrations(report: &mut Report, pool: &PgPool) {
                 "run `etl migrate`".into(),
             )),
             Err(err) => match sqlstate(&err).as_deref() {
-                Some(UNDEFINED_TABLE) => {
+                Some(UNDEFINED_TABLE) if owner => {
                     Err(("no migrations applied".into(), "run `etl migrate`".into()))
                 }
-                Some(INSUFFICIENT_PRIVILEGE) => {
+                // Another login may not see the owner's schema at all.
+                Some(UNDEFINED_TABLE | INSUFFICIENT_PRIVILEGE) => {
                     report.skip_as_login(
                         "migrations applied",
                         "only the schema owner reads _sqlx_migrations (the checks below look at what this login needs)",
@@ -585,11 +601,20 @@ async fn holds(pool: &PgPool, need: Need) -> Result<Option<bool>, sqlx::Error> {
 async fn roles(report: &mut Report, pool: &PgPool) {
     let roles = role_names();
     let present: Vec<String> =
-        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+        match sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
             .bind(&roles)
             .fetch_all(pool)
             .await
-            .unwrap_or_default();
+        {
+            Ok(present) => present,
+            Err(err) => {
+                report.check(
+                    "roles present",
+                    Err((err.to_string(), "check the connection".into())),
+                );
+                return;
+            }
+        };
     let missing: Vec<&str> = roles
         .iter()
         .copied()
@@ -667,11 +692,8 @@ async fn public_schema(report: &mut Report, pool: &PgPool) {
     );
 }
 
-async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs, needed: bool) {
+async fn queue(report: &mut Report, sdk: &SdkConfig, args: &DoctorArgs) {
     match args.queue_url.as_deref().map(QueueUrl::parse) {
-        None if !needed => {
-            report.skip_as_login("queue", "no queue URL given (only ingest reads the queue)")
-        }
         None => report.check(
             "queue",
             Err((
@@ -739,17 +761,11 @@ async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) -> Option
 }
 
 /// The data keys this login's jobs unwrap: all of ingest's for ingest and the owner, the mask key
-/// for a privacy officer; the others unwrap none (the recovery service unwraps per request).
+/// for a privacy officer. The recovery service unwraps the vault and quarantine keys per request,
+/// which needs a request.
 async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<&Login>) {
-    let fix = |err: KeyLoadError| {
-        let fix = match err {
-            KeyLoadError::MissingKey(_) => "have the owner run `etl keys init --kms-key-id <id>`",
-            _ => "grant this AWS identity kms:Decrypt on the key, for context application=etl",
-        };
-        (err.to_string(), fix.to_owned())
-    };
-    let ingest = login.is_none_or(|login| login.does(Job::Ingest));
-    if ingest {
+    let does = |job| login.is_none_or(|login| login.does(job));
+    if does(Job::Ingest) {
         report.check(
             "data keys",
             load_transformer(pool, kms)
@@ -761,9 +777,9 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
                         t.sealer().version()
                     )
                 })
-                .map_err(fix),
+                .map_err(|err| (err.to_string(), key_fix(&err).to_owned())),
         );
-    } else if login.is_some_and(|login| login.does(Job::Privacy)) {
+    } else if does(Job::Privacy) {
         report.check(
             "data keys",
             load_maskers(pool, kms)
@@ -775,13 +791,49 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
                         crate::human::count(maskers.others.len() as i64, "other stored version")
                     )
                 })
-                .map_err(fix),
+                .map_err(|err| (err.to_string(), key_fix(&err).to_owned())),
         );
-    } else {
+    } else if does(Job::Opener) {
         report.skip_as_login(
             "data keys",
-            "only ingest, a privacy officer and the owner unwrap data keys",
+            "the recovery service unwraps the vault and quarantine keys per request (a `recover` of a known mask checks them end to end)",
         );
+    } else {
+        report.skip_as_login("data keys", "its jobs unwrap no data key");
+    }
+}
+
+/// What to do about a data key that did not load, by why.
+fn key_fix(err: &KeyLoadError) -> &'static str {
+    let kms = match err {
+        KeyLoadError::MissingKey(_) => return "have the owner run `etl keys init --kms-key-id <id>`",
+        KeyLoadError::Database(db) if db.sqlstate().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+            return "connect as a login of the role its job needs (docs/roles.md)"
+        }
+        KeyLoadError::Database(_) => return "check the connection",
+        KeyLoadError::BadPublicKey(_)
+        | KeyLoadError::UnattestedPublicKey { .. }
+        | KeyLoadError::VaultKeyBelowMinimum { .. } => {
+            return "the keyring was changed outside `etl keys`: restore it from a backup, and find out who changed it"
+        }
+        KeyLoadError::CannotReload => return "restart the process",
+        KeyLoadError::PublicKeyUnchecked { source, .. } => source,
+        KeyLoadError::Unwrap(unwrap) => &unwrap.source,
+    };
+    match kms {
+        KmsError::NotPinned { .. } => {
+            "a keyring row is wrapped under another KMS key: find out who wrote it, or set ETL_KMS_KEY_ID to the key `etl keys rewrap` moved the keys to"
+        }
+        KmsError::Denied { .. } => {
+            "grant this AWS identity kms:Decrypt on the key, for context application=etl"
+        }
+        KmsError::NotFound { .. } | KmsError::KeyUnusable { .. } => {
+            "the KMS key that wraps the data keys is gone or disabled: enable it, or restore the keyring"
+        }
+        KmsError::InvalidCiphertext { .. } => {
+            "the wrapped key does not match its KMS key or context: the keyring was changed; restore it"
+        }
+        _ => "check AWS_ENDPOINT_URL, AWS_REGION and the credentials, and that KMS answers",
     }
 }
 

@@ -13,6 +13,7 @@ use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::{self, lifecycle};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::{Justification, PiiField, UserId};
+use crate::error::StdoutError;
 use crate::recovery::{database_error, recover_masks, Answer, RequestOptions, CLIENT_CONNECTIONS};
 
 #[derive(Debug, Args)]
@@ -151,9 +152,12 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
         ExportFormat::Csv => {
             let mut out = csv::Writer::from_writer(std::io::stdout().lock());
             for row in &exported {
-                out.serialize(row)?;
+                out.serialize(row).map_err(|err| match err.into_kind() {
+                    csv::ErrorKind::Io(io) => anyhow::Error::new(StdoutError(io)),
+                    other => anyhow::anyhow!("cannot write a CSV row: {other:?}"),
+                })?;
             }
-            out.flush()?;
+            out.flush().map_err(StdoutError)?;
         }
     }
     Ok(Outcome::Success)

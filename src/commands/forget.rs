@@ -289,7 +289,7 @@ fn print(
         } else if e.newly_suppressed {
             let verb = if dry_run { "would be added" } else { "added" };
             outln!(
-                "{source}: never seen, nothing to erase; {verb} to the suppression list, so later events are dropped{receipt}"
+                "{source}: nothing found (never seen, or expired); {verb} to the suppression list, so later events are dropped{receipt}"
             )?;
         } else {
             outln!("{source}: already forgotten; nothing changed")?;

@@ -268,7 +268,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
                 connected = SqsQueue::connect(&sdk, url.as_str(), *protocol) => connected?,
                 () = shutdown.cancelled() => anyhow::bail!("stopped by a signal while connecting to SQS"),
             };
-            let kms = args.kms.kms(&sdk).await?;
+            let kms = tokio::select! {
+                kms = args.kms.kms(&sdk) => kms?,
+                () = shutdown.cancelled() => anyhow::bail!("stopped by a signal while resolving --kms-key-id / ETL_KMS_KEY_ID"),
+            };
             from_queue(&settings, kms, pool, queue, shutdown).await?
         }
         IngestSource::File(path) => {

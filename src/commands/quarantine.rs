@@ -13,6 +13,7 @@ use crate::adapters::aws;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
 use crate::adapters::postgres::{self, quarantine};
 use crate::domain::Justification;
+use crate::error::StdoutError;
 use crate::human;
 use crate::keys::QuarantineOpeners;
 use crate::keys::{load_transformer, LiveKeys};
@@ -203,8 +204,8 @@ async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
     let mut stdout = std::io::stdout().lock();
     match args.format {
         OutputFormat::Text => {
-            stdout.write_all(&body)?;
-            stdout.write_all(b"\n")?;
+            stdout.write_all(&body).map_err(StdoutError)?;
+            stdout.write_all(b"\n").map_err(StdoutError)?;
         }
         OutputFormat::Json => {
             #[derive(serde::Serialize)]
@@ -217,7 +218,7 @@ async fn show(args: &QuarantineShowArgs) -> anyhow::Result<Outcome> {
                 message_id: &message_id,
                 body: &body,
             })?);
-            writeln!(stdout, "{}", json.as_str())?;
+            writeln!(stdout, "{}", json.as_str()).map_err(StdoutError)?;
         }
     }
     Ok(Outcome::Success)

@@ -17,6 +17,7 @@ use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::{self, recovery};
 use crate::configuration::{ConfigError, DatabaseSettings, MaskSource};
 use crate::domain::{Justification, Mask, PiiField};
+use crate::error::StdoutError;
 use crate::recovery::{
     recover_masks, Answer, Collected, Recovered, RequestOptions, CLIENT_CONNECTIONS,
 };
@@ -317,8 +318,8 @@ async fn collect(
             } else {
                 use std::io::Write;
                 let mut stdout = std::io::stdout().lock();
-                stdout.write_all(&body)?;
-                stdout.write_all(b"\n")?;
+                stdout.write_all(&body).map_err(StdoutError)?;
+                stdout.write_all(b"\n").map_err(StdoutError)?;
             }
             Ok(Outcome::Success)
         }
@@ -376,7 +377,10 @@ async fn decide(decision: &DecisionArgs, approve: bool) -> anyhow::Result<Outcom
             .map_err(super::approver_error(&pool))?;
         match left {
             0 => outln!("request {id} approved; the recovery service opens it now")?,
-            n => outln!("request {id} approved; it waits for {n} more approval(s)")?,
+            n => outln!(
+                "request {id} approved; it waits for {} more",
+                crate::human::count(i64::from(n), "approval")
+            )?,
         }
     } else {
         recovery::deny(&pool, id, why.reason())

@@ -110,8 +110,8 @@ impl Committer {
     }
 
     /// What [`Self::commit`] would commit, prepared the same way (validation, masks, the
-    /// suppression list) but written nowhere: a dry run's figures. A row the table's own
-    /// constraints would reject is counted as written.
+    /// suppression list) and tried against `user_logins` in transactions that are rolled back,
+    /// split as `commit` splits a rejected batch: a dry run's figures, with nothing written.
     pub async fn preview(
         &self,
         messages: &[Message],
@@ -120,20 +120,36 @@ impl Committer {
         if self.vault.epoch().is_none() {
             self.refresh_vault_state().await?;
         }
-        let batch = self
-            .keys
-            .current()
-            .prepare(messages, kind, chrono::Utc::now(), &self.vault)?;
-        let mut outcome = WriteOutcome {
-            written: batch.logins.len() as u64,
-            forgotten_skipped: batch.forgotten.len() as u64,
-            ..WriteOutcome::default()
-        };
-        for row in &batch.quarantine {
-            *outcome
-                .quarantined
-                .entry(row.reason.as_str().to_owned())
-                .or_default() += 1;
+        let mut outcome = WriteOutcome::default();
+        let mut pending: Vec<&[Message]> = vec![messages];
+        while let Some(part) = pending.pop() {
+            let batch = self
+                .keys
+                .current()
+                .prepare(part, kind, chrono::Utc::now(), &self.vault)?;
+            match writer::trial_logins(&self.pool, &batch).await {
+                Ok(()) => {
+                    outcome.written += batch.logins.len() as u64;
+                    outcome.forgotten_skipped += batch.forgotten.len() as u64;
+                    for row in &batch.quarantine {
+                        *outcome
+                            .quarantined
+                            .entry(row.reason.as_str().to_owned())
+                            .or_default() += 1;
+                    }
+                }
+                Err(err) if postgres::rejects_rows(&err) && part.len() > 1 => {
+                    let (left, right) = part.split_at(part.len() / 2);
+                    pending.extend([right, left]);
+                }
+                Err(err) if postgres::rejects_rows(&err) => {
+                    *outcome
+                        .quarantined
+                        .entry(ReasonCode::DatabaseRejected.as_str().to_owned())
+                        .or_default() += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         Ok(outcome)
     }

@@ -170,6 +170,21 @@ fn without_code_spans(text: &str) -> String {
     kept
 }
 
+/// The commands that exit 1 when they find nothing or have nothing to do, written out here by
+/// hand from what each one's code returns, so that the table in `etl::commands` is checked
+/// against it rather than against itself.
+const EXIT_ONE: [&str; 9] = [
+    "recover",
+    "recover collect",
+    "audit verify",
+    "doctor",
+    "quarantine show",
+    "quarantine replay",
+    "quarantine purge",
+    "forget",
+    "export",
+];
+
 /// Every command that runs ends its `--help` with its exit-status line, taken from the one table
 /// (`etl::commands::exit_status`); top-level `--help` and README state the table, and README names
 /// every command that exits 1.
@@ -201,14 +216,16 @@ fn every_command_states_its_exit_status_from_the_one_table() {
             panic!("`etl {}` --help has no exit status", path.join(" "));
         };
         let status = format!("Exit status: {}", words(status));
-        assert_eq!(
-            status,
-            etl::commands::exit_status(&path.join(" ")),
-            "{path:?}"
-        );
+        let command = path.join(" ");
+        assert_eq!(status, etl::commands::exit_status(&command), "{path:?}");
         assert!(
             status.starts_with("Exit status: 0 done; ") && status.ends_with("2 error or refused."),
             "{status}"
+        );
+        assert_eq!(
+            status.contains("; 1 "),
+            EXIT_ONE.contains(&command.as_str()),
+            "`etl {command}`: {status}"
         );
     }
     let top = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
@@ -220,10 +237,11 @@ fn every_command_states_its_exit_status_from_the_one_table() {
         "top-level --help states the table"
     );
     let readme = read(&root().join("README.md"));
-    let (_, table) = readme
+    let (_, section) = readme
         .split_once("## Exit codes")
         .expect("README has an exit-code section");
-    for (command, _) in etl::commands::EXIT_ONE {
+    let table = section.split("\n## ").next().unwrap_or(section);
+    for command in EXIT_ONE {
         assert!(
             table.contains(&format!("`{command}`")),
             "README's exit codes do not name `{command}`"

@@ -61,8 +61,16 @@ async fn migrate_applies_over_the_reference_table_and_twice() {
         )
         .await
         .unwrap();
-    app.etl_ok(&["migrate"]).await;
-    app.etl_ok(&["migrate"]).await;
+    let total = etl::adapters::postgres::MIGRATOR.iter().count();
+    let first = app.etl_ok(&["migrate"]).await;
+    assert_eq!(
+        first.trim(),
+        format!(
+            "applied {total} migrations: the schema is up to date ({total} of {total} migrations)"
+        )
+    );
+    let second = app.etl_ok(&["migrate"]).await;
+    assert!(second.starts_with("nothing to apply:"), "{second}");
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
     let columns: Vec<String> = sqlx::query_scalar(
         "SELECT column_name::text FROM information_schema.columns \
@@ -97,6 +105,14 @@ async fn doctor_passes_on_a_ready_setup_and_says_what_to_do_otherwise() {
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
         stdout.contains("all checks passed") && !stdout.contains("FAIL"),
+        "{stdout}"
+    );
+    let migrations = etl::adapters::postgres::MIGRATOR.iter().count();
+    assert!(
+        stdout.contains("owns the schema: every job")
+            && stdout.contains(&format!(
+                "OK    migrations applied: {migrations} of {migrations}"
+            )),
         "{stdout}"
     );
 
@@ -154,6 +170,20 @@ async fn doctor_checks_the_login_it_runs_as() {
         );
         assert!(output.stderr.is_empty(), "{group}: {stdout}");
     }
+
+    // A login whose jobs call no AWS service needs no region, whatever the environment holds.
+    let (_, analyst) = app.login_user("etl_analyst").await;
+    let output = app
+        .command(&["doctor", "--kms-key-id", &app.kms_key_id])
+        .env("DATABASE_URL", &analyst)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("SKIP  AWS: cannot check as"), "{stdout}");
 
     let (name, url) = app.login_user("etl_analyst").await;
     sqlx::query(&format!("REVOKE etl_analyst FROM {name}"))

@@ -218,7 +218,9 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
     assert!(stdout.contains("line 1: erased user_logins=1"), "{stdout}");
     assert!(stdout.contains("line 3: erased user_logins=1"), "{stdout}");
     assert!(
-        stdout.contains("line 4: never seen, nothing to erase; added to the suppression list"),
+        stdout.contains(
+            "line 4: nothing found (never seen, or expired); added to the suppression list"
+        ),
         "{stdout}"
     );
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
@@ -285,6 +287,14 @@ async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
         "the dry run's figures are the real run's"
     );
     assert!(done_out.contains("1 user: user_logins=2"), "{done_out}");
+    assert_eq!(
+        dry_out
+            .lines()
+            .last()
+            .map(|l| l.replace(" (dry run: nothing changed)", "")),
+        done_out.lines().last().map(str::to_owned),
+        "the dry run's totals are the real run's"
+    );
 
     app.etl_ok(&["keys", "rotate", "--purpose", "mask"]).await;
     app.etl_ok(&["keys", "remask"]).await;
@@ -306,7 +316,10 @@ async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
     let never = forget("nobody-ever", &[]).await;
     assert_exit(&never, 0);
     let stdout = String::from_utf8_lossy(&never.stdout);
-    assert!(stdout.contains("never seen, nothing to erase"), "{stdout}");
+    assert!(
+        stdout.contains("nothing found (never seen, or expired)"),
+        "{stdout}"
+    );
     let detail: String = sqlx::query_scalar(
         "SELECT detail FROM recovery.audit_log WHERE kind = 'erasure' ORDER BY id DESC LIMIT 1",
     )
@@ -651,7 +664,7 @@ async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_au
 }
 
 /// A retention dry run counts the vault entries that only expiring rows use, as the real pass
-/// then deletes them; with nothing expired, the pass exits 1.
+/// then deletes them; with nothing expired, the pass still exits 0.
 #[tokio::test]
 async fn a_retention_dry_run_counts_what_the_pass_then_deletes() {
     let app = TestApp::spawn().await;
@@ -688,8 +701,9 @@ async fn a_retention_dry_run_counts_what_the_pass_then_deletes() {
     }
     assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
     assert_eq!(app.count(DANGLING).await, 0);
+    // Nothing left to expire: done, as a scheduler expects of a sweep.
     let nothing = app.etl(&["retention", "apply"]).await;
-    assert_exit(&nothing, 1);
+    assert_exit(&nothing, 0);
     let shown: Value =
         serde_json::from_str(&app.etl_ok(&["retention", "show", "--format", "json"]).await)
             .unwrap();
@@ -719,6 +733,22 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
             .await,
         2
     );
+    // While the rule holds, a dry run says what the real run would do: nothing written.
+    let held: Value = serde_json::from_str(
+        &app.etl_ok(&[
+            "quarantine",
+            "replay",
+            "--reason",
+            "before the rule change",
+            "--dry-run",
+            "--format",
+            "json",
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(held["written"], 0, "{held}");
+    assert_eq!(held["still_quarantined"], 3, "{held}");
     // The rule is relaxed.
     sqlx::query("ALTER TABLE user_logins DROP CONSTRAINT no_zz")
         .execute(&app.pool)
@@ -829,8 +859,8 @@ async fn replay_writes_what_todays_rules_accept_exactly_once_and_purge_deletes_o
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log WHERE kind IN ('quarantine_replay', 'quarantine_purge')")
             .await,
-        7,
-        "each replay's opening row (dry run included), two replays' figures, the purge"
+        8,
+        "each replay's opening row (dry runs included), two replays' figures, the purge"
     );
     let opening: (String, Option<String>, String) = sqlx::query_as(
         "SELECT reason, ticket, detail FROM recovery.audit_log \

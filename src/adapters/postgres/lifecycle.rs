@@ -270,7 +270,8 @@ fn sweep_chunk_sql(mode: &Sweep) -> String {
         // Rows that the pass would delete refer to nothing: only those it keeps count.
         Sweep::Count { .. } => (
             "SELECT 1 FROM chunk e WHERE",
-            "AND (u.create_date IS NULL OR u.create_date >= $4::date)",
+            // Cast as the deletion casts its bound: in the session's time zone.
+            "AND (u.create_date IS NULL OR u.create_date >= $4::timestamptz::date)",
         ),
     };
     format!(
@@ -306,7 +307,7 @@ pub enum Sweep {
     /// A dry run's count: as if the rows created before `rows_expire_before` were deleted, as the
     /// real pass deletes them first.
     Count {
-        rows_expire_before: NaiveDate,
+        rows_expire_before: DateTime<Utc>,
     },
 }
 

@@ -203,6 +203,15 @@ async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, s
 /// their own: a concurrent batch that meets the same new value waits for this short transaction,
 /// not for a whole batch. A crash in between leaves vault rows no row uses yet; the messages come
 /// back and use them. The vault is append-only, so a committed entry stays valid.
+/// Whether `user_logins` takes the batch's rows (a constraint added since may not), tried in a
+/// transaction that is rolled back: a dry run's test. Nothing is written.
+pub async fn trial_logins(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let tried = copy_logins(&mut tx, batch, &Claimed::All).await;
+    tx.rollback().await?;
+    tried.map(|_| ())
+}
+
 async fn insert_vault(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
     // Sorted as the statement sorts them (byte-wise: hex order is digest order), so the server's
     // sort finds them presorted and concurrent batches lock index entries in one order.

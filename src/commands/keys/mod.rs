@@ -342,6 +342,10 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
             Ok(())
         }
         Retirement::NotFound => anyhow::bail!("there is no {name} key version {version}"),
+        Retirement::InUse if purpose == KeyPurpose::Quarantine => anyhow::bail!(
+            "{name} key version {version} is the one ingest seals with (or may seal with); rotate \
+             first, and retire it once its quarantined messages have left"
+        ),
         Retirement::InUse => anyhow::bail!(
             "{name} key version {version} is the one ingest seals with (or may seal with); rotate \
              first, then reseal"
