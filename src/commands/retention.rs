@@ -140,7 +140,7 @@ async fn set(
             })
             .transpose()
     };
-    let pool = super::pool(database).await?;
+    let pool = super::audit_pool(database).await?;
     let settings = lifecycle::set_retention(&pool, days(logins)?, days(quarantine)?, days(claims)?)
         .await
         .map_err(|err| match &err {

@@ -266,3 +266,48 @@ async fn a_data_key_under_another_kms_key_is_refused_when_the_key_is_pinned() {
     let (summary, _) = app.drain(&[]).await;
     assert_eq!(summary.written, 1);
 }
+
+/// What an owner changes is on record, in the transaction of the change: data keys created,
+/// rotated and re-wrapped, and the retention settings.
+#[tokio::test]
+async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() {
+    let app = TestApp::spawn().await;
+    let rows = |kind: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT detail FROM recovery.audit_log WHERE kind = $1 ORDER BY id",
+            )
+            .bind(kind)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let created = rows("key_creation").await;
+    assert_eq!(created.len(), 3, "{created:?}");
+    assert!(created[0].starts_with("purpose=mask version=1 kms_key=arn:"), "{created:?}");
+
+    app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
+    let same_transaction: bool = sqlx::query_scalar(
+        "SELECT k.xmin::text = a.xmin::text FROM keyring.data_keys k, recovery.audit_log a \
+         WHERE k.purpose = 'vault' AND k.version = 2 AND a.kind = 'key_rotation'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(same_transaction, "the rotation and its audit row commit together");
+
+    let other = crate::helpers::create_kms_key(&aws_sdk_kms::Client::new(&app.sdk)).await;
+    app.etl_ok(&["keys", "rewrap", "--kms-key-id", &other]).await;
+    let rewrapped = rows("key_rewrap").await;
+    assert_eq!(rewrapped.len(), 4, "every stored version: {rewrapped:?}");
+    assert!(rewrapped.iter().all(|r| r.contains(&other)), "{rewrapped:?}");
+
+    app.etl_ok(&["retention", "set", "--logins", "30"]).await;
+    assert_eq!(
+        rows("retention_setting").await,
+        ["logins_days=30 quarantine_days=0 claims_days=0 (0: forever)"]
+    );
+    app.etl_ok(&["audit", "verify"]).await;
+}

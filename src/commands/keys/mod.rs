@@ -12,7 +12,7 @@ use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring::Retirement;
-use crate::adapters::postgres::{keyring, lifecycle, rekey, DatabaseError};
+use crate::adapters::postgres::{keyring, rekey, DatabaseError};
 use crate::crypto::{quarantine_key_pair, KeyPurpose};
 use crate::human;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -169,7 +169,7 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
         !kms_key_id.is_empty(),
         "--kms-key-id / ETL_KMS_KEY_ID is empty"
     );
-    let pool = super::pool(database).await?;
+    let pool = super::audit_pool(database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let mut created = 0;
     for purpose in KeyPurpose::ALL {
@@ -301,15 +301,7 @@ async fn rotate(
             .map_err(DatabaseError::on(&pool))
             .context("raising the lowest vault key version ingest may seal with")?;
     }
-    lifecycle::record(
-        &pool,
-        "key_rotation",
-        (None, None),
-        "created",
-        &format!("purpose={name} version={version}"),
-    )
-    .await
-    .context("recording the rotation in the audit log")?;
+    // The keyring's trigger appended the rotation's audit row in the insert's transaction.
     let next = match purpose {
         KeyPurpose::Mask => "pending: nothing masks with it until `etl keys remask` moves every mask to it",
         KeyPurpose::Vault => "ingest seals new entries with it from now on (running processes reload); `etl keys reseal` re-encrypts the existing ones",
@@ -374,7 +366,7 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
 async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(!kms_key_id.is_empty(), "--kms-key-id is empty");
-    let pool = super::pool(database).await?;
+    let pool = super::audit_pool(database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let keys = keyring::list(&pool)
         .await
