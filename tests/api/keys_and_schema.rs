@@ -286,7 +286,10 @@ async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() 
     };
     let created = rows("key_creation").await;
     assert_eq!(created.len(), 3, "{created:?}");
-    assert!(created[0].starts_with("purpose=mask version=1 kms_key=arn:"), "{created:?}");
+    assert!(
+        created[0].starts_with("purpose=mask version=1 kms_key=arn:"),
+        "{created:?}"
+    );
 
     app.etl_ok(&["keys", "rotate", "--purpose", "vault"]).await;
     let same_transaction: bool = sqlx::query_scalar(
@@ -296,13 +299,20 @@ async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() 
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert!(same_transaction, "the rotation and its audit row commit together");
+    assert!(
+        same_transaction,
+        "the rotation and its audit row commit together"
+    );
 
     let other = crate::helpers::create_kms_key(&aws_sdk_kms::Client::new(&app.sdk)).await;
-    app.etl_ok(&["keys", "rewrap", "--kms-key-id", &other]).await;
+    app.etl_ok(&["keys", "rewrap", "--kms-key-id", &other])
+        .await;
     let rewrapped = rows("key_rewrap").await;
     assert_eq!(rewrapped.len(), 4, "every stored version: {rewrapped:?}");
-    assert!(rewrapped.iter().all(|r| r.contains(&other)), "{rewrapped:?}");
+    assert!(
+        rewrapped.iter().all(|r| r.contains(&other)),
+        "{rewrapped:?}"
+    );
 
     app.etl_ok(&["retention", "set", "--logins", "30"]).await;
     assert_eq!(
@@ -310,4 +320,63 @@ async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() 
         ["logins_days=30 quarantine_days=0 claims_days=0 (0: forever)"]
     );
     app.etl_ok(&["audit", "verify"]).await;
+}
+
+/// The compose file's owner (deploy/compose/owner.sql): a login that is not a superuser migrates,
+/// creates the data keys and ingests over the reference table, and the audit chain holds.
+#[tokio::test]
+async fn the_schema_owner_need_not_be_a_superuser() {
+    let app = TestApp::spawn_bare().await;
+    app.pool
+        .execute(
+            "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32), \
+             masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), \
+             app_version integer, create_date date)",
+        )
+        .await
+        .unwrap();
+    let owner = format!("o_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let setup = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose/owner.sql"),
+    )
+    .unwrap()
+    .replace("etl_owner", &owner)
+    .replace(":'owner_password'", "'pw'");
+    sqlx::raw_sql(&setup).execute(&app.pool).await.unwrap();
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&owner)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(!superuser);
+    let (_, host_and_db) = app.database_url.split_once('@').unwrap();
+    let url = format!("postgres://{owner}:pw@{host_and_db}");
+    for args in [
+        &["migrate"][..],
+        &["keys", "init", "--kms-key-id", &app.kms_key_id][..],
+        &["doctor", "--kms-key-id", &app.kms_key_id][..],
+    ] {
+        let output = app.etl_as(&url, args).await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    app.send(&[crate::helpers::event("10.32.0.1", "320-00-0001")])
+        .await;
+    let output = app.etl_as(&url, &["ingest", "--drain"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+    assert_eq!(
+        app.etl_as(&url, &["audit", "verify"]).await.status.code(),
+        Some(0)
+    );
 }
