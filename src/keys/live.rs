@@ -51,11 +51,13 @@ impl LiveKeys {
     pub fn matches(&self, state: &KeyState) -> bool {
         let current = self.current();
         let vault = current.sealer().version();
+        let quarantine = current.quarantine_sealer().version();
         state.mask_key_version == Some(current.masker().version())
             && state.vault_key_version == Some(vault)
             && state
                 .min_vault_key_version
                 .is_none_or(|minimum| vault >= minimum)
+            && state.quarantine_key_version == Some(quarantine)
     }
 
     /// Loads the keys now active.
@@ -94,6 +96,8 @@ mod tests {
             mask_key_version: Some(mask),
             vault_key_version: Some(vault),
             min_vault_key_version: min_vault,
+            quarantine_key_version: Some(1),
+            min_quarantine_key_version: None,
         }
     }
 
@@ -108,6 +112,12 @@ mod tests {
             !held.matches(&state(1, 2, Some(3))),
             "the newest row is below the minimum: reloading must fail, not loop"
         );
+        let rotated = KeyState {
+            quarantine_key_version: Some(2),
+            min_quarantine_key_version: Some(2),
+            ..state(1, 2, None)
+        };
+        assert!(!held.matches(&rotated), "a quarantine key rotation");
     }
 
     #[tokio::test]

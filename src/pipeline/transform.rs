@@ -55,6 +55,11 @@ impl Transformer {
         &self.sealer
     }
 
+    /// What quarantined bodies are sealed to.
+    pub fn quarantine_sealer(&self) -> &QuarantineSealer {
+        &self.quarantine
+    }
+
     /// Builds the write batch of a set of messages, claimed as `kind` says. A message id listed
     /// twice is kept once. Values the vault is known to hold are masked but not sealed again;
     /// messages of forgotten users are only claimed. Replayed messages still invalid stay in

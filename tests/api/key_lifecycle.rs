@@ -573,6 +573,76 @@ async fn a_running_ingest_seals_with_the_rotated_vault_key_without_a_restart() {
     );
 }
 
+/// The quarantine key is guarded as the vault key is: after a rotation, a running ingest that
+/// still holds version 1 is refused, reloads and seals to version 2 without a restart; so
+/// retiring version 1 meanwhile loses no message (SQS has deleted it by then).
+#[tokio::test]
+async fn a_running_ingest_seals_to_the_rotated_quarantine_key_and_a_retirement_loses_nothing() {
+    let app = TestApp::spawn().await;
+    app.start_recovery_service();
+    let mut ingest = app
+        .command(&["ingest", "--batch-messages", "10"])
+        .spawn()
+        .unwrap();
+    app.send(&["not json, first".to_owned()]).await;
+    let quarantined = "SELECT count(*) FROM etl.quarantine";
+    wait_until(
+        Duration::from_secs(60),
+        "the first quarantined body",
+        || async { app.count(quarantined).await == 1 },
+    )
+    .await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "quarantine"])
+        .await;
+    // Version 1 is retired while the process still holds it: its one row purged first.
+    let refused = app
+        .etl(&[
+            "keys",
+            "retire",
+            "--purpose",
+            "quarantine",
+            "--version",
+            "1",
+        ])
+        .await;
+    assert_exit(&refused, 2);
+    sqlx::query("UPDATE etl.quarantine SET received_at = now() - interval '40 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.etl_ok(&["quarantine", "purge", "--older-than", "30"])
+        .await;
+    app.etl_ok(&[
+        "keys",
+        "retire",
+        "--purpose",
+        "quarantine",
+        "--version",
+        "1",
+    ])
+    .await;
+
+    app.send(&["not json, second".to_owned()]).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the second quarantined body",
+        || async { app.count(quarantined).await == 1 },
+    )
+    .await;
+    ingest.kill().await.unwrap();
+    ingest.wait().await.unwrap();
+    let (message_id, version): (String, i32) =
+        sqlx::query_as("SELECT message_id, quarantine_key_version FROM etl.quarantine")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version, 2, "sealed to the rotated key, not the retired one");
+    let shown = app
+        .etl_ok(&["quarantine", "show", &message_id, "--reason", "check"])
+        .await;
+    assert_eq!(shown.trim(), "not json, second");
+}
+
 #[tokio::test]
 async fn a_remask_killed_before_its_switch_resumes_and_switches_once() {
     let app = TestApp::spawn().await;

@@ -71,6 +71,7 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE etl.hold_vault_epoch()",
     "etl_ingest EXECUTE etl.vault_epoch()",
     "etl_ingest EXECUTE etl.key_state()",
+    "etl_ingest EXECUTE etl.check_quarantine_version(integer)",
     "etl_ingest EXECUTE etl.check_seal_versions(integer, integer)",
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE keyring.active_mask_key_version()",

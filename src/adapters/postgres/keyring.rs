@@ -168,25 +168,37 @@ pub struct KeyState {
     pub mask_key_version: Option<i32>,
     pub vault_key_version: Option<i32>,
     pub min_vault_key_version: Option<i32>,
+    pub quarantine_key_version: Option<i32>,
+    pub min_quarantine_key_version: Option<i32>,
 }
 
 pub async fn key_state(pool: &PgPool) -> Result<KeyState, sqlx::Error> {
     sqlx::query_as(
-        "SELECT epoch, mask_key_version, vault_key_version, min_vault_key_version \
+        "SELECT epoch, mask_key_version, vault_key_version, min_vault_key_version, \
+                quarantine_key_version, min_quarantine_key_version \
          FROM etl.key_state()",
     )
     .fetch_one(pool)
     .await
 }
 
-/// Raises the lowest vault key version ingest may seal with to `version` (never lowers it).
-pub async fn raise_min_vault_version(pool: &PgPool, version: i32) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Raises the lowest vault (or quarantine) key version ingest may seal with to `version` (never
+/// lowers it).
+pub async fn raise_min_version(
+    pool: &PgPool,
+    purpose: KeyPurpose,
+    version: i32,
+) -> Result<(), sqlx::Error> {
+    let column = match purpose {
+        KeyPurpose::Quarantine => "min_quarantine_key_version",
+        _ => "min_vault_key_version",
+    };
+    sqlx::query(&format!(
         "UPDATE keyring.key_settings SET \
-             min_vault_key_version = greatest(coalesce(min_vault_key_version, 0), $1), \
+             {column} = greatest(coalesce({column}, 0), $1), \
              updated_at = now(), updated_by = session_user \
-         WHERE singleton AND coalesce(min_vault_key_version, 0) < $1",
-    )
+         WHERE singleton AND coalesce({column}, 0) < $1"
+    ))
     .bind(version)
     .execute(pool)
     .await
@@ -290,7 +302,9 @@ pub async fn retire(
     let (exists, newest, minimum): (bool, Option<i32>, Option<i32>) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM keyring.data_keys WHERE purpose = $1 AND version = $2), \
                 (SELECT max(version) FROM keyring.data_keys WHERE purpose = $1), \
-                (SELECT min_vault_key_version FROM keyring.key_settings WHERE singleton)",
+                (SELECT CASE $1 WHEN 'quarantine' THEN min_quarantine_key_version \
+                                ELSE min_vault_key_version END \
+                 FROM keyring.key_settings WHERE singleton)",
     )
     .bind(purpose.as_str())
     .bind(version)
@@ -299,8 +313,7 @@ pub async fn retire(
     if !exists {
         return Ok(Retirement::NotFound);
     }
-    let sealing = Some(version) == newest
-        || (purpose == KeyPurpose::Vault && version >= minimum.unwrap_or(i32::MAX));
+    let sealing = Some(version) == newest || version >= minimum.unwrap_or(i32::MAX);
     if sealing {
         return Ok(Retirement::InUse);
     }

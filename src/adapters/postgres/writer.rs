@@ -60,7 +60,8 @@ const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
-/// SQLSTATE of `etl.check_seal_versions`: the batch was sealed with keys no longer active.
+/// SQLSTATE of `etl.check_seal_versions` and `etl.check_quarantine_version`: the batch was
+/// sealed with keys no longer active.
 const KEYS_CHANGED: &str = "ET001";
 
 const COPY_LOGINS: &str = "\
@@ -76,7 +77,8 @@ SELECT q.message_id, q.reason, q.detail, now(), q.sent_at, q.receive_count, $1, 
        CASE WHEN q.user_hash IS NOT NULL THEN $9::int4 END
 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[], $7::bytea[],
             $8::bytea[])
-     AS q(message_id, reason, detail, sent_at, receive_count, body, user_hash)";
+     AS q(message_id, reason, detail, sent_at, receive_count, body, user_hash)
+WHERE etl.check_quarantine_version($1)";
 
 /// Held (shared) until the batch's transaction ends: no erasure or vault deletion commits
 /// in between, and none that committed before is missed.
@@ -116,7 +118,14 @@ pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<Written, s
     let mut outcome = WriteOutcome::default();
     if !claimed.is_none() {
         outcome.written = copy_logins(&mut tx, batch, &claimed).await?;
-        outcome.quarantined = insert_quarantine(&mut tx, batch, &claimed).await?;
+        outcome.quarantined = match insert_quarantine(&mut tx, batch, &claimed).await {
+            // Sealed to a quarantine key version below the lowest allowed: a rotation committed.
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(KEYS_CHANGED) => {
+                tx.rollback().await?;
+                return Ok(Written::KeysChanged);
+            }
+            other => other?,
+        };
         outcome.forgotten_skipped = batch
             .forgotten
             .iter()

@@ -295,17 +295,19 @@ async fn rotate(
         stored,
         "another rotation created {name} key version {version} at the same time; nothing changed"
     );
-    if purpose == KeyPurpose::Vault {
-        keyring::raise_min_vault_version(&pool, version)
+    if matches!(purpose, KeyPurpose::Vault | KeyPurpose::Quarantine) {
+        keyring::raise_min_version(&pool, purpose, version)
             .await
             .map_err(DatabaseError::on(&pool))
-            .context("raising the lowest vault key version ingest may seal with")?;
+            .with_context(|| {
+                format!("raising the lowest {name} key version ingest may seal with")
+            })?;
     }
     // The keyring's trigger appended the rotation's audit row in the insert's transaction.
     let next = match purpose {
         KeyPurpose::Mask => "pending: nothing masks with it until `etl keys remask` moves every mask to it",
         KeyPurpose::Vault => "ingest seals new entries with it from now on (running processes reload); `etl keys reseal` re-encrypts the existing ones",
-        KeyPurpose::Quarantine => "ingest processes seal quarantined bodies to it from their next start",
+        KeyPurpose::Quarantine => "ingest seals quarantined bodies to it from now on (running processes reload)",
     };
     outln!(
         "{name} key: version {version} created (wrapped by {}); {next}",

@@ -20,6 +20,7 @@ use crate::adapters::aws;
 use crate::adapters::postgres::rekey::{self, VaultCursor};
 use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
+use crate::crypto::KeyPurpose;
 use crate::keys::{lock_key_job, VaultKeys};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
@@ -49,7 +50,7 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         .newest()
         .context("no vault key exists yet: run `etl keys init` first")?;
     // From now on nothing new is sealed under an older version.
-    keyring::raise_min_vault_version(&pool, target)
+    keyring::raise_min_version(&pool, KeyPurpose::Vault, target)
         .await
         .map_err(DatabaseError::on(&pool))
         .context("raising the lowest vault key version ingest may seal with")?;
