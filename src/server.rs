@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -45,7 +45,13 @@ pub struct Readiness {
     started: AtomicBool,
     /// The line `/readyz` shows until then.
     starting: &'static str,
+    /// The last probe of the database and the queue, and when it was made.
+    last_probe: tokio::sync::Mutex<Option<(Instant, Vec<&'static str>)>>,
 }
+
+/// How long a probe's answer stands: however often `/readyz` is called (a kubelet, a load
+/// balancer, anyone who reaches the port), PostgreSQL and SQS see one probe per interval.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Readiness {
     /// `etl ingest`: ready once its keys are loaded.
@@ -64,6 +70,7 @@ impl Readiness {
             queue,
             started: AtomicBool::new(false),
             starting,
+            last_probe: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -77,6 +84,26 @@ impl Readiness {
         if !self.started.load(Ordering::Relaxed) {
             problems.push(self.starting);
         }
+        // Callers meanwhile wait for this probe's answer rather than probe again.
+        let mut last = self.last_probe.lock().await;
+        match last
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < PROBE_INTERVAL)
+        {
+            Some((_, probed)) => problems.extend(probed),
+            None => {
+                let probed = self.probe().await;
+                problems.extend(&probed);
+                *last = Some((Instant::now(), probed));
+            }
+        }
+        problems
+    }
+
+    /// The database's and the queue's answers, each bounded by `CHECK_TIMEOUT`.
+    async fn probe(&self) -> Vec<&'static str> {
+        metrics::counter!("etl_readiness_probes_total").increment(1);
+        let mut problems = Vec::new();
         let database =
             tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
         if !matches!(database, Ok(Ok(_))) {

@@ -638,3 +638,39 @@ async fn break_glass_opens_at_once_and_waits_for_a_review_by_someone_else() {
     );
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// `/readyz` probes PostgreSQL at most once per interval however often it is called: a flood of
+/// calls costs the database one query.
+#[tokio::test]
+async fn readyz_probes_the_database_once_per_interval() {
+    let app = TestApp::spawn().await;
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let _service = app
+        .command(&["recovery-service", "--poll", "200ms"])
+        .env("ETL_METRICS_ADDR", addr.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "/readyz answers ready", || async {
+        matches!(
+            crate::helpers::http_get(addr, "/readyz").await,
+            Ok((200, _))
+        )
+    })
+    .await;
+    for _ in 0..30 {
+        let (status, body) = crate::helpers::http_get(addr, "/readyz").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+    }
+    let (_, metrics) = crate::helpers::http_get(addr, "/metrics").await.unwrap();
+    let probes: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("etl_readiness_probes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no etl_readiness_probes_total in:\n{metrics}"));
+    // The first calls (until started) and the 30 after: a handful of probes, not 31 or more.
+    assert!(probes <= 4.0, "{probes} probes for 31 or more calls");
+}
