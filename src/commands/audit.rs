@@ -5,8 +5,10 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
+use crate::adapters::aws;
 use crate::adapters::postgres::{audit, recovery};
-use crate::crypto::{ChainVerifier, GENESIS};
+use crate::adapters::s3::{AnchorLocation, AnchorStore};
+use crate::crypto::{parse_head, ChainVerifier, GENESIS};
 use crate::domain::Justification;
 
 #[derive(Debug, Subcommand)]
@@ -20,6 +22,23 @@ pub enum AuditCommand {
         /// has this hash, which detects rows removed or rewritten after it was taken.
         #[arg(long, value_name = "ID:HASH")]
         anchor: Option<String>,
+        /// Also check the chain against every anchor written to this S3 location by `etl audit
+        /// anchor` or ingest's `--audit-anchor-to`.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        anchors: Option<String>,
+    },
+    /// Write the chain head to S3, outside the database, where its owner cannot rewrite it (S3
+    /// Object Lock keeps it for the bucket's default retention, where the bucket has one);
+    /// `etl audit verify --anchors` checks the chain against every one.
+    Anchor {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Where: an S3 bucket and a prefix of its own for this audit log.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        to: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
     /// Print the chain head (id and hash of the newest row), to keep outside the database.
     Head {
@@ -48,7 +67,16 @@ pub enum AuditCommand {
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<Outcome> {
     match command {
-        AuditCommand::Verify { database, anchor } => verify(&database, anchor.as_deref()).await,
+        AuditCommand::Verify {
+            database,
+            anchor,
+            anchors,
+        } => verify(&database, anchor.as_deref(), anchors.as_deref()).await,
+        AuditCommand::Anchor {
+            database,
+            to,
+            format,
+        } => anchor(&database, &to, format).await,
         AuditCommand::Head { database, format } => head(&database, format).await,
         AuditCommand::Review {
             database,
@@ -108,15 +136,26 @@ async fn review(
     Ok(Outcome::Success)
 }
 
-/// Exit 0 when the chain holds (and the anchor, if given), 1 when it does not.
-async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result<Outcome> {
-    let mut verifier = match anchor {
-        Some(text) => {
-            let (id, hash) = parse_anchor(text)?;
-            ChainVerifier::with_anchor(id, hash)
-        }
-        None => ChainVerifier::default(),
-    };
+/// Exit 0 when the chain holds (and every anchor given), 1 when it does not.
+async fn verify(
+    database: &DatabaseArgs,
+    anchor: Option<&str>,
+    stored: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let mut anchors = Vec::new();
+    if let Some(text) = anchor {
+        anchors.push(parse_anchor(text)?);
+    }
+    if let Some(location) = stored {
+        let store = anchor_store(location).await?;
+        anchors.extend(
+            store
+                .list()
+                .await
+                .with_context(|| format!("reading the anchors in {}", store.location()))?,
+        );
+    }
+    let mut verifier = ChainVerifier::with_anchors(anchors);
     let pool = super::pool(database).await?;
     audit::verify(&pool, &mut verifier)
         .await
@@ -126,16 +165,20 @@ async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result
         outln!("FAIL  audit chain broken at row {}: {broken}", broken.id())?;
         return Ok(Outcome::Negative);
     }
-    if !verifier.anchor_holds() {
+    if let Some(id) = verifier.first_broken_anchor() {
         outln!(
-            "FAIL  the anchored head {} is not in the chain with that hash: rows up to it were \
-             removed or rewritten",
-            anchor.unwrap_or_default()
+            "FAIL  the anchored head at row {id} is not in the chain with that hash: rows up to \
+             it were removed or rewritten"
         )?;
         return Ok(Outcome::Negative);
     }
+    let anchored = match verifier.anchors() {
+        0 => String::new(),
+        1 => ", and its 1 anchor holds".to_owned(),
+        n => format!(", and all {n} anchors hold"),
+    };
     outln!(
-        "OK    audit chain holds: {}, head {head_id}:{}",
+        "OK    audit chain holds: {}, head {head_id}:{}{anchored}",
         crate::human::count(verifier.rows() as i64, "row"),
         hex::encode(head_hash)
     )?;
@@ -144,12 +187,51 @@ async fn verify(database: &DatabaseArgs, anchor: Option<&str>) -> anyhow::Result
 
 /// `ID:HASH`, as `etl audit head` prints it.
 fn parse_anchor(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
-    let invalid = || anyhow::anyhow!("--anchor must be ID:HASH as `etl audit head` prints it");
-    let (id, hash) = text.trim().split_once(':').ok_or_else(invalid)?;
-    let id = id.parse::<i64>().map_err(|_| invalid())?;
-    let hash = hex::decode(hash).map_err(|_| invalid())?;
-    anyhow::ensure!(hash.len() == GENESIS.len(), invalid());
-    Ok((id, hash))
+    parse_head(text.trim())
+        .ok_or_else(|| anyhow::anyhow!("--anchor must be ID:HASH as `etl audit head` prints it"))
+}
+
+async fn anchor_store(location: &str) -> anyhow::Result<AnchorStore> {
+    let location = AnchorLocation::parse(location)?;
+    Ok(AnchorStore::new(
+        &aws::load_config(S3_ATTEMPT_TIMEOUT).await,
+        location,
+    ))
+}
+
+/// S3 calls are short; this bounds each attempt.
+const S3_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `etl audit anchor --to s3://...`.
+async fn anchor(
+    database: &DatabaseArgs,
+    to: &str,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    let store = anchor_store(to).await?;
+    let pool = super::pool(database).await?;
+    let (id, hash) = audit::head(&pool)
+        .await
+        .context("reading the audit chain head")?
+        .unwrap_or((0, GENESIS.to_vec()));
+    let written = store.put(id, &hash).await?;
+    let hash = hex::encode(hash);
+    match format {
+        OutputFormat::Text => outln!(
+            "anchored {id}:{hash} at {}{}",
+            written.uri,
+            if written.locked {
+                " (locked by the bucket's Object Lock retention)"
+            } else {
+                " (the bucket has no Object Lock retention: its writers can delete it)"
+            }
+        )?,
+        OutputFormat::Json => outln!(
+            "{}",
+            serde_json::json!({ "id": id, "hash": hash, "uri": written.uri, "locked": written.locked })
+        )?,
+    }
+    Ok(Outcome::Success)
 }
 
 async fn head(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<Outcome> {

@@ -18,8 +18,10 @@ use super::{DatabaseArgs, KmsPinArgs, Outcome, SqsProtocolArg};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, DatabaseError};
+use crate::adapters::s3::{AnchorLocation, AnchorStore};
 use crate::adapters::sqs::{SqsProtocol, SqsQueue, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::crypto::GENESIS;
 use crate::domain::QueueUrl;
 use crate::keys::load_live_keys;
 use crate::pipeline::batcher::BatchLimits;
@@ -115,6 +117,16 @@ pub struct IngestArgs {
     /// Database connections [default: writers + 2].
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+
+    /// Write the audit chain's head to this S3 location (as `etl audit anchor` does) at start and
+    /// every --audit-anchor-every while ingest runs, so that the chain is anchored outside the
+    /// database; `etl audit verify --anchors` checks it against every anchor.
+    #[arg(long, env = "ETL_AUDIT_ANCHOR_TO", value_name = "s3://BUCKET/PREFIX")]
+    pub audit_anchor_to: Option<String>,
+
+    /// How often ingest writes an audit anchor, with --audit-anchor-to.
+    #[arg(long, env = "ETL_AUDIT_ANCHOR_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub audit_anchor_every: Duration,
 }
 
 /// Where `etl ingest` reads messages.
@@ -144,6 +156,8 @@ pub struct IngestSettings {
     pub metrics_addr: SocketAddr,
     /// Whether the deprecated `--pollers` was given (a warning is logged at start).
     pub deprecated_pollers: bool,
+    /// Where and how often to anchor the audit chain.
+    pub audit_anchor: Option<(AnchorLocation, Duration)>,
 }
 
 /// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
@@ -241,6 +255,21 @@ impl TryFrom<&IngestArgs> for IngestSettings {
             db_max_connections,
             metrics_addr: args.metrics_addr,
             deprecated_pollers: args.pollers.is_some(),
+            audit_anchor: match &args.audit_anchor_to {
+                None => None,
+                Some(to) => {
+                    if args.audit_anchor_every < Duration::from_secs(1) {
+                        return Err(ConfigError::OutOfRange {
+                            flag: "--audit-anchor-every",
+                            expected: "at least 1s",
+                        });
+                    }
+                    let location = AnchorLocation::parse(to).map_err(|_| {
+                        ConfigError::Invalid("--audit-anchor-to must be s3://BUCKET/PREFIX")
+                    })?;
+                    Some((location, args.audit_anchor_every))
+                }
+            },
         })
     }
 }
@@ -272,7 +301,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<Outcome> {
                 kms = args.kms.kms(&sdk) => kms?,
                 () = shutdown.cancelled() => anyhow::bail!("stopped by a signal while resolving --kms-key-id / ETL_KMS_KEY_ID"),
             };
-            from_queue(&settings, kms, pool, queue, shutdown).await?
+            from_queue(&settings, (&sdk, kms), pool, queue, shutdown).await?
         }
         IngestSource::File(path) => {
             // No signal handler here: SIGTERM ends a file run at once, and what it did not
@@ -323,7 +352,7 @@ async fn wait_for_database(
 
 async fn from_queue(
     settings: &IngestSettings,
-    kms: Kms,
+    (sdk, kms): (&aws_config::SdkConfig, Kms),
     pool: sqlx::PgPool,
     (queue, protocol): (SqsQueue, SqsProtocol),
     shutdown: CancellationToken,
@@ -337,6 +366,16 @@ async fn from_queue(
     )
     .await?;
     let keys = load_live_keys(&pool, kms, &shutdown).await?;
+    if let Some((location, every)) = &settings.audit_anchor {
+        let store = AnchorStore::new(sdk, location.clone());
+        anchor_once(&pool, &store).await;
+        tokio::spawn(anchor_audit_chain(
+            pool.clone(),
+            store,
+            *every,
+            shutdown.clone(),
+        ));
+    }
     readiness.started();
 
     // Logged once the keys are loaded: a run that cannot start prints its error line alone.
@@ -382,6 +421,44 @@ async fn from_queue(
         "a writer task ended abnormally; ingest stopped (what it did not commit stays on the queue)"
     );
     Ok(stats.summary(started.elapsed()))
+}
+
+/// Writes the audit chain's head to S3 every `every` until `shutdown` (the first one was written
+/// at start). A failure is logged and retried at the next tick: anchoring is not a reason to stop
+/// ingesting.
+async fn anchor_audit_chain(
+    pool: sqlx::PgPool,
+    store: AnchorStore,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => anchor_once(&pool, &store).await,
+        }
+    }
+}
+
+/// One anchor of the chain's head, logged (never an error that stops ingest).
+async fn anchor_once(pool: &sqlx::PgPool, store: &AnchorStore) {
+    let (id, hash) = match postgres::audit::head(pool).await {
+        Ok(head) => head.unwrap_or((0, GENESIS.to_vec())),
+        Err(err) => {
+            warn!(error = %postgres::redacted(&err), "cannot read the audit chain head to anchor it");
+            return;
+        }
+    };
+    match store.put(id, &hash).await {
+        Ok(written) => info!(
+            audit_head = %format!("{id}:{}", hex::encode(&hash)),
+            uri = %written.uri,
+            locked = written.locked,
+            "audit anchor written"
+        ),
+        Err(err) => warn!(error = %err, "cannot write the audit anchor"),
+    }
 }
 
 /// The writers both sources feed, with the one committer they share; and the channel to them,

@@ -60,14 +60,24 @@ impl ChainBreak {
     }
 }
 
+/// A chain head as `etl audit head` prints it: `ID:HASH`, the hash in 64 hex characters.
+pub fn parse_head(text: &str) -> Option<(i64, Vec<u8>)> {
+    let (id, hash) = text.split_once(':')?;
+    let id = id.parse().ok()?;
+    let hash = hex::decode(hash)
+        .ok()
+        .filter(|hash| hash.len() == GENESIS.len())?;
+    Some((id, hash))
+}
+
 /// Checks rows pushed in id order; remembers the first break and the head.
 pub struct ChainVerifier {
     last_id: i64,
     last_hash: Vec<u8>,
     rows: u64,
     first_break: Option<ChainBreak>,
-    anchor: Option<(i64, Vec<u8>)>,
-    anchor_seen: bool,
+    /// Heads taken earlier, by row id, each `true` once its row was seen with its hash.
+    anchors: std::collections::BTreeMap<i64, (Vec<u8>, bool)>,
 }
 
 impl Default for ChainVerifier {
@@ -77,19 +87,21 @@ impl Default for ChainVerifier {
             last_hash: GENESIS.to_vec(),
             rows: 0,
             first_break: None,
-            anchor: None,
-            anchor_seen: false,
+            anchors: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl ChainVerifier {
-    /// Also require that row `id` has hash `hash` (a head taken earlier). The head of an empty
-    /// log (id 0, the genesis link) holds for any chain.
-    pub fn with_anchor(id: i64, hash: Vec<u8>) -> Self {
-        let empty_log = id == 0 && hash.as_slice() == GENESIS;
+    /// Also require that each row `id` has hash `hash` (heads taken earlier). The head of an
+    /// empty log (id 0, the genesis link) holds for any chain.
+    pub fn with_anchors(anchors: impl IntoIterator<Item = (i64, Vec<u8>)>) -> Self {
         Self {
-            anchor: (!empty_log).then_some((id, hash)),
+            anchors: anchors
+                .into_iter()
+                .filter(|(id, hash)| !(*id == 0 && hash.as_slice() == GENESIS))
+                .map(|(id, hash)| (id, (hash, false)))
+                .collect(),
             ..Self::default()
         }
     }
@@ -99,10 +111,8 @@ impl ChainVerifier {
         if self.first_break.is_none() {
             self.first_break = self.check(row);
         }
-        if let Some((id, hash)) = &self.anchor {
-            if *id == row.id {
-                self.anchor_seen = hash.as_slice() == row.row_hash;
-            }
+        if let Some((hash, held)) = self.anchors.get_mut(&row.id) {
+            *held = hash.as_slice() == row.row_hash;
         }
         self.last_id = row.id;
         self.last_hash = row.row_hash.to_vec();
@@ -131,9 +141,17 @@ impl ChainVerifier {
         self.first_break.as_ref()
     }
 
-    /// Whether the anchor (if one was given) was found with its hash.
-    pub fn anchor_holds(&self) -> bool {
-        self.anchor.is_none() || self.anchor_seen
+    /// The first anchor not found in the chain with its hash: rows up to it were removed or
+    /// rewritten. `None` when every anchor holds.
+    pub fn first_broken_anchor(&self) -> Option<i64> {
+        self.anchors
+            .iter()
+            .find(|(_, (_, held))| !held)
+            .map(|(id, _)| *id)
+    }
+
+    pub fn anchors(&self) -> usize {
+        self.anchors.len()
     }
 
     pub fn rows(&self) -> u64 {
@@ -230,10 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn an_anchor_catches_a_rewritten_tail() {
+    fn anchors_catch_a_rewritten_tail() {
         let rows = chain(&["a", "b", "c"]);
-        let anchored = |rows: &[Row]| {
-            let mut verifier = ChainVerifier::with_anchor(3, chain(&["a", "b", "c"])[2].2.clone());
+        let anchors = [(2, rows[1].2.clone()), (3, rows[2].2.clone())];
+        let broken = |rows: &[Row]| {
+            let mut verifier = ChainVerifier::with_anchors(anchors.clone());
             for (id, prev, hash, payload) in rows {
                 verifier.push(&ChainRow {
                     id: *id,
@@ -242,12 +261,30 @@ mod tests {
                     payload,
                 });
             }
-            verifier.anchor_holds()
+            verifier.first_broken_anchor()
         };
-        assert!(anchored(&rows));
-        assert!(!anchored(&chain(&["a", "b", "x"])), "rewritten tail");
-        assert!(!anchored(&rows[..2]), "truncated tail");
-        assert!(ChainVerifier::with_anchor(0, GENESIS.to_vec()).anchor_holds());
+        assert_eq!(broken(&rows), None);
+        assert_eq!(broken(&chain(&["a", "b", "x"])), Some(3), "rewritten tail");
+        assert_eq!(
+            broken(&chain(&["a", "y", "c"])),
+            Some(2),
+            "rewritten middle"
+        );
+        assert_eq!(broken(&rows[..2]), Some(3), "truncated tail");
+        let genesis = ChainVerifier::with_anchors([(0, GENESIS.to_vec())]);
+        assert_eq!(genesis.first_broken_anchor(), None);
+        assert_eq!(genesis.anchors(), 0);
+    }
+
+    #[test]
+    fn heads_parse_as_audit_head_prints_them() {
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            parse_head(&format!("12:{hash}")),
+            Some((12, vec![0xab; 32]))
+        );
+        assert_eq!(parse_head("12:abcd"), None);
+        assert_eq!(parse_head(&format!("x:{hash}")), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod quarantine;
 mod reply;
 mod seal;
 
-pub use audit_chain::{encode_payload, ChainBreak, ChainRow, ChainVerifier, GENESIS};
+pub use audit_chain::{encode_payload, parse_head, ChainBreak, ChainRow, ChainVerifier, GENESIS};
 pub use keys::{DataKey, KeyPurpose, KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
 pub use mask::{MaskDigest, MaskHex, Masker, UserHash};

@@ -42,11 +42,11 @@ async fn verify(app: &TestApp, extra: &[&str]) -> (Option<i32>, String) {
 #[tokio::test]
 async fn no_role_can_change_the_audit_log_and_verify_names_the_first_changed_row() {
     let (app, _, _) = app_with_recoveries(3).await;
-    // Three requests and three fetches, chained 1..6.
-    assert_eq!(app.count("SELECT max(id) FROM recovery.audit_log").await, 6);
+    // Three key creations, then three requests and three fetches, chained 1..9.
+    assert_eq!(app.count("SELECT max(id) FROM recovery.audit_log").await, 9);
     let (code, out) = verify(&app, &[]).await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("holds: 6 rows"), "{out}");
+    assert!(out.contains("holds: 9 rows"), "{out}");
 
     // Even the owner (here a superuser) is refused every change.
     for sql in [
@@ -106,7 +106,7 @@ async fn appended_rows_carry_the_session_s_user_and_time_whatever_the_insert_say
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!((id, user.as_str()), (3, "postgres"));
+    assert_eq!((id, user.as_str()), (6, "postgres"));
     assert!(year > 2001.0);
     assert_ne!(addr.as_deref(), Some("10.9.9.9/32"));
     let (code, out) = verify(&app, &[]).await;
@@ -121,7 +121,8 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     let (app, _, _) = app_with_recoveries(2).await;
     let head = app.etl_ok(&["audit", "head"]).await;
     let head = head.trim();
-    assert!(head.starts_with("4:") && head.len() == 2 + 64, "{head}");
+    // Three key creations, then two requests of two rows each.
+    assert!(head.starts_with("7:") && head.len() == 2 + 64, "{head}");
     let json: serde_json::Value =
         serde_json::from_str(&app.etl_ok(&["audit", "head", "--format", "json"]).await).unwrap();
     assert_eq!(
@@ -134,7 +135,7 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     app.pool
         .execute(
             "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
-             DELETE FROM recovery.audit_log WHERE id = 4; \
+             DELETE FROM recovery.audit_log WHERE id = 7; \
              ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
         )
         .await
@@ -149,14 +150,14 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     app.pool
         .execute(
             "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
-             DELETE FROM recovery.audit_log WHERE id = 2; \
+             DELETE FROM recovery.audit_log WHERE id = 5; \
              ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
         )
         .await
         .unwrap();
     let (code, out) = verify(&app, &[]).await;
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("row 2 is missing"), "{out}");
+    assert!(out.contains("row 5 is missing"), "{out}");
 
     let output = app.etl(&["audit", "verify", "--anchor", "4:beef"]).await;
     assert_eq!(output.status.code(), Some(2));
@@ -173,13 +174,14 @@ async fn concurrent_requests_chain_in_one_order_and_auditors_can_verify() {
         }
     });
     futures_util::future::join_all(runs).await;
+    // Three key creations, then six requests and six fetches.
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log").await,
-        12
+        15
     );
     assert_eq!(
         app.count("SELECT max(id) FROM recovery.audit_log").await,
-        12
+        15
     );
 
     let (_, auditor) = app.login_user("etl_auditor").await;
@@ -245,7 +247,8 @@ async fn the_recovery_policy_is_enforced_by_the_database_and_recorded() {
     assert!(stderr.contains("allows 2 values"), "{stderr}");
 
     let outcomes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT kind, outcome FROM recovery.audit_log WHERE kind <> 'fetch' ORDER BY id",
+        "SELECT kind, outcome FROM recovery.audit_log \
+         WHERE kind NOT IN ('fetch', 'key_creation') ORDER BY id",
     )
     .fetch_all(&app.pool)
     .await
@@ -273,4 +276,76 @@ async fn the_recovery_policy_is_enforced_by_the_database_and_recorded() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("only the owner"));
     let (code, out) = verify(&app, &[]).await;
     assert_eq!(code, Some(0), "{out}");
+}
+
+/// Anchors in S3: `etl audit anchor` writes the head, ingest writes one at start with
+/// `--audit-anchor-to`, and `verify --anchors` checks the chain against every one, so a tail
+/// removed after an anchor was written is caught.
+#[tokio::test]
+async fn anchors_in_s3_catch_a_removed_tail() {
+    let (app, url, mask) = app_with_recoveries(1).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&app.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!(
+        "etl-anchors-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let location = format!("s3://{bucket}/prod");
+
+    let first = app.etl_ok(&["audit", "anchor", "--to", &location]).await;
+    assert!(
+        first.starts_with("anchored ") && first.contains("no Object Lock retention"),
+        "{first}"
+    );
+    assert_exit(
+        &recover(&app, &url, &mask, &["after the first anchor"]).await,
+        0,
+    );
+    app.send(&[event("10.7.0.2", "700-00-0002")]).await;
+    let ingest = app
+        .command(&["ingest", "--drain", "--audit-anchor-to", &location])
+        .output()
+        .await
+        .unwrap();
+    assert_exit(&ingest, 0);
+    assert!(
+        String::from_utf8_lossy(&ingest.stderr).contains("audit anchor written"),
+        "{}",
+        String::from_utf8_lossy(&ingest.stderr)
+    );
+    let (code, out) = verify(&app, &["--anchors", &location]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("and all 2 anchors hold"), "{out}");
+
+    let last: i64 = sqlx::query_scalar("SELECT max(id) FROM recovery.audit_log")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.pool
+        .execute(
+            format!(
+                "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
+                 DELETE FROM recovery.audit_log WHERE id = {last}; \
+                 ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let (code, out) = verify(&app, &[]).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "without the anchors the shorter chain holds: {out}"
+    );
+    let (code, out) = verify(&app, &["--anchors", &location]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("anchored head at row {last}")),
+        "{out}"
+    );
 }
