@@ -10,17 +10,27 @@ use clap::Args;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::info;
 
-use super::{DatabaseArgs, KmsPinArgs, Outcome};
-use crate::adapters::{aws, postgres};
+use super::{KmsPinArgs, Outcome};
+use crate::adapters::{aws, postgres, secrets};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::keys::load_live_keys;
 use crate::sources::lambda::{Handler, SqsEventPayload};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("database").required(true).args(["database_url", "database_url_secret"])))]
 pub struct LambdaArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// PostgreSQL connection URL. Prefer --database-url-secret: a function's environment is
+    /// readable by whoever may read its configuration.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// AWS Secrets Manager secret (name or ARN) holding the PostgreSQL connection URL, read once
+    /// at cold start (`secretsmanager:GetSecretValue`). Its value is the URL, or the JSON of an
+    /// RDS-managed secret (`username`, `password`, `host`, `port`, `dbname`), which connects with
+    /// sslmode=verify-full.
+    #[arg(long, env = "ETL_DATABASE_URL_SECRET", value_name = "SECRET")]
+    pub database_url_secret: Option<String>,
 
     #[command(flatten)]
     pub kms: KmsPinArgs,
@@ -41,9 +51,17 @@ pub struct LambdaArgs {
 /// What `etl lambda` runs with.
 #[derive(Debug, Clone)]
 pub struct LambdaSettings {
-    pub database: DatabaseSettings,
+    pub database: DatabaseSource,
     pub max_receives: i32,
     pub db_max_connections: u32,
+}
+
+/// Where the database URL comes from.
+#[derive(Debug, Clone)]
+pub enum DatabaseSource {
+    Url(DatabaseSettings),
+    /// Read from this secret at cold start.
+    Secret(String),
 }
 
 impl TryFrom<&LambdaArgs> for LambdaSettings {
@@ -66,8 +84,17 @@ impl TryFrom<&LambdaArgs> for LambdaSettings {
             8,
             "between 1 and 8 for `etl lambda`",
         )?;
+        let database = match (&args.database_url_secret, &args.database_url) {
+            (Some(secret), _) => DatabaseSource::Secret(secret.clone()),
+            (None, Some(url)) => DatabaseSource::Url(DatabaseSettings::parse(url)?),
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "--database-url-secret / ETL_DATABASE_URL_SECRET or --database-url / DATABASE_URL is required",
+                ))
+            }
+        };
         Ok(Self {
-            database: args.database.settings()?,
+            database,
             max_receives: args.max_receives,
             db_max_connections: args.db_max_connections,
         })
@@ -88,10 +115,15 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
     let settings = LambdaSettings::try_from(&args)?;
     check_runtime_environment()?;
     let sdk = aws::load_config(KMS_ATTEMPT_TIMEOUT).await;
-    let pool = postgres::pool(
-        settings.database.options.clone(),
-        settings.db_max_connections,
-    );
+    let database = match &settings.database {
+        DatabaseSource::Url(database) => database.clone(),
+        DatabaseSource::Secret(secret) => {
+            let url = secrets::database_url(&sdk, secret).await?;
+            DatabaseSettings::parse(&url)
+                .with_context(|| format!("the database URL in the secret {secret}"))?
+        }
+    };
+    let pool = postgres::pool(database.options, settings.db_max_connections);
     // The runtime ends a function by freezing or killing it, not with a signal to give way to.
     let kms = args.kms.kms(&sdk).await?;
     let keys = load_live_keys(&pool, kms, &tokio_util::sync::CancellationToken::new()).await?;

@@ -202,6 +202,12 @@ struct Function {
 
 impl Function {
     async fn start(api: &RuntimeApi, database_url: &str, log_level: &str) -> Self {
+        Self::start_with(api, ("DATABASE_URL", database_url), log_level).await
+    }
+
+    /// The function with the database given as `(variable, value)`: `DATABASE_URL` or
+    /// `ETL_DATABASE_URL_SECRET`, and no other.
+    async fn start_with(api: &RuntimeApi, database: (&str, &str), log_level: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("etl-lambda-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         // ETL_LAMBDA_BIN: a release build, for the measurement below.
@@ -215,7 +221,8 @@ impl Function {
         .unwrap();
         let spawned = Instant::now();
         let mut child = tokio::process::Command::new(dir.join("bootstrap"))
-            .env("DATABASE_URL", database_url)
+            .env_remove("DATABASE_URL")
+            .env(database.0, database.1)
             .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "etl-test")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
@@ -412,6 +419,36 @@ async fn an_event_of_the_sample_and_hostile_bodies_commits_once_with_no_failures
             );
         }
     }
+}
+
+/// The database URL read from Secrets Manager at cold start, none in the environment: the
+/// function commits as with DATABASE_URL.
+#[tokio::test]
+async fn the_database_url_can_come_from_secrets_manager() {
+    let app = TestApp::spawn().await;
+    let secret = format!("etl-test-{}", uuid::Uuid::new_v4().simple());
+    aws_sdk_secretsmanager::Client::new(&app.sdk)
+        .create_secret()
+        .name(&secret)
+        .secret_string(&app.database_url)
+        .send()
+        .await
+        .unwrap();
+    let api = RuntimeApi::start().await;
+    let function = Function::start_with(&api, ("ETL_DATABASE_URL_SECRET", &secret), "info").await;
+    let (event, _) = sqs_event(&[event("10.7.0.9", "700-00-0009")], 1);
+    let answer = api.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(
+        answer.failed_ids(),
+        Vec::<String>::new(),
+        "{}",
+        function.logs()
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM user_logins").await, 1);
+    assert!(
+        !function.logs().contains(&app.database_url),
+        "the URL reached the logs"
+    );
 }
 
 #[tokio::test]
