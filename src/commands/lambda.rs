@@ -59,7 +59,7 @@ pub struct LambdaSettings {
 /// Where the database URL comes from.
 #[derive(Debug, Clone)]
 pub enum DatabaseSource {
-    Url(DatabaseSettings),
+    Url(Box<DatabaseSettings>),
     /// Read from this secret at cold start.
     Secret(String),
 }
@@ -86,7 +86,7 @@ impl TryFrom<&LambdaArgs> for LambdaSettings {
         )?;
         let database = match (&args.database_url_secret, &args.database_url) {
             (Some(secret), _) => DatabaseSource::Secret(secret.clone()),
-            (None, Some(url)) => DatabaseSource::Url(DatabaseSettings::parse(url)?),
+            (None, Some(url)) => DatabaseSource::Url(Box::new(DatabaseSettings::parse(url)?)),
             (None, None) => {
                 return Err(ConfigError::Invalid(
                     "--database-url-secret / ETL_DATABASE_URL_SECRET or --database-url / DATABASE_URL is required",
@@ -116,7 +116,7 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
     check_runtime_environment()?;
     let sdk = aws::load_config(KMS_ATTEMPT_TIMEOUT).await;
     let database = match &settings.database {
-        DatabaseSource::Url(database) => database.clone(),
+        DatabaseSource::Url(database) => (**database).clone(),
         DatabaseSource::Secret(secret) => {
             let url = secrets::database_url(&sdk, secret).await?;
             DatabaseSettings::parse(&url)
