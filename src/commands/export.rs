@@ -17,13 +17,17 @@ use crate::error::StdoutError;
 use crate::recovery::{database_error, recover_masks, Answer, RequestOptions, CLIENT_CONNECTIONS};
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("user").required(true).args(["user_id", "from_file"])))]
 pub struct ExportArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// The user whose rows to export, exactly as in user_logins.user_id (byte for byte: spaces
-    /// around it are part of it).
+    /// around it are part of it). `--from-file` keeps the id out of `ps` and shell history.
     #[arg(long, value_name = "ID")]
-    pub user_id: String,
+    pub user_id: Option<String>,
+    /// Read the user id from this file, its first line exactly as written (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<std::path::PathBuf>,
     /// Why (for example "subject access request"). Required; recorded with every mask opened.
     #[arg(long)]
     pub reason: String,
@@ -64,9 +68,22 @@ impl TryFrom<&ExportArgs> for ExportSettings {
                 args.ticket.as_deref(),
                 "with every mask opened",
             )?,
-            user_id: UserId::parse(&args.user_id).ok_or_else(|| ConfigError::BadUserId {
-                given: "--user-id".to_owned(),
-            })?,
+            user_id: match (&args.user_id, &args.from_file) {
+                (Some(id), _) => UserId::parse(id).ok_or_else(|| ConfigError::BadUserId {
+                    given: "--user-id".to_owned(),
+                })?,
+                (None, Some(path)) => {
+                    let text = super::read_input(path).map_err(ConfigError::UserFile)?;
+                    UserId::parse(text.lines().next().unwrap_or_default()).ok_or_else(|| {
+                        ConfigError::BadUserId {
+                            given: "line 1 of --from-file".to_owned(),
+                        }
+                    })?
+                }
+                (None, None) => {
+                    return Err(ConfigError::Invalid("give --user-id or --from-file"));
+                }
+            },
             database: args.database.settings()?,
             format: args.format,
             wait: args.wait,

@@ -544,6 +544,35 @@ async fn export_returns_every_row_of_a_user_with_values_on_record() {
     );
     assert_eq!(lines.count(), 2);
 
+    // The id from stdin, kept out of `ps` and shell history; and with spaces it is another id.
+    for (stdin, rows) in [("subject-1\n", 2), (" subject-1 \n", 0)] {
+        let mut child = app
+            .command(&[
+                "export",
+                "--from-file",
+                "-",
+                "--reason",
+                "subject access request",
+            ])
+            .env("DATABASE_URL", &recoverer)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        let output = child.wait_with_output().await.unwrap();
+        if rows == 0 {
+            assert_exit(&output, 1);
+        } else {
+            assert_exit(&output, 0);
+            let exported: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(exported.len(), rows);
+        }
+    }
+
     let none = app
         .etl_as(
             &recoverer,
