@@ -111,7 +111,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
     let options = postgres::read_committed(settings.database.options);
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, CLIENT_CONNECTIONS);
-    let rows = lifecycle::subject_rows(&pool, settings.user_id.as_str())
+    let rows = lifecycle::subject_rows(&pool, settings.user_id.as_str(), &settings.why)
         .await
         .map_err(database_error(&pool))?;
     if rows.is_empty() {

@@ -37,6 +37,8 @@ pub enum RecoverError {
     Busy,
     #[error("the recovery request was refused: {0} (recorded in the audit log)")]
     Refused(String),
+    #[error("the subject access was refused: {0}")]
+    SubjectRefused(String),
     #[error("during recovery: {0}")]
     Database(#[source] postgres::DatabaseError),
     #[error(
@@ -69,6 +71,10 @@ pub fn database_error(pool: &PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '
         // A wait for the audit chain that timed out (another session holds it in an open
         // transaction).
         sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RecoverError::Busy,
+        // `recovery.subject_rows` refused by the recovery policy (its message says why).
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("ET002") => {
+            RecoverError::SubjectRefused(db.message().to_owned())
+        }
         _ => RecoverError::Database(postgres::DatabaseError::on(pool)(err)),
     }
 }

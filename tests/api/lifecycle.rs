@@ -588,6 +588,48 @@ async fn export_returns_every_row_of_a_user_with_values_on_record() {
     assert_exit(&none, 1);
     let (_, analyst) = app.login_user("etl_analyst").await;
     assert_exit(&app.etl_as(&analyst, &args).await, 2);
+
+    // Each read of a person's rows is on record first, the person named by a keyed hash.
+    let accesses: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT subject, outcome, detail FROM recovery.audit_log \
+         WHERE kind = 'subject_access' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(accesses.len(), 5, "{accesses:?}");
+    let subject = &accesses[0].0;
+    assert!(
+        subject.starts_with("user:") && subject.len() == 5 + 64,
+        "{subject}"
+    );
+    assert_eq!(accesses[1].0, *subject, "the same person, the same name");
+    assert_eq!(accesses[2].0, *subject);
+    assert_ne!(
+        accesses[3].0, *subject,
+        "an id with spaces is another person"
+    );
+    assert_eq!(
+        (accesses[4].1.as_str(), accesses[4].2.as_str()),
+        ("not_found", "user_logins=0")
+    );
+    assert!(accesses.iter().all(|(s, _, _)| !s.contains("subject")));
+    // Under the recovery policy: without the ticket it requires, refused before any read.
+    app.etl_ok(&["recover", "policy", "set", "--require-ticket", "true"])
+        .await;
+    let refused = app
+        .etl_as(
+            &recoverer,
+            &["export", "--user-id", "subject-1", "--reason", "no ticket"],
+        )
+        .await;
+    assert_exit(&refused, 2);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("subject access was refused: the recovery policy requires a ticket"),
+        "{stderr}"
+    );
+    app.etl_ok(&["audit", "verify"]).await;
 }
 
 #[tokio::test]

@@ -76,7 +76,7 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text, bytea[], integer[])",
-    "etl_recoverer EXECUTE recovery.subject_rows(text)",
+    "etl_recoverer EXECUTE recovery.subject_rows(text, text, text)",
     "etl_recoverer EXECUTE recovery.audit_head()",
     "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea, boolean)",
     "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea, boolean)",

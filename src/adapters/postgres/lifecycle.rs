@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keyring::KeyState;
 use crate::crypto::UserHash;
+use crate::domain::Justification;
 
 /// The vault epoch with the key versions ingest must use, and the suppression-list rows after
 /// `upto` (read after the epoch, so they include every user forgotten up to it).
@@ -116,12 +117,18 @@ pub struct SubjectRow {
     pub create_date: Option<NaiveDate>,
 }
 
-pub async fn subject_rows(pool: &PgPool, user_id: &str) -> Result<Vec<SubjectRow>, sqlx::Error> {
+pub async fn subject_rows(
+    pool: &PgPool,
+    user_id: &str,
+    why: &Justification,
+) -> Result<Vec<SubjectRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, \
-         app_version, app_version_text, create_date FROM recovery.subject_rows($1)",
+         app_version, app_version_text, create_date FROM recovery.subject_rows($1, $2, $3)",
     )
     .bind(user_id)
+    .bind(why.reason())
+    .bind(why.ticket())
     .fetch_all(pool)
     .await
 }
