@@ -6,6 +6,11 @@
 -- its retirement, when SQS has already deleted the message.
 
 ALTER TABLE keyring.key_settings ADD COLUMN IF NOT EXISTS min_quarantine_key_version integer;
+-- Every process seals to the newest public key it loaded: from now on, only that one may be.
+UPDATE keyring.key_settings
+SET min_quarantine_key_version = (SELECT max(version) FROM keyring.data_keys
+                                  WHERE purpose = 'quarantine')
+WHERE singleton;
 
 DROP FUNCTION IF EXISTS etl.key_state();
 CREATE FUNCTION etl.key_state()

@@ -1,6 +1,7 @@
 -- Every opening on record before it happens (issue 22): reading a person's rows for a subject
--- access request (`etl export`) is under the recovery policy and appends an audit row first, in
--- the same transaction, naming the person by a keyed hash of their id (never the id). The key is
+-- access request (`etl export`) is under the recovery policy and needs an audit row committed
+-- first (as `recovery.fetch` needs its request's), naming the person by a keyed hash of their id
+-- (never the id). The key is
 -- this database's own, readable by no role; the same person has the same hash in every row, so
 -- an auditor can count a person's exports without learning who they are.
 
@@ -49,31 +50,53 @@ AS $fn$
     FROM recovery.subject_key k WHERE k.singleton
 $fn$;
 
-DROP FUNCTION IF EXISTS recovery.subject_rows(text);
-CREATE FUNCTION recovery.subject_rows(p_user_id text, p_reason text, p_ticket text)
-RETURNS TABLE (message_id text, user_id text, device_type text, masked_ip text,
-               masked_device_id text, locale text, app_version integer, app_version_text text,
-               create_date date)
+-- Step 1, committed by the caller before step 2: who reads whose rows, and why, under the
+-- recovery policy. A refusal is on record too; the caller gets its reason.
+CREATE OR REPLACE FUNCTION recovery.subject_access(p_user_id text, p_reason text, p_ticket text,
+                                                   OUT access_id bigint, OUT refusal text)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '10s'
 AS $fn$
 DECLARE
-    v_refusal text;
     v_rows bigint;
 BEGIN
     -- Values are counted by the requests that open them; reading rows is counted as none.
-    v_refusal := recovery.refusal(p_reason, p_ticket, 0);
-    IF v_refusal IS NOT NULL THEN
-        -- Refused before anything is read: nothing to record.
-        RAISE EXCEPTION '%', v_refusal USING ERRCODE = 'ET002';
-    END IF;
+    refusal := recovery.refusal(p_reason, p_ticket, 0);
     SELECT count(*) INTO v_rows FROM public.user_logins u WHERE u.user_id = p_user_id;
-    INSERT INTO recovery.audit_log (kind, subject, reason, ticket, outcome, detail)
-    VALUES ('subject_access', recovery.subject_hash(p_user_id), p_reason,
-            nullif(btrim(p_ticket), ''), CASE WHEN v_rows > 0 THEN 'found' ELSE 'not_found' END,
-            format('user_logins=%s', v_rows));
+    INSERT INTO recovery.audit_log (kind, subject, reason, ticket, outcome, detail, request_txid)
+    VALUES ('subject_access', recovery.subject_hash(p_user_id), coalesce(p_reason, ''),
+            nullif(btrim(p_ticket), ''),
+            CASE WHEN refusal IS NOT NULL THEN 'refused'
+                 WHEN v_rows > 0 THEN 'found' ELSE 'not_found' END,
+            coalesce(refusal, format('user_logins=%s', v_rows)), txid_current())
+    RETURNING id INTO access_id;
+END
+$fn$;
+
+-- Step 2: the rows, only for an access of this user's, for this person, not refused, committed
+-- by an earlier transaction (so it stands whatever this one does) and at most ten minutes old.
+DROP FUNCTION IF EXISTS recovery.subject_rows(text);
+DROP FUNCTION IF EXISTS recovery.subject_rows(text, text, text);
+CREATE FUNCTION recovery.subject_rows(p_access_id bigint, p_user_id text)
+RETURNS TABLE (message_id text, user_id text, device_type text, masked_ip text,
+               masked_device_id text, locale text, app_version integer, app_version_text text,
+               create_date date)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM recovery.audit_log a
+        WHERE a.id = p_access_id AND a.kind = 'subject_access' AND a.db_user = session_user
+          AND a.outcome <> 'refused' AND a.subject = recovery.subject_hash(p_user_id)
+          AND a.request_txid <> txid_current()
+          AND a.logged_at > now() - interval '10 minutes') THEN
+        RAISE EXCEPTION 'no committed subject access % of yours for this person', p_access_id
+            USING ERRCODE = 'ET002';
+    END IF;
     RETURN QUERY
         -- The table's varchar columns, as the text this function returns.
         SELECT u.message_id::text, u.user_id::text, u.device_type::text, u.masked_ip::text,
@@ -85,6 +108,7 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION recovery.subject_hash(text), recovery.subject_rows(text, text, text)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION recovery.subject_rows(text, text, text) TO etl_recoverer;
+REVOKE ALL ON FUNCTION recovery.subject_hash(text),
+    recovery.subject_access(text, text, text), recovery.subject_rows(bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION recovery.subject_access(text, text, text),
+    recovery.subject_rows(bigint, text) TO etl_recoverer;

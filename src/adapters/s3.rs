@@ -29,6 +29,15 @@ pub enum AnchorError {
     },
     #[error("the anchor {key} is not `ID:HASH` (it was changed, or is not an etl anchor)")]
     Malformed { key: String },
+    #[error(
+        "the anchor {key} was overwritten or deleted ({versions} versions): anchors are written \
+         once, so someone with write access to the bucket changed it"
+    )]
+    Overwritten { key: String, versions: usize },
+    #[error("an anchor of row {id} exists with another hash: the chain was rewritten since")]
+    Conflict { id: i64 },
+    #[error("no anchor in {0}: check the location")]
+    Empty(String),
 }
 
 impl AnchorLocation {
@@ -96,19 +105,31 @@ impl AnchorStore {
         &self.location
     }
 
-    /// Writes the head `id:hash` (hex), as `etl audit head` prints it.
+    /// Writes the head `id:hash` (hex), as `etl audit head` prints it, once: an anchor of that
+    /// row already there is left as it is (`If-None-Match: *`), and must say the same.
     pub async fn put(&self, id: i64, hash: &[u8]) -> Result<Written, AnchorError> {
         let key = self.location.key(id);
         let body = format!("{id}:{}\n", hex::encode(hash));
-        self.client
+        let put = self
+            .client
             .put_object()
             .bucket(&self.location.bucket)
             .key(&key)
             .content_type("text/plain")
+            .if_none_match("*")
             .body(ByteStream::from(body.into_bytes()))
             .send()
-            .await
-            .map_err(|err| self.call_error("PutObject", err))?;
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(err) if err.code() == Some("PreconditionFailed") => {
+                let existing = self.get(&key).await?;
+                if existing != (id, hash.to_vec()) {
+                    return Err(AnchorError::Conflict { id });
+                }
+            }
+            Err(err) => return Err(self.call_error("PutObject", err)),
+        }
         Ok(Written {
             uri: format!("s3://{}/{key}", self.location.bucket),
             locked: self.locked().await,
@@ -129,34 +150,67 @@ impl AnchorStore {
             .is_some()
     }
 
-    /// Every anchor of the location, in id order.
+    /// Every anchor of the location (not of locations below it), in id order. An anchor with
+    /// more than one version, or a delete marker, was overwritten or deleted: an error, since the
+    /// newest version is not to be trusted then.
     pub async fn list(&self) -> Result<Vec<(i64, Vec<u8>)>, AnchorError> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.location.bucket)
-            .set_prefix(self.location.list_prefix())
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.call_error("ListObjectsV2", err))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|object| object.key())
-                    .filter(|key| key.ends_with(".anchor"))
-                    .map(str::to_owned),
-            );
+        let mut versions: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.location.bucket)
+                .set_prefix(self.location.list_prefix())
+                .delimiter("/")
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|err| self.call_error("ListObjectVersions", err))?;
+            let keys = page
+                .versions()
+                .iter()
+                .filter_map(|version| version.key())
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .filter_map(|marker| marker.key()),
+                );
+            for key in keys.filter(|key| key.ends_with(".anchor")) {
+                *versions.entry(key.to_owned()).or_default() += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
         }
-        keys.sort();
-        let mut anchors = Vec::with_capacity(keys.len());
-        for key in keys {
+        if versions.is_empty() {
+            return Err(AnchorError::Empty(self.location.to_string()));
+        }
+        let mut anchors = Vec::with_capacity(versions.len());
+        for (key, count) in versions {
+            if count > 1 {
+                return Err(AnchorError::Overwritten {
+                    key,
+                    versions: count,
+                });
+            }
+            anchors.push(self.get(&key).await?);
+        }
+        Ok(anchors)
+    }
+
+    /// One anchor object, parsed.
+    async fn get(&self, key: &str) -> Result<(i64, Vec<u8>), AnchorError> {
+        {
             let object = self
                 .client
                 .get_object()
                 .bucket(&self.location.bucket)
-                .key(&key)
+                .key(key)
                 .send()
                 .await
                 .map_err(|err| self.call_error("GetObject", err))?;
@@ -170,12 +224,13 @@ impl AnchorStore {
                     detail: err.to_string(),
                 })?
                 .into_bytes();
-            let parsed = std::str::from_utf8(&body)
+            std::str::from_utf8(&body)
                 .ok()
-                .and_then(|text| parse_head(text.trim()));
-            anchors.push(parsed.ok_or(AnchorError::Malformed { key })?);
+                .and_then(|text| parse_head(text.trim()))
+                .ok_or_else(|| AnchorError::Malformed {
+                    key: key.to_owned(),
+                })
         }
-        Ok(anchors)
     }
 
     fn call_error<E, R>(

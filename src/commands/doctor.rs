@@ -813,7 +813,8 @@ fn key_fix(err: &KeyLoadError) -> &'static str {
         KeyLoadError::Database(_) => return "check the connection",
         KeyLoadError::BadPublicKey(_)
         | KeyLoadError::UnattestedPublicKey { .. }
-        | KeyLoadError::VaultKeyBelowMinimum { .. } => {
+        | KeyLoadError::VaultKeyBelowMinimum { .. }
+        | KeyLoadError::QuarantineKeyBelowMinimum { .. } => {
             return "the keyring was changed outside `etl keys`: restore it from a backup, and find out who changed it"
         }
         KeyLoadError::CannotReload => return "restart the process",

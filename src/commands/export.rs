@@ -10,11 +10,14 @@ use serde::Serialize;
 use clap::{Args, ValueEnum};
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
-use crate::adapters::postgres::{self, lifecycle};
+use crate::adapters::postgres;
+use crate::adapters::postgres::lifecycle::{self, SubjectAccess};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::{Justification, PiiField, UserId};
 use crate::error::StdoutError;
-use crate::recovery::{database_error, recover_masks, Answer, RequestOptions, CLIENT_CONNECTIONS};
+use crate::recovery::{
+    database_error, recover_masks, Answer, RecoverError, RequestOptions, CLIENT_CONNECTIONS,
+};
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("user").required(true).args(["user_id", "from_file"])))]
@@ -25,7 +28,7 @@ pub struct ExportArgs {
     /// around it are part of it). `--from-file` keeps the id out of `ps` and shell history.
     #[arg(long, value_name = "ID")]
     pub user_id: Option<String>,
-    /// Read the user id from this file, its first line exactly as written (`-` for stdin).
+    /// Read the user id from this file: its one line, exactly as written (`-` for stdin).
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<std::path::PathBuf>,
     /// Why (for example "subject access request"). Required; recorded with every mask opened.
@@ -74,10 +77,15 @@ impl TryFrom<&ExportArgs> for ExportSettings {
                 })?,
                 (None, Some(path)) => {
                     let text = super::read_input(path).map_err(ConfigError::UserFile)?;
-                    UserId::parse(text.lines().next().unwrap_or_default()).ok_or_else(|| {
-                        ConfigError::BadUserId {
-                            given: "line 1 of --from-file".to_owned(),
-                        }
+                    let mut ids = text.lines().filter(|line| !line.trim().is_empty());
+                    let id = ids.next().unwrap_or_default();
+                    if ids.next().is_some() {
+                        return Err(ConfigError::Invalid(
+                            "--from-file holds more than one user id: export takes one",
+                        ));
+                    }
+                    UserId::parse(id).ok_or_else(|| ConfigError::BadUserId {
+                        given: "--from-file".to_owned(),
                     })?
                 }
                 (None, None) => {
@@ -111,9 +119,13 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Outcome> {
     let options = postgres::read_committed(settings.database.options);
     postgres::check_connection(&options).await?;
     let pool = postgres::pool(options, CLIENT_CONNECTIONS);
-    let rows = lifecycle::subject_rows(&pool, settings.user_id.as_str(), &settings.why)
+    let rows = match lifecycle::subject_rows(&pool, settings.user_id.as_str(), &settings.why)
         .await
-        .map_err(database_error(&pool))?;
+        .map_err(database_error(&pool))?
+    {
+        SubjectAccess::Rows(rows) => rows,
+        SubjectAccess::Refused(why) => return Err(RecoverError::SubjectRefused(why).into()),
+    };
     if rows.is_empty() {
         eprintln!("not found: user_logins has no row of this user");
         return Ok(Outcome::Negative);

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use backon::Retryable;
 use chrono::{Duration, Utc};
 use serde::Serialize;
 use tracing::info;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{progress, DatabaseArgs, Outcome, OutputFormat};
+use crate::adapters::postgres;
 use crate::adapters::postgres::lifecycle::{self, Expiring, Retention, Sweep};
 use crate::human;
 
@@ -347,7 +349,10 @@ async fn sweep_vault(pool: &sqlx::PgPool, sweep: &Sweep, pace: Pace) -> anyhow::
     let mut gone = 0;
     loop {
         let chunk = Instant::now();
-        let (n, next) = lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, sweep)
+        // A chunk that waited its lock_timeout for ingest's commits changed nothing: again.
+        let (n, next) = (|| lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, sweep))
+            .retry(crate::pipeline::backoff())
+            .when(postgres::is_transient)
             .await
             .context("deleting vault entries no row refers to")?;
         gone += n;

@@ -76,8 +76,9 @@ pub struct ChainVerifier {
     last_hash: Vec<u8>,
     rows: u64,
     first_break: Option<ChainBreak>,
-    /// Heads taken earlier, by row id, each `true` once its row was seen with its hash.
-    anchors: std::collections::BTreeMap<i64, (Vec<u8>, bool)>,
+    /// Heads taken earlier, by row id (two of one id must both hold), each `true` once its row
+    /// was seen with its hash.
+    anchors: std::collections::BTreeMap<i64, Vec<(Vec<u8>, bool)>>,
 }
 
 impl Default for ChainVerifier {
@@ -100,8 +101,13 @@ impl ChainVerifier {
             anchors: anchors
                 .into_iter()
                 .filter(|(id, hash)| !(*id == 0 && hash.as_slice() == GENESIS))
-                .map(|(id, hash)| (id, (hash, false)))
-                .collect(),
+                .fold(
+                    std::collections::BTreeMap::new(),
+                    |mut by_id, (id, hash)| {
+                        by_id.entry(id).or_insert_with(Vec::new).push((hash, false));
+                        by_id
+                    },
+                ),
             ..Self::default()
         }
     }
@@ -111,7 +117,7 @@ impl ChainVerifier {
         if self.first_break.is_none() {
             self.first_break = self.check(row);
         }
-        if let Some((hash, held)) = self.anchors.get_mut(&row.id) {
+        for (hash, held) in self.anchors.get_mut(&row.id).into_iter().flatten() {
             *held = hash.as_slice() == row.row_hash;
         }
         self.last_id = row.id;
@@ -146,12 +152,12 @@ impl ChainVerifier {
     pub fn first_broken_anchor(&self) -> Option<i64> {
         self.anchors
             .iter()
-            .find(|(_, (_, held))| !held)
+            .find(|(_, heads)| heads.iter().any(|(_, held)| !held))
             .map(|(id, _)| *id)
     }
 
     pub fn anchors(&self) -> usize {
-        self.anchors.len()
+        self.anchors.values().map(Vec::len).sum()
     }
 
     pub fn rows(&self) -> u64 {
@@ -271,6 +277,19 @@ mod tests {
             "rewritten middle"
         );
         assert_eq!(broken(&rows[..2]), Some(3), "truncated tail");
+        // Two anchors of one row that disagree: one of them does not hold.
+        let mut conflicting = anchors.to_vec();
+        conflicting.push((3, rows[0].2.clone()));
+        let mut verifier = ChainVerifier::with_anchors(conflicting);
+        for (id, prev, hash, payload) in &rows {
+            verifier.push(&ChainRow {
+                id: *id,
+                prev_hash: prev,
+                row_hash: hash,
+                payload,
+            });
+        }
+        assert_eq!(verifier.first_broken_anchor(), Some(3));
         let genesis = ChainVerifier::with_anchors([(0, GENESIS.to_vec())]);
         assert_eq!(genesis.first_broken_anchor(), None);
         assert_eq!(genesis.anchors(), 0);

@@ -58,6 +58,9 @@ impl LiveKeys {
                 .min_vault_key_version
                 .is_none_or(|minimum| vault >= minimum)
             && state.quarantine_key_version == Some(quarantine)
+            && state
+                .min_quarantine_key_version
+                .is_none_or(|minimum| quarantine >= minimum)
     }
 
     /// Loads the keys now active.

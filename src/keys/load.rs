@@ -32,6 +32,12 @@ pub enum KeyLoadError {
     )]
     VaultKeyBelowMinimum { newest: i32, minimum: i32 },
     #[error(
+        "the newest quarantine key is version {newest}, below version {minimum}, the lowest \
+         ingest may seal to: a newer keyring row was deleted or restored from an older backup; \
+         restore it, or run `etl keys rotate --purpose quarantine`"
+    )]
+    QuarantineKeyBelowMinimum { newest: i32, minimum: i32 },
+    #[error(
         "the data keys changed (a rotation or a re-mask switch) and this process cannot reload \
          them; restart it"
     )]
@@ -53,6 +59,7 @@ impl KeyLoadError {
             Self::MissingKey(_)
             | Self::BadPublicKey(_)
             | Self::VaultKeyBelowMinimum { .. }
+            | Self::QuarantineKeyBelowMinimum { .. }
             | Self::CannotReload => false,
         }
     }
@@ -87,6 +94,12 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     let state = keyring::key_state(pool)
         .await
         .map_err(DatabaseError::on(pool))?;
+    if let Some(minimum) = state.min_quarantine_key_version.filter(|m| version < *m) {
+        return Err(KeyLoadError::QuarantineKeyBelowMinimum {
+            newest: version,
+            minimum,
+        });
+    }
     let active = state
         .mask_key_version
         .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;

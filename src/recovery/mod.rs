@@ -37,8 +37,10 @@ pub enum RecoverError {
     Busy,
     #[error("the recovery request was refused: {0} (recorded in the audit log)")]
     Refused(String),
-    #[error("the subject access was refused: {0}")]
+    #[error("the subject access was refused: {0} (recorded in the audit log)")]
     SubjectRefused(String),
+    #[error("{0}")]
+    NoSubjectAccess(String),
     #[error("during recovery: {0}")]
     Database(#[source] postgres::DatabaseError),
     #[error(
@@ -71,9 +73,9 @@ pub fn database_error(pool: &PgPool) -> impl Fn(sqlx::Error) -> RecoverError + '
         // A wait for the audit chain that timed out (another session holds it in an open
         // transaction).
         sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RecoverError::Busy,
-        // `recovery.subject_rows` refused by the recovery policy (its message says why).
+        // `recovery.subject_rows` without a committed access of this user's.
         sqlx::Error::Database(db) if db.code().as_deref() == Some("ET002") => {
-            RecoverError::SubjectRefused(db.message().to_owned())
+            RecoverError::NoSubjectAccess(db.message().to_owned())
         }
         _ => RecoverError::Database(postgres::DatabaseError::on(pool)(err)),
     }

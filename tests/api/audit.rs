@@ -348,4 +348,63 @@ async fn anchors_in_s3_catch_a_removed_tail() {
         out.contains(&format!("anchored head at row {last}")),
         "{out}"
     );
+
+    // A location with no anchor is an error, not a pass.
+    let (code, out) = verify(&app, &["--anchors", &format!("s3://{bucket}/typo")]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("no anchor in"), "{out}");
+}
+
+/// An anchor is written once: in a versioned bucket, an object put over it (to hide the head it
+/// recorded) shows as a second version, and verify refuses the location.
+#[tokio::test]
+async fn an_overwritten_anchor_is_refused() {
+    let (app, _, _) = app_with_recoveries(1).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&app.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!(
+        "etl-anchors-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let location = format!("s3://{bucket}/prod");
+    app.etl_ok(&["audit", "anchor", "--to", &location]).await;
+    // Anchoring the same head again changes nothing.
+    app.etl_ok(&["audit", "anchor", "--to", &location]).await;
+    let (code, out) = verify(&app, &["--anchors", &location]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("prod/")
+        .send()
+        .await
+        .unwrap();
+    let key = listed.contents()[0].key().unwrap().to_owned();
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(format!("1:{}\n", "00".repeat(32)).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = verify(&app, &["--anchors", &location]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("was overwritten or deleted (2 versions)"),
+        "{out}"
+    );
 }

@@ -595,17 +595,28 @@ async fn a_running_ingest_seals_to_the_rotated_quarantine_key_and_a_retirement_l
     app.etl_ok(&["keys", "rotate", "--purpose", "quarantine"])
         .await;
     // Version 1 is retired while the process still holds it: its one row purged first.
-    let refused = app
-        .etl(&[
+    let retire = async |version: &str| {
+        app.etl(&[
             "keys",
             "retire",
             "--purpose",
             "quarantine",
             "--version",
-            "1",
+            version,
         ])
-        .await;
+        .await
+    };
+    let refused = retire("2").await;
     assert_exit(&refused, 2);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(stderr.contains("is the one ingest seals with"), "{stderr}");
+    let refused = retire("1").await;
+    assert_exit(&refused, 2);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        stderr.contains("still used by 1 quarantined message"),
+        "{stderr}"
+    );
     sqlx::query("UPDATE etl.quarantine SET received_at = now() - interval '40 days'")
         .execute(&app.pool)
         .await

@@ -262,6 +262,21 @@ async fn a_data_key_under_another_kms_key_is_refused_when_the_key_is_pinned() {
         );
     }
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 0);
+    // Nor is the planted row re-wrapped into trust under a new key.
+    let third = crate::helpers::create_kms_key(&aws_sdk_kms::Client::new(&app.sdk)).await;
+    let rewrap = app
+        .command(&["keys", "rewrap", "--kms-key-id", &third])
+        .env("ETL_KMS_KEY_ID", &app.kms_key_id)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(rewrap.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&rewrap.stderr)
+            .contains("refusing to re-wrap: vault key version 2"),
+        "{}",
+        String::from_utf8_lossy(&rewrap.stderr)
+    );
     // Unpinned, the same run seals under the other key: what the pin prevents.
     let (summary, _) = app.drain(&[]).await;
     assert_eq!(summary.written, 1);

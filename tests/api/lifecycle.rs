@@ -629,6 +629,33 @@ async fn export_returns_every_row_of_a_user_with_values_on_record() {
         stderr.contains("subject access was refused: the recovery policy requires a ticket"),
         "{stderr}"
     );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM recovery.audit_log \
+             WHERE kind = 'subject_access' AND outcome = 'refused'"
+        )
+        .await,
+        1,
+        "the refusal is on record"
+    );
+    // The rows come only after an access row committed by an earlier transaction: one written
+    // and read in the same transaction, then rolled back, reads nothing.
+    {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&recoverer).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        let (access,): (i64,) = sqlx::query_as(
+            "SELECT access_id FROM recovery.subject_access('subject-1', 'peek', 'T-1')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let read = sqlx::query("SELECT * FROM recovery.subject_rows($1, 'subject-1')")
+            .bind(access)
+            .fetch_all(&mut *tx)
+            .await;
+        assert!(read.is_err(), "rows read in the access's own transaction");
+    }
     app.etl_ok(&["audit", "verify"]).await;
 }
 

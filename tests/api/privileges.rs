@@ -76,7 +76,8 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text, bytea[], integer[])",
-    "etl_recoverer EXECUTE recovery.subject_rows(text, text, text)",
+    "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",
+    "etl_recoverer EXECUTE recovery.subject_rows(bigint, text)",
     "etl_recoverer EXECUTE recovery.audit_head()",
     "etl_recoverer EXECUTE recovery.request(text, text[], text, text, bytea, boolean)",
     "etl_recoverer EXECUTE recovery.request_quarantine(text[], text, text, bytea, boolean)",
@@ -246,7 +247,10 @@ fn roles_markdown(grants: &BTreeSet<String>) -> String {
          is not listed; what is not listed here, no role may do. Row level security narrows two \
          grants further: `etl_ingest` sees only the mask and vault keys' rows of \
          `keyring.data_keys`, `etl_privacy` only the mask key's. SECURITY.md explains why each \
-         role holds what it holds. Back to [README](../README.md).\n",
+         role holds what it holds. An administrator who creates a login role in one of these \
+         groups also bounds its idle transactions, which PostgreSQL does not inherit from the \
+         group: `ALTER ROLE <login> SET idle_in_transaction_session_timeout = '1min'` (`etl \
+         doctor` checks it). Back to [README](../README.md).\n",
     );
     let headers = ["Schemas", "Tables and columns", "Functions"];
     for (header, rows) in headers.iter().zip(&sections) {

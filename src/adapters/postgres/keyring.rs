@@ -313,7 +313,8 @@ pub async fn retire(
     if !exists {
         return Ok(Retirement::NotFound);
     }
-    let sealing = Some(version) == newest || version >= minimum.unwrap_or(i32::MAX);
+    // Without a minimum, ingest may seal with (or to) any version.
+    let sealing = Some(version) == newest || minimum.is_none_or(|minimum| version >= minimum);
     if sealing {
         return Ok(Retirement::InUse);
     }

@@ -121,16 +121,35 @@ pub async fn subject_rows(
     pool: &PgPool,
     user_id: &str,
     why: &Justification,
-) -> Result<Vec<SubjectRow>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<SubjectAccess, sqlx::Error> {
+    // Committed on its own (the pool runs each statement in a transaction of its own) before the
+    // rows are read: the record stands whatever happens to the read.
+    let (access_id, refusal): (i64, Option<String>) =
+        sqlx::query_as("SELECT access_id, refusal FROM recovery.subject_access($1, $2, $3)")
+            .bind(user_id)
+            .bind(why.reason())
+            .bind(why.ticket())
+            .fetch_one(pool)
+            .await?;
+    if let Some(refusal) = refusal {
+        return Ok(SubjectAccess::Refused(refusal));
+    }
+    let rows = sqlx::query_as(
         "SELECT message_id, user_id, device_type, masked_ip, masked_device_id, locale, \
-         app_version, app_version_text, create_date FROM recovery.subject_rows($1, $2, $3)",
+         app_version, app_version_text, create_date FROM recovery.subject_rows($1, $2)",
     )
+    .bind(access_id)
     .bind(user_id)
-    .bind(why.reason())
-    .bind(why.ticket())
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(SubjectAccess::Rows(rows))
+}
+
+/// What a subject access came to.
+pub enum SubjectAccess {
+    Rows(Vec<SubjectRow>),
+    /// Refused by the recovery policy (on record): why.
+    Refused(String),
 }
 
 /// The retention settings, in days; `None` keeps forever, shown as `0` as `retention set` takes it.

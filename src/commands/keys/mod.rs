@@ -95,6 +95,11 @@ pub struct RewrapArgs {
     /// The KMS key to wrap under from now on.
     #[arg(long)]
     pub kms_key_id: String,
+    /// The KMS key the data keys are wrapped under now (the pin the other commands use): a
+    /// keyring row under any other key is refused rather than re-wrapped into trust. Change
+    /// ETL_KMS_KEY_ID everywhere to the new key after the re-wrap.
+    #[arg(long, env = "ETL_KMS_KEY_ID", value_name = "KMS_KEY_ID")]
+    pub from_kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +151,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<Outcome> {
             )
             .await
         }
-        KeysCommand::Rewrap(args) => rewrap(&args.database, &args.kms_key_id).await,
+        KeysCommand::Rewrap(args) => rewrap(&args).await,
         KeysCommand::List(args) => list(&args.database, args.format).await,
         KeysCommand::Reseal(args) => reseal::run(&args).await,
         KeysCommand::Retire(args) => {
@@ -365,11 +370,25 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
 }
 
 /// Re-wraps every data key under `kms_key_id`, inside KMS.
-async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
-    let kms_key_id = kms_key_id.trim();
+async fn rewrap(args: &RewrapArgs) -> anyhow::Result<()> {
+    let kms_key_id = args.kms_key_id.trim();
     anyhow::ensure!(!kms_key_id.is_empty(), "--kms-key-id is empty");
-    let pool = super::audit_pool(database).await?;
+    let pool = super::audit_pool(&args.database).await?;
     let kms = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let arn_of = |id: String| {
+        let kms = kms.clone();
+        async move {
+            match kms.describe_usable_key(&id).await? {
+                Ok(arn) => Ok::<_, anyhow::Error>(arn),
+                Err(problem) => anyhow::bail!("KMS key {id}: {problem}"),
+            }
+        }
+    };
+    let destination = arn_of(kms_key_id.to_owned()).await?;
+    let pinned = match args.from_kms_key_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => Some(arn_of(id.to_owned()).await?),
+        _ => None,
+    };
     let keys = keyring::list(&pool)
         .await
         .map_err(DatabaseError::on(&pool))
@@ -378,6 +397,21 @@ async fn rewrap(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()>
         !keys.is_empty(),
         "no data keys exist yet: run `etl keys init` first"
     );
+    // Every row checked before any is re-wrapped: a planted one stops the whole run.
+    if let Some(pinned) = &pinned {
+        if let Some(planted) = keys
+            .iter()
+            .find(|key| key.kms_key_id != *pinned && key.kms_key_id != destination)
+        {
+            anyhow::bail!(
+                "refusing to re-wrap: {} key version {} is wrapped under KMS key {}, not the \
+                 pinned {pinned} (a row planted in the keyring?)",
+                planted.purpose,
+                planted.version,
+                planted.kms_key_id
+            );
+        }
+    }
     for key in keys {
         let purpose = KeyPurpose::parse(&key.purpose).ok_or_else(|| {
             anyhow::anyhow!("unknown key purpose {:?} in keyring.data_keys", key.purpose)

@@ -98,7 +98,18 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         report.vault_entries = job.prepare(&pool).await?;
         let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
         let switch_started = Instant::now();
-        let switched = job.switch(&pool, &mut openers, prepared_at).await?;
+        // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout
+        // changed nothing (its transaction rolled back), so it is tried again.
+        let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
+        let switched = loop {
+            match job.switch(&pool, &mut openers, prepared_at).await {
+                Err(err) if is_lock_timeout(&err) => match waits.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => break Err(err),
+                },
+                other => break other,
+            }
+        }?;
         report.switch_seconds = switch_started.elapsed().as_secs_f64();
         report.vault_entries += switched.vault_entries;
         report.user_logins = switched.user_logins;
@@ -337,4 +348,14 @@ async fn clean_up(pool: &PgPool, active: i32, batch: i64) -> anyhow::Result<u64>
     .await
     .context("recording the clean-up in the audit log")?;
     Ok(done)
+}
+
+/// Whether the error is a lock wait that timed out (SQLSTATE 55P03).
+fn is_lock_timeout(err: &anyhow::Error) -> bool {
+    err.chain().any(|layer| {
+        layer
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|err| err.as_database_error())
+            .is_some_and(|db| db.code().as_deref() == Some("55P03"))
+    })
 }
