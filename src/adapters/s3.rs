@@ -205,32 +205,30 @@ impl AnchorStore {
 
     /// One anchor object, parsed.
     async fn get(&self, key: &str) -> Result<(i64, Vec<u8>), AnchorError> {
-        {
-            let object = self
-                .client
-                .get_object()
-                .bucket(&self.location.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|err| self.call_error("GetObject", err))?;
-            let body = object
-                .body
-                .collect()
-                .await
-                .map_err(|err| AnchorError::Call {
-                    operation: "GetObject",
-                    bucket: self.location.bucket.clone(),
-                    detail: err.to_string(),
-                })?
-                .into_bytes();
-            std::str::from_utf8(&body)
-                .ok()
-                .and_then(|text| parse_head(text.trim()))
-                .ok_or_else(|| AnchorError::Malformed {
-                    key: key.to_owned(),
-                })
-        }
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| self.call_error("GetObject", err))?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|err| AnchorError::Call {
+                operation: "GetObject",
+                bucket: self.location.bucket.clone(),
+                detail: err.to_string(),
+            })?
+            .into_bytes();
+        std::str::from_utf8(&body)
+            .ok()
+            .and_then(|text| parse_head(text.trim()))
+            .ok_or_else(|| AnchorError::Malformed {
+                key: key.to_owned(),
+            })
     }
 
     fn call_error<E, R>(

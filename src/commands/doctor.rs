@@ -412,7 +412,7 @@ async fn migrations(report: &mut Report, pool: &PgPool, login: Option<&Login>) {
                 ),
                 "run `etl migrate`".into(),
             )),
-            Err(err) => match sqlstate(&err).as_deref() {
+            Err(err) => match postgres::sqlstate(&err).as_deref() {
                 Some(UNDEFINED_TABLE) if owner => {
                     Err(("no migrations applied".into(), "run `etl migrate`".into()))
                 }
@@ -432,13 +432,6 @@ async fn migrations(report: &mut Report, pool: &PgPool, login: Option<&Login>) {
 
 const UNDEFINED_TABLE: &str = "42P01";
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
-
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    match err {
-        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
-        _ => None,
-    }
-}
 
 /// Which group roles this login uses the privileges of (membership with INHERIT), and whether it
 /// owns the schema; "lacks the role" errors send users here.

@@ -28,6 +28,22 @@ async fn recover(app: &TestApp, url: &str, mask: &str, args: &[&str]) -> std::pr
     command.output().await.unwrap()
 }
 
+/// A new bucket in the stack's S3 for one test's anchors, and a client of it.
+async fn anchor_bucket(app: &TestApp) -> (aws_sdk_s3::Client, String) {
+    // LocalStack serves buckets by path, as `AnchorStore` asks of any endpoint of its own.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&app.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!(
+        "etl-anchors-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    (s3, bucket)
+}
+
 async fn verify(app: &TestApp, extra: &[&str]) -> (Option<i32>, String) {
     let mut args = vec!["audit", "verify"];
     args.extend_from_slice(extra);
@@ -284,16 +300,7 @@ async fn the_recovery_policy_is_enforced_by_the_database_and_recorded() {
 #[tokio::test]
 async fn anchors_in_s3_catch_a_removed_tail() {
     let (app, url, mask) = app_with_recoveries(1).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&app.sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = format!(
-        "etl-anchors-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let (_, bucket) = anchor_bucket(&app).await;
     let location = format!("s3://{bucket}/prod");
 
     let first = app.etl_ok(&["audit", "anchor", "--to", &location]).await;
@@ -360,16 +367,7 @@ async fn anchors_in_s3_catch_a_removed_tail() {
 #[tokio::test]
 async fn an_overwritten_anchor_is_refused() {
     let (app, _, _) = app_with_recoveries(1).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&app.sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = format!(
-        "etl-anchors-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let (s3, bucket) = anchor_bucket(&app).await;
     s3.put_bucket_versioning()
         .bucket(&bucket)
         .versioning_configuration(

@@ -73,10 +73,15 @@ impl DatabaseError {
 
     /// The server's SQLSTATE, where the server answered with an error.
     pub fn sqlstate(&self) -> Option<String> {
-        match &self.source {
-            sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
-            _ => None,
-        }
+        sqlstate(&self.source)
+    }
+}
+
+/// The server's SQLSTATE of a sqlx error, where the server answered with one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
     }
 }
 

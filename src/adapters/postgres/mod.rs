@@ -18,7 +18,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
-pub use error::{describe_unlocated, redacted, DatabaseError};
+pub use error::{describe_unlocated, redacted, sqlstate, DatabaseError};
 
 /// The migrations in `migrations/`, embedded so `etl migrate` needs no files at run time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

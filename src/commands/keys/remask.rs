@@ -27,7 +27,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 use super::KeyJobArgs;
 use crate::adapters::aws;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
-use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
+use crate::adapters::postgres::{self, keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
 use crate::domain::user_id_of;
@@ -98,12 +98,12 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         report.vault_entries = job.prepare(&pool).await?;
         let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
         let switch_started = Instant::now();
-        // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout
-        // changed nothing (its transaction rolled back), so it is tried again.
+        // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout (or a
+        // lost connection) changed nothing, its transaction rolled back: it is tried again.
         let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
         let switched = loop {
             match job.switch(&pool, &mut openers, prepared_at).await {
-                Err(err) if is_lock_timeout(&err) => match waits.next() {
+                Err(err) if is_transient(&err) => match waits.next() {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => break Err(err),
                 },
@@ -350,12 +350,10 @@ async fn clean_up(pool: &PgPool, active: i32, batch: i64) -> anyhow::Result<u64>
     Ok(done)
 }
 
-/// Whether the error is a lock wait that timed out (SQLSTATE 55P03).
-fn is_lock_timeout(err: &anyhow::Error) -> bool {
-    err.chain().any(|layer| {
-        layer
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|err| err.as_database_error())
-            .is_some_and(|db| db.code().as_deref() == Some("55P03"))
-    })
+/// Whether the switch failed for a reason that may pass (a lock wait that timed out among
+/// them): its transaction rolled back, so it may run again.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
+        .any(postgres::is_transient)
 }
