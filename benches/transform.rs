@@ -3,7 +3,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use etl::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
+use etl::crypto::{
+    quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, UserKey, UserKeys, KEY_LEN,
+    USER_KEY_LEN,
+};
 use etl::domain::Message;
 use etl::pipeline::batch::ClaimKind;
 use etl::pipeline::vault_state::VaultState;
@@ -21,7 +24,15 @@ fn transform(c: &mut Criterion) {
         |byte| DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap_or_else(|| unreachable!());
     let quarantine = QuarantineSealer::from_public_key(1, &quarantine_key_pair(&key(3)).1)
         .unwrap_or_else(|| unreachable!());
-    let transformer = Transformer::new(Masker::new(&key(1)), Sealer::new(&key(2)), quarantine);
+    let users = DataKey::from_plaintext(1, vec![4; USER_KEY_LEN])
+        .and_then(|key| UserKey::new(&key))
+        .unwrap_or_else(|| unreachable!());
+    let transformer = Transformer::new(
+        Masker::new(&key(1)),
+        UserKeys::new(users, Vec::new()),
+        Sealer::new(&key(2)),
+        quarantine,
+    );
     let messages: Vec<Message> = Generator::new(SyntheticOptions {
         count: BATCH,
         duplicate_share: 0.0,

@@ -186,6 +186,49 @@ impl Kms {
             .await
     }
 
+    /// Generates a user key (64 bytes, from KMS's random source) and returns it both wrapped and
+    /// in the clear, for its key check. Not `GenerateDataKey`, whose lengths LocalStack ignores.
+    pub async fn generate_user_key(
+        &self,
+        kms_key_id: &str,
+        version: i32,
+    ) -> Result<(WrappedKey, DataKey), KmsError> {
+        const OP: &str = "GenerateRandom";
+        let purpose = KeyPurpose::User;
+        let output = self
+            .client
+            .generate_random()
+            // 64 bytes: the cast cannot truncate.
+            .number_of_bytes(purpose.key_len() as i32)
+            .send()
+            .await
+            .map_err(|err| call_error(OP, kms_key_id, err))?;
+        let key = data_key(OP, purpose, version, output.plaintext)?;
+        let wrapped = self.wrap_data_key(kms_key_id, purpose, &key).await?;
+        Ok((wrapped, key))
+    }
+
+    /// Wraps key material made here (a user key carried over from a mask key version) under
+    /// `kms_key_id` with the purpose's encryption context.
+    pub async fn wrap_data_key(
+        &self,
+        kms_key_id: &str,
+        purpose: KeyPurpose,
+        key: &DataKey,
+    ) -> Result<WrappedKey, KmsError> {
+        const OP: &str = "Encrypt";
+        let output = self
+            .client
+            .encrypt()
+            .key_id(kms_key_id)
+            .plaintext(Blob::new(key.expose_material()))
+            .set_encryption_context(Some(encryption_context(purpose, key.version())))
+            .send()
+            .await
+            .map_err(|err| call_error(OP, kms_key_id, err))?;
+        WrappedKey::from_reply(OP, output.key_id, output.ciphertext_blob)
+    }
+
     /// Generates a fresh 256-bit data key and returns it both wrapped and in the clear: for the
     /// seed of the quarantine key pair, whose public half must be computed once, here.
     pub async fn generate_data_key_with_plaintext(
@@ -406,22 +449,28 @@ impl Kms {
     }
 }
 
-/// A data key from a KMS reply's plaintext, which must be there and 32 bytes long.
+/// A data key from a KMS reply's plaintext, which must be there and as long as the purpose's
+/// keys are.
 fn data_key(
     operation: &'static str,
     purpose: KeyPurpose,
     version: i32,
     plaintext: Option<Blob>,
 ) -> Result<DataKey, KmsError> {
-    let plaintext = plaintext
+    let mut plaintext = plaintext
         .ok_or(KmsError::Incomplete {
             operation,
             what: "plaintext",
         })?
         .into_inner();
-    DataKey::from_plaintext(version, plaintext).ok_or(KmsError::KeyLength {
+    let length = KmsError::KeyLength {
         purpose: purpose.as_str(),
-    })
+    };
+    if plaintext.len() != purpose.key_len() {
+        zeroize::Zeroize::zeroize(&mut plaintext);
+        return Err(length);
+    }
+    DataKey::from_plaintext(version, plaintext).ok_or(length)
 }
 
 /// One line for the user: KMS's error code and message when it answered (for example

@@ -15,7 +15,7 @@ use crate::adapters::postgres::{self, MIGRATOR};
 use crate::adapters::sqs::SqsQueue;
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::domain::QueueUrl;
-use crate::keys::{load_maskers, load_transformer, KeyLoadError};
+use crate::keys::{load_transformer, load_user_keys, KeyLoadError};
 
 /// Doctor takes every setting as given, unvalidated: judging each one is its job.
 #[derive(Debug, Args)]
@@ -753,7 +753,7 @@ async fn kms_key(report: &mut Report, kms: &Kms, key_id: Option<&str>) -> Option
     arn
 }
 
-/// The data keys this login's jobs unwrap: all of ingest's for ingest and the owner, the mask key
+/// The data keys this login's jobs unwrap: all of ingest's for ingest and the owner, the user key
 /// for a privacy officer. The recovery service unwraps the vault and quarantine keys per request,
 /// which needs a request.
 async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<&Login>) {
@@ -765,8 +765,9 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
                 .await
                 .map(|t| {
                     format!(
-                        "mask key v{} and vault key v{} unwrap; the quarantine key's attestation verifies",
+                        "mask key v{}, user key v{} and vault key v{} unwrap; the quarantine key's attestation verifies",
                         t.masker().version(),
+                        t.user_keys().newest().version(),
                         t.sealer().version()
                     )
                 })
@@ -775,13 +776,13 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
     } else if does(Job::Privacy) {
         report.check(
             "data keys",
-            load_maskers(pool, kms)
+            load_user_keys(pool, kms)
                 .await
-                .map(|maskers| {
+                .map(|keys| {
                     format!(
-                        "mask key v{} unwraps (and {})",
-                        maskers.active.version(),
-                        crate::human::count(maskers.others.len() as i64, "other stored version")
+                        "user key v{} unwraps (and {})",
+                        keys.newest().version(),
+                        crate::human::count(keys.others().len() as i64, "other stored version")
                     )
                 })
                 .map_err(|err| (err.to_string(), key_fix(&err).to_owned())),
@@ -805,6 +806,7 @@ fn key_fix(err: &KeyLoadError) -> &'static str {
         }
         KeyLoadError::Database(_) => return "check the connection",
         KeyLoadError::BadPublicKey(_)
+        | KeyLoadError::BadUserKey(_)
         | KeyLoadError::UnattestedPublicKey { .. }
         | KeyLoadError::VaultKeyBelowMinimum { .. }
         | KeyLoadError::QuarantineKeyBelowMinimum { .. } => {

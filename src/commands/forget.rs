@@ -1,6 +1,7 @@
 //! `etl forget`: erasure of a person, for members of etl_privacy.
 //!
-//! The user ids are hashed here with a subkey of the mask key (KMS unwraps it), and the database
+//! The user ids are hashed here with the user key (KMS unwraps it; the mask key is not needed,
+//! so a privacy officer cannot test guesses of masked values), and the database
 //! function `etl.forget` does the rest in one transaction per chunk of users, holding the vault
 //! epoch exclusively so that no ingest batch commits in between: the user's rows, the vault
 //! entries no remaining row refers to, the quarantined messages carrying the user's hash, the
@@ -18,9 +19,10 @@ use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, lifecycle, lifecycle::ToForget};
 use crate::configuration::{ConfigError, DatabaseSettings};
 
+use crate::crypto::UserKeys;
 use crate::domain::{Justification, UserId};
 use crate::human;
-use crate::keys::{self, KeyLoadError, Maskers};
+use crate::keys::{self, KeyLoadError};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Args)]
@@ -125,22 +127,22 @@ pub enum ForgetError {
     NotPrivacy,
     #[error("the erasure waited too long for ingest's open transactions; try again")]
     Busy,
-    #[error("no mask data key exists yet: run `etl keys init --kms-key-id <id>` first")]
-    NoMaskKey,
+    #[error("no user data key exists yet: run `etl keys init --kms-key-id <id>` first")]
+    NoUserKey,
     #[error("during the erasure: {0}")]
     Database(#[source] postgres::DatabaseError),
 }
 
-/// SQLSTATE of `etl.forget` when the hashes are not under the active mask key version.
+/// SQLSTATE of `etl.forget` when the hashes are not under the newest user key version.
 const KEYS_CHANGED: &str = "ET001";
 
 /// The maskers of every stored mask key version, read here rather than at start-up so that a
 /// missing role is named as such.
-async fn maskers(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<Maskers> {
-    keys::load_maskers(pool, kms)
+async fn user_keys(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<UserKeys> {
+    keys::load_user_keys(pool, kms)
         .await
         .map_err(|err| match err {
-            KeyLoadError::MissingKey(_) => ForgetError::NoMaskKey.into(),
+            KeyLoadError::MissingKey(_) => ForgetError::NoUserKey.into(),
             KeyLoadError::Database(db) if db.sqlstate().as_deref() == Some("42501") => {
                 ForgetError::NotPrivacy.into()
             }
@@ -184,7 +186,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
         .kms
         .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
         .await?;
-    let mut maskers = maskers(&pool, &kms).await?;
+    let mut keys = user_keys(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
     for chunk in settings.users.chunks(CHUNK) {
         let erased = loop {
@@ -194,24 +196,24 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
                     let id = user.user_id.as_str();
                     ToForget {
                         user_id: id,
-                        hash: maskers.active.user_hash(id),
-                        earlier_hashes: maskers.others.iter().map(|m| m.user_hash(id)).collect(),
+                        hash: keys.newest().user_hash(id),
+                        earlier_hashes: keys.others().iter().map(|k| k.user_hash(id)).collect(),
                     }
                 })
                 .collect();
             match lifecycle::forget(
                 &pool,
                 &users,
-                maskers.active.version(),
+                keys.newest(),
                 settings.why.reason(),
                 settings.why.ticket(),
                 settings.dry_run,
             )
             .await
             {
-                // A re-mask switch committed meanwhile: hash under the version now active.
+                // A user key rotation committed meanwhile: hash under the version now newest.
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(KEYS_CHANGED) => {
-                    maskers = self::maskers(&pool, &kms).await?;
+                    keys = user_keys(&pool, &kms).await?;
                 }
                 other => break other.map_err(database_error(&pool))?,
             }

@@ -1,9 +1,12 @@
 //! Plaintext data keys, held only in memory, never printable, zeroized on drop.
 
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::{ExposeSecret, SecretSlice};
 
 /// AES-256 / HMAC-SHA256 key length in bytes.
 pub const KEY_LEN: usize = 32;
+
+/// A user key's length: the user-hash key, then the line key.
+pub const USER_KEY_LEN: usize = 2 * KEY_LEN;
 
 /// What a data key is for. Stored in `keyring.data_keys.purpose` and bound into the KMS
 /// encryption context, so a wrapped mask key cannot be unwrapped as a vault key.
@@ -13,16 +16,33 @@ pub enum KeyPurpose {
     Vault,
     /// The seed of the quarantine key pair; ingest never unwraps it.
     Quarantine,
+    /// The keys of user-id hashes and of backfilled lines' digests, apart from the mask key so
+    /// that a mask key version can be retired (see `crypto::users`).
+    User,
 }
 
 impl KeyPurpose {
-    pub const ALL: [KeyPurpose; 3] = [KeyPurpose::Mask, KeyPurpose::Vault, KeyPurpose::Quarantine];
+    pub const ALL: [KeyPurpose; 4] = [
+        KeyPurpose::Mask,
+        KeyPurpose::Vault,
+        KeyPurpose::Quarantine,
+        KeyPurpose::User,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mask => "mask",
             Self::Vault => "vault",
             Self::Quarantine => "quarantine",
+            Self::User => "user",
+        }
+    }
+
+    /// The length of its data keys in bytes: a user key is two 256-bit keys, one per use.
+    pub fn key_len(self) -> usize {
+        match self {
+            Self::User => USER_KEY_LEN,
+            Self::Mask | Self::Vault | Self::Quarantine => KEY_LEN,
         }
     }
 
@@ -37,17 +57,20 @@ impl KeyPurpose {
 #[derive(Debug)]
 pub struct DataKey {
     version: i32,
-    material: SecretBox<[u8; KEY_LEN]>,
+    material: SecretSlice<u8>,
 }
 
 impl DataKey {
-    /// Takes the key from a buffer and wipes the buffer, whatever its length.
+    /// Takes a key of `KEY_LEN` bytes (or `USER_KEY_LEN`, a user key's) from a buffer; the
+    /// buffer is moved into the secret as it is, or wiped when its length is wrong.
     pub fn from_plaintext(version: i32, mut plaintext: Vec<u8>) -> Option<Self> {
-        let key = <[u8; KEY_LEN]>::try_from(plaintext.as_slice()).ok();
-        zeroize::Zeroize::zeroize(&mut plaintext);
-        key.map(|bytes| Self {
+        if plaintext.len() != KEY_LEN && plaintext.len() != USER_KEY_LEN {
+            zeroize::Zeroize::zeroize(&mut plaintext);
+            return None;
+        }
+        Some(Self {
             version,
-            material: SecretBox::new(Box::new(bytes)),
+            material: SecretSlice::from(plaintext),
         })
     }
 
@@ -55,7 +78,12 @@ impl DataKey {
         self.version
     }
 
-    pub(super) fn material(&self) -> &[u8; KEY_LEN] {
+    pub(super) fn material(&self) -> &[u8] {
+        self.material.expose_secret()
+    }
+
+    /// The material, for KMS to wrap: the one use outside this module.
+    pub fn expose_material(&self) -> &[u8] {
         self.material.expose_secret()
     }
 }
@@ -78,5 +106,13 @@ mod tests {
     #[test]
     fn rejects_wrong_length() {
         assert!(DataKey::from_plaintext(1, vec![1; 16]).is_none());
+        assert!(DataKey::from_plaintext(1, vec![1; KEY_LEN + 1]).is_none());
+        assert_eq!(
+            DataKey::from_plaintext(1, vec![1; USER_KEY_LEN])
+                .unwrap()
+                .material()
+                .len(),
+            USER_KEY_LEN
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Keyed digests of the lines `etl ingest --from-file` reads: the input's fingerprint and the
 //! digest of each committed range.
 //!
-//! Keyed (HMAC-SHA256 under a subkey of the mask key), not plain SHA-256, because a line is a
+//! Keyed (HMAC-SHA256 under the line half of the user key), not plain SHA-256, because a line is a
 //! message body with personal data in it: the fingerprint is part of every line's message id in
 //! `user_logins`, where the body's other fields are in clear beside it, so an unkeyed hash would
 //! let a reader test guesses of the ip or device_id, as a plain-hash mask would.
@@ -11,7 +11,7 @@ use hmac::Mac;
 use super::HmacSha256;
 use crate::domain::file_line::Fingerprint;
 
-/// Digests lines with one version of the mask key.
+/// Digests lines with one version of the user key.
 #[derive(Clone)]
 pub struct LineKey(HmacSha256);
 
@@ -28,6 +28,13 @@ impl LineKey {
         let mut source = [0u8; 16];
         source.copy_from_slice(&mac.finalize().into_bytes()[..16]);
         source
+    }
+
+    /// The key check value `UserKey::key_check` stores.
+    pub(super) fn key_check(&self) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(b"key-check\0");
+        mac.finalize().into_bytes().into()
     }
 
     /// An empty digest of a range of lines.
@@ -57,10 +64,11 @@ impl LinesDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{DataKey, Masker, KEY_LEN};
+    use crate::crypto::{DataKey, UserKey, USER_KEY_LEN};
 
     fn key(byte: u8) -> LineKey {
-        Masker::new(&DataKey::from_plaintext(1, vec![byte; KEY_LEN]).unwrap())
+        UserKey::new(&DataKey::from_plaintext(1, vec![byte; USER_KEY_LEN]).unwrap())
+            .unwrap()
             .line_key()
             .clone()
     }

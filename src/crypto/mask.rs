@@ -4,7 +4,7 @@
 
 use hmac::Mac;
 
-use super::{derive_subkey, hmac_state, DataKey, HmacSha256, LineKey};
+use super::{derive_subkey, hmac_state, DataKey, HmacSha256};
 use crate::domain::PiiField;
 
 /// Computes masks with one version of the mask key.
@@ -12,8 +12,6 @@ pub struct Masker {
     version: i32,
     ip: HmacSha256,
     device_id: HmacSha256,
-    users: HmacSha256,
-    lines: LineKey,
 }
 
 impl std::fmt::Debug for Masker {
@@ -30,20 +28,11 @@ impl Masker {
             let subkey = derive_subkey(key.material(), &format!("etl/mask/v1/{}", field.as_str()));
             hmac_state(subkey.as_slice())
         };
-        let lines = derive_subkey(key.material(), "etl/file/v1");
-        let users = derive_subkey(key.material(), "etl/user/v1");
         Self {
             version: key.version(),
             ip: field_state(PiiField::Ip),
             device_id: field_state(PiiField::DeviceId),
-            users: hmac_state(users.as_slice()),
-            lines: LineKey::new(hmac_state(lines.as_slice())),
         }
-    }
-
-    /// The key of the fingerprints and range digests of backfilled lines.
-    pub fn line_key(&self) -> &LineKey {
-        &self.lines
     }
 
     /// The mask key version, stored beside every mask.
@@ -64,39 +53,6 @@ impl Masker {
         };
         mac.update(canonical.as_bytes());
         MaskDigest(mac.finalize().into_bytes().into())
-    }
-
-    /// The keyed hash of a user id that the suppression list and quarantine rows hold, so an
-    /// erased user can be recognised without keeping the id. Keyed for the reason masks are:
-    /// user ids are guessable.
-    pub fn user_hash(&self, user_id: &str) -> UserHash {
-        let mut mac = self.users.clone();
-        mac.update(user_id.as_bytes());
-        UserHash(mac.finalize().into_bytes().into())
-    }
-}
-
-/// HMAC-SHA256 of a user id under a subkey of the mask key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UserHash([u8; 32]);
-
-impl UserHash {
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        bytes.try_into().ok().map(Self)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl std::fmt::Debug for UserHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.hex())
     }
 }
 
@@ -181,18 +137,6 @@ mod tests {
         assert_ne!(
             m.mask(PiiField::Ip, "10.0.0.1"),
             masker(8).mask(PiiField::Ip, "10.0.0.1")
-        );
-    }
-
-    #[test]
-    fn user_hashes_are_keyed_and_apart_from_masks() {
-        let a = masker(1).user_hash("alice");
-        assert_eq!(a, masker(1).user_hash("alice"));
-        assert_ne!(a, masker(2).user_hash("alice"));
-        assert_ne!(a, masker(1).user_hash("alicf"));
-        assert_ne!(
-            a.as_bytes(),
-            masker(1).digest(PiiField::DeviceId, "alice").as_bytes()
         );
     }
 

@@ -1,11 +1,12 @@
 //! Key material, the keyed mask and the vault seal.
 //!
-//! Key hierarchy: a KMS key wraps two 256-bit data keys stored in `keyring.data_keys`; the mask
-//! key derives one HMAC key per field and one for the digests of backfilled lines, and the vault key derives the vault encryption key, the
-//! vault nonce key and the key that opened quarantined bodies before they were sealed to the
-//! quarantine key pair. A third data key, purpose `quarantine`, is the seed of an X25519 key pair:
-//! ingest holds only its public half (see `quarantine`). Derivation is HMAC-SHA256 with fixed labels, so one data
-//! key never serves two purposes directly.
+//! Key hierarchy: a KMS key wraps the data keys stored in `keyring.data_keys`. The mask key
+//! derives one HMAC key per field; the vault key derives the vault encryption key, the vault nonce
+//! key and the key that opened quarantined bodies before they were sealed to the quarantine key
+//! pair. The `quarantine` data key is the seed of an X25519 key pair: ingest holds only its
+//! public half (see `quarantine`). The `user` data key (64 bytes) keys the hashes of user ids
+//! and the digests of backfilled lines (see `users`). Derivation is HMAC-SHA256 with fixed
+//! labels, so one data key never serves two purposes directly.
 
 mod audit_chain;
 mod hpke_box;
@@ -15,14 +16,16 @@ mod mask;
 mod quarantine;
 mod reply;
 mod seal;
+mod users;
 
 pub use audit_chain::{encode_payload, parse_head, ChainBreak, ChainRow, ChainVerifier, GENESIS};
-pub use keys::{DataKey, KeyPurpose, KEY_LEN};
+pub use keys::{DataKey, KeyPurpose, KEY_LEN, USER_KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
-pub use mask::{MaskDigest, MaskHex, Masker, UserHash};
+pub use mask::{MaskDigest, MaskHex, Masker};
 pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
 pub use reply::{ReplyKeyPair, ReplySealer, REPLY_PUBLIC_KEY_LEN, REPLY_SEED_LEN};
 pub use seal::{SealError, Sealer};
+pub use users::{UserHash, UserKey, UserKeys};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

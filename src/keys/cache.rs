@@ -52,7 +52,7 @@ impl KeyCache {
                     .await?;
                 let opener = match key.purpose {
                     KeyPurpose::Quarantine => Opener::Quarantine(QuarantineOpener::new(&data_key)),
-                    KeyPurpose::Vault | KeyPurpose::Mask => {
+                    KeyPurpose::Vault | KeyPurpose::Mask | KeyPurpose::User => {
                         Opener::Vault(Box::new(Sealer::new(&data_key)))
                     }
                 };

@@ -1,6 +1,6 @@
 //! The keys a running process uses, swapped when the active versions change: a re-mask switch
-//! (new active mask key version) or a vault key rotation (a newer vault key, and a minimum that
-//! refuses the older one). The committer compares them with `etl.key_state()` each time it
+//! (new active mask key version), a vault or quarantine key rotation (a newer key, and a minimum
+//! that refuses the older one) or a user key rotation. The committer compares them with `etl.key_state()` each time it
 //! refreshes its vault state, which it does whenever the vault epoch moved or the database
 //! refused an insert under stale versions; so a long-running ingest follows a rotation without a
 //! restart.
@@ -61,6 +61,7 @@ impl LiveKeys {
             && state
                 .min_quarantine_key_version
                 .is_none_or(|minimum| quarantine >= minimum)
+            && state.user_key_version == Some(current.user_keys().newest().version())
     }
 
     /// Loads the keys now active.
@@ -80,14 +81,19 @@ impl LiveKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, KEY_LEN};
+    use crate::crypto::{
+        quarantine_key_pair, DataKey, Masker, QuarantineSealer, Sealer, UserKey, UserKeys, KEY_LEN,
+        USER_KEY_LEN,
+    };
 
     fn keys(mask: i32, vault: i32) -> LiveKeys {
         let key = |version, byte| DataKey::from_plaintext(version, vec![byte; KEY_LEN]).unwrap();
         let quarantine =
             QuarantineSealer::from_public_key(1, &quarantine_key_pair(&key(1, 3)).1).unwrap();
+        let users = DataKey::from_plaintext(1, vec![4; USER_KEY_LEN]).unwrap();
         LiveKeys::fixed(Transformer::new(
             Masker::new(&key(mask, 1)),
+            UserKeys::new(UserKey::new(&users).unwrap(), Vec::new()),
             Sealer::new(&key(vault, 2)),
             quarantine,
         ))
@@ -101,6 +107,7 @@ mod tests {
             min_vault_key_version: min_vault,
             quarantine_key_version: Some(1),
             min_quarantine_key_version: None,
+            user_key_version: Some(1),
         }
     }
 
@@ -121,6 +128,11 @@ mod tests {
             ..state(1, 2, None)
         };
         assert!(!held.matches(&rotated), "a quarantine key rotation");
+        let users_rotated = KeyState {
+            user_key_version: Some(2),
+            ..state(1, 2, None)
+        };
+        assert!(!held.matches(&users_rotated), "a user key rotation");
     }
 
     #[tokio::test]

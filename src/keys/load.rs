@@ -1,11 +1,11 @@
-//! Loading the data keys a process masks and seals with: the active mask key (and the other stored
-//! mask key versions), the newest vault key, and the quarantine public key, checked with KMS.
+//! Loading the data keys a process masks and seals with: the active mask key, every user key
+//! version, the newest vault key, and the quarantine public key, checked with KMS.
 
 use sqlx::PgPool;
 
 use crate::adapters::kms::{Kms, KmsError, UnwrapError};
 use crate::adapters::postgres::{keyring, DatabaseError};
-use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer};
+use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys};
 use crate::pipeline::Transformer;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,8 @@ pub enum KeyLoadError {
     MissingKey(&'static str),
     #[error("the stored quarantine public key (version {0}) is not an X25519 public key")]
     BadPublicKey(i32),
+    #[error("user key version {0} is not a user key's 64 bytes")]
+    BadUserKey(i32),
     #[error(
         "refusing the stored quarantine public key (version {version}): its KMS attestation does \
          not verify, so it is not the key `etl keys` created ({source})"
@@ -58,6 +60,7 @@ impl KeyLoadError {
             }
             Self::MissingKey(_)
             | Self::BadPublicKey(_)
+            | Self::BadUserKey(_)
             | Self::VaultKeyBelowMinimum { .. }
             | Self::QuarantineKeyBelowMinimum { .. }
             | Self::CannotReload => false,
@@ -65,8 +68,8 @@ impl KeyLoadError {
     }
 }
 
-/// Loads the active mask key (and the other stored mask key versions, whose user hashes the
-/// suppression list may hold) and the newest vault key, which must not be below the lowest
+/// Loads the active mask key, every user key version (the suppression list holds hashes under
+/// each) and the newest vault key, which must not be below the lowest
 /// version ingest may seal with; unwraps each once with KMS (key id and encryption context
 /// presented), and keeps only the derived, zeroizing states; and the newest quarantine public
 /// key, which needs no unwrapping.
@@ -103,10 +106,12 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     let active = state
         .mask_key_version
         .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
-    let Maskers {
-        active: masker,
-        others,
-    } = maskers(pool, kms, active).await?;
+    let mask = keyring::version(pool, KeyPurpose::Mask, active)
+        .await
+        .map_err(DatabaseError::on(pool))?
+        .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
+    let masker = Masker::new(&unwrap_stored(kms, KeyPurpose::Mask, &mask).await?);
+    let users = load_user_keys(pool, kms).await?;
     let vault = keyring::latest(pool, KeyPurpose::Vault)
         .await
         .map_err(DatabaseError::on(pool))?
@@ -118,44 +123,30 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
         });
     }
     let vault = unwrap_stored(kms, KeyPurpose::Vault, &vault).await?;
-    Ok(Transformer::new(masker, Sealer::new(&vault), quarantine).with_other_mask_versions(others))
+    Ok(Transformer::new(
+        masker,
+        users,
+        Sealer::new(&vault),
+        quarantine,
+    ))
 }
 
-/// The maskers of every stored mask key version: the active one (not the newest: a pending
-/// version masks nothing yet) and the others, whose user hashes the suppression list may hold.
-pub struct Maskers {
-    pub active: Masker,
-    pub others: Vec<Masker>,
-}
-
-/// [`Maskers`], for what needs the mask key alone (erasure).
-pub async fn load_maskers(pool: &PgPool, kms: &Kms) -> Result<Maskers, KeyLoadError> {
-    let active = keyring::active_mask_version(pool)
-        .await
-        .map_err(DatabaseError::on(pool))?
-        .ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?;
-    maskers(pool, kms, active).await
-}
-
-/// Unwraps every stored mask key version once with KMS.
-async fn maskers(pool: &PgPool, kms: &Kms, active: i32) -> Result<Maskers, KeyLoadError> {
-    let mut masker = None;
-    let mut others = Vec::new();
-    for stored in keyring::versions(pool, KeyPurpose::Mask)
+/// Unwraps every stored user key version once with KMS: the newest hashes, all recognise.
+pub async fn load_user_keys(pool: &PgPool, kms: &Kms) -> Result<UserKeys, KeyLoadError> {
+    let mut keys = Vec::new();
+    for stored in keyring::versions(pool, KeyPurpose::User)
         .await
         .map_err(DatabaseError::on(pool))?
     {
-        let key = unwrap_stored(kms, KeyPurpose::Mask, &stored).await?;
-        if stored.version == active {
-            masker = Some(Masker::new(&key));
-        } else {
-            others.push(Masker::new(&key));
-        }
+        let key = unwrap_stored(kms, KeyPurpose::User, &stored).await?;
+        keys.push(UserKey::new(&key).ok_or(KeyLoadError::BadUserKey(stored.version))?);
     }
-    Ok(Maskers {
-        active: masker.ok_or(KeyLoadError::MissingKey(KeyPurpose::Mask.as_str()))?,
-        others,
-    })
+    // Oldest first: the newest is the last.
+    let newest = keys
+        .pop()
+        .ok_or(KeyLoadError::MissingKey(KeyPurpose::User.as_str()))?;
+    keys.reverse();
+    Ok(UserKeys::new(newest, keys))
 }
 
 /// Unwraps a stored data key with KMS (key id and encryption context presented).

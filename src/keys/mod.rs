@@ -11,7 +11,7 @@ mod vault;
 
 pub use cache::{KeyCache, Opener, StoredKeyRef};
 pub use live::LiveKeys;
-pub use load::{load_maskers, load_transformer, unwrap_stored, KeyLoadError, Maskers};
+pub use load::{load_transformer, load_user_keys, unwrap_stored, KeyLoadError};
 pub use quarantine::QuarantineOpeners;
 pub use vault::VaultKeys;
 

@@ -31,6 +31,8 @@ pub struct WriteBatch {
     pub mask_key_version: i32,
     pub vault_key_version: i32,
     pub quarantine_key_version: i32,
+    /// The user key version of the quarantined rows' user hashes.
+    pub user_key_version: i32,
     /// The vault epoch whose known masks and suppression list the batch was prepared with;
     /// `None` when they were not of one epoch.
     pub vault_epoch: Option<i64>,

@@ -8,7 +8,7 @@ use foldhash::fast::RandomState;
 
 use super::batch::{Claim, ClaimKind, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch};
 use super::vault_state::{Forgotten, VaultState};
-use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash};
+use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys};
 use crate::domain::Message;
 use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField, ReasonCode};
 
@@ -16,29 +16,27 @@ use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField, Reas
 #[derive(Debug)]
 pub struct Transformer {
     masker: Masker,
-    /// The other stored mask key versions: the suppression list holds hashes under the version
-    /// that was active when each user was forgotten, and backfill claims are keyed by it.
-    earlier_maskers: Vec<Masker>,
+    /// Every stored user key version: the suppression list holds hashes under the version that
+    /// was newest when each user was forgotten, and backfill claims are keyed by it.
+    users: UserKeys,
     sealer: Sealer,
     /// Only the public half: ingest seals quarantined bodies and cannot open them.
     quarantine: QuarantineSealer,
 }
 
 impl Transformer {
-    pub fn new(masker: Masker, sealer: Sealer, quarantine: QuarantineSealer) -> Self {
+    pub fn new(
+        masker: Masker,
+        users: UserKeys,
+        sealer: Sealer,
+        quarantine: QuarantineSealer,
+    ) -> Self {
         Self {
             masker,
-            earlier_maskers: Vec::new(),
+            users,
             sealer,
             quarantine,
         }
-    }
-
-    /// Adds the other stored mask key versions, to recognise forgotten users and backfill
-    /// claims hashed under them.
-    pub fn with_other_mask_versions(mut self, maskers: Vec<Masker>) -> Self {
-        self.earlier_maskers = maskers;
-        self
     }
 
     /// The maskers of the active mask key version.
@@ -46,9 +44,9 @@ impl Transformer {
         &self.masker
     }
 
-    /// The active masker, then the other stored mask key versions'.
-    pub fn all_maskers(&self) -> impl Iterator<Item = &Masker> {
-        std::iter::once(&self.masker).chain(&self.earlier_maskers)
+    /// The user key versions: of user hashes and backfilled lines' digests.
+    pub fn user_keys(&self) -> &UserKeys {
+        &self.users
     }
 
     pub fn sealer(&self) -> &Sealer {
@@ -185,21 +183,22 @@ impl Transformer {
     }
 
     /// Whose a body going to quarantine is: a forgotten user's (dropped instead), or kept with
-    /// the keyed hash of its user id under the active mask key, when it has one.
+    /// the keyed hash of its user id under the newest user key, when it has one.
     fn body_user(&self, body: &str, forgotten: &Forgotten) -> BodyUser {
         match user_id_of(body) {
             Some(id) if self.is_forgotten(forgotten, &id) => BodyUser::Forgotten,
-            user_id => BodyUser::Kept(user_id.map(|id| self.masker.user_hash(&id))),
+            user_id => BodyUser::Kept(user_id.map(|id| self.users.newest().user_hash(&id))),
         }
     }
 
     /// Hashed only when someone is forgotten: most runs never pay for it. Under every stored
-    /// mask key version: the list keeps each hash under the version it was made with.
+    /// user key version: the list keeps each hash under the version it was made with.
     fn is_forgotten(&self, forgotten: &Forgotten, user_id: &str) -> bool {
         !forgotten.is_empty()
             && self
-                .all_maskers()
-                .any(|masker| forgotten.contains(&masker.user_hash(user_id)))
+                .users
+                .all()
+                .any(|key| forgotten.contains(&key.user_hash(user_id)))
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
@@ -209,6 +208,7 @@ impl Transformer {
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
             quarantine_key_version: self.quarantine.version(),
+            user_key_version: self.users.newest().version(),
             claim: match kind {
                 ClaimKind::MessageIds => Claim::MessageIds,
                 ClaimKind::Replay => Claim::Replay,
@@ -228,7 +228,7 @@ impl Transformer {
         let Some(first) = messages.first().and_then(|m| m.line) else {
             return Claim::MessageIds;
         };
-        let mut digest = self.masker.line_key().range();
+        let mut digest = self.users.newest().line_key().range();
         let mut last = first.number;
         for message in messages {
             if let Some(line) = message.line {

@@ -213,8 +213,8 @@ mod tests {
     #[test]
     fn the_suppression_list_only_grows_and_reads_each_row_once() {
         let known = VaultState::new(10);
-        let masker = masker();
-        let (alice, bob) = (masker.user_hash("alice"), masker.user_hash("bob"));
+        let hash = |byte| crate::crypto::UserHash::from_bytes(&[byte; 32]).unwrap();
+        let (alice, bob) = (hash(1), hash(2));
         known.advance(3, vec![(1, alice)]);
         known.advance(2, vec![(1, alice), (2, bob)]);
         let (epoch, forgotten) = known.forgotten();

@@ -287,7 +287,8 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     );
     app.etl_ok(&["ingest", "--from-file", input.to_str().unwrap()])
         .await;
-    // A quarantined message with a user id: its user hash moves to the new version too.
+    // A quarantined message with a user id: its user hash is under the user key, which a
+    // re-mask does not touch.
     app.ingest(&[r#"{"user_id": "user-q", "ip": "bad"}"#.to_owned()])
         .await;
     let distinct = |field: &str| format!("SELECT count(DISTINCT {field}) FROM user_logins");
@@ -300,6 +301,17 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     assert_eq!(keys[&("mask".to_owned(), 1)]["state"], "active");
     // A second rotation waits for the re-mask.
     assert_exit(&app.etl(&["keys", "rotate", "--purpose", "mask"]).await, 2);
+    // Neither version is retired: the active one masks, the pending one is to.
+    let retire_mask = async |version: &str| {
+        app.etl(&["keys", "retire", "--purpose", "mask", "--version", version])
+            .await
+    };
+    for (version, why) in [("1", "is the active one"), ("2", "is pending")] {
+        let output = retire_mask(version).await;
+        assert_exit(&output, 2);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why), "{stderr}");
+    }
 
     // A long-running ingest (not --drain), fed while the re-mask runs.
     let mut ingest = app
@@ -341,7 +353,7 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     ingest.kill().await.unwrap();
     ingest.wait().await.unwrap();
 
-    // No row, entry or quarantine hash is left on the old version; the mapping is gone.
+    // No row or entry is left on the old version; the mapping is gone.
     assert_eq!(
         app.count("SELECT count(*) FROM user_logins WHERE mask_key_version IS DISTINCT FROM 2")
             .await,
@@ -359,7 +371,7 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     );
     assert_eq!(app.count("SELECT count(*) FROM vault.remask_map").await, 0);
     assert_eq!(
-        app.count("SELECT count(*) FROM etl.quarantine WHERE user_hash IS NOT NULL AND user_hash_key_version = 2")
+        app.count("SELECT count(*) FROM etl.quarantine WHERE user_hash IS NOT NULL AND user_hash_key_version = 1")
             .await,
         1
     );
@@ -400,20 +412,20 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     assert_eq!(keys[&("mask".to_owned(), 1)]["logins"], 0);
     let output = app.etl_ok(&["keys", "remask"]).await;
     assert!(output.contains("nothing to re-mask"), "{output}");
-    // A backfill claimed under the old version is refused, not written twice.
-    let output = app
-        .etl(&["ingest", "--from-file", input.to_str().unwrap()])
+    // A backfill claimed before the re-mask is still recognised (its claims are keyed by the
+    // user key): its lines are skipped, not written twice.
+    app.etl_ok(&["ingest", "--from-file", input.to_str().unwrap()])
         .await;
-    assert_exit(&output, 2);
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("mask key version 1"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1100);
 
-    // Erasure after the switch hashes under the new version: it finds the re-hashed quarantined
-    // message, and the suppression list keeps working.
+    // Nothing uses mask key version 1 any more: it is retired, and no process needs it.
+    app.etl_ok(&["keys", "retire", "--purpose", "mask", "--version", "1"])
+        .await;
+    assert!(!listed(&app).await.contains_key(&("mask".to_owned(), 1)));
+    assert_exit(&retire_mask("1").await, 2);
+
+    // Erasure after the switch and the retirement: it finds the quarantined message by its
+    // user hash, and the suppression list keeps working.
     let (_, privacy) = app.login_user("etl_privacy").await;
     for user in ["user-q", "user-00001"] {
         let output = app
@@ -427,9 +439,17 @@ async fn remask_beside_a_running_ingest_leaves_one_mask_per_value_and_every_valu
     assert_eq!(app.count("SELECT count(*) FROM etl.quarantine").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1099);
     assert_eq!(
-        app.count("SELECT count(*) FROM etl.forgotten_users WHERE mask_key_version = 2")
+        app.count("SELECT count(*) FROM etl.forgotten_users WHERE user_key_version = 1")
             .await,
         2
+    );
+    app.ingest(&[body("user-q", "10.42.0.1", "420-00-0001")])
+        .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE user_id = 'user-q'")
+            .await,
+        0,
+        "a forgotten user's new event is dropped, with mask key version 1 gone"
     );
 }
 
@@ -733,4 +753,60 @@ async fn a_remask_killed_before_its_switch_resumes_and_switches_once() {
     let devices = recover_all(&app, &url, "--masked-device-id", "masked_device_id").await;
     let sent: HashSet<String> = rows.into_iter().map(|(_, _, d)| d).collect();
     assert_eq!(devices.into_values().collect::<HashSet<_>>(), sent);
+}
+
+#[tokio::test]
+async fn keys_init_carries_over_the_hashes_of_a_deployment_made_before_the_user_key() {
+    use etl::adapters::kms::Kms;
+    use etl::adapters::postgres::keyring;
+    use etl::crypto::{KeyPurpose, UserKey};
+
+    let app = TestApp::spawn().await;
+    // A deployment from before the user key: mask keys and a suppression row made with them.
+    sqlx::query("DELETE FROM keyring.data_keys WHERE purpose = 'user'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO etl.forgotten_users (user_hash, user_key_version) VALUES ($1, 1)")
+        .bind(vec![9u8; 32])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let output = app.etl(&["ingest", "--drain"]).await;
+    assert_exit(&output, 2);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no user data key exists yet"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = app
+        .etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
+        .await;
+    assert!(
+        output.contains("user key: version 1 carried over from mask key version 1"),
+        "{output}"
+    );
+    // The carried key is the mask key's two subkeys (whose hashes the unit tests compare with the
+    // derivation as it was), and its check lets `etl.forget` accept its hashes.
+    let kms = Kms::new(&app.sdk);
+    let mask = keyring::version(&app.pool, KeyPurpose::Mask, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let mask = etl::keys::unwrap_stored(&kms, KeyPurpose::Mask, &mask)
+        .await
+        .unwrap();
+    let expected = UserKey::new(&UserKey::carried_from_mask(&mask).unwrap()).unwrap();
+    let transformer = app.transformer().await;
+    let loaded = transformer.user_keys().newest();
+    assert_eq!(loaded.version(), 1);
+    assert_eq!(loaded.user_hash("alice"), expected.user_hash("alice"));
+    assert_eq!(loaded.key_check(), expected.key_check());
+    app.etl_ok(&["ingest", "--drain"]).await;
+    // A second init changes nothing.
+    let output = app
+        .etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
+        .await;
+    assert!(output.contains("nothing changed"), "{output}");
 }

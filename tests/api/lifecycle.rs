@@ -259,7 +259,45 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
 /// what the real run then does; a never-seen id is suppressed, and its receipt says nothing was
 /// found.
 #[tokio::test]
-async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
+async fn forget_refuses_hashes_made_without_the_user_key() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[body("erin-1", "10.23.1.1", "231-00-0001", "RU")])
+        .await;
+    use sqlx::Connection;
+    let (_, privacy) = app.login_user("etl_privacy").await;
+    let mut conn = sqlx::PgConnection::connect(&privacy).await.unwrap();
+    // A login of etl_privacy without KMS access cannot know the key check; a hash made with
+    // another key (or a guess) comes with a check that does not match.
+    let refused = sqlx::query(
+        "SELECT * FROM etl.forget(ARRAY['erin-1'], ARRAY[$1], 1, $2, 'x', NULL, '{}', '{}')",
+    )
+    .bind(vec![5u8; 32])
+    .bind(vec![6u8; 32])
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("the hashes were not made with user key version 1"),
+        "{refused}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.forgotten_users").await,
+        0
+    );
+    // Nor can it read the check: its keyring rows are the wrapped user keys.
+    let checks: Vec<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT key_check FROM keyring.data_keys WHERE purpose <> 'user'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(checks.is_empty(), "etl_privacy sees only the user key rows");
+}
+
+#[tokio::test]
+async fn forget_after_a_user_key_rotation_knows_the_user_is_already_forgotten() {
     let app = TestApp::spawn().await;
     app.start_recovery_service();
     app.ingest(&[
@@ -296,8 +334,15 @@ async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
         "the dry run's totals are the real run's"
     );
 
-    app.etl_ok(&["keys", "rotate", "--purpose", "mask"]).await;
-    app.etl_ok(&["keys", "remask"]).await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "user"]).await;
+    // Suppressed under version 1, recognised by a process that hashes new ones with version 2.
+    app.ingest(&[body("carol-1", "10.23.0.9", "230-00-0009", "RU")])
+        .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM user_logins WHERE user_id = 'carol-1'")
+            .await,
+        0
+    );
     let receipts = "SELECT count(*) FROM recovery.audit_log WHERE kind = 'erasure'";
     assert_eq!(app.count(receipts).await, 1);
     let again = forget("carol-1", &[]).await;
@@ -327,6 +372,12 @@ async fn forget_after_a_remask_knows_the_user_is_already_forgotten() {
     .await
     .unwrap();
     assert_eq!(detail, "nothing found; suppressed=new");
+    assert_eq!(
+        app.count("SELECT count(*) FROM etl.forgotten_users WHERE user_key_version = 2")
+            .await,
+        1,
+        "new erasures hash with the newest user key version"
+    );
 }
 
 /// The guarantee itself, step by step: a batch prepared while the vault held an entry, committed
@@ -378,11 +429,13 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
     assert!(batch.vault.is_empty());
 
     // The erasure of the only user of that ip and device deletes their entries.
-    let hash = masker.user_hash("gone-1");
+    let user_key = transformer.user_keys().newest();
+    let hash = user_key.user_hash("gone-1");
     let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'test', NULL, '{}', '{}')")
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, $3, 'test', NULL, '{}', '{}')")
         .bind(vec!["gone-1"])
         .bind(vec![hash.as_bytes().to_vec()])
+        .bind(user_key.key_check().to_vec())
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -448,16 +501,18 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
     };
     // Erase the five users again and again while the drain runs: each erasure deletes the
     // entries their rows were the last to use, under the writers' feet.
-    let masker = app.transformer().await;
+    let transformer = app.transformer().await;
+    let user_key = transformer.user_keys().newest();
     let hashes: Vec<Vec<u8>> = forgotten
         .iter()
-        .map(|u| masker.masker().user_hash(u).as_bytes().to_vec())
+        .map(|u| user_key.user_hash(u).as_bytes().to_vec())
         .collect();
     let mut erasures = 0;
     while !drain.is_finished() {
-        sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'beside ingest', NULL, '{}', '{}')")
+        sqlx::query("SELECT * FROM etl.forget($1, $2, 1, $3, 'beside ingest', NULL, '{}', '{}')")
             .bind(&forgotten)
             .bind(&hashes)
+            .bind(user_key.key_check().to_vec())
             .execute(&app.pool)
             .await
             .unwrap();
@@ -469,9 +524,10 @@ async fn forget_beside_a_running_ingest_leaves_exact_counts_and_no_dangling_mask
     let summary: Summary = serde_json::from_slice(&output.stdout).unwrap();
     // Rows committed before an erasure of their user were deleted by it; a last erasure takes
     // those committed after the one before.
-    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, 'after ingest', NULL, '{}', '{}')")
+    sqlx::query("SELECT * FROM etl.forget($1, $2, 1, $3, 'after ingest', NULL, '{}', '{}')")
         .bind(&forgotten)
         .bind(&hashes)
+        .bind(user_key.key_check().to_vec())
         .execute(&app.pool)
         .await
         .unwrap();
@@ -1008,10 +1064,11 @@ async fn a_session_left_open_cannot_stall_a_drain() {
 
     let mut privacy = PgConnection::connect(&privacy).await.unwrap();
     let mut erasing = privacy.begin().await.unwrap();
-    let refused = sqlx::query("SELECT * FROM etl.forget('{}', '{}', 1, 'x', NULL, '{}', '{}')")
-        .execute(&mut *erasing)
-        .await
-        .unwrap_err();
+    let refused =
+        sqlx::query("SELECT * FROM etl.forget('{}', '{}', 1, NULL, 'x', NULL, '{}', '{}')")
+            .execute(&mut *erasing)
+            .await
+            .unwrap_err();
     assert!(
         refused.to_string().contains("no user id given"),
         "{refused}"
@@ -1020,11 +1077,20 @@ async fn a_session_left_open_cannot_stall_a_drain() {
     // A real erasure, left open: it holds the vault epoch until its session is ended.
     let mut idle = PgConnection::connect(&idle_privacy).await.unwrap();
     let mut left_open = idle.begin().await.unwrap();
-    sqlx::query("SELECT * FROM etl.forget(ARRAY['nobody'], ARRAY[$1], 1, 'x', NULL, '{}', '{}')")
-        .bind(vec![1u8; 32])
-        .execute(&mut *left_open)
-        .await
-        .unwrap();
+    let key_check: Vec<u8> = sqlx::query_scalar(
+        "SELECT key_check FROM keyring.data_keys WHERE purpose = 'user' AND version = 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT * FROM etl.forget(ARRAY['nobody'], ARRAY[$1], 1, $2, 'x', NULL, '{}', '{}')",
+    )
+    .bind(vec![1u8; 32])
+    .bind(key_check)
+    .execute(&mut *left_open)
+    .await
+    .unwrap();
 
     let bodies: Vec<String> = (0..30)
         .map(|i| {

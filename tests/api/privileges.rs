@@ -75,7 +75,7 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE etl.check_seal_versions(integer, integer)",
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_privacy EXECUTE keyring.active_mask_key_version()",
-    "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, text, text, bytea[], integer[])",
+    "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])",
     "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",
     "etl_recoverer EXECUTE recovery.subject_rows(bigint, text)",
     "etl_recoverer EXECUTE recovery.audit_head()",

@@ -69,19 +69,32 @@ pub struct PublicHalf<'a> {
     pub attestation: &'a [u8],
 }
 
-/// Stores a wrapped key (and, for the quarantine key pair, its public key) unless that
-/// (purpose, version) exists; returns whether it was stored.
+/// What a keyring row stores beside the wrapped key: the quarantine key pair's public half, or
+/// a user key's check value.
+pub enum Beside<'a> {
+    Nothing,
+    PublicHalf(PublicHalf<'a>),
+    KeyCheck(&'a [u8]),
+}
+
+/// Stores a wrapped key and what goes beside it unless that (purpose, version) exists; returns
+/// whether it was stored.
 pub async fn insert_if_absent(
     pool: &PgPool,
     purpose: KeyPurpose,
     version: i32,
     kms_key_id: &str,
     wrapped: &[u8],
-    public: Option<PublicHalf<'_>>,
+    beside: Beside<'_>,
 ) -> Result<bool, sqlx::Error> {
+    let (public, key_check) = match beside {
+        Beside::Nothing => (None, None),
+        Beside::PublicHalf(half) => (Some(half), None),
+        Beside::KeyCheck(check) => (None, Some(check)),
+    };
     let result = sqlx::query(
         "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key, public_key, \
-         public_key_attestation) VALUES ($1, $2, $3, $4, $5, $6) \
+         public_key_attestation, key_check) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (purpose, version) DO NOTHING",
     )
     .bind(purpose.as_str())
@@ -90,6 +103,7 @@ pub async fn insert_if_absent(
     .bind(wrapped)
     .bind(public.as_ref().map(|p| p.public_key))
     .bind(public.as_ref().map(|p| p.attestation))
+    .bind(key_check)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -154,6 +168,18 @@ pub async fn versions(pool: &PgPool, purpose: KeyPurpose) -> Result<Vec<StoredKe
     .await
 }
 
+/// Whether user hashes or backfill claims were made before the user key existed, with subkeys
+/// of the mask keys: the suppression list, quarantined rows' hashes, the file claims.
+pub async fn hashed_under_mask_keys(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM etl.forgotten_users) \
+             OR EXISTS (SELECT 1 FROM etl.quarantine WHERE user_hash IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM etl.file_batches)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// The mask key version ingest masks with (`None` before `etl keys init`).
 pub async fn active_mask_version(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar("SELECT keyring.active_mask_key_version()")
@@ -170,12 +196,13 @@ pub struct KeyState {
     pub min_vault_key_version: Option<i32>,
     pub quarantine_key_version: Option<i32>,
     pub min_quarantine_key_version: Option<i32>,
+    pub user_key_version: Option<i32>,
 }
 
 pub async fn key_state(pool: &PgPool) -> Result<KeyState, sqlx::Error> {
     sqlx::query_as(
         "SELECT epoch, mask_key_version, vault_key_version, min_vault_key_version, \
-                quarantine_key_version, min_quarantine_key_version \
+                quarantine_key_version, min_quarantine_key_version, user_key_version \
          FROM etl.key_state()",
     )
     .fetch_one(pool)
@@ -213,11 +240,11 @@ pub struct Usage {
     /// Vault entries sealed under it (vault) or masked under it (mask).
     pub entries: i64,
     /// Quarantined bodies sealed under it (vault, quarantine) or whose user hash is under it
-    /// (mask).
+    /// (user).
     pub quarantine_rows: i64,
     /// `user_logins` rows masked under it (mask).
     pub logins: i64,
-    /// Suppression-list hashes under it (mask).
+    /// Suppression-list hashes under it (user).
     pub forgotten_users: i64,
 }
 
@@ -225,23 +252,22 @@ pub struct Usage {
 /// suppression-list rows use it. Counts whole tables: a few seconds on millions of rows.
 pub async fn usage(pool: &PgPool) -> Result<Vec<Usage>, sqlx::Error> {
     sqlx::query_as(
-        "WITH lowest_mask AS (SELECT min(version) AS v FROM keyring.data_keys WHERE purpose = 'mask'), \
-         vault_entries AS (SELECT vault_key_version AS v, count(*) AS n FROM vault.entries GROUP BY 1), \
+        "WITH vault_entries AS (SELECT vault_key_version AS v, count(*) AS n FROM vault.entries GROUP BY 1), \
          mask_entries AS (SELECT mask_key_version AS v, count(*) AS n FROM vault.entries GROUP BY 1), \
          vault_bodies AS (SELECT vault_key_version AS v, count(*) AS n FROM etl.quarantine \
                           WHERE vault_key_version IS NOT NULL GROUP BY 1), \
          quarantine_bodies AS (SELECT quarantine_key_version AS v, count(*) AS n FROM etl.quarantine \
                                WHERE quarantine_key_version IS NOT NULL GROUP BY 1), \
-         hashed_bodies AS (SELECT coalesce(user_hash_key_version, (SELECT v FROM lowest_mask)) AS v, \
-                                  count(*) AS n FROM etl.quarantine WHERE user_hash IS NOT NULL GROUP BY 1), \
+         hashed_bodies AS (SELECT user_hash_key_version AS v, count(*) AS n FROM etl.quarantine \
+                           WHERE user_hash IS NOT NULL GROUP BY 1), \
          logins AS (SELECT mask_key_version AS v, count(*) AS n FROM public.user_logins GROUP BY 1), \
-         forgotten AS (SELECT mask_key_version AS v, count(*) AS n FROM etl.forgotten_users GROUP BY 1) \
+         forgotten AS (SELECT user_key_version AS v, count(*) AS n FROM etl.forgotten_users GROUP BY 1) \
          SELECT k.purpose, k.version, \
                 coalesce(CASE k.purpose WHEN 'vault' THEN ve.n WHEN 'mask' THEN me.n END, 0)::bigint AS entries, \
                 coalesce(CASE k.purpose WHEN 'vault' THEN vb.n WHEN 'quarantine' THEN qb.n \
-                                        WHEN 'mask' THEN hb.n END, 0)::bigint AS quarantine_rows, \
+                                        WHEN 'user' THEN hb.n END, 0)::bigint AS quarantine_rows, \
                 coalesce(CASE k.purpose WHEN 'mask' THEN l.n END, 0)::bigint AS logins, \
-                coalesce(CASE k.purpose WHEN 'mask' THEN f.n END, 0)::bigint AS forgotten_users \
+                coalesce(CASE k.purpose WHEN 'user' THEN f.n END, 0)::bigint AS forgotten_users \
          FROM keyring.data_keys k \
          LEFT JOIN vault_entries ve ON ve.v = k.version \
          LEFT JOIN mask_entries me ON me.v = k.version \
@@ -277,24 +303,31 @@ pub async fn settings(pool: &PgPool) -> Result<Settings, sqlx::Error> {
 pub enum Retirement {
     Retired,
     NotFound,
-    /// Ingest may still seal with it (the newest version, or not below the minimum).
+    /// Ingest may still seal with it (the newest version, or not below the minimum), or mask
+    /// with it (the active mask key version).
     InUse,
-    /// Stored things still use it: vault entries and quarantine rows.
+    /// A pending mask key version, which `etl keys remask` is to move the masks to.
+    Pending,
+    /// Stored things still use it: vault entries, quarantine rows and `user_logins` rows.
     Used {
         entries: i64,
         quarantine_rows: i64,
+        logins: i64,
     },
 }
 
 /// Deletes the wrapped key of a vault or quarantine key version that nothing uses, in one
 /// transaction that holds vault.entries and etl.quarantine against writes while it counts (a
 /// second or so on millions of rows), so no entry sealed under the version can appear between
-/// the count and the deletion.
+/// the count and the deletion. Mask key versions: see [`retire_mask`].
 pub async fn retire(
     pool: &PgPool,
     purpose: KeyPurpose,
     version: i32,
 ) -> Result<Retirement, sqlx::Error> {
+    if purpose == KeyPurpose::Mask {
+        return retire_mask(pool, version).await;
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("LOCK TABLE vault.entries, etl.quarantine IN SHARE MODE")
         .execute(&mut *tx)
@@ -342,8 +375,64 @@ pub async fn retire(
         return Ok(Retirement::Used {
             entries,
             quarantine_rows,
+            logins: 0,
         });
     }
+    delete_retired(&mut tx, purpose, version).await?;
+    tx.commit().await?;
+    Ok(Retirement::Retired)
+}
+
+/// Deletes the wrapped key of a mask key version below the active one that no mask uses: after
+/// `etl keys remask` moved every mask off it. No lock on the tables is needed: ingest's vault
+/// insert refuses any version but the active one (`etl.check_seal_versions`), and a pending
+/// version is above the active one, so nothing can start using the version while it is counted.
+/// The share lock on the settings row keeps a concurrent switch from changing which is active.
+async fn retire_mask(pool: &PgPool, version: i32) -> Result<Retirement, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let (exists, active): (bool, Option<i32>) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM keyring.data_keys WHERE purpose = 'mask' AND version = $1), \
+                (SELECT keyring.active_mask_key_version() FROM keyring.key_settings \
+                 WHERE singleton FOR SHARE)",
+    )
+    .bind(version)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !exists {
+        return Ok(Retirement::NotFound);
+    }
+    match active {
+        Some(active) if version > active => return Ok(Retirement::Pending),
+        Some(active) if version < active => {}
+        _ => return Ok(Retirement::InUse),
+    }
+    let (entries, logins, mappings): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM vault.entries WHERE mask_key_version = $1), \
+                (SELECT count(*) FROM public.user_logins WHERE mask_key_version = $1), \
+                (SELECT count(*) FROM vault.remask_map)",
+    )
+    .bind(version)
+    .fetch_one(&mut *tx)
+    .await?;
+    if entries + logins + mappings > 0 {
+        return Ok(Retirement::Used {
+            // A re-mask still cleaning up holds the old entries through its mapping.
+            entries: entries + mappings,
+            quarantine_rows: 0,
+            logins,
+        });
+    }
+    delete_retired(&mut tx, KeyPurpose::Mask, version).await?;
+    tx.commit().await?;
+    Ok(Retirement::Retired)
+}
+
+/// The deletion of a retired key version and its audit row, in the caller's transaction.
+async fn delete_retired(
+    tx: &mut sqlx::PgConnection,
+    purpose: KeyPurpose,
+    version: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM keyring.data_keys WHERE purpose = $1 AND version = $2")
         .bind(purpose.as_str())
         .bind(version)
@@ -355,6 +444,5 @@ pub async fn retire(
     .bind(format!("purpose={} version={version}", purpose.as_str()))
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(Retirement::Retired)
+    Ok(())
 }

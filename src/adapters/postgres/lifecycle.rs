@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keyring::KeyState;
-use crate::crypto::UserHash;
+use crate::crypto::{UserHash, UserKey};
 use crate::domain::Justification;
 
 /// The vault epoch with the key versions ingest must use, and the suppression-list rows after
@@ -63,7 +63,7 @@ pub struct ToForget<'a> {
 pub async fn forget(
     pool: &PgPool,
     users: &[ToForget<'_>],
-    mask_key_version: i32,
+    user_key: &UserKey,
     reason: &str,
     ticket: Option<&str>,
     dry_run: bool,
@@ -84,11 +84,12 @@ pub async fn forget(
     let mut tx = pool.begin().await?;
     let erased = sqlx::query_as(
         "SELECT user_hash, logins, vault_entries, quarantined, newly_suppressed \
-         FROM etl.forget($1, $2, $3, $4, $5, $6, $7)",
+         FROM etl.forget($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(ids)
     .bind(hashes)
-    .bind(mask_key_version)
+    .bind(user_key.version())
+    .bind(user_key.key_check().as_slice())
     .bind(reason)
     .bind(ticket)
     .bind(earlier_hashes)

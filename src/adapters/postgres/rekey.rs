@@ -4,8 +4,6 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use super::lifecycle::Quarantined;
-
 /// A vault entry as stored.
 #[derive(Clone, sqlx::FromRow)]
 pub struct SealedEntry {
@@ -250,42 +248,6 @@ pub async fn drop_orphaned_remasks(conn: &mut PgConnection, to: i32) -> Result<u
          WHERE n.mask = o.new_mask AND n.field = o.field AND n.mask_key_version = $1",
     )
     .bind(to)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// In the switch: quarantined messages whose user hash is not under mask key version `to`, with
-/// what opens their body.
-pub async fn hashes_to_remask(
-    conn: &mut PgConnection,
-    to: i32,
-) -> Result<Vec<Quarantined>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {} FROM etl.quarantine \
-             WHERE user_hash IS NOT NULL AND user_hash_key_version IS DISTINCT FROM $1 \
-             ORDER BY message_id",
-        super::lifecycle::QUARANTINED_COLUMNS
-    ))
-    .bind(to)
-    .fetch_all(conn)
-    .await
-}
-
-pub async fn store_user_hashes(
-    conn: &mut PgConnection,
-    to: i32,
-    message_ids: &[String],
-    hashes: &[Vec<u8>],
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE etl.quarantine q SET user_hash = u.user_hash, user_hash_key_version = $1 \
-         FROM UNNEST($2::text[], $3::bytea[]) AS u(message_id, user_hash) \
-         WHERE q.message_id = u.message_id",
-    )
-    .bind(to)
-    .bind(message_ids)
-    .bind(hashes)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

@@ -344,7 +344,7 @@ async fn insert_quarantine(
                 .map(|r| r.user_hash.as_ref().map(|h| h.as_bytes().as_slice()))
                 .collect::<Vec<_>>(),
         )
-        .bind(batch.mask_key_version)
+        .bind(batch.user_key_version)
         .execute(&mut *conn)
         .await?;
     for row in rows {

@@ -1,4 +1,4 @@
-//! `etl keys`: the data keys (mask, vault, quarantine) wrapped by KMS. `init`, `rotate`,
+//! `etl keys`: the data keys (mask, vault, quarantine, user) wrapped by KMS. `init`, `rotate`,
 //! `rewrap`, `retire` and `list` are here; the two long jobs, `reseal` and `remask`, have a
 //! module each.
 
@@ -13,19 +13,24 @@ use crate::adapters::aws;
 use crate::adapters::kms::{Kms, WrappedKey};
 use crate::adapters::postgres::keyring::Retirement;
 use crate::adapters::postgres::{keyring, rekey, DatabaseError};
-use crate::crypto::{quarantine_key_pair, KeyPurpose};
+use crate::crypto::{quarantine_key_pair, KeyPurpose, UserKey};
 use crate::human;
+use crate::keys;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create the mask key, the vault key and the quarantine key pair under a KMS key. Idempotent:
-    /// the keys that exist stay as they are.
+    /// Create the mask key, the vault key, the quarantine key pair and the user key under a KMS
+    /// key. Idempotent: the keys that exist stay as they are. A deployment with user hashes or
+    /// backfill claims made before the user key existed gets it carried over from its mask keys,
+    /// so they stay valid.
     Init(InitArgs),
     /// Create a new version of a data key. Vault: ingest seals new entries with it at once
     /// (running processes reload), and no longer with older versions; `etl keys reseal` moves the
     /// existing entries to it. Quarantine: new bodies are sealed to it. Mask: the new version is
     /// pending until `etl keys remask` has moved every mask to it (see SECURITY.md, "Rotation").
+    /// User: new erasures and backfills hash with it; every version stays, to recognise the
+    /// hashes made before.
     Rotate(RotateArgs),
     /// Re-wrap every stored data key under another KMS key (for a KMS key retirement). The data
     /// keys themselves, and so every mask and ciphertext, stay the same.
@@ -39,16 +44,19 @@ pub enum KeysCommand {
     /// recover, resumable (run it again after an interruption). Needs KMS Decrypt on every vault
     /// key version.
     Reseal(KeyJobArgs),
-    /// Delete the wrapped key of a vault or quarantine key version that nothing uses any more.
-    /// Refused (exit 2, with the counts) while vault entries or quarantine rows use it, or while
-    /// ingest may still seal with it.
+    /// Delete the wrapped key of a vault, quarantine or mask key version that nothing uses any
+    /// more. Refused (exit 2, with the counts) while vault entries, quarantine rows or user_logins
+    /// rows use it, while ingest may still seal (or mask) with it, or while it is a pending mask
+    /// key version. User key versions are never retired: the suppression list cannot be hashed
+    /// again.
     #[command(disable_version_flag = true)]
     Retire(RetireArgs),
     /// Move every mask to the pending mask key version (`etl keys rotate --purpose mask`), then
     /// make it the active one: new vault entries first (beside a running ingest, resumable), then
-    /// one switch transaction that rewrites user_logins and the quarantine's user hashes while
-    /// ingest waits, then the old entries are deleted. Running ingest processes switch without a
-    /// restart. Needs KMS Decrypt on the vault keys, the quarantine keys and the mask keys.
+    /// one switch transaction that rewrites user_logins while ingest waits, then the old entries
+    /// are deleted. Running ingest processes switch without a restart; `etl keys retire
+    /// --purpose mask` can then retire the old version. Needs KMS Decrypt on the vault keys and
+    /// the mask keys.
     Remask(KeyJobArgs),
 }
 
@@ -128,6 +136,7 @@ pub enum PurposeArg {
     Mask,
     Vault,
     Quarantine,
+    User,
 }
 
 impl From<PurposeArg> for KeyPurpose {
@@ -136,6 +145,7 @@ impl From<PurposeArg> for KeyPurpose {
             PurposeArg::Vault => Self::Vault,
             PurposeArg::Quarantine => Self::Quarantine,
             PurposeArg::Mask => Self::Mask,
+            PurposeArg::User => Self::User,
         }
     }
 }
@@ -165,9 +175,11 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<Outcome> {
 /// The first version of each key.
 const FIRST_VERSION: i32 = 1;
 
-/// Creates whichever of the mask, vault and quarantine keys does not exist yet. KMS generates the
-/// mask and vault keys with `GenerateDataKeyWithoutPlaintext`, so this command never holds them;
-/// the quarantine seed is held for a moment, to compute the public key that ingest seals with.
+/// Creates whichever of the mask, vault, quarantine and user keys does not exist yet. KMS
+/// generates the mask and vault keys with `GenerateDataKeyWithoutPlaintext`, so this command never
+/// holds them; the quarantine seed is held for a moment, to compute the public key that ingest
+/// seals with, and the user key (64 bytes from KMS's random source, wrapped with `Encrypt`) to
+/// compute its key check.
 async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(
@@ -192,6 +204,14 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
             )?;
             continue;
         }
+        if purpose == KeyPurpose::User
+            && keyring::hashed_under_mask_keys(&pool)
+                .await
+                .map_err(DatabaseError::on(&pool))?
+        {
+            created += carry_over_user_keys(&pool, &kms, kms_key_id).await?;
+            continue;
+        }
         let (stored, wrapped) = create_key(&pool, &kms, kms_key_id, purpose, FIRST_VERSION).await?;
         if stored {
             created += 1;
@@ -209,6 +229,57 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The user key of a deployment whose user hashes and backfill claims were made with subkeys of
+/// its mask keys: one user key version per mask key version, of those two subkeys, so everything
+/// stored stays valid and the mask key versions can be retired. Returns how many were stored.
+async fn carry_over_user_keys(
+    pool: &sqlx::PgPool,
+    kms: &Kms,
+    kms_key_id: &str,
+) -> anyhow::Result<usize> {
+    let mut stored = 0;
+    for mask in keyring::versions(pool, KeyPurpose::Mask)
+        .await
+        .map_err(DatabaseError::on(pool))?
+    {
+        let version = mask.version;
+        let mask = keys::unwrap_stored(kms, KeyPurpose::Mask, &mask).await?;
+        let user =
+            UserKey::carried_from_mask(&mask).context("deriving a user key from a mask key")?;
+        let check = UserKey::new(&user)
+            .context("a carried-over user key is 64 bytes")?
+            .key_check();
+        let wrapped = kms
+            .wrap_data_key(kms_key_id, KeyPurpose::User, &user)
+            .await
+            .context("wrapping the user key")?;
+        if keyring::insert_if_absent(
+            pool,
+            KeyPurpose::User,
+            version,
+            &wrapped.kms_key_arn,
+            &wrapped.blob,
+            keyring::Beside::KeyCheck(&check),
+        )
+        .await
+        .map_err(DatabaseError::on(pool))
+        .context("storing the wrapped data key")?
+        {
+            stored += 1;
+        }
+        outln!(
+            "user key: version {version} carried over from mask key version {version} (wrapped by \
+             {}): the user hashes and backfill claims made under it stay valid",
+            wrapped.kms_key_arn
+        )?;
+    }
+    anyhow::ensure!(
+        stored > 0,
+        "no user key was stored: another run created it, or no mask key exists"
+    );
+    Ok(stored)
+}
+
 /// Generates a data key under `kms_key_id` and stores it unless that version exists; returns
 /// whether it was stored, and the wrapping.
 async fn create_key(
@@ -219,23 +290,45 @@ async fn create_key(
     version: i32,
 ) -> anyhow::Result<(bool, WrappedKey)> {
     let name = purpose.as_str();
-    let (wrapped, public) = if purpose == KeyPurpose::Quarantine {
-        let (wrapped, seed) = kms
-            .generate_data_key_with_plaintext(kms_key_id, purpose, version)
-            .await
-            .with_context(|| format!("generating the {name} key pair's seed"))?;
-        let public_key = quarantine_key_pair(&seed).1;
-        let attestation = kms
-            .attest_public_key(&wrapped.kms_key_arn, version, &public_key)
-            .await
-            .context("attesting the quarantine public key with KMS")?;
-        (wrapped, Some((public_key, attestation)))
-    } else {
-        let wrapped = kms
-            .generate_data_key(kms_key_id, purpose, version)
-            .await
-            .with_context(|| format!("generating the {name} data key"))?;
-        (wrapped, None)
+    let mut check = [0; 32];
+    let (wrapped, public) = match purpose {
+        KeyPurpose::Quarantine => {
+            let (wrapped, seed) = kms
+                .generate_data_key_with_plaintext(kms_key_id, purpose, version)
+                .await
+                .with_context(|| format!("generating the {name} key pair's seed"))?;
+            let public_key = quarantine_key_pair(&seed).1;
+            let attestation = kms
+                .attest_public_key(&wrapped.kms_key_arn, version, &public_key)
+                .await
+                .context("attesting the quarantine public key with KMS")?;
+            (wrapped, Some((public_key, attestation)))
+        }
+        KeyPurpose::User => {
+            let (wrapped, key) = kms
+                .generate_user_key(kms_key_id, version)
+                .await
+                .context("generating the user data key")?;
+            check = UserKey::new(&key)
+                .context("KMS returned a user key of the wrong length")?
+                .key_check();
+            (wrapped, None)
+        }
+        KeyPurpose::Mask | KeyPurpose::Vault => {
+            let wrapped = kms
+                .generate_data_key(kms_key_id, purpose, version)
+                .await
+                .with_context(|| format!("generating the {name} data key"))?;
+            (wrapped, None)
+        }
+    };
+    let beside = match &public {
+        Some((public_key, attestation)) => keyring::Beside::PublicHalf(keyring::PublicHalf {
+            public_key,
+            attestation,
+        }),
+        None if purpose == KeyPurpose::User => keyring::Beside::KeyCheck(&check),
+        None => keyring::Beside::Nothing,
     };
     let stored = keyring::insert_if_absent(
         pool,
@@ -243,12 +336,7 @@ async fn create_key(
         version,
         &wrapped.kms_key_arn,
         &wrapped.blob,
-        public
-            .as_ref()
-            .map(|(public_key, attestation)| keyring::PublicHalf {
-                public_key,
-                attestation,
-            }),
+        beside,
     )
     .await
     .map_err(DatabaseError::on(pool))
@@ -313,6 +401,7 @@ async fn rotate(
         KeyPurpose::Mask => "pending: nothing masks with it until `etl keys remask` moves every mask to it",
         KeyPurpose::Vault => "ingest seals new entries with it from now on (running processes reload); `etl keys reseal` re-encrypts the existing ones",
         KeyPurpose::Quarantine => "ingest seals quarantined bodies to it from now on (running processes reload)",
+        KeyPurpose::User => "new erasures and backfills hash with it from now on (running processes reload); every earlier version stays, to recognise the hashes made with it",
     };
     outln!(
         "{name} key: version {version} created (wrapped by {}); {next}",
@@ -326,9 +415,9 @@ async fn rotate(
 async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> anyhow::Result<()> {
     let name = purpose.as_str();
     anyhow::ensure!(
-        purpose != KeyPurpose::Mask,
-        "mask key versions are not retired: the suppression list and backfill claims keep the \
-         hashes made under them (SECURITY.md, \"Rotation\")"
+        purpose != KeyPurpose::User,
+        "user key versions are not retired: the suppression list and backfill claims keep the \
+         hashes made with them, and the ids to hash again are not kept (SECURITY.md, \"Rotation\")"
     );
     let pool = super::audit_pool(database).await?;
     let outcome = keyring::retire(&pool, purpose, version)
@@ -345,13 +434,29 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
             "{name} key version {version} is the one ingest seals with (or may seal with); rotate \
              first, and retire it once its quarantined messages have left"
         ),
+        Retirement::InUse if purpose == KeyPurpose::Mask => anyhow::bail!(
+            "mask key version {version} is the active one: rotate (`etl keys rotate --purpose \
+             mask`) and re-mask (`etl keys remask`) first"
+        ),
         Retirement::InUse => anyhow::bail!(
             "{name} key version {version} is the one ingest seals with (or may seal with); rotate \
              first, then reseal"
         ),
+        Retirement::Pending => anyhow::bail!(
+            "mask key version {version} is pending: `etl keys remask` is to move every mask to it"
+        ),
+        Retirement::Used {
+            entries, logins, ..
+        } if purpose == KeyPurpose::Mask => anyhow::bail!(
+            "mask key version {version} is still used by {} and {}; run `etl keys remask` to the \
+             end first",
+            human::count(entries, "vault entry"),
+            human::count(logins, "user_logins row")
+        ),
         Retirement::Used {
             entries,
             quarantine_rows,
+            ..
         } if purpose == KeyPurpose::Quarantine => anyhow::bail!(
             "{name} key version {version} is still used by {}; they leave by retention, \
              `etl quarantine purge` or `etl quarantine replay` (bodies sealed to a quarantine key \
@@ -361,6 +466,7 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
         Retirement::Used {
             entries,
             quarantine_rows,
+            ..
         } => anyhow::bail!(
             "{name} key version {version} is still used by {} and {}; run `etl keys reseal` first",
             human::count(entries, "vault entry"),

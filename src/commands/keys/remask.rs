@@ -8,8 +8,7 @@
 //!    old masks, and recoveries of them still open.
 //! 2. **Switch** (one transaction, holding the vault epoch exclusively, so no ingest batch
 //!    commits meanwhile): entries added since phase 1 are mapped; new entries of values erased
-//!    or swept since are dropped; the quarantine's user hashes are recomputed from the bodies;
-//!    every `user_logins` row takes its new masks in one `UPDATE`; the pending version becomes
+//!    or swept since are dropped; every `user_logins` row takes its new masks in one `UPDATE`; the pending version becomes
 //!    active and the epoch is raised. Readers see all old masks before the commit and all new
 //!    ones after it. Running ingest processes find the epoch raised, reload their keys and
 //!    prepare their batch again under the new version.
@@ -30,8 +29,7 @@ use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
 use crate::adapters::postgres::{self, keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
-use crate::domain::user_id_of;
-use crate::keys::{lock_key_job, unwrap_stored, QuarantineOpeners, VaultKeys};
+use crate::keys::{lock_key_job, unwrap_stored, VaultKeys};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Default, Serialize)]
@@ -40,7 +38,6 @@ struct Remasked {
     to_mask_key_version: i32,
     vault_entries: u64,
     user_logins: u64,
-    quarantine_hashes: u64,
     /// New entries of values erased or swept while the re-mask ran, dropped at the switch.
     dropped_entries: u64,
     old_entries_deleted: u64,
@@ -96,13 +93,12 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
             > 0;
         let prepared_at = (!resumed).then_some(epoch);
         report.vault_entries = job.prepare(&pool).await?;
-        let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
         let switch_started = Instant::now();
         // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout (or a
         // lost connection) changed nothing, its transaction rolled back: it is tried again.
         let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
         let switched = loop {
-            match job.switch(&pool, &mut openers, prepared_at).await {
+            match job.switch(&pool, prepared_at).await {
                 Err(err) if is_transient(&err) => match waits.next() {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => break Err(err),
@@ -113,7 +109,6 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         report.switch_seconds = switch_started.elapsed().as_secs_f64();
         report.vault_entries += switched.vault_entries;
         report.user_logins = switched.user_logins;
-        report.quarantine_hashes = switched.quarantine_hashes;
         report.dropped_entries = switched.dropped_entries;
         info!(
             to = newest.version,
@@ -142,11 +137,10 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => outln!("{}", serde_json::to_string(&report)?)?,
         OutputFormat::Text => outln!(
-            "re-masked to mask key version {}: {} vault entries, {} user_logins rows, {} quarantine user hashes; the switch held ingest for {:.1} s; {} old vault entries deleted; {:.1} s in all",
+            "re-masked to mask key version {}: {} vault entries, {} user_logins rows; the switch held ingest for {:.1} s; {} old vault entries deleted; {:.1} s in all",
             report.to_mask_key_version,
             report.vault_entries,
             report.user_logins,
-            report.quarantine_hashes,
             report.switch_seconds,
             report.old_entries_deleted,
             report.elapsed_seconds
@@ -171,7 +165,6 @@ struct Job<'a> {
 struct Switched {
     vault_entries: u64,
     user_logins: u64,
-    quarantine_hashes: u64,
     dropped_entries: u64,
 }
 
@@ -244,12 +237,7 @@ impl Job<'_> {
     /// Phase 2, in one transaction holding the vault epoch exclusively.
     /// `prepared_at`: the vault epoch when phase 1 began with an empty mapping. Every deletion of
     /// vault entries raises it, so when it has not moved no mapped value lost its old entry.
-    async fn switch(
-        &self,
-        pool: &PgPool,
-        openers: &mut QuarantineOpeners,
-        prepared_at: Option<i64>,
-    ) -> anyhow::Result<Switched> {
+    async fn switch(&self, pool: &PgPool, prepared_at: Option<i64>) -> anyhow::Result<Switched> {
         let mut conn = pool.acquire().await.map_err(DatabaseError::on(pool))?;
         let mut tx = conn.begin().await?;
         let epoch: i64 = sqlx::query_scalar("SELECT etl.lock_vault_epoch()")
@@ -270,21 +258,6 @@ impl Job<'_> {
                 .await
                 .context("dropping entries of values deleted during the re-mask")?;
         }
-        let rows = rekey::hashes_to_remask(&mut tx, self.to())
-            .await
-            .context("reading the quarantine's user hashes")?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut hashes = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let message = openers.open(row).await?;
-            if let Some(user_id) = user_id_of(&message.body) {
-                ids.push(row.message_id.clone());
-                hashes.push(self.masker.user_hash(&user_id).as_bytes().to_vec());
-            }
-        }
-        switched.quarantine_hashes = rekey::store_user_hashes(&mut tx, self.to(), &ids, &hashes)
-            .await
-            .context("storing the quarantine's user hashes")?;
         switched.user_logins = rekey::remask_logins(&mut tx, self.from, self.to())
             .await
             .context("re-masking user_logins")?;
@@ -301,12 +274,11 @@ impl Job<'_> {
             "INSERT INTO recovery.audit_log (kind, outcome, detail) VALUES ('remask', 'switched', $1)",
         )
         .bind(format!(
-            "from_mask_key_version={} to_mask_key_version={} user_logins={} vault_entries={} quarantine_hashes={}",
+            "from_mask_key_version={} to_mask_key_version={} user_logins={} vault_entries={}",
             self.from,
             self.to(),
             switched.user_logins,
-            switched.vault_entries,
-            switched.quarantine_hashes
+            switched.vault_entries
         ))
         .execute(&mut *tx)
         .await?;

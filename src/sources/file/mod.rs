@@ -46,8 +46,8 @@ pub enum FileSourceError {
     Io(#[from] std::io::Error),
     #[error("cannot read the input's progress from the database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("lines of this input were committed under mask key version {0}, before a re-mask; its claims are keyed by that version, so a run under the active version would write them again. Nothing was written")]
-    EarlierMaskVersion(i32),
+    #[error("lines of this input were committed under user key version {0}, before a user key rotation; its claims are keyed by that version, so a run under the newest version would write them again. Nothing was written")]
+    EarlierUserKeyVersion(i32),
     #[error("another `etl ingest --from-file` is ingesting an input with this first line (fingerprint {0}); wait for it to end")]
     Busy(String),
     #[error("lines {first}-{last} differ from the lines committed from an input with the same first line (fingerprint {fingerprint}); no line from {first} on was written. Is this another file?")]
@@ -87,7 +87,7 @@ pub async fn run(
         return Ok(());
     };
     let transformer = committer.keys().current();
-    let line_key = transformer.masker().line_key().clone();
+    let line_key = transformer.user_keys().newest().line_key().clone();
     let source = line_key.fingerprint(&first_line);
     // Held to the end of the run: closing it releases the lock.
     let lock = file_batches::lock_source(committer.pool(), source)
@@ -95,14 +95,14 @@ pub async fn run(
         .ok_or_else(|| FileSourceError::Busy(hex::encode(source)))?;
     let committed = file_batches::committed_ranges(committer.pool(), source).await?;
     if committed.is_empty() {
-        // Claims are keyed by the mask key version that wrote them and cannot be re-keyed.
-        for earlier in transformer.all_maskers().skip(1) {
+        // Claims are keyed by the user key version that wrote them and cannot be re-keyed.
+        for earlier in transformer.user_keys().others() {
             let fingerprint = earlier.line_key().fingerprint(&first_line);
             if !file_batches::committed_ranges(committer.pool(), fingerprint)
                 .await?
                 .is_empty()
             {
-                return Err(FileSourceError::EarlierMaskVersion(earlier.version()));
+                return Err(FileSourceError::EarlierUserKeyVersion(earlier.version()));
             }
         }
     }
