@@ -14,7 +14,7 @@ async fn keys_init_is_idempotent_and_stores_only_wrapped_keys() {
     .await
     .unwrap();
     let purposes: Vec<&str> = before.iter().map(|k| k.0.as_str()).collect();
-    assert_eq!(purposes, ["mask", "quarantine", "vault"]);
+    assert_eq!(purposes, ["mask", "quarantine", "user", "vault"]);
     for (_, version, kms_key_id, wrapped) in &before {
         assert_eq!(*version, 1);
         assert!(kms_key_id.contains(&app.kms_key_id), "{kms_key_id}");
@@ -300,7 +300,7 @@ async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() 
         }
     };
     let created = rows("key_creation").await;
-    assert_eq!(created.len(), 3, "{created:?}");
+    assert_eq!(created.len(), 4, "{created:?}");
     assert!(
         created[0].starts_with("purpose=mask version=1 kms_key=arn:"),
         "{created:?}"
@@ -323,7 +323,7 @@ async fn key_and_retention_changes_append_audit_rows_in_their_own_transaction() 
     app.etl_ok(&["keys", "rewrap", "--kms-key-id", &other])
         .await;
     let rewrapped = rows("key_rewrap").await;
-    assert_eq!(rewrapped.len(), 4, "every stored version: {rewrapped:?}");
+    assert_eq!(rewrapped.len(), 5, "every stored version: {rewrapped:?}");
     assert!(
         rewrapped.iter().all(|r| r.contains(&other)),
         "{rewrapped:?}"

@@ -320,7 +320,7 @@ async fn ingest_reads_no_vault_quarantine_or_quarantine_key_row() {
             .fetch_all(&mut ingest)
             .await
             .unwrap();
-    assert_eq!(purposes, ["mask", "vault"]);
+    assert_eq!(purposes, ["mask", "user", "vault"]);
     let public_keys: i64 =
         sqlx::query_scalar("SELECT count(*) FROM keyring.quarantine_public_key()")
             .fetch_one(&mut ingest)
