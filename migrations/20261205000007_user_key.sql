@@ -187,3 +187,10 @@ REVOKE ALL ON FUNCTION etl.forget(text[], bytea[], integer, bytea, text, text, b
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])
     TO etl_privacy;
+
+-- The key checks are for `etl.forget` to compare, not for its callers to read: a login that could
+-- read a check could pass it without holding the key.
+REVOKE SELECT ON keyring.data_keys FROM etl_ingest, etl_privacy;
+GRANT SELECT (purpose, version, kms_key_id, wrapped_key, created_at, public_key,
+              public_key_attestation)
+    ON keyring.data_keys TO etl_ingest, etl_privacy;

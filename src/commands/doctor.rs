@@ -561,21 +561,20 @@ async fn idle_transactions(report: &mut Report, pool: &PgPool, login: &Login) {
 }
 
 /// Whether the current user holds `need`: `None` when the object does not exist. Read from the
-/// catalog, which every user may read, so no lookup fails for lack of a schema privilege.
+/// catalog, which every user may read, so no lookup fails for lack of a schema privilege. A table
+/// privilege may be granted on its columns (the keyring's, whose key checks no login reads).
 async fn holds(pool: &PgPool, need: Need) -> Result<Option<bool>, sqlx::Error> {
     match need {
-        Need::Table(schema, table, privilege) => {
-            sqlx::query_scalar(
-                "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, $3) \
+        Need::Table(schema, table, privilege) => sqlx::query_scalar(
+            "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_any_column_privilege(c.oid, $3) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2",
-            )
-            .bind(schema)
-            .bind(table)
-            .bind(privilege)
-            .fetch_optional(pool)
-            .await
-        }
+        )
+        .bind(schema)
+        .bind(table)
+        .bind(privilege)
+        .fetch_optional(pool)
+        .await,
         Need::Execute(schema, function) => {
             sqlx::query_scalar(
                 "SELECT bool_or(has_schema_privilege(n.oid, 'USAGE') \

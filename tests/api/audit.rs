@@ -58,11 +58,14 @@ async fn verify(app: &TestApp, extra: &[&str]) -> (Option<i32>, String) {
 #[tokio::test]
 async fn no_role_can_change_the_audit_log_and_verify_names_the_first_changed_row() {
     let (app, _, _) = app_with_recoveries(3).await;
-    // Three key creations, then three requests and three fetches, chained 1..9.
-    assert_eq!(app.count("SELECT max(id) FROM recovery.audit_log").await, 9);
+    // Four key creations, then three requests and three fetches, chained 1..10.
+    assert_eq!(
+        app.count("SELECT max(id) FROM recovery.audit_log").await,
+        10
+    );
     let (code, out) = verify(&app, &[]).await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("holds: 9 rows"), "{out}");
+    assert!(out.contains("holds: 10 rows"), "{out}");
 
     // Even the owner (here a superuser) is refused every change.
     for sql in [
@@ -122,7 +125,7 @@ async fn appended_rows_carry_the_session_s_user_and_time_whatever_the_insert_say
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!((id, user.as_str()), (6, "postgres"));
+    assert_eq!((id, user.as_str()), (7, "postgres"));
     assert!(year > 2001.0);
     assert_ne!(addr.as_deref(), Some("10.9.9.9/32"));
     let (code, out) = verify(&app, &[]).await;
@@ -137,8 +140,8 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     let (app, _, _) = app_with_recoveries(2).await;
     let head = app.etl_ok(&["audit", "head"]).await;
     let head = head.trim();
-    // Three key creations, then two requests of two rows each.
-    assert!(head.starts_with("7:") && head.len() == 2 + 64, "{head}");
+    // Four key creations, then two requests of two rows each.
+    assert!(head.starts_with("8:") && head.len() == 2 + 64, "{head}");
     let json: serde_json::Value =
         serde_json::from_str(&app.etl_ok(&["audit", "head", "--format", "json"]).await).unwrap();
     assert_eq!(
@@ -151,7 +154,7 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     app.pool
         .execute(
             "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
-             DELETE FROM recovery.audit_log WHERE id = 7; \
+             DELETE FROM recovery.audit_log WHERE id = 8; \
              ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
         )
         .await
@@ -166,14 +169,14 @@ async fn a_removed_row_or_a_removed_tail_is_detected() {
     app.pool
         .execute(
             "ALTER TABLE recovery.audit_log DISABLE TRIGGER audit_no_update_or_delete; \
-             DELETE FROM recovery.audit_log WHERE id = 5; \
+             DELETE FROM recovery.audit_log WHERE id = 6; \
              ALTER TABLE recovery.audit_log ENABLE TRIGGER audit_no_update_or_delete",
         )
         .await
         .unwrap();
     let (code, out) = verify(&app, &[]).await;
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("row 5 is missing"), "{out}");
+    assert!(out.contains("row 6 is missing"), "{out}");
 
     let output = app.etl(&["audit", "verify", "--anchor", "4:beef"]).await;
     assert_eq!(output.status.code(), Some(2));
@@ -190,14 +193,14 @@ async fn concurrent_requests_chain_in_one_order_and_auditors_can_verify() {
         }
     });
     futures_util::future::join_all(runs).await;
-    // Three key creations, then six requests and six fetches.
+    // Four key creations, then six requests and six fetches.
     assert_eq!(
         app.count("SELECT count(*) FROM recovery.audit_log").await,
-        15
+        16
     );
     assert_eq!(
         app.count("SELECT max(id) FROM recovery.audit_log").await,
-        15
+        16
     );
 
     let (_, auditor) = app.login_user("etl_auditor").await;

@@ -287,13 +287,24 @@ async fn forget_refuses_hashes_made_without_the_user_key() {
         app.count("SELECT count(*) FROM etl.forgotten_users").await,
         0
     );
-    // Nor can it read the check: its keyring rows are the wrapped user keys.
-    let checks: Vec<Option<Vec<u8>>> =
-        sqlx::query_scalar("SELECT key_check FROM keyring.data_keys WHERE purpose <> 'user'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    assert!(checks.is_empty(), "etl_privacy sees only the user key rows");
+    // Nor can it read the check: it reads the wrapped user keys, not the column of their checks.
+    let denied = sqlx::query("SELECT key_check FROM keyring.data_keys")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&denied, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501")),
+        "{denied}"
+    );
+    let purposes: Vec<String> = sqlx::query_scalar("SELECT purpose FROM keyring.data_keys")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        purposes,
+        ["user"],
+        "etl_privacy sees only the user key rows"
+    );
 }
 
 #[tokio::test]

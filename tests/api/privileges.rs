@@ -50,7 +50,13 @@ const EXPECTED: &[&str] = &[
     "etl_ingest SELECT etl.file_batches",
     "etl_ingest INSERT etl.quarantine",
     "etl_ingest INSERT vault.entries",
-    "etl_ingest SELECT keyring.data_keys",
+    "etl_ingest SELECT keyring.data_keys(created_at)",
+    "etl_ingest SELECT keyring.data_keys(kms_key_id)",
+    "etl_ingest SELECT keyring.data_keys(public_key)",
+    "etl_ingest SELECT keyring.data_keys(public_key_attestation)",
+    "etl_ingest SELECT keyring.data_keys(purpose)",
+    "etl_ingest SELECT keyring.data_keys(version)",
+    "etl_ingest SELECT keyring.data_keys(wrapped_key)",
     "etl_ingest SELECT etl.forgotten_users",
     "etl_analyst SELECT user_logins",
     "etl_recoverer SELECT etl.quarantine(detail)",
@@ -64,7 +70,13 @@ const EXPECTED: &[&str] = &[
     "etl_recoverer SELECT recovery.replies",
     "etl_recoverer DELETE recovery.replies",
     // erasure: the mask key's row (row level security), to hash user ids with
-    "etl_privacy SELECT keyring.data_keys",
+    "etl_privacy SELECT keyring.data_keys(created_at)",
+    "etl_privacy SELECT keyring.data_keys(kms_key_id)",
+    "etl_privacy SELECT keyring.data_keys(public_key)",
+    "etl_privacy SELECT keyring.data_keys(public_key_attestation)",
+    "etl_privacy SELECT keyring.data_keys(purpose)",
+    "etl_privacy SELECT keyring.data_keys(version)",
+    "etl_privacy SELECT keyring.data_keys(wrapped_key)",
     // functions
     "etl_ingest EXECUTE keyring.quarantine_public_key()",
     "etl_ingest EXECUTE recovery.audit_head()",
@@ -245,8 +257,8 @@ fn roles_markdown(grants: &BTreeSet<String>) -> String {
          `tests/api/privileges.rs` writes this page and fails when the committed one differs, so \
          it is always what the catalog says. The owner (the migrating user) holds everything and \
          is not listed; what is not listed here, no role may do. Row level security narrows two \
-         grants further: `etl_ingest` sees only the mask and vault keys' rows of \
-         `keyring.data_keys`, `etl_privacy` only the mask key's. SECURITY.md explains why each \
+         grants further: `etl_ingest` sees only the mask, vault and user keys' rows of \
+         `keyring.data_keys`, `etl_privacy` only the user key's; neither reads the key checks. SECURITY.md explains why each \
          role holds what it holds. An administrator who creates a login role in one of these \
          groups also bounds its idle transactions, which PostgreSQL does not inherit from the \
          group: `ALTER ROLE <login> SET idle_in_transaction_session_timeout = '1min'` (`etl \

@@ -521,7 +521,11 @@ async fn rotated_and_rewrapped_keys_keep_every_value_recoverable() {
     let listed: serde_json::Value =
         serde_json::from_str(&app.etl_ok(&["keys", "list", "--format", "json"]).await).unwrap();
     let listed = listed.as_array().unwrap();
-    assert_eq!(listed.len(), 5, "mask, quarantine, user and two vault versions");
+    assert_eq!(
+        listed.len(),
+        5,
+        "mask, quarantine, user and two vault versions"
+    );
     assert!(
         listed
             .iter()
