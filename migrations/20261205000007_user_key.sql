@@ -194,3 +194,27 @@ REVOKE SELECT ON keyring.data_keys FROM etl_ingest, etl_privacy;
 GRANT SELECT (purpose, version, kms_key_id, wrapped_key, created_at, public_key,
               public_key_attestation)
     ON keyring.data_keys TO etl_ingest, etl_privacy;
+
+-- User key versions that stored hashes name but the keyring lacks (a carry-over cut short, a row
+-- deleted): ingest and `etl forget` refuse to run without them, since a forgotten user hashed
+-- under a missing version would no longer be recognised.
+CREATE OR REPLACE FUNCTION etl.missing_user_key_versions()
+RETURNS integer[]
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(array_agg(v ORDER BY v), '{}')
+    FROM (SELECT f.user_key_version AS v FROM etl.forgotten_users f
+          UNION
+          SELECT q.user_hash_key_version FROM etl.quarantine q
+          WHERE q.user_hash IS NOT NULL AND q.user_hash_key_version IS NOT NULL) used
+    WHERE NOT EXISTS (SELECT 1 FROM keyring.data_keys k
+                      WHERE k.purpose = 'user' AND k.version = used.v)
+$fn$;
+REVOKE ALL ON FUNCTION etl.missing_user_key_versions() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etl.missing_user_key_versions() TO etl_ingest, etl_privacy;
+
+-- A privacy officer hashed with the mask key before; no longer.
+REVOKE EXECUTE ON FUNCTION keyring.active_mask_key_version() FROM etl_privacy;

@@ -35,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Apply the schema migrations in `migrations/` (same as `sqlx migrate run`).
     Migrate(DatabaseArgs),
-    /// Manage the data keys (mask, vault and quarantine) wrapped by KMS: create, rotate, re-seal,
+    /// Manage the data keys (mask, vault, quarantine and user) wrapped by KMS: create, rotate, re-seal,
     /// re-mask, retire, re-wrap, list.
     #[command(subcommand)]
     Keys(keys::KeysCommand),

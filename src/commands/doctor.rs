@@ -561,20 +561,24 @@ async fn idle_transactions(report: &mut Report, pool: &PgPool, login: &Login) {
 }
 
 /// Whether the current user holds `need`: `None` when the object does not exist. Read from the
-/// catalog, which every user may read, so no lookup fails for lack of a schema privilege. A table
-/// privilege may be granted on its columns (the keyring's, whose key checks no login reads).
+/// catalog, which every user may read, so no lookup fails for lack of a schema privilege. SELECT
+/// may be granted on columns (the keyring's, whose key checks no login reads); writes may not.
 async fn holds(pool: &PgPool, need: Need) -> Result<Option<bool>, sqlx::Error> {
     match need {
-        Need::Table(schema, table, privilege) => sqlx::query_scalar(
-            "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_any_column_privilege(c.oid, $3) \
+        Need::Table(schema, table, privilege) => {
+            sqlx::query_scalar(
+                "SELECT has_schema_privilege(n.oid, 'USAGE') \
+                        AND CASE WHEN $3 = 'SELECT' THEN has_any_column_privilege(c.oid, $3) \
+                                 ELSE has_table_privilege(c.oid, $3) END \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2",
-        )
-        .bind(schema)
-        .bind(table)
-        .bind(privilege)
-        .fetch_optional(pool)
-        .await,
+            )
+            .bind(schema)
+            .bind(table)
+            .bind(privilege)
+            .fetch_optional(pool)
+            .await
+        }
         Need::Execute(schema, function) => {
             sqlx::query_scalar(
                 "SELECT bool_or(has_schema_privilege(n.oid, 'USAGE') \
@@ -799,7 +803,9 @@ async fn data_keys(report: &mut Report, pool: &PgPool, kms: &Kms, login: Option<
 /// What to do about a data key that did not load, by why.
 fn key_fix(err: &KeyLoadError) -> &'static str {
     let kms = match err {
-        KeyLoadError::MissingKey(_) => return "have the owner run `etl keys init --kms-key-id <id>`",
+        KeyLoadError::MissingKey(_) | KeyLoadError::MissingUserKeyVersions(_) => {
+            return "have the owner run `etl keys init --kms-key-id <id>`"
+        }
         KeyLoadError::Database(db) if db.sqlstate().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
             return "connect as a login of the role its job needs (docs/roles.md)"
         }

@@ -136,8 +136,8 @@ pub enum ForgetError {
 /// SQLSTATE of `etl.forget` when the hashes are not under the newest user key version.
 const KEYS_CHANGED: &str = "ET001";
 
-/// The maskers of every stored mask key version, read here rather than at start-up so that a
-/// missing role is named as such.
+/// Every stored user key version, read here rather than at start-up so that a missing role is
+/// named as such.
 async fn user_keys(pool: &sqlx::PgPool, kms: &Kms) -> anyhow::Result<UserKeys> {
     keys::load_user_keys(pool, kms)
         .await

@@ -61,17 +61,22 @@ pub struct DataKey {
 }
 
 impl DataKey {
-    /// Takes a key of `KEY_LEN` bytes (or `USER_KEY_LEN`, a user key's) from a buffer; the
-    /// buffer is moved into the secret as it is, or wiped when its length is wrong.
+    /// Takes a key of `KEY_LEN` bytes (or `USER_KEY_LEN`, a user key's) from a buffer, and
+    /// wipes the buffer whatever its length.
     pub fn from_plaintext(version: i32, mut plaintext: Vec<u8>) -> Option<Self> {
-        if plaintext.len() != KEY_LEN && plaintext.len() != USER_KEY_LEN {
-            zeroize::Zeroize::zeroize(&mut plaintext);
-            return None;
-        }
-        Some(Self {
+        let key = (plaintext.len() == KEY_LEN || plaintext.len() == USER_KEY_LEN)
+            .then(|| Self::from_array(version, &plaintext));
+        zeroize::Zeroize::zeroize(&mut plaintext);
+        key
+    }
+
+    /// A key copied from `material` into a secret of exactly its length (a `Vec` with spare
+    /// capacity would be reallocated, leaving an unwiped copy); the caller wipes `material`.
+    pub(super) fn from_array(version: i32, material: &[u8]) -> Self {
+        Self {
             version,
-            material: SecretSlice::from(plaintext),
-        })
+            material: SecretSlice::from(Box::<[u8]>::from(material)),
+        }
     }
 
     pub fn version(&self) -> i32 {
@@ -83,7 +88,7 @@ impl DataKey {
     }
 
     /// The material, for KMS to wrap: the one use outside this module.
-    pub fn expose_material(&self) -> &[u8] {
+    pub(crate) fn expose_material(&self) -> &[u8] {
         self.material.expose_secret()
     }
 }

@@ -30,10 +30,11 @@ impl LineKey {
         source
     }
 
-    /// The key check value `UserKey::key_check` stores.
-    pub(super) fn key_check(&self) -> [u8; 32] {
+    /// The key check value `UserKey::key_check` stores, of the user-hash key's part.
+    pub(super) fn key_check(&self, users: &[u8; 32]) -> [u8; 32] {
         let mut mac = self.0.clone();
         mac.update(b"key-check\0");
+        mac.update(users);
         mac.finalize().into_bytes().into()
     }
 

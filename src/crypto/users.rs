@@ -52,11 +52,14 @@ impl UserKey {
     /// The user key version that keeps the hashes and line digests mask key version `mask`
     /// made: the same version number, and the two subkeys (one-way: they do not give the mask
     /// key back).
-    pub fn carried_from_mask(mask: &DataKey) -> Option<DataKey> {
-        let mut material = Vec::with_capacity(USER_KEY_LEN);
-        material.extend_from_slice(derive_subkey(mask.material(), CARRIED_USER_LABEL).as_slice());
-        material.extend_from_slice(derive_subkey(mask.material(), CARRIED_LINES_LABEL).as_slice());
-        DataKey::from_plaintext(mask.version(), material)
+    pub fn carried_from_mask(mask: &DataKey) -> DataKey {
+        let mut material = [0u8; USER_KEY_LEN];
+        let (users, lines) = material.split_at_mut(KEY_LEN);
+        users.copy_from_slice(derive_subkey(mask.material(), CARRIED_USER_LABEL).as_slice());
+        lines.copy_from_slice(derive_subkey(mask.material(), CARRIED_LINES_LABEL).as_slice());
+        let key = DataKey::from_array(mask.version(), &material);
+        zeroize::Zeroize::zeroize(&mut material);
+        key
     }
 
     pub fn version(&self) -> i32 {
@@ -77,10 +80,14 @@ impl UserKey {
     }
 
     /// What the keyring stores beside the wrapped key, so that `etl.forget` can refuse hashes
-    /// made with any other key: a digest under the line key, whose inputs are all prefixed
-    /// otherwise, so it is no fingerprint, range digest or user hash.
+    /// made with any other key: the user-hash key's digest of a fixed label, digested again
+    /// under the line key with a prefix no fingerprint or range digest has, so it proves both
+    /// halves and is none of the stored digests.
     pub fn key_check(&self) -> [u8; 32] {
-        self.lines.key_check()
+        let mut mac = self.users.clone();
+        mac.update(b"\0etl/user/key-check");
+        let users: [u8; 32] = mac.finalize().into_bytes().into();
+        self.lines.key_check(&users)
     }
 }
 
@@ -162,7 +169,7 @@ mod tests {
     #[test]
     fn a_carried_key_keeps_the_hashes_and_digests_of_its_mask_key() {
         let mask = DataKey::from_plaintext(3, vec![7; KEY_LEN]).unwrap();
-        let carried = UserKey::new(&UserKey::carried_from_mask(&mask).unwrap()).unwrap();
+        let carried = UserKey::new(&UserKey::carried_from_mask(&mask)).unwrap();
         assert_eq!(carried.version(), 3);
         let old_users = hmac_state(derive_subkey(&[7; KEY_LEN], "etl/user/v1").as_slice());
         let mut mac = old_users.clone();

@@ -52,6 +52,8 @@ impl KeyCache {
                     .await?;
                 let opener = match key.purpose {
                     KeyPurpose::Quarantine => Opener::Quarantine(QuarantineOpener::new(&data_key)),
+                    // The database hands out vault and quarantine keys for openings only
+                    // (`recovery.opening_material`); mask and user keys open nothing.
                     KeyPurpose::Vault | KeyPurpose::Mask | KeyPurpose::User => {
                         Opener::Vault(Box::new(Sealer::new(&data_key)))
                     }

@@ -71,6 +71,7 @@ impl LiveKeys {
         info!(
             mask_key_version = transformer.masker().version(),
             vault_key_version = transformer.sealer().version(),
+            user_key_version = transformer.user_keys().newest().version(),
             "data keys reloaded"
         );
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(transformer);

@@ -19,6 +19,12 @@ pub enum KeyLoadError {
     #[error("user key version {0} is not a user key's 64 bytes")]
     BadUserKey(i32),
     #[error(
+        "stored user hashes name user key versions {0:?}, which the keyring lacks: a user \
+         forgotten under them would not be recognised; run `etl keys init` as the owner to carry \
+         them over from the mask keys, or restore the keyring"
+    )]
+    MissingUserKeyVersions(Vec<i32>),
+    #[error(
         "refusing the stored quarantine public key (version {version}): its KMS attestation does \
          not verify, so it is not the key `etl keys` created ({source})"
     )]
@@ -61,6 +67,7 @@ impl KeyLoadError {
             Self::MissingKey(_)
             | Self::BadPublicKey(_)
             | Self::BadUserKey(_)
+            | Self::MissingUserKeyVersions(_)
             | Self::VaultKeyBelowMinimum { .. }
             | Self::QuarantineKeyBelowMinimum { .. }
             | Self::CannotReload => false,
@@ -132,7 +139,14 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
 }
 
 /// Unwraps every stored user key version once with KMS: the newest hashes, all recognise.
+/// Refuses when a stored hash names a version the keyring lacks.
 pub async fn load_user_keys(pool: &PgPool, kms: &Kms) -> Result<UserKeys, KeyLoadError> {
+    let missing = keyring::missing_user_key_versions(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?;
+    if !missing.is_empty() {
+        return Err(KeyLoadError::MissingUserKeyVersions(missing));
+    }
     let mut keys = Vec::new();
     for stored in keyring::versions(pool, KeyPurpose::User)
         .await

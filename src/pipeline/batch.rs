@@ -17,8 +17,9 @@ use crate::domain::{PiiField, ReasonCode};
 pub enum ClaimKind {
     /// Queue messages (SQS, or the records of a Lambda event): each id is claimed.
     MessageIds,
-    /// Consecutive lines of a file, in line order: their range is claimed.
-    FileLines,
+    /// Consecutive lines of a file, in line order: their range is claimed, with a digest under
+    /// the line key of the user key version that claimed the input's first lines.
+    FileLines { line_key_version: i32 },
     /// Quarantined messages given another chance (`etl quarantine replay`).
     Replay,
 }

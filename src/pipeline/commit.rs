@@ -10,10 +10,10 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 
 use super::batch::{ClaimKind, WriteBatch, WriteOutcome, Written};
+use super::transform::PrepareError;
 use super::vault_state::VaultState;
 use super::Stats;
 use crate::adapters::postgres::{self, redacted, writer};
-use crate::crypto::SealError;
 use crate::domain::{Message, ReasonCode};
 use crate::keys::{KeyLoadError, LiveKeys};
 
@@ -272,8 +272,8 @@ impl Committer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    #[error("cannot seal: {0}")]
-    Seal(#[from] SealError),
+    #[error("cannot prepare the batch: {0}")]
+    Prepare(#[from] PrepareError),
     #[error("cannot load the keys now active: {0}")]
     Keys(#[from] KeyLoadError),
     // PostgreSQL messages can quote row values, so only SQLSTATE and constraint are shown.

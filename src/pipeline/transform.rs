@@ -12,6 +12,15 @@ use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, Us
 use crate::domain::Message;
 use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField, ReasonCode};
 
+/// Why a batch could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("user key version {0}, whose line key claims this input's lines, is not loaded")]
+    NoLineKey(i32),
+}
+
 /// Holds the unwrapped keys' derived states for the life of the process.
 #[derive(Debug)]
 pub struct Transformer {
@@ -68,9 +77,9 @@ impl Transformer {
         kind: ClaimKind,
         now: DateTime<Utc>,
         vault: &VaultState,
-    ) -> Result<WriteBatch, SealError> {
+    ) -> Result<WriteBatch, PrepareError> {
         let (epoch, forgotten) = vault.forgotten();
-        let mut batch = self.empty_batch(messages, kind);
+        let mut batch = self.empty_batch(messages, kind)?;
         batch.logins.reserve(messages.len());
         // Made at the batch's first rejected message: one encapsulation for all of them.
         let mut quarantine = None;
@@ -163,9 +172,9 @@ impl Transformer {
         reason: ReasonCode,
         detail: String,
         vault: &VaultState,
-    ) -> Result<WriteBatch, SealError> {
+    ) -> Result<WriteBatch, PrepareError> {
         let (epoch, forgotten) = vault.forgotten();
-        let mut batch = self.empty_batch(std::slice::from_ref(message), kind);
+        let mut batch = self.empty_batch(std::slice::from_ref(message), kind)?;
         batch.vault_epoch = epoch;
         let BodyUser::Kept(user_hash) = self.body_user(&message.body, &forgotten) else {
             batch.forgotten.push(message.id.clone());
@@ -202,8 +211,12 @@ impl Transformer {
     }
 
     /// A batch of these messages with nothing in it yet: the key versions and the claim.
-    fn empty_batch(&self, messages: &[Message], kind: ClaimKind) -> WriteBatch {
-        WriteBatch {
+    fn empty_batch(
+        &self,
+        messages: &[Message],
+        kind: ClaimKind,
+    ) -> Result<WriteBatch, PrepareError> {
+        Ok(WriteBatch {
             received: messages.len(),
             mask_key_version: self.masker.version(),
             vault_key_version: self.sealer.version(),
@@ -212,23 +225,35 @@ impl Transformer {
             claim: match kind {
                 ClaimKind::MessageIds => Claim::MessageIds,
                 ClaimKind::Replay => Claim::Replay,
-                ClaimKind::FileLines => self.line_range(messages),
+                ClaimKind::FileLines { line_key_version } => {
+                    self.line_range(messages, line_key_version)?
+                }
             },
             ..WriteBatch::default()
-        }
+        })
     }
 
     /// The claim of lines of a file: their range (they come in line order) and the keyed digest
-    /// of their content. The file source sets every message's line.
-    fn line_range(&self, messages: &[Message]) -> Claim {
+    /// of their content under the line key the input was fingerprinted with. The file source
+    /// sets every message's line.
+    fn line_range(
+        &self,
+        messages: &[Message],
+        line_key_version: i32,
+    ) -> Result<Claim, PrepareError> {
         debug_assert!(
             messages.iter().all(|m| m.line.is_some()),
             "a file batch whose messages have no line"
         );
         let Some(first) = messages.first().and_then(|m| m.line) else {
-            return Claim::MessageIds;
+            return Ok(Claim::MessageIds);
         };
-        let mut digest = self.users.newest().line_key().range();
+        let key = self
+            .users
+            .all()
+            .find(|key| key.version() == line_key_version)
+            .ok_or(PrepareError::NoLineKey(line_key_version))?;
+        let mut digest = key.line_key().range();
         let mut last = first.number;
         for message in messages {
             if let Some(line) = message.line {
@@ -237,12 +262,12 @@ impl Transformer {
             }
         }
         let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Claim::FileLines(LineRange {
+        Ok(Claim::FileLines(LineRange {
             source: first.source,
             first: number(first.number),
             last: number(last),
             digest: digest.finish(),
-        })
+        }))
     }
 }
 

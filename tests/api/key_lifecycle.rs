@@ -762,51 +762,117 @@ async fn keys_init_carries_over_the_hashes_of_a_deployment_made_before_the_user_
     use etl::crypto::{KeyPurpose, UserKey};
 
     let app = TestApp::spawn().await;
-    // A deployment from before the user key: mask keys and a suppression row made with them.
+    // A deployment from before the user key, with two mask key versions and suppression rows
+    // made with each.
+    app.etl_ok(&["keys", "rotate", "--purpose", "mask"]).await;
     sqlx::query("DELETE FROM keyring.data_keys WHERE purpose = 'user'")
         .execute(&app.pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO etl.forgotten_users (user_hash, user_key_version) VALUES ($1, 1)")
-        .bind(vec![9u8; 32])
+    for (byte, version) in [(9u8, 1), (8, 2)] {
+        sqlx::query(
+            "INSERT INTO etl.forgotten_users (user_hash, user_key_version) VALUES ($1, $2)",
+        )
+        .bind(vec![byte; 32])
+        .bind(version)
         .execute(&app.pool)
         .await
         .unwrap();
-    let output = app.etl(&["ingest", "--drain"]).await;
-    assert_exit(&output, 2);
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no user data key exists yet"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    }
+    let refused = |output: std::process::Output, what: &str| {
+        assert_exit(&output, 2);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(stderr.contains(what), "{stderr}");
+    };
+    refused(
+        app.etl(&["ingest", "--drain"]).await,
+        "user key versions [1, 2], which the keyring lacks",
     );
 
     let output = app
         .etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
         .await;
+    for version in [1, 2] {
+        assert!(
+            output.contains(&format!(
+                "user key: version {version} carried over from mask key version {version}"
+            )),
+            "{output}"
+        );
+    }
+    // Each carried version is its mask key version's two subkeys (whose hashes the unit tests
+    // compare with the derivation as it was), with the check `etl.forget` compares.
+    let kms = Kms::new(&app.sdk);
+    let transformer = app.transformer().await;
+    for version in [1, 2] {
+        let mask = keyring::version(&app.pool, KeyPurpose::Mask, version)
+            .await
+            .unwrap()
+            .unwrap();
+        let mask = etl::keys::unwrap_stored(&kms, KeyPurpose::Mask, &mask)
+            .await
+            .unwrap();
+        let expected = UserKey::new(&UserKey::carried_from_mask(&mask)).unwrap();
+        let loaded = transformer
+            .user_keys()
+            .all()
+            .find(|key| key.version() == version)
+            .unwrap();
+        assert_eq!(loaded.user_hash("alice"), expected.user_hash("alice"));
+        assert_eq!(loaded.key_check(), expected.key_check());
+    }
+    app.etl_ok(&["ingest", "--drain"]).await;
+
+    // A carry-over cut short (here: a version deleted) stops ingest rather than let a forgotten
+    // user back in, and the next `keys init` finishes it.
+    sqlx::query("DELETE FROM keyring.data_keys WHERE purpose = 'user' AND version = 2")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    refused(app.etl(&["ingest", "--drain"]).await, "[2]");
+    let output = app
+        .etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
+        .await;
     assert!(
-        output.contains("user key: version 1 carried over from mask key version 1"),
+        output.contains("user key: version 2 carried over")
+            && !output.contains("version 1 carried"),
         "{output}"
     );
-    // The carried key is the mask key's two subkeys (whose hashes the unit tests compare with the
-    // derivation as it was), and its check lets `etl.forget` accept its hashes.
-    let kms = Kms::new(&app.sdk);
-    let mask = keyring::version(&app.pool, KeyPurpose::Mask, 1)
-        .await
-        .unwrap()
-        .unwrap();
-    let mask = etl::keys::unwrap_stored(&kms, KeyPurpose::Mask, &mask)
-        .await
-        .unwrap();
-    let expected = UserKey::new(&UserKey::carried_from_mask(&mask).unwrap()).unwrap();
-    let transformer = app.transformer().await;
-    let loaded = transformer.user_keys().newest();
-    assert_eq!(loaded.version(), 1);
-    assert_eq!(loaded.user_hash("alice"), expected.user_hash("alice"));
-    assert_eq!(loaded.key_check(), expected.key_check());
     app.etl_ok(&["ingest", "--drain"]).await;
-    // A second init changes nothing.
     let output = app
         .etl_ok(&["keys", "init", "--kms-key-id", &app.kms_key_id])
         .await;
     assert!(output.contains("nothing changed"), "{output}");
+}
+
+#[tokio::test]
+async fn a_backfill_goes_on_under_the_user_key_version_that_claimed_it() {
+    let app = TestApp::spawn().await;
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            body(
+                &format!("user-b{i}"),
+                &format!("10.44.0.{i}"),
+                "440-00-0001",
+            )
+        })
+        .collect();
+    let first = write_input(&lines[..20]);
+    app.etl_ok(&["ingest", "--from-file", first.to_str().unwrap()])
+        .await;
+    app.etl_ok(&["keys", "rotate", "--purpose", "user"]).await;
+    // The same input grown by ten lines: its first twenty are recognised under version 1, and
+    // the ten new ones are claimed under it too, so a third run writes nothing.
+    let grown = write_input(&lines);
+    for _ in 0..2 {
+        app.etl_ok(&["ingest", "--from-file", grown.to_str().unwrap()])
+            .await;
+        assert_eq!(app.count("SELECT count(*) FROM user_logins").await, 30);
+    }
+    assert_eq!(
+        app.count("SELECT count(DISTINCT source) FROM etl.file_batches")
+            .await,
+        1,
+        "every range is claimed under the input's first fingerprint"
+    );
 }

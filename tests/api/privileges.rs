@@ -69,7 +69,7 @@ const EXPECTED: &[&str] = &[
     // recoverers collect their own sealed replies (row level security)
     "etl_recoverer SELECT recovery.replies",
     "etl_recoverer DELETE recovery.replies",
-    // erasure: the mask key's row (row level security), to hash user ids with
+    // erasure: the user key's rows (row level security), to hash user ids with; not their checks
     "etl_privacy SELECT keyring.data_keys(created_at)",
     "etl_privacy SELECT keyring.data_keys(kms_key_id)",
     "etl_privacy SELECT keyring.data_keys(public_key)",
@@ -86,7 +86,8 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE etl.check_quarantine_version(integer)",
     "etl_ingest EXECUTE etl.check_seal_versions(integer, integer)",
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
-    "etl_privacy EXECUTE keyring.active_mask_key_version()",
+    "etl_ingest EXECUTE etl.missing_user_key_versions()",
+    "etl_privacy EXECUTE etl.missing_user_key_versions()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])",
     "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",
     "etl_recoverer EXECUTE recovery.subject_rows(bigint, text)",

@@ -180,6 +180,52 @@ pub async fn hashed_under_mask_keys(pool: &PgPool) -> Result<bool, sqlx::Error> 
     .await
 }
 
+/// Raises the vault epoch, so that running ingest processes compare their keys with
+/// `etl.key_state()` at their next batch. Waits for batches committing now.
+pub async fn raise_vault_epoch(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT etl.raise_vault_epoch()")
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// User key versions that stored hashes name and the keyring lacks.
+pub async fn missing_user_key_versions(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT etl.missing_user_key_versions()")
+        .fetch_one(pool)
+        .await
+}
+
+/// A user key version carried over from a mask key version, wrapped, to store.
+pub struct CarriedUserKey {
+    pub version: i32,
+    pub kms_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub key_check: [u8; 32],
+}
+
+/// Stores carried-over user key versions in one transaction (all or none), keeping any that
+/// exists; returns how many were stored.
+pub async fn insert_carried(pool: &PgPool, keys: &[CarriedUserKey]) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut stored = 0;
+    for key in keys {
+        stored += sqlx::query(
+            "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key, key_check) \
+             VALUES ('user', $1, $2, $3, $4) ON CONFLICT (purpose, version) DO NOTHING",
+        )
+        .bind(key.version)
+        .bind(&key.kms_key_id)
+        .bind(&key.wrapped)
+        .bind(key.key_check.as_slice())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
 /// The mask key version ingest masks with (`None` before `etl keys init`).
 pub async fn active_mask_version(pool: &PgPool) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar("SELECT keyring.active_mask_key_version()")
@@ -308,6 +354,10 @@ pub enum Retirement {
     InUse,
     /// A pending mask key version, which `etl keys remask` is to move the masks to.
     Pending,
+    /// A re-mask has not finished: its mapping still links old masks to new ones.
+    RemaskUnfinished {
+        mappings: i64,
+    },
     /// Stored things still use it: vault entries, quarantine rows and `user_logins` rows.
     Used {
         entries: i64,
@@ -384,12 +434,15 @@ pub async fn retire(
 }
 
 /// Deletes the wrapped key of a mask key version below the active one that no mask uses: after
-/// `etl keys remask` moved every mask off it. No lock on the tables is needed: ingest's vault
-/// insert refuses any version but the active one (`etl.check_seal_versions`), and a pending
-/// version is above the active one, so nothing can start using the version while it is counted.
-/// The share lock on the settings row keeps a concurrent switch from changing which is active.
+/// `etl keys remask` moved every mask off it. In one transaction that holds vault.entries and
+/// user_logins against writes while it counts (as `retire` does), so that a batch prepared under
+/// the old version before the switch cannot commit between the count and the deletion; the
+/// share lock on the settings row keeps a switch from changing which version is active.
 async fn retire_mask(pool: &PgPool, version: i32) -> Result<Retirement, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE vault.entries, public.user_logins IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
     let (exists, active): (bool, Option<i32>) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM keyring.data_keys WHERE purpose = 'mask' AND version = $1), \
                 (SELECT keyring.active_mask_key_version() FROM keyring.key_settings \
@@ -414,10 +467,12 @@ async fn retire_mask(pool: &PgPool, version: i32) -> Result<Retirement, sqlx::Er
     .bind(version)
     .fetch_one(&mut *tx)
     .await?;
-    if entries + logins + mappings > 0 {
+    if mappings > 0 {
+        return Ok(Retirement::RemaskUnfinished { mappings });
+    }
+    if entries + logins > 0 {
         return Ok(Retirement::Used {
-            // A re-mask still cleaning up holds the old entries through its mapping.
-            entries: entries + mappings,
+            entries,
             quarantine_rows: 0,
             logins,
         });

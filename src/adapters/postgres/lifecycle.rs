@@ -50,7 +50,7 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok,
     serializer.serialize_str(&hex::encode(bytes))
 }
 
-/// A user to erase: the id, its keyed hash under the active mask key version, and its hashes
+/// A user to erase: the id, its keyed hash under the newest user key version, and its hashes
 /// under the other stored versions (under which an earlier erasure may have suppressed it).
 pub struct ToForget<'a> {
     pub user_id: &'a str,

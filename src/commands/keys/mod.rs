@@ -179,7 +179,8 @@ const FIRST_VERSION: i32 = 1;
 /// generates the mask and vault keys with `GenerateDataKeyWithoutPlaintext`, so this command never
 /// holds them; the quarantine seed is held for a moment, to compute the public key that ingest
 /// seals with, and the user key (64 bytes from KMS's random source, wrapped with `Encrypt`) to
-/// compute its key check.
+/// compute its key check. The user key of a deployment that already holds hashes made with its
+/// mask keys is carried over from them instead, and so are versions a carry-over cut short.
 async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let kms_key_id = kms_key_id.trim();
     anyhow::ensure!(
@@ -191,25 +192,24 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     let mut created = 0;
     for purpose in KeyPurpose::ALL {
         let name = purpose.as_str();
-        if let Some(existing) = keyring::latest(&pool, purpose)
+        let existing = keyring::latest(&pool, purpose)
             .await
             .map_err(DatabaseError::on(&pool))
-            .context("reading keyring.data_keys")?
-        {
+            .context("reading keyring.data_keys")?;
+        if purpose == KeyPurpose::User {
+            let carry = user_versions_to_carry(&pool, existing.is_none()).await?;
+            if !carry.is_empty() {
+                created += carry_over_user_keys(&pool, &kms, kms_key_id, &carry).await?;
+                continue;
+            }
+        }
+        if let Some(existing) = existing {
             outln!(
                 "{name} key: already present (version {}, wrapped by {}, created {})",
                 existing.version,
                 existing.kms_key_id,
                 existing.created_at
             )?;
-            continue;
-        }
-        if purpose == KeyPurpose::User
-            && keyring::hashed_under_mask_keys(&pool)
-                .await
-                .map_err(DatabaseError::on(&pool))?
-        {
-            created += carry_over_user_keys(&pool, &kms, kms_key_id).await?;
             continue;
         }
         let (stored, wrapped) = create_key(&pool, &kms, kms_key_id, purpose, FIRST_VERSION).await?;
@@ -229,55 +229,85 @@ async fn init(database: &DatabaseArgs, kms_key_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The user key of a deployment whose user hashes and backfill claims were made with subkeys of
-/// its mask keys: one user key version per mask key version, of those two subkeys, so everything
-/// stored stays valid and the mask key versions can be retired. Returns how many were stored.
+/// The mask key versions whose user hashes and backfill claims a user key version must be
+/// carried over from: every stored one when there is no user key yet and something was hashed
+/// with them; else the ones stored hashes name and the keyring lacks (a carry-over cut short).
+async fn user_versions_to_carry(
+    pool: &sqlx::PgPool,
+    no_user_key: bool,
+) -> anyhow::Result<Vec<i32>> {
+    let masks: Vec<i32> = keyring::versions(pool, KeyPurpose::Mask)
+        .await
+        .map_err(DatabaseError::on(pool))?
+        .iter()
+        .map(|key| key.version)
+        .collect();
+    if no_user_key {
+        let hashed = keyring::hashed_under_mask_keys(pool)
+            .await
+            .map_err(DatabaseError::on(pool))?;
+        return Ok(if hashed { masks } else { Vec::new() });
+    }
+    let missing = keyring::missing_user_key_versions(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?;
+    if let Some(lost) = missing.iter().find(|version| !masks.contains(version)) {
+        anyhow::bail!(
+            "stored user hashes name user key version {lost}, which the keyring lacks, and no \
+             mask key version {lost} exists to carry it over from: restore the keyring from a \
+             backup"
+        );
+    }
+    Ok(missing)
+}
+
+/// User key versions made of the two subkeys the mask key versions `versions` derived, stored in
+/// one transaction, so that everything hashed with them stays valid and the mask key versions can
+/// be retired. Returns how many were stored.
 async fn carry_over_user_keys(
     pool: &sqlx::PgPool,
     kms: &Kms,
     kms_key_id: &str,
+    versions: &[i32],
 ) -> anyhow::Result<usize> {
-    let mut stored = 0;
-    for mask in keyring::versions(pool, KeyPurpose::Mask)
-        .await
-        .map_err(DatabaseError::on(pool))?
-    {
-        let version = mask.version;
-        let mask = keys::unwrap_stored(kms, KeyPurpose::Mask, &mask).await?;
-        let user =
-            UserKey::carried_from_mask(&mask).context("deriving a user key from a mask key")?;
-        let check = UserKey::new(&user)
+    let mut carried = Vec::with_capacity(versions.len());
+    for &version in versions {
+        let stored = keyring::version(pool, KeyPurpose::Mask, version)
+            .await
+            .map_err(DatabaseError::on(pool))?
+            .with_context(|| format!("mask key version {version} is gone"))?;
+        let mask = keys::unwrap_stored(kms, KeyPurpose::Mask, &stored).await?;
+        let user = UserKey::carried_from_mask(&mask);
+        let key_check = UserKey::new(&user)
             .context("a carried-over user key is 64 bytes")?
             .key_check();
         let wrapped = kms
             .wrap_data_key(kms_key_id, KeyPurpose::User, &user)
             .await
             .context("wrapping the user key")?;
-        if keyring::insert_if_absent(
-            pool,
-            KeyPurpose::User,
+        carried.push(keyring::CarriedUserKey {
             version,
-            &wrapped.kms_key_arn,
-            &wrapped.blob,
-            keyring::Beside::KeyCheck(&check),
-        )
+            kms_key_id: wrapped.kms_key_arn,
+            wrapped: wrapped.blob,
+            key_check,
+        });
+    }
+    let stored = keyring::insert_carried(pool, &carried)
         .await
         .map_err(DatabaseError::on(pool))
-        .context("storing the wrapped data key")?
-        {
-            stored += 1;
-        }
+        .context("storing the carried-over user keys")?;
+    for key in &carried {
         outln!(
-            "user key: version {version} carried over from mask key version {version} (wrapped by \
-             {}): the user hashes and backfill claims made under it stay valid",
-            wrapped.kms_key_arn
+            "user key: version {0} carried over from mask key version {0} (wrapped by {1}): the \
+             user hashes and backfill claims made under it stay valid",
+            key.version,
+            key.kms_key_id
         )?;
     }
-    anyhow::ensure!(
-        stored > 0,
-        "no user key was stored: another run created it, or no mask key exists"
-    );
-    Ok(stored)
+    if stored < carried.len() as u64 {
+        outln!("user key: another run stored some of these versions first; kept those")?;
+    }
+    Ok(usize::try_from(stored).unwrap_or(usize::MAX))
 }
 
 /// Generates a data key under `kms_key_id` and stores it unless that version exists; returns
@@ -290,45 +320,42 @@ async fn create_key(
     version: i32,
 ) -> anyhow::Result<(bool, WrappedKey)> {
     let name = purpose.as_str();
-    let mut check = [0; 32];
-    let (wrapped, public) = match purpose {
+    // What the row holds beside the wrapped key, made with the key while it is held.
+    enum Beside {
+        Nothing,
+        PublicHalf { key: Vec<u8>, attestation: Vec<u8> },
+        KeyCheck([u8; 32]),
+    }
+    let (wrapped, beside) = match purpose {
         KeyPurpose::Quarantine => {
             let (wrapped, seed) = kms
                 .generate_data_key_with_plaintext(kms_key_id, purpose, version)
                 .await
                 .with_context(|| format!("generating the {name} key pair's seed"))?;
-            let public_key = quarantine_key_pair(&seed).1;
+            let key = quarantine_key_pair(&seed).1;
             let attestation = kms
-                .attest_public_key(&wrapped.kms_key_arn, version, &public_key)
+                .attest_public_key(&wrapped.kms_key_arn, version, &key)
                 .await
                 .context("attesting the quarantine public key with KMS")?;
-            (wrapped, Some((public_key, attestation)))
+            (wrapped, Beside::PublicHalf { key, attestation })
         }
         KeyPurpose::User => {
             let (wrapped, key) = kms
                 .generate_user_key(kms_key_id, version)
                 .await
                 .context("generating the user data key")?;
-            check = UserKey::new(&key)
+            let check = UserKey::new(&key)
                 .context("KMS returned a user key of the wrong length")?
                 .key_check();
-            (wrapped, None)
+            (wrapped, Beside::KeyCheck(check))
         }
         KeyPurpose::Mask | KeyPurpose::Vault => {
             let wrapped = kms
                 .generate_data_key(kms_key_id, purpose, version)
                 .await
                 .with_context(|| format!("generating the {name} data key"))?;
-            (wrapped, None)
+            (wrapped, Beside::Nothing)
         }
-    };
-    let beside = match &public {
-        Some((public_key, attestation)) => keyring::Beside::PublicHalf(keyring::PublicHalf {
-            public_key,
-            attestation,
-        }),
-        None if purpose == KeyPurpose::User => keyring::Beside::KeyCheck(&check),
-        None => keyring::Beside::Nothing,
     };
     let stored = keyring::insert_if_absent(
         pool,
@@ -336,7 +363,16 @@ async fn create_key(
         version,
         &wrapped.kms_key_arn,
         &wrapped.blob,
-        beside,
+        match &beside {
+            Beside::Nothing => keyring::Beside::Nothing,
+            Beside::PublicHalf { key, attestation } => {
+                keyring::Beside::PublicHalf(keyring::PublicHalf {
+                    public_key: key,
+                    attestation,
+                })
+            }
+            Beside::KeyCheck(check) => keyring::Beside::KeyCheck(check),
+        },
     )
     .await
     .map_err(DatabaseError::on(pool))
@@ -388,6 +424,14 @@ async fn rotate(
         stored,
         "another rotation created {name} key version {version} at the same time; nothing changed"
     );
+    if purpose == KeyPurpose::User {
+        // Running ingest processes compare their keys with `etl.key_state()` when the epoch
+        // moves: so they hash with the new version from their next batch.
+        keyring::raise_vault_epoch(&pool)
+            .await
+            .map_err(DatabaseError::on(&pool))
+            .context("telling running ingest processes to reload their keys")?;
+    }
     if matches!(purpose, KeyPurpose::Vault | KeyPurpose::Quarantine) {
         keyring::raise_min_version(&pool, purpose, version)
             .await
@@ -444,6 +488,10 @@ async fn retire(database: &DatabaseArgs, purpose: KeyPurpose, version: i32) -> a
         ),
         Retirement::Pending => anyhow::bail!(
             "mask key version {version} is pending: `etl keys remask` is to move every mask to it"
+        ),
+        Retirement::RemaskUnfinished { mappings } => anyhow::bail!(
+            "a re-mask is not finished ({}): run `etl keys remask` to the end first",
+            human::count(mappings, "mapping left")
         ),
         Retirement::Used {
             entries, logins, ..
@@ -582,18 +630,19 @@ async fn rewrap(args: &RewrapArgs) -> anyhow::Result<()> {
 struct KeyInfo<'a> {
     purpose: &'a str,
     version: i32,
-    /// mask: active, pending or previous; vault and quarantine: active (the newest) or previous.
+    /// mask: active, pending or previous; vault, quarantine and user: active (the newest) or
+    /// previous.
     state: &'static str,
     kms_key_id: &'a str,
     created_at: chrono::DateTime<chrono::Utc>,
     /// Vault entries sealed (vault) or masked (mask) under it.
     entries: i64,
     /// Quarantined bodies sealed under it (vault, quarantine), or whose user hash is under it
-    /// (mask).
+    /// (user).
     quarantine_rows: i64,
     /// user_logins rows masked under it (mask).
     logins: i64,
-    /// Suppression-list rows hashed under it (mask).
+    /// Suppression-list rows hashed under it (user).
     forgotten_users: i64,
 }
 

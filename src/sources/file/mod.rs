@@ -46,8 +46,6 @@ pub enum FileSourceError {
     Io(#[from] std::io::Error),
     #[error("cannot read the input's progress from the database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("lines of this input were committed under user key version {0}, before a user key rotation; its claims are keyed by that version, so a run under the newest version would write them again. Nothing was written")]
-    EarlierUserKeyVersion(i32),
     #[error("another `etl ingest --from-file` is ingesting an input with this first line (fingerprint {0}); wait for it to end")]
     Busy(String),
     #[error("lines {first}-{last} differ from the lines committed from an input with the same first line (fingerprint {fingerprint}); no line from {first} on was written. Is this another file?")]
@@ -86,26 +84,32 @@ pub async fn run(
     let Some((first_number, first_line)) = first else {
         return Ok(());
     };
+    // Claims are keyed by the user key version that made them and cannot be re-keyed: an input
+    // claimed under an earlier version goes on under that version (no version is ever deleted),
+    // a new one starts under the newest.
     let transformer = committer.keys().current();
-    let line_key = transformer.user_keys().newest().line_key().clone();
-    let source = line_key.fingerprint(&first_line);
+    let mut chosen = None;
+    for key in transformer.user_keys().all() {
+        let fingerprint = key.line_key().fingerprint(&first_line);
+        let committed = file_batches::committed_ranges(committer.pool(), fingerprint).await?;
+        if chosen.is_none() || !committed.is_empty() {
+            let found = !committed.is_empty();
+            chosen = Some((key, fingerprint, committed));
+            if found {
+                break;
+            }
+        }
+    }
+    let Some((key, source, _)) = chosen else {
+        return Ok(());
+    };
+    let (line_key, line_key_version) = (key.line_key().clone(), key.version());
     // Held to the end of the run: closing it releases the lock.
     let lock = file_batches::lock_source(committer.pool(), source)
         .await?
         .ok_or_else(|| FileSourceError::Busy(hex::encode(source)))?;
+    // Read again under the lock: a run that held it may have committed more.
     let committed = file_batches::committed_ranges(committer.pool(), source).await?;
-    if committed.is_empty() {
-        // Claims are keyed by the user key version that wrote them and cannot be re-keyed.
-        for earlier in transformer.user_keys().others() {
-            let fingerprint = earlier.line_key().fingerprint(&first_line);
-            if !file_batches::committed_ranges(committer.pool(), fingerprint)
-                .await?
-                .is_empty()
-            {
-                return Err(FileSourceError::EarlierUserKeyVersion(earlier.version()));
-            }
-        }
-    }
     if !committed.is_empty() {
         info!(
             ranges = committed.len(),
@@ -115,6 +119,7 @@ pub async fn run(
 
     let reader = Reader {
         line_key,
+        line_key_version,
         source,
         id_prefix: message_id_prefix(source),
         batch_size: batch_messages,
@@ -173,6 +178,8 @@ fn trim_line_end(line: &mut Vec<u8>) {
 /// Turns lines into batches, skipping (after checking) the lines of committed ranges.
 struct Reader {
     line_key: LineKey,
+    /// The user key version of `line_key`, which the writers digest each batch's lines with.
+    line_key_version: i32,
     source: Fingerprint,
     /// `file:<fingerprint>:`, so a line's id is one concatenation.
     id_prefix: String,
@@ -300,7 +307,9 @@ impl Reader {
         self.jobs
             .blocking_send(WriteJob {
                 messages: full,
-                claim: ClaimKind::FileLines,
+                claim: ClaimKind::FileLines {
+                    line_key_version: self.line_key_version,
+                },
                 outcome: None,
             })
             .map_err(|_| FileSourceError::Writers)
