@@ -88,6 +88,13 @@ pub struct IngestArgs {
     #[arg(long, env = "ETL_BATCH_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
 
+    /// Most bytes received messages may hold at once, for example `64MiB`: bodies until their
+    /// batch is written, ids and receipt handles until deleted. Receiving waits while it is
+    /// used up, so 256 KiB bodies cannot take the memory that 2 KiB ones are sized for. At least
+    /// 1MiB; a message larger than it still passes, alone.
+    #[arg(long, env = "ETL_MAX_INFLIGHT_BYTES", default_value = "64MiB")]
+    pub max_inflight_bytes: bytesize::ByteSize,
+
     /// Deprecated: sets both --receivers and --writers where those are not given.
     #[arg(long, env = "ETL_POLLERS", hide = true)]
     pub pollers: Option<usize>,
@@ -147,6 +154,7 @@ pub struct IngestSettings {
     pub writers: usize,
     pub batch_messages: usize,
     pub batch_wait: Duration,
+    pub max_inflight_bytes: usize,
     pub wait: Duration,
     pub drain: bool,
     pub summary_json: bool,
@@ -165,6 +173,8 @@ const DRAIN_WAIT_SECONDS: u8 = 1;
 const DEFAULT_RECEIVERS: usize = 16;
 const DEFAULT_WRITERS: usize = 4;
 const MAX_WRITERS: usize = 64;
+/// Four of the largest messages SQS sent before 2025 (256 KiB).
+const MIN_INFLIGHT_BYTES: usize = 1024 * 1024;
 
 impl TryFrom<&IngestArgs> for IngestSettings {
     type Error = ConfigError;
@@ -226,6 +236,15 @@ impl TryFrom<&IngestArgs> for IngestSettings {
             "between 2 and 43200 seconds",
         )?;
         let visibility = Duration::from_secs(args.visibility_timeout);
+        let max_inflight_bytes =
+            usize::try_from(args.max_inflight_bytes.as_u64()).unwrap_or(usize::MAX);
+        ConfigError::check_range(
+            "--max-inflight-bytes",
+            max_inflight_bytes,
+            MIN_INFLIGHT_BYTES,
+            usize::MAX,
+            "at least 1MiB",
+        )?;
         // A batch waiting longer would need its visibility extended before it is even written.
         if args.batch_wait > visibility / 2 {
             return Err(ConfigError::OutOfRange {
@@ -249,6 +268,7 @@ impl TryFrom<&IngestArgs> for IngestSettings {
             writers,
             batch_messages: args.batch_messages,
             batch_wait: args.batch_wait,
+            max_inflight_bytes,
             wait: Duration::from_secs(wait_seconds.into()),
             drain: args.drain,
             summary_json: args.summary_json,
@@ -411,6 +431,7 @@ async fn from_queue(
             max_messages: settings.batch_messages,
             max_wait: settings.batch_wait,
         },
+        max_inflight_bytes: settings.max_inflight_bytes,
     };
     sources::sqs::run(queue, jobs, Arc::clone(&stats), options, shutdown.clone()).await;
     let writers_ok = writers.await.unwrap_or(false);

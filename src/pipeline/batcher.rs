@@ -7,7 +7,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::domain::Message;
+/// What one receive hands the batcher: messages, and whatever travels with them (the SQS
+/// source's share of its byte budget).
+pub trait Group {
+    /// How many messages it holds.
+    fn messages(&self) -> usize;
+    /// Adds `other`'s messages after this group's.
+    fn absorb(&mut self, other: Self);
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -18,22 +25,19 @@ pub struct BatchLimits {
 /// Reads groups of messages (one receive each) until the channel closes, and hands batches to
 /// `flush` in arrival order. A group is never split, so a batch may exceed `max_messages` by
 /// less than one group. What is buffered when the channel closes is flushed.
-pub async fn run<F, Fut>(
-    mut groups: mpsc::Receiver<Vec<Message>>,
-    limits: BatchLimits,
-    mut flush: F,
-) where
-    F: FnMut(Vec<Message>) -> Fut,
+pub async fn run<G, F, Fut>(mut groups: mpsc::Receiver<G>, limits: BatchLimits, mut flush: F)
+where
+    G: Group,
+    F: FnMut(G) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     while let Some(first) = groups.recv().await {
         let deadline = Instant::now() + limits.max_wait;
         let mut batch = first;
-        batch.reserve(limits.max_messages.saturating_sub(batch.len()));
-        while batch.len() < limits.max_messages {
+        while batch.messages() < limits.max_messages {
             tokio::select! {
                 group = groups.recv() => match group {
-                    Some(group) => batch.extend(group),
+                    Some(group) => batch.absorb(group),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
@@ -46,6 +50,17 @@ pub async fn run<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Message;
+
+    impl Group for Vec<Message> {
+        fn messages(&self) -> usize {
+            self.len()
+        }
+
+        fn absorb(&mut self, other: Self) {
+            self.extend(other);
+        }
+    }
 
     fn group(ids: std::ops::Range<usize>) -> Vec<Message> {
         ids.map(|i| Message {

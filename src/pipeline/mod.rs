@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod batcher;
+pub mod budget;
 mod commit;
 mod stats;
 mod transform;

@@ -76,6 +76,8 @@ impl Count {
 
 /// Messages received and not yet committed or given back.
 pub const IN_FLIGHT_GAUGE: &str = "etl_messages_in_flight";
+/// Bytes of received messages held: bodies until written, ids and receipts until deleted.
+pub const IN_FLIGHT_BYTES_GAUGE: &str = "etl_inflight_bytes";
 /// Time from a batch reaching a writer to its commit (or failure).
 pub const BATCH_DURATION_HISTOGRAM: &str = "etl_batch_duration_seconds";
 
@@ -89,6 +91,7 @@ pub struct Stats {
     delete_failed: AtomicU64,
     write_failures: AtomicU64,
     receive_errors: AtomicU64,
+    peak_inflight_bytes: AtomicU64,
     quarantined: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -164,6 +167,12 @@ impl Stats {
         Count::WriteFailures.increment(1);
     }
 
+    /// The most bytes a source held at once (see `budget`).
+    pub fn inflight_peak(&self, bytes: usize) {
+        self.peak_inflight_bytes
+            .fetch_max(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     pub fn receive_failed(&self) {
         self.receive_errors.fetch_add(1, Ordering::Relaxed);
         Count::ReceiveErrors.increment(1);
@@ -189,6 +198,7 @@ impl Stats {
             delete_failed: self.delete_failed.load(Ordering::Relaxed),
             write_failures: self.write_failures.load(Ordering::Relaxed),
             receive_errors: self.receive_errors.load(Ordering::Relaxed),
+            peak_inflight_bytes: self.peak_inflight_bytes.load(Ordering::Relaxed),
             elapsed_seconds,
             messages_per_second: if elapsed_seconds > 0.0 {
                 (written + quarantined) as f64 / elapsed_seconds
@@ -220,6 +230,10 @@ pub struct Summary {
     pub delete_failed: u64,
     pub write_failures: u64,
     pub receive_errors: u64,
+    /// The most bytes of received messages held at once (`--max-inflight-bytes` bounds it); 0
+    /// for sources that hold no budget.
+    #[serde(default)]
+    pub peak_inflight_bytes: u64,
     pub elapsed_seconds: f64,
     /// Messages committed (written or quarantined) per second.
     pub messages_per_second: f64,
@@ -256,6 +270,15 @@ impl std::fmt::Display for Summary {
                         .map(|(reason, n)| (format!("  {reason}"), n.to_string())),
                 );
             }
+        }
+        if self.peak_inflight_bytes > 0 {
+            lines.push((
+                "peak in flight".into(),
+                bytesize::ByteSize::b(self.peak_inflight_bytes)
+                    .display()
+                    .iec()
+                    .to_string(),
+            ));
         }
         lines.push((
             "elapsed".into(),
@@ -316,6 +339,7 @@ mod tests {
                 "elapsed_seconds",
                 "forgotten_skipped",
                 "messages_per_second",
+                "peak_inflight_bytes",
                 "quarantined",
                 "quarantined_by_reason",
                 "receive_errors",

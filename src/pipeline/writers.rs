@@ -10,14 +10,17 @@ use tokio::task::JoinSet;
 use tracing::{error, info_span, Instrument};
 
 use super::batch::ClaimKind;
+use super::budget::Taken;
 use super::commit::{CommitError, Committer};
 use crate::domain::Message;
 
-/// A batch to commit, how its messages are claimed, and where to report how it went.
+/// A batch to commit, how its messages are claimed, where to report how it went, and the share
+/// of its source's byte budget its bodies hold, given back when the job is done with.
 pub struct WriteJob {
     pub messages: Vec<Message>,
     pub claim: ClaimKind,
     pub outcome: Option<oneshot::Sender<Result<(), CommitError>>>,
+    pub bytes: Taken,
 }
 
 /// Starts `writers` tasks taking jobs from one channel: whichever is free takes the next job.

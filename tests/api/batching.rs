@@ -151,3 +151,54 @@ async fn receiving_stops_while_the_writers_are_behind() {
     assert!(output.status.success());
     app.assert_exactly_once(valid, all.len() - valid).await;
 }
+
+#[tokio::test]
+async fn large_bodies_are_held_within_the_byte_budget_and_written_once() {
+    let app = TestApp::spawn().await;
+    // 120 KiB bodies (a padding field ingest ignores): one receive of ten is more than the
+    // whole budget, which must still let it through, alone.
+    let padding = "x".repeat(120 * 1024);
+    let bodies: Vec<String> = (0..40)
+        .map(|i| {
+            let mut body: serde_json::Value =
+                serde_json::from_str(&event(&format!("10.61.0.{i}"), &format!("610-00-{i:04}")))
+                    .unwrap();
+            body["padding"] = serde_json::Value::String(padding.clone());
+            body.to_string()
+        })
+        .collect();
+    // One per call: SQS bounds a batch send's total size.
+    let queue = app.queue();
+    for body in &bodies {
+        assert_eq!(
+            queue.send_batch(std::slice::from_ref(body)).await.unwrap(),
+            0
+        );
+    }
+    let budget = 1024 * 1024;
+    let (summary, _) = app
+        .drain(&[
+            "--max-inflight-bytes",
+            "1MiB",
+            "--receivers",
+            "8",
+            "--batch-messages",
+            "20",
+        ])
+        .await;
+    app.assert_exactly_once(40, 0).await;
+    assert!(
+        summary.peak_inflight_bytes > 120 * 1024 && summary.peak_inflight_bytes <= budget,
+        "{summary:?}"
+    );
+
+    let output = app
+        .etl(&["ingest", "--drain", "--max-inflight-bytes", "100KiB"])
+        .await;
+    crate::helpers::assert_exit(&output, 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--max-inflight-bytes") && stderr.contains("at least 1MiB"),
+        "{stderr}"
+    );
+}

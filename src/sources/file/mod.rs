@@ -38,6 +38,7 @@ use crate::crypto::{LineKey, LinesDigest};
 use crate::domain::file_line::{message_id_prefix, FileLine, Fingerprint};
 use crate::domain::Message;
 use crate::pipeline::batch::ClaimKind;
+use crate::pipeline::budget::Taken;
 use crate::pipeline::{Committer, Stats, WriteJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +312,8 @@ impl Reader {
                     line_key_version: self.line_key_version,
                 },
                 outcome: None,
+                // Read lines wait in the bounded channel to the writers: a bound in batches.
+                bytes: Taken::default(),
             })
             .map_err(|_| FileSourceError::Writers)
     }

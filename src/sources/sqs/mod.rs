@@ -2,7 +2,9 @@
 //!
 //! `receivers` tasks long-poll SQS concurrently. Each reserves room in a bounded channel before
 //! it receives, so when the writers fall behind the channel fills and receiving stops: what is
-//! received is bounded, never a growing backlog in memory. A batcher coalesces the received
+//! received is bounded, never a growing backlog in memory. It is bounded in bytes too
+//! ([`ByteBudget`], `--max-inflight-bytes`): bodies until written, receipts until deleted, so
+//! large bodies and slow deletes stop receiving as slow writes do. A batcher coalesces the received
 //! groups into write batches (by size and by how long the first message has waited) and hands
 //! them to the shared writers. When a batch is committed, its messages are deleted in
 //! `DeleteMessageBatch` calls of ten, concurrently; when it is not, they are hidden for a backoff
@@ -25,7 +27,8 @@ use tracing::{debug, error, info_span, warn, Instrument};
 use crate::adapters::sqs::{Receipt, SqsQueue, MAX_BATCH};
 use crate::domain::Message;
 use crate::pipeline::batch::ClaimKind;
-use crate::pipeline::batcher::{self, BatchLimits};
+use crate::pipeline::batcher::{self, BatchLimits, Group};
+use crate::pipeline::budget::{ByteBudget, Taken};
 use crate::pipeline::{backoff, CommitError, Stats, WriteJob};
 use leases::Leases;
 
@@ -40,6 +43,29 @@ pub struct SqsSourceOptions {
     /// Visibility timeout asked for on each receive, and kept up by the lease keeper.
     pub visibility: Duration,
     pub batch: BatchLimits,
+    /// What received messages may hold at once, in bytes (see [`ByteBudget`]).
+    pub max_inflight_bytes: usize,
+}
+
+/// One receive's messages and their share of the byte budget: the bodies' bytes, given back when
+/// their batch is written, and the ids' and receipt handles', given back when deleted or
+/// released.
+struct Received {
+    messages: Vec<Message>,
+    bodies: Taken,
+    receipts: Taken,
+}
+
+impl Group for Received {
+    fn messages(&self) -> usize {
+        self.messages.len()
+    }
+
+    fn absorb(&mut self, other: Self) {
+        self.messages.extend(other.messages);
+        self.bodies.merge(other.bodies);
+        self.receipts.merge(other.receipts);
+    }
 }
 
 /// Deletes in flight at once, over all committed batches.
@@ -55,6 +81,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let leases = Arc::new(Leases::default());
+    let budget = ByteBudget::new(options.max_inflight_bytes);
     // Cancelled by shutdown, or by the receiver that finds the queue drained.
     let stop_receiving = shutdown.child_token();
     // Room for one batch's worth of receives beside the batch being filled.
@@ -71,6 +98,7 @@ pub async fn run(
             groups: groups.clone(),
             leases: Arc::clone(&leases),
             stats: Arc::clone(&stats),
+            budget: budget.clone(),
             options: options.clone(),
             stop: stop_receiving.clone(),
         };
@@ -86,7 +114,7 @@ pub async fn run(
 
     let settles = TaskTracker::new();
     let deletes = Arc::new(Semaphore::new(DELETES_IN_FLIGHT));
-    batcher::run(received, options.batch, |messages| {
+    batcher::run(received, options.batch, |group: Received| {
         let settle = Settle {
             queue: queue.clone(),
             leases: Arc::clone(&leases),
@@ -95,6 +123,11 @@ pub async fn run(
         };
         let (jobs, settles) = (jobs.clone(), settles.clone());
         async move {
+            let Received {
+                messages,
+                bodies,
+                receipts,
+            } = group;
             let ids: Vec<(String, Option<i32>)> = messages
                 .iter()
                 .map(|m| (m.id.clone(), m.receive_count))
@@ -104,13 +137,14 @@ pub async fn run(
                 messages,
                 claim: ClaimKind::MessageIds,
                 outcome: Some(outcome),
+                bytes: bodies,
             };
             // A send fails only when every writer has ended; then the messages come back.
             let written = match jobs.send(job).await {
                 Ok(()) => Some(written),
                 Err(_) => None,
             };
-            settles.spawn(settle.run(ids, written));
+            settles.spawn(settle.run(ids, written, receipts));
         }
     })
     .await;
@@ -121,15 +155,17 @@ pub async fn run(
     }
     settles.close();
     settles.wait().await;
+    stats.inflight_peak(budget.peak());
     keeper_stop.cancel();
     let _ = keeper.await;
 }
 
 struct Receiver {
     queue: SqsQueue,
-    groups: mpsc::Sender<Vec<Message>>,
+    groups: mpsc::Sender<Received>,
     leases: Arc<Leases>,
     stats: Arc<Stats>,
+    budget: ByteBudget,
     options: SqsSourceOptions,
     stop: CancellationToken,
 }
@@ -137,6 +173,8 @@ struct Receiver {
 impl Receiver {
     async fn run(self) {
         let mut receive_backoff = backoff().build();
+        // What the last receive held: large bodies make fewer receivers receive at once.
+        let mut room = self.budget.first_room();
         loop {
             // Room first: while the writers are behind, nothing more is received.
             let permit = tokio::select! {
@@ -146,6 +184,10 @@ impl Receiver {
                     Err(_) => break,
                 },
             };
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = self.budget.wait_for_room(room) => {}
+            }
             let received = tokio::select! {
                 // A receive that has answered is taken even when shutdown came meanwhile.
                 biased;
@@ -171,8 +213,21 @@ impl Receiver {
                     for message in &messages {
                         debug!(message_id = %message.id, receive_count = ?message.receive_count, "received");
                     }
+                    let body_bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+                    let receipt_bytes: usize = receipts
+                        .iter()
+                        .map(|r| r.message_id.len() + r.receipt_handle.len())
+                        .sum();
+                    room = body_bytes + receipt_bytes;
+                    // Leased first, so their visibility is kept up while this waits for room.
                     self.leases.hold(receipts, self.options.visibility);
-                    permit.send(messages);
+                    let mut bodies = self.budget.take(room).await;
+                    let receipts = bodies.split(receipt_bytes);
+                    permit.send(Received {
+                        messages,
+                        bodies,
+                        receipts,
+                    });
                 }
                 Err(err) => {
                     drop(permit);
@@ -221,10 +276,13 @@ struct Settle {
 }
 
 impl Settle {
+    /// `_receipts`, the receipts' share of the byte budget, is given back at the end: deletes
+    /// that fall behind hold it, and so stop receiving.
     async fn run(
         self,
         ids: Vec<(String, Option<i32>)>,
         written: Option<oneshot::Receiver<Result<(), CommitError>>>,
+        _receipts: Taken,
     ) {
         let committed = match written {
             Some(written) => matches!(written.await, Ok(Ok(()))),

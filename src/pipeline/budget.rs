@@ -1,0 +1,147 @@
+//! The bound in bytes of what a source holds (the SQS source's). A received message takes its body's bytes
+//! until its batch has been written (committed or not), and its id's and receipt handle's until
+//! it is deleted or released; both come out of one budget (`--max-inflight-bytes`). So large
+//! bodies cannot take the memory that small ones are sized for, and deletes that fall behind
+//! stop receiving as writes that fall behind do.
+//!
+//! A receiver cannot know a receive's size before it is made. It waits for as much room as its
+//! last receive took (big bodies: fewer receives at once) without holding it, receives, then takes
+//! what the messages hold, waiting with no permit held, so no two receivers can wait on each
+//! other. What receivers hold while they wait is the one excess over the budget: at most one
+//! receive each.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::stats::IN_FLIGHT_BYTES_GAUGE;
+
+/// The room a receiver waits for before its first receive: ten bodies of 6.4 KiB.
+const FIRST_ROOM: usize = 64 * 1024;
+
+/// The budget, in bytes.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+    peak: Arc<AtomicUsize>,
+}
+
+/// Bytes taken from the budget, given back when dropped. Takings from one budget merge.
+#[derive(Debug, Default)]
+pub struct Taken(Option<OwnedSemaphorePermit>);
+
+impl ByteBudget {
+    pub fn new(total: usize) -> Self {
+        // The semaphore's permits are bounded; so is any real memory.
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+            peak: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The room a receiver waits for before it first receives.
+    pub fn first_room(&self) -> usize {
+        FIRST_ROOM.min(self.total)
+    }
+
+    /// Waits until `room` bytes (at most the whole budget) are free, without taking them.
+    pub async fn wait_for_room(&self, room: usize) {
+        // The semaphore is never closed, so the acquire cannot fail.
+        if let Ok(permit) = self.permits.acquire_many(self.clamp(room)).await {
+            drop(permit);
+        }
+    }
+
+    /// Takes `bytes` (at most the whole budget, so one message larger than it still passes).
+    pub async fn take(&self, bytes: usize) -> Taken {
+        let permit = Arc::clone(&self.permits)
+            .acquire_many_owned(self.clamp(bytes))
+            .await
+            .ok();
+        if let Some(permit) = &permit {
+            metrics::gauge!(IN_FLIGHT_BYTES_GAUGE).increment(permit.num_permits() as f64);
+        }
+        self.peak.fetch_max(self.in_use(), Ordering::Relaxed);
+        Taken(permit)
+    }
+
+    /// The bytes taken now.
+    pub fn in_use(&self) -> usize {
+        self.total - self.permits.available_permits()
+    }
+
+    /// The most bytes taken at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn clamp(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX)
+    }
+}
+
+impl Taken {
+    /// Holds both takings as one; both come from the one budget of the source.
+    pub fn merge(&mut self, mut other: Taken) {
+        match (&mut self.0, other.0.take()) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
+
+    /// Splits `bytes` off (fewer if fewer are held), to be given back on their own.
+    pub fn split(&mut self, bytes: usize) -> Taken {
+        let Some(held) = &mut self.0 else {
+            return Taken::default();
+        };
+        let bytes = bytes.min(held.num_permits());
+        Taken(held.split(bytes))
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(permit) = &self.0 {
+            metrics::gauge!(IN_FLIGHT_BYTES_GAUGE).decrement(permit.num_permits() as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn takings_come_back_when_dropped_merge_and_split() {
+        let budget = ByteBudget::new(1000);
+        let mut first = budget.take(300).await;
+        first.merge(budget.take(200).await);
+        assert_eq!(budget.in_use(), 500);
+        let part = first.split(120);
+        drop(first);
+        assert_eq!(budget.in_use(), 120);
+        drop(part);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.peak(), 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_than_the_budget_takes_the_whole_budget_and_waits_for_it() {
+        let budget = ByteBudget::new(1000);
+        let held = budget.take(10).await;
+        let waited = tokio::time::timeout(Duration::from_secs(1), budget.take(5000)).await;
+        assert!(waited.is_err(), "it waits for the whole budget to be free");
+        drop(held);
+        let large = budget.take(5000).await;
+        assert_eq!(budget.in_use(), 1000);
+        drop(large);
+        budget.wait_for_room(1000).await;
+        assert_eq!(budget.in_use(), 0, "waiting for room takes nothing");
+    }
+}
