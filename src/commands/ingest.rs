@@ -429,6 +429,9 @@ async fn from_queue(
         visibility: settings.visibility,
         batch: BatchLimits {
             max_messages: settings.batch_messages,
+            // A batch at each writer, one waiting for each and one filling: the budget's share
+            // of each, so large bodies fill batches rather than wait out --batch-wait.
+            max_bytes: settings.max_inflight_bytes / (2 * settings.writers + 1),
             max_wait: settings.batch_wait,
         },
         max_inflight_bytes: settings.max_inflight_bytes,

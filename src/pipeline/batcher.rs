@@ -1,6 +1,8 @@
 //! Coalescing received messages into write batches: a batch goes to the writers when it holds
-//! `max_messages`, or when its first message has waited `max_wait`, whichever comes first. So a
-//! backlog is written in large transactions and a trickle still within `max_wait`.
+//! `max_messages` or `max_bytes`, or when its first message has waited `max_wait`, whichever
+//! comes first. So a backlog is written in large transactions and a trickle still within
+//! `max_wait`; and large bodies, which fill the byte budget long before `max_messages`, do not
+//! wait for a batch that could never fill.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use tokio::time::Instant;
 pub trait Group {
     /// How many messages it holds.
     fn messages(&self) -> usize;
+    /// How many bytes of the source's budget it holds.
+    fn bytes(&self) -> usize;
     /// Adds `other`'s messages after this group's.
     fn absorb(&mut self, other: Self);
 }
@@ -19,6 +23,7 @@ pub trait Group {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub max_messages: usize,
+    pub max_bytes: usize,
     pub max_wait: Duration,
 }
 
@@ -34,7 +39,7 @@ where
     while let Some(first) = groups.recv().await {
         let deadline = Instant::now() + limits.max_wait;
         let mut batch = first;
-        while batch.messages() < limits.max_messages {
+        while batch.messages() < limits.max_messages && batch.bytes() < limits.max_bytes {
             tokio::select! {
                 group = groups.recv() => match group {
                     Some(group) => batch.absorb(group),
@@ -55,6 +60,10 @@ mod tests {
     impl Group for Vec<Message> {
         fn messages(&self) -> usize {
             self.len()
+        }
+
+        fn bytes(&self) -> usize {
+            self.iter().map(|m| m.body.len()).sum()
         }
 
         fn absorb(&mut self, other: Self) {
@@ -93,6 +102,7 @@ mod tests {
     async fn a_full_batch_goes_at_once_and_a_partial_one_when_the_wait_passes() {
         let limits = BatchLimits {
             max_messages: 20,
+            max_bytes: usize::MAX,
             max_wait: Duration::from_millis(500),
         };
         let batches = batches_of(limits, |sender| {
@@ -113,9 +123,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_holding_max_bytes_goes_at_once() {
+        let limits = BatchLimits {
+            max_messages: 1000,
+            max_bytes: 25,
+            max_wait: Duration::from_secs(3600),
+        };
+        let started = Instant::now();
+        let batches = batches_of(limits, |sender| {
+            tokio::spawn(async move {
+                for start in [0, 10, 20, 30] {
+                    let mut group = group(start..start + 10);
+                    for message in &mut group {
+                        message.body = "x".into();
+                    }
+                    sender.send(group).await.unwrap();
+                }
+            })
+        })
+        .await;
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            [30, 10],
+            "10 bytes a group, a batch goes at 25 or more"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn what_is_buffered_when_the_sources_stop_is_flushed() {
         let limits = BatchLimits {
             max_messages: 1000,
+            max_bytes: usize::MAX,
             max_wait: Duration::from_secs(3600),
         };
         let started = Instant::now();

@@ -4,11 +4,11 @@
 //! bodies cannot take the memory that small ones are sized for, and deletes that fall behind
 //! stop receiving as writes that fall behind do.
 //!
-//! A receiver cannot know a receive's size before it is made. It waits for as much room as its
-//! last receive took (big bodies: fewer receives at once) without holding it, receives, then takes
-//! what the messages hold, waiting with no permit held, so no two receivers can wait on each
-//! other. What receivers hold while they wait is the one excess over the budget: at most one
-//! receive each.
+//! A receiver cannot know a receive's size before it is made. It takes as much as its last
+//! receive held (big bodies: fewer receives at once), receives, and keeps what the messages hold,
+//! giving back the rest. A receive larger than what was taken gives it all back and waits for the
+//! whole size with nothing held, so no two receivers can wait on each other; what it holds while
+//! it waits is the one excess over the budget, and only when bodies grow.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,11 +48,17 @@ impl ByteBudget {
         FIRST_ROOM.min(self.total)
     }
 
-    /// Waits until `room` bytes (at most the whole budget) are free, without taking them.
-    pub async fn wait_for_room(&self, room: usize) {
-        // The semaphore is never closed, so the acquire cannot fail.
-        if let Ok(permit) = self.permits.acquire_many(self.clamp(room)).await {
-            drop(permit);
+    /// `taken` made to hold `bytes` (at most the whole budget): the rest given back, or, when
+    /// it holds less, all of it given back before the whole size is waited for.
+    pub async fn refit(&self, mut taken: Taken, bytes: usize) -> Taken {
+        let bytes = self.clamp(bytes) as usize;
+        let held = taken.held();
+        if held >= bytes {
+            drop(taken.split(held - bytes));
+            taken
+        } else {
+            drop(taken);
+            self.take(bytes).await
         }
     }
 
@@ -92,6 +98,11 @@ impl Taken {
             (mine @ None, theirs) => *mine = theirs,
             (Some(_), None) => {}
         }
+    }
+
+    /// The bytes held.
+    pub fn held(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
     /// Splits `bytes` off (fewer if fewer are held), to be given back on their own.
@@ -141,7 +152,17 @@ mod tests {
         let large = budget.take(5000).await;
         assert_eq!(budget.in_use(), 1000);
         drop(large);
-        budget.wait_for_room(1000).await;
-        assert_eq!(budget.in_use(), 0, "waiting for room takes nothing");
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refit_gives_back_the_rest_or_takes_the_whole_size() {
+        let budget = ByteBudget::new(1000);
+        let kept = budget.refit(budget.take(300).await, 120).await;
+        assert_eq!((kept.held(), budget.in_use()), (120, 120));
+        let grown = budget.refit(kept, 700).await;
+        assert_eq!((grown.held(), budget.in_use()), (700, 700));
+        let capped = budget.refit(grown, 5000).await;
+        assert_eq!(capped.held(), 1000, "never more than the whole budget");
     }
 }

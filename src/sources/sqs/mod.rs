@@ -61,6 +61,10 @@ impl Group for Received {
         self.messages.len()
     }
 
+    fn bytes(&self) -> usize {
+        self.bodies.held() + self.receipts.held()
+    }
+
     fn absorb(&mut self, other: Self) {
         self.messages.extend(other.messages);
         self.bodies.merge(other.bodies);
@@ -184,10 +188,10 @@ impl Receiver {
                     Err(_) => break,
                 },
             };
-            tokio::select! {
+            let reserved = tokio::select! {
                 () = self.stop.cancelled() => break,
-                () = self.budget.wait_for_room(room) => {}
-            }
+                taken = self.budget.take(room) => taken,
+            };
             let received = tokio::select! {
                 // A receive that has answered is taken even when shutdown came meanwhile.
                 biased;
@@ -198,7 +202,7 @@ impl Receiver {
             };
             match received {
                 Ok(received) if received.is_empty() => {
-                    drop(permit);
+                    drop((permit, reserved));
                     receive_backoff = backoff().build();
                     if self.options.drain && self.queue_is_drained().await {
                         self.stop.cancel();
@@ -219,9 +223,9 @@ impl Receiver {
                         .map(|r| r.message_id.len() + r.receipt_handle.len())
                         .sum();
                     room = body_bytes + receipt_bytes;
-                    // Leased first, so their visibility is kept up while this waits for room.
+                    // Leased first, so their visibility is kept up if this waits for room.
                     self.leases.hold(receipts, self.options.visibility);
-                    let mut bodies = self.budget.take(room).await;
+                    let mut bodies = self.budget.refit(reserved, room).await;
                     let receipts = bodies.split(receipt_bytes);
                     permit.send(Received {
                         messages,
@@ -230,7 +234,7 @@ impl Receiver {
                     });
                 }
                 Err(err) => {
-                    drop(permit);
+                    drop((permit, reserved));
                     self.stats.receive_failed();
                     let delay = receive_backoff.next().unwrap_or(Duration::from_secs(30));
                     warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive failed");
