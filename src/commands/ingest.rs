@@ -90,8 +90,9 @@ pub struct IngestArgs {
 
     /// Most bytes received messages may hold at once, for example `64MiB`: bodies until their
     /// batch is written, ids and receipt handles until deleted. Receiving waits while it is
-    /// used up, so 256 KiB bodies cannot take the memory that 2 KiB ones are sized for. At least
-    /// 1MiB; a message larger than it still passes, alone.
+    /// used up, and a receive asks for as many messages as its receiver's share holds, so
+    /// 256 KiB bodies do not take the memory that 2 KiB ones are sized for. At least 1MiB; a
+    /// message larger than it still passes, alone.
     #[arg(long, env = "ETL_MAX_INFLIGHT_BYTES", default_value = "64MiB")]
     pub max_inflight_bytes: bytesize::ByteSize,
 

@@ -4,11 +4,13 @@
 //! bodies cannot take the memory that small ones are sized for, and deletes that fall behind
 //! stop receiving as writes that fall behind do.
 //!
-//! A receiver cannot know a receive's size before it is made. It takes as much as its last
-//! receive held (big bodies: fewer receives at once), receives, and keeps what the messages hold,
-//! giving back the rest. A receive larger than what was taken gives it all back and waits for the
-//! whole size with nothing held, so no two receivers can wait on each other; what it holds while
-//! it waits is the one excess over the budget, and only when bodies grow.
+//! A receiver cannot know a receive's size before it is made. It takes room for a receive of
+//! bodies the size of its last ones (at most its share of the budget), asks SQS for as many as
+//! that room holds (at least one), and keeps what the messages hold, giving back the rest. A
+//! receive larger than what was taken (bodies that grew) gives it all back and waits for the
+//! whole size with nothing held, so no two receivers can wait on each other. So what is held is
+//! the budget, plus at most one receive per receiver whose bodies outgrew the last ones; and a
+//! receive of one body larger than the budget goes alone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,9 +45,14 @@ impl ByteBudget {
         }
     }
 
-    /// The room a receiver waits for before it first receives.
+    /// The room a receiver takes before it first receives.
     pub fn first_room(&self) -> usize {
         FIRST_ROOM.min(self.total)
+    }
+
+    /// The whole budget.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// `taken` made to hold `bytes` (at most the whole budget): the rest given back, or, when
@@ -64,6 +71,7 @@ impl ByteBudget {
 
     /// Takes `bytes` (at most the whole budget, so one message larger than it still passes).
     pub async fn take(&self, bytes: usize) -> Taken {
+        // The semaphore is never closed, so the acquire cannot fail.
         let permit = Arc::clone(&self.permits)
             .acquire_many_owned(self.clamp(bytes))
             .await
@@ -75,7 +83,7 @@ impl ByteBudget {
         Taken(permit)
     }
 
-    /// The bytes taken now.
+    /// The bytes taken now: room taken for receives, and what received messages hold.
     pub fn in_use(&self) -> usize {
         self.total - self.permits.available_permits()
     }
@@ -85,6 +93,8 @@ impl ByteBudget {
         self.peak.load(Ordering::Relaxed)
     }
 
+    /// At most the whole budget, and at most 4 GiB, what one acquire can ask for (above that a
+    /// message larger than the budget waits for 4 GiB only, not for the whole budget).
     fn clamp(&self, bytes: usize) -> u32 {
         u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX)
     }
@@ -153,6 +163,18 @@ mod tests {
         assert_eq!(budget.in_use(), 1000);
         drop(large);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refit_that_grows_waits_holding_nothing() {
+        let budget = ByteBudget::new(1000);
+        let other = budget.take(600).await;
+        let mine = budget.take(100).await;
+        let grown = tokio::time::timeout(Duration::from_secs(1), budget.refit(mine, 500)).await;
+        assert!(grown.is_err(), "500 more than the 400 free: it waits");
+        assert_eq!(budget.in_use(), 600, "and holds nothing while it waits");
+        drop(other);
+        assert_eq!(budget.refit(budget.take(100).await, 500).await.held(), 500);
     }
 
     #[tokio::test]

@@ -76,7 +76,8 @@ impl Count {
 
 /// Messages received and not yet committed or given back.
 pub const IN_FLIGHT_GAUGE: &str = "etl_messages_in_flight";
-/// Bytes of received messages held: bodies until written, ids and receipts until deleted.
+/// Bytes taken from the byte budget: room for receives, bodies until written, ids and receipts
+/// until deleted.
 pub const IN_FLIGHT_BYTES_GAUGE: &str = "etl_inflight_bytes";
 /// Time from a batch reaching a writer to its commit (or failure).
 pub const BATCH_DURATION_HISTOGRAM: &str = "etl_batch_duration_seconds";
@@ -230,8 +231,8 @@ pub struct Summary {
     pub delete_failed: u64,
     pub write_failures: u64,
     pub receive_errors: u64,
-    /// The most bytes of received messages held at once (`--max-inflight-bytes` bounds it); 0
-    /// for sources that hold no budget.
+    /// The most bytes taken from the byte budget at once (`--max-inflight-bytes`): room taken for
+    /// receives and what received messages hold; 0 for sources that hold no budget.
     #[serde(default)]
     pub peak_inflight_bytes: u64,
     pub elapsed_seconds: f64,

@@ -177,8 +177,11 @@ struct Receiver {
 impl Receiver {
     async fn run(self) {
         let mut receive_backoff = backoff().build();
-        // What the last receive held: large bodies make fewer receivers receive at once.
-        let mut room = self.budget.first_room();
+        // The size of the last bodies received: the room a receive takes, and how many it asks
+        // for, follow it.
+        let mut body_size = self.budget.first_room() / MAX_BATCH;
+        // Each receiver's share of the budget: so none holds it all through a long poll.
+        let share = (self.budget.total() / self.options.receivers.max(1)).max(1);
         loop {
             // Room first: while the writers are behind, nothing more is received.
             let permit = tokio::select! {
@@ -190,12 +193,13 @@ impl Receiver {
             };
             let reserved = tokio::select! {
                 () = self.stop.cancelled() => break,
-                taken = self.budget.take(room) => taken,
+                taken = self.budget.take((body_size * MAX_BATCH).min(share)) => taken,
             };
+            let asked = messages_to_ask(reserved.held(), body_size);
             let received = tokio::select! {
                 // A receive that has answered is taken even when shutdown came meanwhile.
                 biased;
-                received = self.queue.receive(MAX_BATCH, self.options.wait, self.options.visibility) => received,
+                received = self.queue.receive(asked, self.options.wait, self.options.visibility) => received,
                 // Dropping an in-flight receive loses nothing: whatever SQS handed out becomes
                 // visible again after the visibility timeout.
                 () = self.stop.cancelled() => break,
@@ -222,10 +226,11 @@ impl Receiver {
                         .iter()
                         .map(|r| r.message_id.len() + r.receipt_handle.len())
                         .sum();
-                    room = body_bytes + receipt_bytes;
+                    let held = body_bytes + receipt_bytes;
+                    body_size = (held / messages.len().max(1)).max(1);
                     // Leased first, so their visibility is kept up if this waits for room.
                     self.leases.hold(receipts, self.options.visibility);
-                    let mut bodies = self.budget.refit(reserved, room).await;
+                    let mut bodies = self.budget.refit(reserved, held).await;
                     let receipts = bodies.split(receipt_bytes);
                     permit.send(Received {
                         messages,
@@ -374,6 +379,12 @@ async fn delete(queue: SqsQueue, stats: Arc<Stats>, receipts: Vec<Receipt>) {
     }
 }
 
+/// How many messages a receive asks for: as many bodies of `body_size` as `room` holds, at least
+/// one (a body larger than the room goes alone) and at most SQS's ten.
+fn messages_to_ask(room: usize, body_size: usize) -> usize {
+    (room / body_size.max(1)).clamp(1, MAX_BATCH)
+}
+
 /// How long a batch that could not be committed stays hidden: doubling with each receive from
 /// 2 s, capped at 5 minutes, with up to 20 % jitter so retries of many batches spread out.
 fn redelivery_delay(receives: Option<i32>) -> Duration {
@@ -385,6 +396,22 @@ fn redelivery_delay(receives: Option<i32>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receive_asks_for_what_its_room_holds() {
+        assert_eq!(
+            messages_to_ask(64 * 1024, 2 * 1024),
+            10,
+            "never more than ten"
+        );
+        assert_eq!(messages_to_ask(1024 * 1024, 200 * 1024), 5);
+        assert_eq!(
+            messages_to_ask(128 * 1024, 200 * 1024),
+            1,
+            "a large body goes alone"
+        );
+        assert_eq!(messages_to_ask(0, 0), 1);
+    }
 
     #[test]
     fn redelivery_delays_double_and_stay_capped() {
