@@ -5,8 +5,9 @@
 //! stop receiving as writes that fall behind do.
 //!
 //! A receiver cannot know a receive's size before it is made. It takes room for a receive of
-//! bodies the size of its last ones (at most its share of the budget), asks SQS for as many as
-//! that room holds (at least one), and keeps what the messages hold, giving back the rest. A
+//! bodies the size of its last ones, twice over while the response is buffered and parsed (at
+//! most its share of the budget), asks SQS for as many as that room holds (at least one), and
+//! keeps what the messages hold, giving back the rest. A
 //! receive larger than what was taken (bodies that grew) gives it all back and waits for the
 //! whole size with nothing held, so no two receivers can wait on each other. So what is held is
 //! the budget, plus at most one receive per receiver whose bodies outgrew the last ones; and a

@@ -72,6 +72,10 @@ impl Group for Received {
     }
 }
 
+/// A receive's bytes while it is parsed, as a multiple of its bodies': the SDK buffers the whole
+/// response, then parses it into strings. The room a receive takes counts both.
+const RECEIVE_OVERHEAD: usize = 2;
+
 /// Deletes in flight at once, over all committed batches.
 const DELETES_IN_FLIGHT: usize = 64;
 
@@ -193,9 +197,9 @@ impl Receiver {
             };
             let reserved = tokio::select! {
                 () = self.stop.cancelled() => break,
-                taken = self.budget.take((body_size * MAX_BATCH).min(share)) => taken,
+                taken = self.budget.take((body_size * MAX_BATCH * RECEIVE_OVERHEAD).min(share)) => taken,
             };
-            let asked = messages_to_ask(reserved.held(), body_size);
+            let asked = messages_to_ask(reserved.held() / RECEIVE_OVERHEAD, body_size);
             let received = tokio::select! {
                 // A receive that has answered is taken even when shutdown came meanwhile.
                 biased;
