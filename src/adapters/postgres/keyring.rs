@@ -63,18 +63,15 @@ pub async fn quarantine_public_key(pool: &PgPool) -> Result<Option<PublicKey>, s
     .await
 }
 
-/// A quarantine public key and its attestation, to store beside the wrapped seed.
-pub struct PublicHalf<'a> {
-    pub public_key: &'a [u8],
-    pub attestation: &'a [u8],
-}
-
-/// What a keyring row stores beside the wrapped key: the quarantine key pair's public half, or
-/// a user key's check value.
-pub enum Beside<'a> {
+/// What a keyring row stores beside the wrapped key: the quarantine key pair's public half and
+/// its KMS attestation, or a user key's check value.
+pub enum Beside {
     Nothing,
-    PublicHalf(PublicHalf<'a>),
-    KeyCheck(&'a [u8]),
+    PublicHalf {
+        public_key: Vec<u8>,
+        attestation: Vec<u8>,
+    },
+    KeyCheck([u8; 32]),
 }
 
 /// Stores a wrapped key and what goes beside it unless that (purpose, version) exists; returns
@@ -85,12 +82,32 @@ pub async fn insert_if_absent(
     version: i32,
     kms_key_id: &str,
     wrapped: &[u8],
-    beside: Beside<'_>,
+    beside: &Beside,
 ) -> Result<bool, sqlx::Error> {
-    let (public, key_check) = match beside {
-        Beside::Nothing => (None, None),
-        Beside::PublicHalf(half) => (Some(half), None),
-        Beside::KeyCheck(check) => (None, Some(check)),
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, purpose, version, kms_key_id, wrapped, beside).await
+}
+
+/// The insert of [`insert_if_absent`], on a connection or in a transaction.
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    purpose: KeyPurpose,
+    version: i32,
+    kms_key_id: &str,
+    wrapped: &[u8],
+    beside: &Beside,
+) -> Result<bool, sqlx::Error> {
+    let (public_key, attestation, key_check) = match beside {
+        Beside::Nothing => (None, None, None),
+        Beside::PublicHalf {
+            public_key,
+            attestation,
+        } => (
+            Some(public_key.as_slice()),
+            Some(attestation.as_slice()),
+            None,
+        ),
+        Beside::KeyCheck(check) => (None, None, Some(check.as_slice())),
     };
     let result = sqlx::query(
         "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key, public_key, \
@@ -101,10 +118,10 @@ pub async fn insert_if_absent(
     .bind(version)
     .bind(kms_key_id)
     .bind(wrapped)
-    .bind(public.as_ref().map(|p| p.public_key))
-    .bind(public.as_ref().map(|p| p.attestation))
+    .bind(public_key)
+    .bind(attestation)
     .bind(key_check)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
 }
@@ -210,17 +227,17 @@ pub async fn insert_carried(pool: &PgPool, keys: &[CarriedUserKey]) -> Result<u6
     let mut tx = pool.begin().await?;
     let mut stored = 0;
     for key in keys {
-        stored += sqlx::query(
-            "INSERT INTO keyring.data_keys (purpose, version, kms_key_id, wrapped_key, key_check) \
-             VALUES ('user', $1, $2, $3, $4) ON CONFLICT (purpose, version) DO NOTHING",
+        let beside = Beside::KeyCheck(key.key_check);
+        let inserted = insert(
+            &mut tx,
+            KeyPurpose::User,
+            key.version,
+            &key.kms_key_id,
+            &key.wrapped,
+            &beside,
         )
-        .bind(key.version)
-        .bind(&key.kms_key_id)
-        .bind(&key.wrapped)
-        .bind(key.key_check.as_slice())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await?;
+        stored += u64::from(inserted);
     }
     tx.commit().await?;
     Ok(stored)

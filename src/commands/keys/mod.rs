@@ -320,12 +320,6 @@ async fn create_key(
     version: i32,
 ) -> anyhow::Result<(bool, WrappedKey)> {
     let name = purpose.as_str();
-    // What the row holds beside the wrapped key, made with the key while it is held.
-    enum Beside {
-        Nothing,
-        PublicHalf { key: Vec<u8>, attestation: Vec<u8> },
-        KeyCheck([u8; 32]),
-    }
     let (wrapped, beside) = match purpose {
         KeyPurpose::Quarantine => {
             let (wrapped, seed) = kms
@@ -337,7 +331,11 @@ async fn create_key(
                 .attest_public_key(&wrapped.kms_key_arn, version, &key)
                 .await
                 .context("attesting the quarantine public key with KMS")?;
-            (wrapped, Beside::PublicHalf { key, attestation })
+            let beside = keyring::Beside::PublicHalf {
+                public_key: key,
+                attestation,
+            };
+            (wrapped, beside)
         }
         KeyPurpose::User => {
             let (wrapped, key) = kms
@@ -347,14 +345,14 @@ async fn create_key(
             let check = UserKey::new(&key)
                 .context("KMS returned a user key of the wrong length")?
                 .key_check();
-            (wrapped, Beside::KeyCheck(check))
+            (wrapped, keyring::Beside::KeyCheck(check))
         }
         KeyPurpose::Mask | KeyPurpose::Vault => {
             let wrapped = kms
                 .generate_data_key(kms_key_id, purpose, version)
                 .await
                 .with_context(|| format!("generating the {name} data key"))?;
-            (wrapped, Beside::Nothing)
+            (wrapped, keyring::Beside::Nothing)
         }
     };
     let stored = keyring::insert_if_absent(
@@ -363,16 +361,7 @@ async fn create_key(
         version,
         &wrapped.kms_key_arn,
         &wrapped.blob,
-        match &beside {
-            Beside::Nothing => keyring::Beside::Nothing,
-            Beside::PublicHalf { key, attestation } => {
-                keyring::Beside::PublicHalf(keyring::PublicHalf {
-                    public_key: key,
-                    attestation,
-                })
-            }
-            Beside::KeyCheck(check) => keyring::Beside::KeyCheck(check),
-        },
+        &beside,
     )
     .await
     .map_err(DatabaseError::on(pool))
