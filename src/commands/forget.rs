@@ -114,9 +114,10 @@ impl TryFrom<&ForgetArgs> for ForgetSettings {
     }
 }
 
-/// Users per transaction: each costs a few index probes; the epoch lock (which holds ingest's
+/// Users per transaction. Each costs a few index probes, and each transaction one scan of
+/// `user_logins` for the vault entries no remaining row uses; the epoch lock (which holds ingest's
 /// commits back) is held for one chunk at a time.
-const CHUNK: usize = 200;
+const CHUNK: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForgetError {

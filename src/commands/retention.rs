@@ -19,7 +19,7 @@ use clap::Subcommand;
 
 use super::{progress, DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres;
-use crate::adapters::postgres::lifecycle::{self, Expiring, Retention, Sweep};
+use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
 use crate::human;
 
 #[derive(Debug, Subcommand)]
@@ -220,14 +220,11 @@ async fn apply(
             .and_time(chrono::NaiveTime::MIN)
             .and_utc();
         pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run, pace).await?;
-        let sweep = if dry_run {
-            Sweep::Count {
-                rows_expire_before: cutoff,
-            }
+        pass.vault_entries = if dry_run {
+            count_unused_vault(&pool, cutoff).await?
         } else {
-            Sweep::Delete
+            sweep_vault(&pool, pace).await?
         };
-        pass.vault_entries = sweep_vault(&pool, &sweep, pace).await?;
     }
     if let Some(cutoff) = cutoff(settings.quarantine_days) {
         pass.quarantine =
@@ -341,28 +338,48 @@ async fn delete_expired(
     }
 }
 
-async fn sweep_vault(pool: &sqlx::PgPool, sweep: &Sweep, pace: Pace) -> anyhow::Result<u64> {
-    let size = lifecycle::vault_size(pool).await.unwrap_or(0);
-    let span = progress("vault.entries", u64::try_from(size).unwrap_or(0));
+/// A dry run's count of the vault entries the sweep would delete after the rows created before
+/// `rows_expire_before`.
+async fn count_unused_vault(
+    pool: &sqlx::PgPool,
+    rows_expire_before: chrono::DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    (|| lifecycle::count_unused_entries(pool, rows_expire_before))
+        .retry(crate::pipeline::backoff())
+        .when(postgres::is_transient)
+        .await
+        .context("counting vault entries no row would use")
+}
+
+/// The vault sweep: two looks for entries no row uses (see `lifecycle::release_unused_entries`),
+/// then their deletion in chunks, each holding the vault epoch briefly and paced.
+async fn sweep_vault(pool: &sqlx::PgPool, pace: Pace) -> anyhow::Result<u64> {
+    // A step that waited its lock_timeout for ingest's commits changed nothing: again.
+    (|| lifecycle::release_unused_entries(pool))
+        .retry(crate::pipeline::backoff())
+        .when(postgres::is_transient)
+        .await
+        .context("releasing vault entries no row uses")?;
+    let unused = (|| lifecycle::confirm_unused_entries(pool))
+        .retry(crate::pipeline::backoff())
+        .when(postgres::is_transient)
+        .await
+        .context("confirming vault entries no row uses")?;
+    let span = progress("vault.entries", unused);
     let _shown = span.enter();
-    let mut after = None;
     let mut gone = 0;
     loop {
         let chunk = Instant::now();
-        // A chunk that waited its lock_timeout for ingest's commits changed nothing: again.
-        let (n, next) = (|| lifecycle::sweep_vault_chunk(pool, after.as_ref(), VAULT_CHUNK, sweep))
+        let n = (|| lifecycle::delete_unused_chunk(pool, VAULT_CHUNK))
             .retry(crate::pipeline::backoff())
             .when(postgres::is_transient)
             .await
-            .context("deleting vault entries no row refers to")?;
+            .context("deleting vault entries no row uses")?;
+        if n == 0 {
+            return Ok(gone);
+        }
         gone += n;
-        span.pb_inc(VAULT_CHUNK as u64);
-        match next {
-            Some(key) => after = Some(key),
-            None => return Ok(gone),
-        }
-        if matches!(sweep, Sweep::Delete) {
-            pace.after(chunk).await;
-        }
+        span.pb_inc(n);
+        pace.after(chunk).await;
     }
 }

@@ -828,6 +828,49 @@ async fn retention_deletes_what_expired_beside_a_running_ingest_and_never_the_au
     app.etl_ok(&["audit", "verify"]).await;
 }
 
+/// The sweep deletes only entries it found unused twice, and ingest resets that state whenever it
+/// meets an entry it does not know: here an entry marked unused is used again by a new process's
+/// batch, and the next pass keeps it while deleting the one no row uses.
+#[tokio::test]
+async fn an_entry_the_sweep_found_unused_is_kept_once_ingest_uses_it_again() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[body("gone-1", "10.28.0.1", "280-00-0001", "RU")])
+        .await;
+    for sql in [
+        // As a pass that expired the row and looked twice would leave it.
+        "DELETE FROM user_logins",
+        "UPDATE vault.entries SET first_seen = now() - interval '40 days', sweep_state = 'unused'",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    // Another user behind the same ip, ingested by a process that knows nothing of the vault.
+    app.ingest(&[body("back-1", "10.28.0.1", "280-00-0002", "RU")])
+        .await;
+    let kept: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT field, sweep_state FROM vault.entries ORDER BY field, first_seen")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        vec![
+            ("device_id".to_owned(), Some("unused".to_owned())),
+            ("device_id".to_owned(), None),
+            ("ip".to_owned(), None),
+        ],
+        "the ip's entry is in use again; gone-1's device is not"
+    );
+    app.etl_ok(&["retention", "set", "--logins", "30"]).await;
+    let pass: Value = serde_json::from_str(
+        &app.etl_ok(&["retention", "apply", "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(pass["vault_entries"], 1, "{pass}");
+    assert_eq!(app.count("SELECT count(*) FROM vault.entries").await, 2);
+    assert_eq!(app.count(DANGLING).await, 0);
+}
+
 /// A retention dry run counts the vault entries that only expiring rows use, as the real pass
 /// then deletes them; with nothing expired, the pass still exits 0.
 #[tokio::test]

@@ -276,105 +276,140 @@ pub async fn delete_expired_chunk(
     Ok(done.rows_affected())
 }
 
-/// Where a vault sweep goes on from: the last key of the previous chunk.
-pub type VaultKey = (Vec<u8>, String);
-
 /// Vault entries younger than this are not swept: they may belong to a batch in flight, whose
-/// rows are not committed yet. (Deleting them would be safe, only wasteful: that batch would
+/// rows are not committed yet. (Sweeping them would be safe, only wasteful: that batch would
 /// find the epoch raised and insert them again.)
 const SWEEP_GRACE: &str = "1 hour";
 
-/// The chunk of the vault after `after`, by primary key, and its entries no row refers to. Only
-/// entries of the active mask key version: those of a pending one are referred to by no row
-/// until the re-mask switch, and the re-mask deletes the old ones itself.
-fn sweep_chunk_sql(mode: &Sweep) -> String {
-    let (action, remaining) = match mode {
-        Sweep::Delete => (
-            "DELETE FROM vault.entries e USING chunk c \
-             WHERE e.mask = c.mask AND e.field = c.field AND",
-            "",
-        ),
-        // Rows that the pass would delete refer to nothing: only those it keeps count.
-        Sweep::Count { .. } => (
-            "SELECT 1 FROM chunk e WHERE",
-            // Cast as the deletion casts its bound: in the session's time zone.
-            "AND (u.create_date IS NULL OR u.create_date >= $4::timestamptz::date)",
-        ),
-    };
+/// The fields of a vault entry and the `user_logins` columns holding their masks.
+const MASKED_COLUMNS: [(&str, &str); 2] = [("ip", "masked_ip"), ("device_id", "masked_device_id")];
+
+/// Enough memory for the hash of a scan's anti-join to stay in memory at a few million entries.
+const SWEEP_WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+
+/// The sweep's condition on a vault entry `e` of field `$1`: no row uses its mask, as the
+/// statement's snapshot sees `user_logins` (one hash anti-join: there is no index on the masks).
+/// Only entries of the active mask key version: those of a pending one are used by no row until
+/// the re-mask switch, and the re-mask deletes the old ones itself.
+fn unused_condition(column: &str, rows_kept: &str) -> String {
     format!(
-        "WITH chunk AS ( \
-             SELECT mask, field, first_seen, mask_key_version FROM vault.entries \
-             WHERE $1::bytea IS NULL OR (mask, field) > ($1::bytea, $2::text) \
-             ORDER BY mask, field LIMIT $3 \
-         ), gone AS ( \
-             {action} e.first_seen < now() - interval '{SWEEP_GRACE}' \
-             AND e.mask_key_version = (SELECT keyring.active_mask_key_version()) \
-             AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
-                             WHERE e.field = 'ip' AND u.masked_ip = encode(e.mask, 'hex') \
-                             {remaining}) \
-             AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
-                             WHERE e.field = 'device_id' \
-                               AND u.masked_device_id = encode(e.mask, 'hex') {remaining}) \
-             {returning} \
-         ) \
-         SELECT (SELECT count(*) FROM gone), \
-                (SELECT count(*) FROM chunk), \
-                (SELECT mask FROM chunk ORDER BY mask DESC, field DESC LIMIT 1), \
-                (SELECT field FROM chunk ORDER BY mask DESC, field DESC LIMIT 1)",
-        returning = match mode {
-            Sweep::Delete => "RETURNING 1",
-            Sweep::Count { .. } => "",
-        },
+        "e.field = $1 AND e.first_seen < now() - interval '{SWEEP_GRACE}' \
+         AND e.mask_key_version = (SELECT keyring.active_mask_key_version()) \
+         AND NOT EXISTS (SELECT 1 FROM public.user_logins u \
+                         WHERE u.{column} = encode(e.mask, 'hex') {rows_kept})"
     )
 }
 
-/// What a vault sweep does with the entries no row refers to.
-pub enum Sweep {
-    Delete,
-    /// A dry run's count: as if the rows created before `rows_expire_before` were deleted, as the
-    /// real pass deletes them first.
-    Count {
-        rows_expire_before: DateTime<Utc>,
-    },
-}
-
-/// One chunk of the vault sweep: the entries of up to `chunk` keys after `after` that no row
-/// refers to are deleted (or counted), holding the vault epoch exclusively and raising it if any
-/// went. Returns how many went, and where the next chunk starts (`None`: done).
-pub async fn sweep_vault_chunk(
-    pool: &PgPool,
-    after: Option<&VaultKey>,
-    chunk: i64,
-    mode: &Sweep,
-) -> Result<(u64, Option<VaultKey>), sqlx::Error> {
-    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
-    let delete = matches!(mode, Sweep::Delete);
-    if delete {
+/// The first look of a vault sweep (migration `vault_sweep_states`): the entries no row uses
+/// become `released`, and the vault epoch is raised in the same transaction, so that every ingest
+/// process forgets what it knew of the vault and tells the database again of each entry it uses
+/// (`etl.keep_vault_entries`). The scans hold nothing ingest waits for; the epoch is held only
+/// for the raise. Returns how many entries were released.
+pub async fn release_unused_entries(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
+    let mut released = 0;
+    for (field, column) in MASKED_COLUMNS {
+        released += sqlx::query(&format!(
+            "UPDATE vault.entries e SET sweep_state = 'released' \
+             WHERE e.sweep_state IS NULL AND {}",
+            unused_condition(column, "")
+        ))
+        .bind(field)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    if released > 0 {
         sqlx::query("SELECT etl.lock_vault_epoch()")
             .execute(&mut *tx)
             .await?;
-    }
-    let sql = sweep_chunk_sql(mode);
-    let mut query = sqlx::query_as(&sql)
-        .bind(after.map(|(mask, _)| mask.as_slice()))
-        .bind(after.map(|(_, field)| field.as_str()))
-        .bind(chunk);
-    if let Sweep::Count { rows_expire_before } = mode {
-        query = query.bind(*rows_expire_before);
-    }
-    let (gone, seen, last_mask, last_field): (i64, i64, Option<Vec<u8>>, Option<String>) =
-        query.fetch_one(&mut *tx).await?;
-    if gone > 0 && delete {
         sqlx::query("SELECT etl.raise_vault_epoch()")
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    let next = match (last_mask, last_field) {
-        (Some(mask), Some(field)) if seen == chunk => Some((mask, field)),
-        _ => None,
-    };
-    Ok((gone as u64, next))
+    Ok(released)
+}
+
+/// The second look: released entries that still no row uses become `unused`. A row committed
+/// after this statement's snapshot belongs to a batch prepared after the raise, which reset its
+/// entries' state before the row could commit. Returns how many entries are unused.
+pub async fn confirm_unused_entries(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
+    for (field, column) in MASKED_COLUMNS {
+        sqlx::query(&format!(
+            "UPDATE vault.entries e SET sweep_state = 'unused' \
+             WHERE e.sweep_state = 'released' AND {}",
+            unused_condition(column, "")
+        ))
+        .bind(field)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let unused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM vault.entries WHERE sweep_state = 'unused'")
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(u64::try_from(unused).unwrap_or(0))
+}
+
+/// Deletes up to `chunk` unused entries, holding the vault epoch exclusively and raising it if
+/// any went (a batch in flight that meant to use one prepares again and inserts it anew).
+/// Returns how many went; 0 when none is left.
+pub async fn delete_unused_chunk(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    sqlx::query("SELECT etl.lock_vault_epoch()")
+        .execute(&mut *tx)
+        .await?;
+    // The state is checked again on the row: an entry ingest kept meanwhile is not deleted.
+    let gone = sqlx::query(
+        "DELETE FROM vault.entries e \
+         WHERE (e.mask, e.field) IN (SELECT mask, field FROM vault.entries \
+                                     WHERE sweep_state = 'unused' LIMIT $1) \
+           AND e.sweep_state = 'unused'",
+    )
+    .bind(chunk)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if gone > 0 {
+        sqlx::query("SELECT etl.raise_vault_epoch()")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(gone)
+}
+
+/// A dry run's count: the entries no row would use once the rows created before
+/// `rows_expire_before` were deleted, as the real pass deletes them first.
+pub async fn count_unused_entries(
+    pool: &PgPool,
+    rows_expire_before: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
+    let mut unused = 0;
+    for (field, column) in MASKED_COLUMNS {
+        // Cast as the deletion casts its bound: in the session's time zone.
+        let count: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM vault.entries e WHERE {}",
+            unused_condition(
+                column,
+                "AND (u.create_date IS NULL OR u.create_date >= $2::timestamptz::date)"
+            )
+        ))
+        .bind(field)
+        .bind(rows_expire_before)
+        .fetch_one(&mut *tx)
+        .await?;
+        unused += u64::try_from(count).unwrap_or(0);
+    }
+    tx.rollback().await?;
+    Ok(unused)
 }
 
 pub async fn vault_size(pool: &PgPool) -> Result<i64, sqlx::Error> {

@@ -57,6 +57,8 @@ const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
     "\nON CONFLICT DO NOTHING"
 );
 
+const KEEP_VAULT_ENTRIES: &str = "SELECT etl.keep_vault_entries($1, $2)";
+
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -208,10 +210,6 @@ async fn claim(conn: &mut PgConnection, batch: &WriteBatch) -> Result<Claimed, s
     }
 }
 
-/// Vault entries are committed before the rows that use their masks, in short transactions of
-/// their own: a concurrent batch that meets the same new value waits for this short transaction,
-/// not for a whole batch. A crash in between leaves vault rows no row uses yet; the messages come
-/// back and use them. The vault is append-only, so a committed entry stays valid.
 /// Whether `user_logins` takes the batch's rows (a constraint added since may not), tried in a
 /// transaction that is rolled back: a dry run's test. Nothing is written.
 pub async fn trial_logins(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
@@ -221,6 +219,11 @@ pub async fn trial_logins(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx:
     tried.map(|_| ())
 }
 
+/// Vault entries are committed before the rows that use their masks, in short transactions of
+/// their own: a concurrent batch that meets the same new value waits for this short transaction,
+/// not for a whole batch. A crash in between leaves vault rows no row uses yet; the messages come
+/// back and use them. Only erasure and the retention sweep delete entries, and they raise the
+/// vault epoch, so a batch whose entries went is prepared again.
 async fn insert_vault(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
     // Sorted as the statement sorts them (byte-wise: hex order is digest order), so the server's
     // sort finds them presorted and concurrent batches lock index entries in one order.
@@ -267,7 +270,12 @@ async fn insert_vault_chunk(
     match insert(INSERT_VAULT).execute(pool).await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(UNIQUE_VIOLATION) => {
-            insert(INSERT_VAULT_SKIPPING_EXISTING)
+            insert(INSERT_VAULT_SKIPPING_EXISTING).execute(pool).await?;
+            // Entries the vault held: any the retention sweep found unused are in use again,
+            // before a row using them can commit (migration `vault_sweep_states`).
+            sqlx::query(KEEP_VAULT_ENTRIES)
+                .bind(&fields)
+                .bind(&masks)
                 .execute(pool)
                 .await
                 .map(|_| ())
