@@ -74,6 +74,8 @@ DECLARE
     v_devices_i text[];
     v_i integer;
     v_n bigint;
+    v_used_ips text[];
+    v_used_devices text[];
     v_quarantined bigint;
     v_new bigint;
     v_already boolean;
@@ -141,27 +143,31 @@ BEGIN
     -- An entry two of the users shared counts for the later one, as one by one would.
     v_user_vault := array_fill(0::bigint, ARRAY[cardinality(p_user_ids)]);
     IF cardinality(v_ips) + cardinality(v_devices) > 0 THEN
+        -- A read-only statement of its own, so the scan may run in parallel. IN (SELECT ...): a
+        -- hashed lookup per row on every supported version.
+        SELECT coalesce(array_agg(DISTINCT u.masked_ip)
+                            FILTER (WHERE u.masked_ip IN (SELECT unnest(v_ips))), '{}'),
+               coalesce(array_agg(DISTINCT u.masked_device_id)
+                            FILTER (WHERE u.masked_device_id IN (SELECT unnest(v_devices))), '{}')
+        INTO v_used_ips, v_used_devices
+        FROM public.user_logins u
+        WHERE u.masked_ip IN (SELECT unnest(v_ips))
+           OR u.masked_device_id IN (SELECT unnest(v_devices));
         FOR v_i, v_n IN
             WITH released AS (
                 SELECT DISTINCT ON (r.field, r.mask) r.field, r.mask, r.u
                 FROM (SELECT 'ip'::text AS field, m.mask, m.u
                       FROM unnest(v_ips, v_ip_users) AS m(mask, u)
+                      WHERE m.mask <> ALL (v_used_ips)
                       UNION ALL
                       SELECT 'device_id', m.mask, m.u
-                      FROM unnest(v_devices, v_device_users) AS m(mask, u)) r
+                      FROM unnest(v_devices, v_device_users) AS m(mask, u)
+                      WHERE m.mask <> ALL (v_used_devices)) r
                 ORDER BY r.field, r.mask, r.u DESC
-            ), used AS (
-                -- IN (SELECT ...): a hashed lookup per row on every supported version.
-                SELECT u.masked_ip, u.masked_device_id FROM public.user_logins u
-                WHERE u.masked_ip IN (SELECT unnest(v_ips))
-                   OR u.masked_device_id IN (SELECT unnest(v_devices))
             ), gone AS (
                 DELETE FROM vault.entries e
                 USING released r
                 WHERE e.field = r.field AND e.mask = decode(r.mask, 'hex')
-                  AND NOT EXISTS (SELECT 1 FROM used
-                                  WHERE (r.field = 'ip' AND used.masked_ip = r.mask)
-                                     OR (r.field = 'device_id' AND used.masked_device_id = r.mask))
                 RETURNING r.u
             )
             SELECT g.u, count(*) FROM gone g GROUP BY g.u

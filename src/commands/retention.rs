@@ -355,12 +355,12 @@ async fn count_unused_vault(
 /// then their deletion in chunks, each holding the vault epoch briefly and paced.
 async fn sweep_vault(pool: &sqlx::PgPool, pace: Pace) -> anyhow::Result<u64> {
     // A step that waited its lock_timeout for ingest's commits changed nothing: again.
-    (|| lifecycle::release_unused_entries(pool))
+    (|| lifecycle::release_unused_entries(pool, VAULT_CHUNK))
         .retry(crate::pipeline::backoff())
         .when(postgres::is_transient)
         .await
         .context("releasing vault entries no row uses")?;
-    let unused = (|| lifecycle::confirm_unused_entries(pool))
+    let unused = (|| lifecycle::confirm_unused_entries(pool, VAULT_CHUNK))
         .retry(crate::pipeline::backoff())
         .when(postgres::is_transient)
         .await

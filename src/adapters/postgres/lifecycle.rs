@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
 use super::keyring::KeyState;
 use crate::crypto::{UserHash, UserKey};
@@ -284,8 +284,18 @@ const SWEEP_GRACE: &str = "1 hour";
 /// The fields of a vault entry and the `user_logins` columns holding their masks.
 const MASKED_COLUMNS: [(&str, &str); 2] = [("ip", "masked_ip"), ("device_id", "masked_device_id")];
 
-/// Enough memory for the hash of a scan's anti-join to stay in memory at a few million entries.
-const SWEEP_WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+/// Settings of the sweep's scans: enough memory for an anti-join's hash to stay in memory at a
+/// few million entries, and no nested loop, which the planner picks when the statistics of
+/// `sweep_state` predate the marks (one scan of `user_logins` per entry).
+const SCAN_SETTINGS: [&str; 2] = [
+    "SET LOCAL work_mem = '64MB'",
+    "SET LOCAL enable_nestloop = off",
+];
+
+/// Entries found by a look, marked afterwards in short transactions: a scan holds no row lock,
+/// so ingest never waits for one (its resets wait for a chunk at most).
+const CREATE_FOUND: &str = "CREATE TEMP TABLE IF NOT EXISTS etl_sweep_found \
+     (mask bytea NOT NULL, field text NOT NULL, PRIMARY KEY (mask, field))";
 
 /// The sweep's condition on a vault entry `e` of field `$1`: no row uses its mask, as the
 /// statement's snapshot sees `user_logins` (one hash anti-join: there is no index on the masks).
@@ -300,19 +310,24 @@ fn unused_condition(column: &str, rows_kept: &str) -> String {
     )
 }
 
-/// The first look of a vault sweep (migration `vault_sweep_states`): the entries no row uses
-/// become `released`, and the vault epoch is raised in the same transaction, so that every ingest
-/// process forgets what it knew of the vault and tells the database again of each entry it uses
-/// (`etl.keep_vault_entries`). The scans hold nothing ingest waits for; the epoch is held only
-/// for the raise. Returns how many entries were released.
-pub async fn release_unused_entries(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
-    let mut released = 0;
+/// One look: the entries in state `from` (`NULL` for none) that no row uses, into
+/// `etl_sweep_found`; each field's in one statement, so one snapshot judges each entry. Returns
+/// how many.
+async fn look(conn: &mut PgConnection, from: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query(CREATE_FOUND).execute(&mut *conn).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query("TRUNCATE etl_sweep_found")
+        .execute(&mut *tx)
+        .await?;
+    for setting in SCAN_SETTINGS {
+        sqlx::query(setting).execute(&mut *tx).await?;
+    }
+    let mut found = 0;
     for (field, column) in MASKED_COLUMNS {
-        released += sqlx::query(&format!(
-            "UPDATE vault.entries e SET sweep_state = 'released' \
-             WHERE e.sweep_state IS NULL AND {}",
+        found += sqlx::query(&format!(
+            "INSERT INTO etl_sweep_found (mask, field) \
+             SELECT e.mask, e.field FROM vault.entries e \
+             WHERE e.sweep_state IS NOT DISTINCT FROM {from} AND {}",
             unused_condition(column, "")
         ))
         .bind(field)
@@ -320,39 +335,92 @@ pub async fn release_unused_entries(pool: &PgPool) -> Result<u64, sqlx::Error> {
         .await?
         .rows_affected();
     }
-    if released > 0 {
-        sqlx::query("SELECT etl.lock_vault_epoch()")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT etl.raise_vault_epoch()")
-            .execute(&mut *tx)
-            .await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Moves the entries found by the last look from state `from` to `to` in transactions of
+/// `chunk`; an entry whose state changed since (ingest reset it) is left as it is. Returns how
+/// many moved.
+async fn mark_found(
+    conn: &mut PgConnection,
+    from: &str,
+    to: &str,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut marked = 0;
+    loop {
+        let (taken, moved): (i64, i64) = sqlx::query_as(&format!(
+            "WITH chunk AS ( \
+                 DELETE FROM etl_sweep_found f \
+                 WHERE (f.mask, f.field) IN (SELECT mask, field FROM etl_sweep_found LIMIT $1) \
+                 RETURNING f.mask, f.field \
+             ), moved AS ( \
+                 UPDATE vault.entries e SET sweep_state = {to} FROM chunk c \
+                 WHERE e.mask = c.mask AND e.field = c.field \
+                   AND e.sweep_state IS NOT DISTINCT FROM {from} \
+                 RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM moved)"
+        ))
+        .bind(chunk)
+        .fetch_one(&mut *conn)
+        .await?;
+        marked += u64::try_from(moved).unwrap_or(0);
+        if taken < chunk {
+            return Ok(marked);
+        }
     }
+}
+
+/// The first look of a vault sweep (migration `vault_sweep_states`): the entries no row uses
+/// become `released`, and then the vault epoch is raised, so that every ingest process forgets
+/// what it knew of the vault and tells the database again of each entry it uses
+/// (`etl.keep_vault_entries`). The raise also covers marks a pass cut short left. Returns how
+/// many entries were released.
+pub async fn release_unused_entries(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
+    // The found entries wait in a temporary table: one connection for the look and the marks.
+    let mut conn = pool.acquire().await?;
+    look(&mut conn, "NULL").await?;
+    let released = mark_found(&mut conn, "NULL", "'released'", chunk).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT etl.lock_vault_epoch()")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT etl.raise_vault_epoch()")
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(released)
 }
 
-/// The second look: released entries that still no row uses become `unused`. A row committed
-/// after this statement's snapshot belongs to a batch prepared after the raise, which reset its
-/// entries' state before the row could commit. Returns how many entries are unused.
-pub async fn confirm_unused_entries(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
-    for (field, column) in MASKED_COLUMNS {
-        sqlx::query(&format!(
-            "UPDATE vault.entries e SET sweep_state = 'unused' \
-             WHERE e.sweep_state = 'released' AND {}",
-            unused_condition(column, "")
-        ))
-        .bind(field)
-        .execute(&mut *tx)
-        .await?;
+/// The second look, after the raise: released entries that still no row uses become `unused`,
+/// the others go back to no state (so ingest's resets find nothing to do). A row committed after
+/// this look's snapshot belongs to a batch prepared after the raise, which reset its entries'
+/// state before the row could commit. Returns how many entries are unused.
+pub async fn confirm_unused_entries(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    look(&mut conn, "'released'").await?;
+    mark_found(&mut conn, "'released'", "'unused'", chunk).await?;
+    loop {
+        let reset = sqlx::query(
+            "UPDATE vault.entries e SET sweep_state = NULL \
+             WHERE (e.mask, e.field) IN (SELECT mask, field FROM vault.entries \
+                                         WHERE sweep_state = 'released' LIMIT $1) \
+               AND e.sweep_state = 'released'",
+        )
+        .bind(chunk)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if reset < u64::try_from(chunk).unwrap_or(0) {
+            break;
+        }
     }
     let unused: i64 =
         sqlx::query_scalar("SELECT count(*) FROM vault.entries WHERE sweep_state = 'unused'")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
-    tx.commit().await?;
     Ok(u64::try_from(unused).unwrap_or(0))
 }
 
@@ -391,7 +459,9 @@ pub async fn count_unused_entries(
     rows_expire_before: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(SWEEP_WORK_MEM).execute(&mut *tx).await?;
+    for setting in SCAN_SETTINGS {
+        sqlx::query(setting).execute(&mut *tx).await?;
+    }
     let mut unused = 0;
     for (field, column) in MASKED_COLUMNS {
         // Cast as the deletion casts its bound: in the session's time zone.
