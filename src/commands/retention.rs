@@ -76,7 +76,7 @@ const ROW_CHUNK: i64 = 10_000;
 /// Vault keys per sweep transaction: one index probe each, under the vault epoch's lock (which
 /// holds ingest's commits back), and one epoch change (which makes ingest drop its cache of known
 /// masks) per chunk that deletes any.
-const VAULT_CHUNK: i64 = 5_000;
+const VAULT_CHUNK: usize = 5_000;
 /// SQS keeps a message at most 14 days: a claim must outlive any redelivery of it.
 const MIN_CLAIMS_DAYS: u32 = 14;
 
@@ -201,7 +201,8 @@ async fn apply(
     format: OutputFormat,
     pace: Pace,
 ) -> anyhow::Result<Pass> {
-    let pool = super::audit_pool(database).await?;
+    // Two: the vault sweep reads what it looks for on one and marks it on the other.
+    let pool = super::audit_pool_of(database, 2).await?;
     let settings = lifecycle::retention(&pool)
         .await
         .context("reading etl.retention (the schema owner may)")?;

@@ -87,7 +87,7 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE etl.check_seal_versions(integer, integer)",
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_ingest EXECUTE etl.missing_user_key_versions()",
-    "etl_ingest EXECUTE etl.keep_vault_entries(text[], bytea[])",
+    "etl_ingest EXECUTE etl.keep_vault_entries(bytea[])",
     "etl_privacy EXECUTE etl.missing_user_key_versions()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])",
     "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",

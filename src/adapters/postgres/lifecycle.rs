@@ -6,6 +6,7 @@
 //! flight depends on, and runs in short transactions of `chunk` rows.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
@@ -292,11 +293,6 @@ const SCAN_SETTINGS: [&str; 2] = [
     "SET LOCAL enable_nestloop = off",
 ];
 
-/// Entries found by a look, marked afterwards in short transactions: a scan holds no row lock,
-/// so ingest never waits for one (its resets wait for a chunk at most).
-const CREATE_FOUND: &str = "CREATE TEMP TABLE IF NOT EXISTS etl_sweep_found \
-     (mask bytea NOT NULL, field text NOT NULL, PRIMARY KEY (mask, field))";
-
 /// The sweep's condition on a vault entry `e` of field `$1`: no row uses its mask, as the
 /// statement's snapshot sees `user_logins` (one hash anti-join: there is no index on the masks).
 /// Only entries of the active mask key version: those of a pending one are used by no row until
@@ -310,67 +306,114 @@ fn unused_condition(column: &str, rows_kept: &str) -> String {
     )
 }
 
-/// One look: the entries in state `from` (`NULL` for none) that no row uses, into
-/// `etl_sweep_found`; each field's in one statement, so one snapshot judges each entry. Returns
-/// how many.
-async fn look(conn: &mut PgConnection, from: &str) -> Result<u64, sqlx::Error> {
-    sqlx::query(CREATE_FOUND).execute(&mut *conn).await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query("TRUNCATE etl_sweep_found")
-        .execute(&mut *tx)
-        .await?;
-    for setting in SCAN_SETTINGS {
-        sqlx::query(setting).execute(&mut *tx).await?;
-    }
-    let mut found = 0;
-    for (field, column) in MASKED_COLUMNS {
-        found += sqlx::query(&format!(
-            "INSERT INTO etl_sweep_found (mask, field) \
-             SELECT e.mask, e.field FROM vault.entries e \
-             WHERE e.sweep_state IS NOT DISTINCT FROM {from} AND {}",
-            unused_condition(column, "")
-        ))
-        .bind(field)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    }
-    tx.commit().await?;
-    Ok(found)
+/// A state of the sweep, as SQL conditions and values.
+#[derive(Clone, Copy)]
+enum State {
+    None,
+    Released,
+    Unused,
 }
 
-/// Moves the entries found by the last look from state `from` to `to` in transactions of
-/// `chunk`; an entry whose state changed since (ingest reset it) is left as it is. Returns how
-/// many moved.
-async fn mark_found(
-    conn: &mut PgConnection,
-    from: &str,
-    to: &str,
-    chunk: i64,
-) -> Result<u64, sqlx::Error> {
-    let mut marked = 0;
-    loop {
-        let (taken, moved): (i64, i64) = sqlx::query_as(&format!(
-            "WITH chunk AS ( \
-                 DELETE FROM etl_sweep_found f \
-                 WHERE (f.mask, f.field) IN (SELECT mask, field FROM etl_sweep_found LIMIT $1) \
-                 RETURNING f.mask, f.field \
-             ), moved AS ( \
-                 UPDATE vault.entries e SET sweep_state = {to} FROM chunk c \
-                 WHERE e.mask = c.mask AND e.field = c.field \
-                   AND e.sweep_state IS NOT DISTINCT FROM {from} \
-                 RETURNING 1 \
-             ) \
-             SELECT (SELECT count(*) FROM chunk), (SELECT count(*) FROM moved)"
-        ))
-        .bind(chunk)
-        .fetch_one(&mut *conn)
-        .await?;
-        marked += u64::try_from(moved).unwrap_or(0);
-        if taken < chunk {
-            return Ok(marked);
+impl State {
+    const fn is(self) -> &'static str {
+        match self {
+            Self::None => "e.sweep_state IS NULL",
+            Self::Released => "e.sweep_state = 'released'",
+            Self::Unused => "e.sweep_state = 'unused'",
         }
     }
+
+    const fn value(self) -> &'static str {
+        match self {
+            Self::None => "NULL",
+            Self::Released => "'released'",
+            Self::Unused => "'unused'",
+        }
+    }
+}
+
+/// Moves these entries of `field` from state `from` to `to`; an entry whose state changed since
+/// it was read (ingest reset it) stays as it is. Found by the primary key (`mask = ANY`): no plan
+/// can scan the vault. Returns how many moved.
+async fn mark(
+    conn: &mut PgConnection,
+    field: &str,
+    masks: &[Vec<u8>],
+    from: State,
+    to: State,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(BY_INDEX).execute(&mut *tx).await?;
+    let done = sqlx::query(&format!(
+        "UPDATE vault.entries e SET sweep_state = {} \
+         WHERE e.field = $1 AND e.mask = ANY($2) AND {}",
+        to.value(),
+        from.is()
+    ))
+    .bind(field)
+    .bind(masks)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+/// One look of the sweep: the entries in state `from` that no row uses, read in one snapshot per
+/// field (a read holds no row lock, so ingest never waits for the scan), and moved to `to` in
+/// statements of `chunk` on another connection. Returns how many moved.
+async fn look(pool: &PgPool, from: State, to: State, chunk: usize) -> Result<u64, sqlx::Error> {
+    let mut marked = 0;
+    for (field, column) in MASKED_COLUMNS {
+        let mut reader = pool.begin().await?;
+        for setting in SCAN_SETTINGS {
+            sqlx::query(setting).execute(&mut *reader).await?;
+        }
+        let sql = format!(
+            "SELECT e.mask FROM vault.entries e WHERE {} AND {}",
+            from.is(),
+            unused_condition(column, "")
+        );
+        let mut found = sqlx::query_scalar::<_, Vec<u8>>(&sql)
+            .bind(field)
+            .fetch(&mut *reader);
+        let mut writer = pool.acquire().await?;
+        let mut masks = Vec::with_capacity(chunk);
+        while let Some(mask) = found.try_next().await? {
+            masks.push(mask);
+            if masks.len() == chunk {
+                marked += mark(&mut writer, field, &masks, from, to).await?;
+                masks.clear();
+            }
+        }
+        drop(found);
+        if !masks.is_empty() {
+            marked += mark(&mut writer, field, &masks, from, to).await?;
+        }
+        reader.commit().await?;
+    }
+    Ok(marked)
+}
+
+/// For the statements that find entries by key or by state: statistics of `sweep_state` that
+/// predate the marks must not make a plan scan the vault.
+const BY_INDEX: &str = "SET LOCAL enable_seqscan = off";
+
+/// Up to `chunk` masks of `field` in state `state`, by the partial index on it; in a transaction
+/// that set [`BY_INDEX`].
+async fn in_state(
+    conn: &mut PgConnection,
+    field: &str,
+    state: State,
+    chunk: usize,
+) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT e.mask FROM vault.entries e WHERE {} AND e.field = $1 LIMIT $2",
+        state.is()
+    ))
+    .bind(field)
+    .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
+    .fetch_all(conn)
+    .await
 }
 
 /// The first look of a vault sweep (migration `vault_sweep_states`): the entries no row uses
@@ -378,12 +421,9 @@ async fn mark_found(
 /// what it knew of the vault and tells the database again of each entry it uses
 /// (`etl.keep_vault_entries`). The raise also covers marks a pass cut short left. Returns how
 /// many entries were released.
-pub async fn release_unused_entries(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
-    // The found entries wait in a temporary table: one connection for the look and the marks.
-    let mut conn = pool.acquire().await?;
-    look(&mut conn, "NULL").await?;
-    let released = mark_found(&mut conn, "NULL", "'released'", chunk).await?;
-    let mut tx = conn.begin().await?;
+pub async fn release_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
+    let released = look(pool, State::None, State::Released, chunk).await?;
+    let mut tx = pool.begin().await?;
     sqlx::query("SELECT etl.lock_vault_epoch()")
         .execute(&mut *tx)
         .await?;
@@ -398,51 +438,51 @@ pub async fn release_unused_entries(pool: &PgPool, chunk: i64) -> Result<u64, sq
 /// the others go back to no state (so ingest's resets find nothing to do). A row committed after
 /// this look's snapshot belongs to a batch prepared after the raise, which reset its entries'
 /// state before the row could commit. Returns how many entries are unused.
-pub async fn confirm_unused_entries(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
+pub async fn confirm_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
+    look(pool, State::Released, State::Unused, chunk).await?;
     let mut conn = pool.acquire().await?;
-    look(&mut conn, "'released'").await?;
-    mark_found(&mut conn, "'released'", "'unused'", chunk).await?;
-    loop {
-        let reset = sqlx::query(
-            "UPDATE vault.entries e SET sweep_state = NULL \
-             WHERE (e.mask, e.field) IN (SELECT mask, field FROM vault.entries \
-                                         WHERE sweep_state = 'released' LIMIT $1) \
-               AND e.sweep_state = 'released'",
-        )
-        .bind(chunk)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if reset < u64::try_from(chunk).unwrap_or(0) {
-            break;
+    for (field, _) in MASKED_COLUMNS {
+        loop {
+            let mut tx = conn.begin().await?;
+            sqlx::query(BY_INDEX).execute(&mut *tx).await?;
+            let masks = in_state(&mut tx, field, State::Released, chunk).await?;
+            tx.commit().await?;
+            mark(&mut conn, field, &masks, State::Released, State::None).await?;
+            if masks.len() < chunk {
+                break;
+            }
         }
     }
     let unused: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM vault.entries WHERE sweep_state = 'unused'")
+        sqlx::query_scalar("SELECT count(*) FROM vault.entries e WHERE e.sweep_state = 'unused'")
             .fetch_one(&mut *conn)
             .await?;
     Ok(u64::try_from(unused).unwrap_or(0))
 }
 
-/// Deletes up to `chunk` unused entries, holding the vault epoch exclusively and raising it if
-/// any went (a batch in flight that meant to use one prepares again and inserts it anew).
-/// Returns how many went; 0 when none is left.
-pub async fn delete_unused_chunk(pool: &PgPool, chunk: i64) -> Result<u64, sqlx::Error> {
+/// Deletes up to `chunk` unused entries of each field, holding the vault epoch exclusively and
+/// raising it if any went (a batch in flight that meant to use one prepares again and inserts it
+/// anew). Returns how many went; 0 when none is left.
+pub async fn delete_unused_chunk(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
     sqlx::query("SELECT etl.lock_vault_epoch()")
         .execute(&mut *tx)
         .await?;
-    // The state is checked again on the row: an entry ingest kept meanwhile is not deleted.
-    let gone = sqlx::query(
-        "DELETE FROM vault.entries e \
-         WHERE (e.mask, e.field) IN (SELECT mask, field FROM vault.entries \
-                                     WHERE sweep_state = 'unused' LIMIT $1) \
-           AND e.sweep_state = 'unused'",
-    )
-    .bind(chunk)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    sqlx::query(BY_INDEX).execute(&mut *tx).await?;
+    let mut gone = 0;
+    for (field, _) in MASKED_COLUMNS {
+        let masks = in_state(&mut tx, field, State::Unused, chunk).await?;
+        // The state is checked again on the row: an entry ingest kept meanwhile stays.
+        gone += sqlx::query(&format!(
+            "DELETE FROM vault.entries e WHERE e.field = $1 AND e.mask = ANY($2) AND {}",
+            State::Unused.is()
+        ))
+        .bind(field)
+        .bind(&masks)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
     if gone > 0 {
         sqlx::query("SELECT etl.raise_vault_epoch()")
             .execute(&mut *tx)

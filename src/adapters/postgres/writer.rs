@@ -57,7 +57,7 @@ const INSERT_VAULT_SKIPPING_EXISTING: &str = concat!(
     "\nON CONFLICT DO NOTHING"
 );
 
-const KEEP_VAULT_ENTRIES: &str = "SELECT etl.keep_vault_entries($1, $2)";
+const KEEP_VAULT_ENTRIES: &str = "SELECT etl.keep_vault_entries($1)";
 
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -274,7 +274,6 @@ async fn insert_vault_chunk(
             // Entries the vault held: any the retention sweep found unused are in use again,
             // before a row using them can commit (migration `vault_sweep_states`).
             sqlx::query(KEEP_VAULT_ENTRIES)
-                .bind(&fields)
                 .bind(&masks)
                 .execute(pool)
                 .await
