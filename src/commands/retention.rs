@@ -368,19 +368,10 @@ async fn sweep_vault(pool: &sqlx::PgPool, pace: Pace) -> anyhow::Result<u64> {
         .context("confirming vault entries no row uses")?;
     let span = progress("vault.entries", unused);
     let _shown = span.enter();
-    let mut gone = 0;
-    loop {
-        let chunk = Instant::now();
-        let n = (|| lifecycle::delete_unused_chunk(pool, VAULT_CHUNK))
-            .retry(crate::pipeline::backoff())
-            .when(postgres::is_transient)
-            .await
-            .context("deleting vault entries no row uses")?;
-        if n == 0 {
-            return Ok(gone);
-        }
-        gone += n;
-        span.pb_inc(n);
-        pace.after(chunk).await;
-    }
+    lifecycle::delete_unused_entries(pool, VAULT_CHUNK, async |started, deleted| {
+        span.pb_inc(deleted);
+        pace.after(started).await;
+    })
+    .await
+    .context("deleting vault entries no row uses")
 }

@@ -8,7 +8,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
+use std::time::Instant;
+
+use backon::Retryable;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keyring::KeyState;
 use crate::crypto::{UserHash, UserKey};
@@ -333,17 +336,15 @@ impl State {
 }
 
 /// Moves these entries of `field` from state `from` to `to`; an entry whose state changed since
-/// it was read (ingest reset it) stays as it is. Found by the primary key (`mask = ANY`): no plan
-/// can scan the vault. Returns how many moved.
+/// it was read (ingest reset it) stays as it is. Found by mask (`mask = ANY`, an index condition
+/// of the primary key and of the partial index alike). Returns how many moved.
 async fn mark(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     field: &str,
     masks: &[Vec<u8>],
     from: State,
     to: State,
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query(BY_INDEX).execute(&mut *tx).await?;
     let done = sqlx::query(&format!(
         "UPDATE vault.entries e SET sweep_state = {} \
          WHERE e.field = $1 AND e.mask = ANY($2) AND {}",
@@ -352,68 +353,69 @@ async fn mark(
     ))
     .bind(field)
     .bind(masks)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
     Ok(done.rows_affected())
 }
 
-/// One look of the sweep: the entries in state `from` that no row uses, read in one snapshot per
-/// field (a read holds no row lock, so ingest never waits for the scan), and moved to `to` in
-/// statements of `chunk` on another connection. Returns how many moved.
-async fn look(pool: &PgPool, from: State, to: State, chunk: usize) -> Result<u64, sqlx::Error> {
-    let mut marked = 0;
-    for (field, column) in MASKED_COLUMNS {
-        let mut reader = pool.begin().await?;
-        for setting in SCAN_SETTINGS {
-            sqlx::query(setting).execute(&mut *reader).await?;
+/// Reads the masks of `field` that `select` (`$1`: the field) finds, in one snapshot on a
+/// connection of its own, and hands them to `apply` `chunk` at a time. A read holds no row lock,
+/// so ingest never waits for the scan, only for a chunk. Returns the sum of what `apply` returns.
+async fn in_chunks(
+    pool: &PgPool,
+    select: &str,
+    field: &str,
+    chunk: usize,
+    mut apply: impl AsyncFnMut(&[Vec<u8>]) -> Result<u64, sqlx::Error>,
+) -> Result<u64, sqlx::Error> {
+    let mut reader = pool.begin().await?;
+    for setting in SCAN_SETTINGS {
+        sqlx::query(setting).execute(&mut *reader).await?;
+    }
+    let mut found = sqlx::query_scalar::<_, Vec<u8>>(select)
+        .bind(field)
+        .fetch(&mut *reader);
+    let mut done = 0;
+    let mut masks = Vec::with_capacity(chunk);
+    while let Some(mask) = found.try_next().await? {
+        masks.push(mask);
+        if masks.len() == chunk {
+            done += apply(&masks).await?;
+            masks.clear();
         }
-        let sql = format!(
+    }
+    drop(found);
+    if !masks.is_empty() {
+        done += apply(&masks).await?;
+    }
+    reader.commit().await?;
+    Ok(done)
+}
+
+/// One look of the sweep: the entries in state `from` that no row uses move to `to`. Returns how
+/// many moved.
+async fn look(pool: &PgPool, from: State, to: State, chunk: usize) -> Result<u64, sqlx::Error> {
+    let mut moved = 0;
+    for (field, column) in MASKED_COLUMNS {
+        let select = format!(
             "SELECT e.mask FROM vault.entries e WHERE {} AND {}",
             from.is(),
             unused_condition(column, "")
         );
-        let mut found = sqlx::query_scalar::<_, Vec<u8>>(&sql)
-            .bind(field)
-            .fetch(&mut *reader);
-        let mut writer = pool.acquire().await?;
-        let mut masks = Vec::with_capacity(chunk);
-        while let Some(mask) = found.try_next().await? {
-            masks.push(mask);
-            if masks.len() == chunk {
-                marked += mark(&mut writer, field, &masks, from, to).await?;
-                masks.clear();
-            }
-        }
-        drop(found);
-        if !masks.is_empty() {
-            marked += mark(&mut writer, field, &masks, from, to).await?;
-        }
-        reader.commit().await?;
+        moved += in_chunks(pool, &select, field, chunk, async |masks| {
+            mark(pool, field, masks, from, to).await
+        })
+        .await?;
     }
-    Ok(marked)
+    Ok(moved)
 }
 
-/// For the statements that find entries by key or by state: statistics of `sweep_state` that
-/// predate the marks must not make a plan scan the vault.
-const BY_INDEX: &str = "SET LOCAL enable_seqscan = off";
-
-/// Up to `chunk` masks of `field` in state `state`, by the partial index on it; in a transaction
-/// that set [`BY_INDEX`].
-async fn in_state(
-    conn: &mut PgConnection,
-    field: &str,
-    state: State,
-    chunk: usize,
-) -> Result<Vec<Vec<u8>>, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT e.mask FROM vault.entries e WHERE {} AND e.field = $1 LIMIT $2",
+/// The entries of a field in a state.
+fn in_state(state: State) -> String {
+    format!(
+        "SELECT e.mask FROM vault.entries e WHERE {} AND e.field = $1",
         state.is()
-    ))
-    .bind(field)
-    .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
-    .fetch_all(conn)
-    .await
+    )
 }
 
 /// The first look of a vault sweep (migration `vault_sweep_states`): the entries no row uses
@@ -439,50 +441,71 @@ pub async fn release_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, 
 /// this look's snapshot belongs to a batch prepared after the raise, which reset its entries'
 /// state before the row could commit. Returns how many entries are unused.
 pub async fn confirm_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
-    look(pool, State::Released, State::Unused, chunk).await?;
-    let mut conn = pool.acquire().await?;
+    let unused = look(pool, State::Released, State::Unused, chunk).await?;
     for (field, _) in MASKED_COLUMNS {
-        loop {
-            let mut tx = conn.begin().await?;
-            sqlx::query(BY_INDEX).execute(&mut *tx).await?;
-            let masks = in_state(&mut tx, field, State::Released, chunk).await?;
-            tx.commit().await?;
-            mark(&mut conn, field, &masks, State::Released, State::None).await?;
-            if masks.len() < chunk {
-                break;
-            }
-        }
+        in_chunks(
+            pool,
+            &in_state(State::Released),
+            field,
+            chunk,
+            async |masks| mark(pool, field, masks, State::Released, State::None).await,
+        )
+        .await?;
     }
-    let unused: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM vault.entries e WHERE e.sweep_state = 'unused'")
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(u64::try_from(unused).unwrap_or(0))
+    Ok(unused)
 }
 
-/// Deletes up to `chunk` unused entries of each field, holding the vault epoch exclusively and
-/// raising it if any went (a batch in flight that meant to use one prepares again and inserts it
-/// anew). Returns how many went; 0 when none is left.
-pub async fn delete_unused_chunk(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
+/// Deletes the unused entries, `chunk` at a time, each chunk holding the vault epoch exclusively
+/// and raising it if any went (a batch in flight that meant to use one prepares again and
+/// inserts it anew); `after_chunk` is awaited after each with the time it started and how many
+/// went. Returns how many went.
+pub async fn delete_unused_entries(
+    pool: &PgPool,
+    chunk: usize,
+    mut after_chunk: impl AsyncFnMut(Instant, u64),
+) -> Result<u64, sqlx::Error> {
+    let mut gone = 0;
+    for (field, _) in MASKED_COLUMNS {
+        gone += in_chunks(
+            pool,
+            &in_state(State::Unused),
+            field,
+            chunk,
+            async |masks| {
+                let started = Instant::now();
+                // A chunk that waited its lock_timeout for ingest's commits changed nothing: again.
+                let deleted = (|| delete_unused_chunk(pool, field, masks))
+                    .retry(crate::pipeline::backoff())
+                    .when(super::is_transient)
+                    .await?;
+                after_chunk(started, deleted).await;
+                Ok(deleted)
+            },
+        )
+        .await?;
+    }
+    Ok(gone)
+}
+
+async fn delete_unused_chunk(
+    pool: &PgPool,
+    field: &str,
+    masks: &[Vec<u8>],
+) -> Result<u64, sqlx::Error> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
     sqlx::query("SELECT etl.lock_vault_epoch()")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(BY_INDEX).execute(&mut *tx).await?;
-    let mut gone = 0;
-    for (field, _) in MASKED_COLUMNS {
-        let masks = in_state(&mut tx, field, State::Unused, chunk).await?;
-        // The state is checked again on the row: an entry ingest kept meanwhile stays.
-        gone += sqlx::query(&format!(
-            "DELETE FROM vault.entries e WHERE e.field = $1 AND e.mask = ANY($2) AND {}",
-            State::Unused.is()
-        ))
-        .bind(field)
-        .bind(&masks)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    }
+    // The state is checked again on the row: an entry ingest kept meanwhile stays.
+    let gone = sqlx::query(&format!(
+        "DELETE FROM vault.entries e WHERE e.field = $1 AND e.mask = ANY($2) AND {}",
+        State::Unused.is()
+    ))
+    .bind(field)
+    .bind(masks)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if gone > 0 {
         sqlx::query("SELECT etl.raise_vault_epoch()")
             .execute(&mut *tx)
