@@ -355,13 +355,15 @@ async fn count_unused_vault(
 /// The vault sweep: two looks for entries no row uses (see `lifecycle::release_unused_entries`),
 /// then their deletion in chunks, each holding the vault epoch briefly and paced.
 async fn sweep_vault(pool: &sqlx::PgPool, pace: Pace) -> anyhow::Result<u64> {
-    // A step that waited its lock_timeout for ingest's commits changed nothing: again.
-    (|| lifecycle::release_unused_entries(pool, VAULT_CHUNK))
+    // Every chunk of every step is paced: while the pass waits, its scans wait too.
+    let paced = async |started: Instant, _: u64| pace.after(started).await;
+    // A look that waited its lock_timeout for ingest's commits changed nothing: again.
+    (|| lifecycle::release_unused_entries(pool, VAULT_CHUNK, paced))
         .retry(crate::pipeline::backoff())
         .when(postgres::is_transient)
         .await
         .context("releasing vault entries no row uses")?;
-    let unused = (|| lifecycle::confirm_unused_entries(pool, VAULT_CHUNK))
+    let unused = (|| lifecycle::confirm_unused_entries(pool, VAULT_CHUNK, paced))
         .retry(crate::pipeline::backoff())
         .when(postgres::is_transient)
         .await

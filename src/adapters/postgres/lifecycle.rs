@@ -359,13 +359,16 @@ async fn mark(
 }
 
 /// Reads the masks of `field` that `select` (`$1`: the field) finds, in one snapshot on a
-/// connection of its own, and hands them to `apply` `chunk` at a time. A read holds no row lock,
-/// so ingest never waits for the scan, only for a chunk. Returns the sum of what `apply` returns.
+/// connection of its own, and hands them to `apply` `chunk` at a time, awaiting `after_chunk`
+/// with the time the chunk started (its read included) and what `apply` returned. A read holds
+/// no row lock, so ingest never waits for the scan, only for a chunk. Returns the sum of what
+/// `apply` returns.
 async fn in_chunks(
     pool: &PgPool,
     select: &str,
     field: &str,
     chunk: usize,
+    after_chunk: &mut impl AsyncFnMut(Instant, u64),
     mut apply: impl AsyncFnMut(&[Vec<u8>]) -> Result<u64, sqlx::Error>,
 ) -> Result<u64, sqlx::Error> {
     let mut reader = pool.begin().await?;
@@ -377,16 +380,23 @@ async fn in_chunks(
         .fetch(&mut *reader);
     let mut done = 0;
     let mut masks = Vec::with_capacity(chunk);
+    let mut started = Instant::now();
     while let Some(mask) = found.try_next().await? {
         masks.push(mask);
         if masks.len() == chunk {
-            done += apply(&masks).await?;
+            let applied = apply(&masks).await?;
+            done += applied;
             masks.clear();
+            // While this waits, the scan waits too, for its reader.
+            after_chunk(started, applied).await;
+            started = Instant::now();
         }
     }
     drop(found);
     if !masks.is_empty() {
-        done += apply(&masks).await?;
+        let applied = apply(&masks).await?;
+        done += applied;
+        after_chunk(started, applied).await;
     }
     reader.commit().await?;
     Ok(done)
@@ -394,7 +404,13 @@ async fn in_chunks(
 
 /// One look of the sweep: the entries in state `from` that no row uses move to `to`. Returns how
 /// many moved.
-async fn look(pool: &PgPool, from: State, to: State, chunk: usize) -> Result<u64, sqlx::Error> {
+async fn look(
+    pool: &PgPool,
+    from: State,
+    to: State,
+    chunk: usize,
+    after_chunk: &mut impl AsyncFnMut(Instant, u64),
+) -> Result<u64, sqlx::Error> {
     let mut moved = 0;
     for (field, column) in MASKED_COLUMNS {
         let select = format!(
@@ -402,7 +418,7 @@ async fn look(pool: &PgPool, from: State, to: State, chunk: usize) -> Result<u64
             from.is(),
             unused_condition(column, "")
         );
-        moved += in_chunks(pool, &select, field, chunk, async |masks| {
+        moved += in_chunks(pool, &select, field, chunk, after_chunk, async |masks| {
             mark(pool, field, masks, from, to).await
         })
         .await?;
@@ -423,8 +439,12 @@ fn in_state(state: State) -> String {
 /// what it knew of the vault and tells the database again of each entry it uses
 /// (`etl.keep_vault_entries`). The raise also covers marks a pass cut short left. Returns how
 /// many entries were released.
-pub async fn release_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
-    let released = look(pool, State::None, State::Released, chunk).await?;
+pub async fn release_unused_entries(
+    pool: &PgPool,
+    chunk: usize,
+    mut after_chunk: impl AsyncFnMut(Instant, u64),
+) -> Result<u64, sqlx::Error> {
+    let released = look(pool, State::None, State::Released, chunk, &mut after_chunk).await?;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT etl.lock_vault_epoch()")
         .execute(&mut *tx)
@@ -440,14 +460,27 @@ pub async fn release_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, 
 /// the others go back to no state (so ingest's resets find nothing to do). A row committed after
 /// this look's snapshot belongs to a batch prepared after the raise, which reset its entries'
 /// state before the row could commit. Returns how many entries are unused.
-pub async fn confirm_unused_entries(pool: &PgPool, chunk: usize) -> Result<u64, sqlx::Error> {
-    let unused = look(pool, State::Released, State::Unused, chunk).await?;
+pub async fn confirm_unused_entries(
+    pool: &PgPool,
+    chunk: usize,
+    mut after_chunk: impl AsyncFnMut(Instant, u64),
+) -> Result<u64, sqlx::Error> {
+    let unused = look(
+        pool,
+        State::Released,
+        State::Unused,
+        chunk,
+        &mut after_chunk,
+    )
+    .await?;
     for (field, _) in MASKED_COLUMNS {
+        let released = in_state(State::Released);
         in_chunks(
             pool,
-            &in_state(State::Released),
+            &released,
             field,
             chunk,
+            &mut after_chunk,
             async |masks| mark(pool, field, masks, State::Released, State::None).await,
         )
         .await?;
@@ -466,20 +499,19 @@ pub async fn delete_unused_entries(
 ) -> Result<u64, sqlx::Error> {
     let mut gone = 0;
     for (field, _) in MASKED_COLUMNS {
+        let unused = in_state(State::Unused);
         gone += in_chunks(
             pool,
-            &in_state(State::Unused),
+            &unused,
             field,
             chunk,
+            &mut after_chunk,
             async |masks| {
-                let started = Instant::now();
                 // A chunk that waited its lock_timeout for ingest's commits changed nothing: again.
-                let deleted = (|| delete_unused_chunk(pool, field, masks))
+                (|| delete_unused_chunk(pool, field, masks))
                     .retry(crate::pipeline::backoff())
                     .when(super::is_transient)
-                    .await?;
-                after_chunk(started, deleted).await;
-                Ok(deleted)
+                    .await
             },
         )
         .await?;
