@@ -22,10 +22,14 @@ DROP INDEX IF EXISTS public.user_logins_masked_device_id_idx;
 -- batch in flight prepare again). Neither look holds anything ingest waits for.
 ALTER TABLE vault.entries ADD COLUMN IF NOT EXISTS sweep_state text;
 ALTER TABLE vault.entries DROP CONSTRAINT IF EXISTS entries_sweep_state_check;
+-- NOT VALID, then validated: the check scans the vault without blocking ingest's inserts.
 ALTER TABLE vault.entries ADD CONSTRAINT entries_sweep_state_check
-    CHECK (sweep_state IN ('released', 'unused'));
+    CHECK (sweep_state IN ('released', 'unused')) NOT VALID;
+ALTER TABLE vault.entries VALIDATE CONSTRAINT entries_sweep_state_check;
 -- Masks first, so that a lookup of some masks among the marked entries is an index condition
--- whatever the planner believes of how many are marked.
+-- whatever the planner believes of how many are marked. Empty until a sweep marks entries; on a
+-- large vault, create it first with CREATE INDEX CONCURRENTLY under this name (this migration
+-- then skips it) to avoid holding ingest's vault inserts while it builds.
 CREATE INDEX IF NOT EXISTS entries_swept_idx ON vault.entries (mask, field)
     WHERE sweep_state IS NOT NULL;
 
@@ -146,24 +150,27 @@ BEGIN
     IF cardinality(v_ips) + cardinality(v_devices) > 0 THEN
         -- A read-only statement of its own, so the scan may run in parallel. IN (SELECT ...): a
         -- hashed lookup per row on every supported version.
-        SELECT coalesce(array_agg(DISTINCT u.masked_ip)
-                            FILTER (WHERE u.masked_ip IN (SELECT unnest(v_ips))), '{}'),
-               coalesce(array_agg(DISTINCT u.masked_device_id)
-                            FILTER (WHERE u.masked_device_id IN (SELECT unnest(v_devices))), '{}')
-        INTO v_used_ips, v_used_devices
-        FROM public.user_logins u
-        WHERE u.masked_ip IN (SELECT unnest(v_ips))
-           OR u.masked_device_id IN (SELECT unnest(v_devices));
+        -- DISTINCT by hashing: a value many remaining rows share is not sorted row by row.
+        WITH hits AS (
+            SELECT u.masked_ip, u.masked_device_id FROM public.user_logins u
+            WHERE u.masked_ip IN (SELECT unnest(v_ips))
+               OR u.masked_device_id IN (SELECT unnest(v_devices))
+        )
+        SELECT ARRAY(SELECT DISTINCT h.masked_ip FROM hits h
+                     WHERE h.masked_ip IN (SELECT unnest(v_ips))),
+               ARRAY(SELECT DISTINCT h.masked_device_id FROM hits h
+                     WHERE h.masked_device_id IN (SELECT unnest(v_devices)))
+        INTO v_used_ips, v_used_devices;
         FOR v_i, v_n IN
             WITH released AS (
                 SELECT DISTINCT ON (r.field, r.mask) r.field, r.mask, r.u
                 FROM (SELECT 'ip'::text AS field, m.mask, m.u
                       FROM unnest(v_ips, v_ip_users) AS m(mask, u)
-                      WHERE m.mask <> ALL (v_used_ips)
+                      WHERE m.mask NOT IN (SELECT unnest(v_used_ips))
                       UNION ALL
                       SELECT 'device_id', m.mask, m.u
                       FROM unnest(v_devices, v_device_users) AS m(mask, u)
-                      WHERE m.mask <> ALL (v_used_devices)) r
+                      WHERE m.mask NOT IN (SELECT unnest(v_used_devices))) r
                 ORDER BY r.field, r.mask, r.u DESC
             ), gone AS (
                 DELETE FROM vault.entries e

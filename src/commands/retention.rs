@@ -73,9 +73,9 @@ pub enum RetentionCommand {
 
 /// Rows per delete statement: a few tens of milliseconds of work each.
 const ROW_CHUNK: i64 = 10_000;
-/// Vault keys per sweep transaction: one index probe each, under the vault epoch's lock (which
-/// holds ingest's commits back), and one epoch change (which makes ingest drop its cache of known
-/// masks) per chunk that deletes any.
+/// Vault entries per statement of the sweep, found by their masks: a mark, or a deletion under the
+/// vault epoch's lock (which holds ingest's commits back) with one epoch change (which makes
+/// ingest drop its cache of known masks) per chunk that deletes any.
 const VAULT_CHUNK: usize = 5_000;
 /// SQS keeps a message at most 14 days: a claim must outlive any redelivery of it.
 const MIN_CLAIMS_DAYS: u32 = 14;
@@ -206,6 +206,18 @@ async fn apply(
     let settings = lifecycle::retention(&pool)
         .await
         .context("reading etl.retention (the schema owner may)")?;
+    // Released when the pass ends and this connection closes.
+    let _one_pass = if dry_run {
+        None
+    } else {
+        let (conn, waited) = lifecycle::lock_retention_pass(&pool)
+            .await
+            .context("taking the retention pass's lock")?;
+        if waited {
+            tracing::info!("waited for another `etl retention apply` on this database to end");
+        }
+        Some(conn)
+    };
     let started = Instant::now();
     let now = Utc::now();
     let cutoff = |days: Option<i32>| days.map(|d| now - Duration::days(i64::from(d)));

@@ -195,7 +195,8 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
     let app = TestApp::spawn().await;
     app.ingest(&[
         body("u-1", "10.21.0.1", "210-00-0001", "RU"),
-        body("u-2", "10.21.0.2", "210-00-0002", "RU"),
+        // Shares u-1's ip: erased in the same call, the entry goes, counted for the later user.
+        body("u-2", "10.21.0.1", "210-00-0002", "RU"),
         body("u-3", "10.21.0.3", "210-00-0003", "RU"),
     ])
     .await;
@@ -215,8 +216,19 @@ async fn forget_takes_user_ids_from_a_file_and_only_privacy_members_may() {
     std::fs::remove_file(file).unwrap();
     assert_exit(&output, 0);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("line 1: erased user_logins=1"), "{stdout}");
-    assert!(stdout.contains("line 3: erased user_logins=1"), "{stdout}");
+    assert!(
+        stdout.contains("line 1: erased user_logins=1 vault_entries=1 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 3: erased user_logins=1 vault_entries=2 "),
+        "{stdout}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM vault.entries").await,
+        2,
+        "u-3's"
+    );
     assert!(
         stdout.contains(
             "line 4: nothing found (never seen, or expired); added to the suppression list"

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::time::Instant;
 
 use backon::Retryable;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::keyring::KeyState;
 use crate::crypto::{UserHash, UserKey};
@@ -278,6 +278,28 @@ pub async fn delete_expired_chunk(
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The advisory lock key of `etl retention apply`: one pass at a time per database. Two sweeps at
+/// once could confirm each other's marks without a raise of the vault epoch between.
+const RETENTION_LOCK: i64 = 0x6574_6c5f_7265_746e;
+
+/// Takes the retention pass's lock on a connection of its own, held until it is dropped; waits
+/// for a pass already running (as a scheduler expects: the later run then finds little to do).
+/// Returns the connection and whether it had to wait.
+pub async fn lock_retention_pass(pool: &PgPool) -> Result<(PgConnection, bool), sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RETENTION_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if !locked {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(RETENTION_LOCK)
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok((conn, !locked))
 }
 
 /// Vault entries younger than this are not swept: they may belong to a batch in flight, whose
@@ -575,15 +597,6 @@ pub async fn count_unused_entries(
     }
     tx.rollback().await?;
     Ok(unused)
-}
-
-pub async fn vault_size(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    // The planner's estimate: exact enough for a progress bar, and free.
-    sqlx::query_scalar(
-        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'vault.entries'::regclass",
-    )
-    .fetch_one(pool)
-    .await
 }
 
 /// Appends a lifecycle row to the audit log (`retention`, `quarantine_purge`,

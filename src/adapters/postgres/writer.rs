@@ -222,8 +222,8 @@ pub async fn trial_logins(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx:
 /// Vault entries are committed before the rows that use their masks, in short transactions of
 /// their own: a concurrent batch that meets the same new value waits for this short transaction,
 /// not for a whole batch. A crash in between leaves vault rows no row uses yet; the messages come
-/// back and use them. Only erasure and the retention sweep delete entries, and they raise the
-/// vault epoch, so a batch whose entries went is prepared again.
+/// back and use them. Erasure, the retention sweep and the re-mask switch delete entries, and they
+/// raise the vault epoch, so a batch whose entries went is prepared again.
 async fn insert_vault(pool: &PgPool, batch: &WriteBatch) -> Result<(), sqlx::Error> {
     // Sorted as the statement sorts them (byte-wise: hex order is digest order), so the server's
     // sort finds them presorted and concurrent batches lock index entries in one order.
