@@ -61,8 +61,9 @@ pub enum RetentionCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
         /// How much the pass yields to a running ingest: after each chunk it waits this many
-        /// times as long as the chunk took (as gh-ost's --nice-ratio). 0 runs flat out.
-        #[arg(long, value_name = "RATIO", default_value_t = 5.0)]
+        /// times as long as the chunk took (as gh-ost's --nice-ratio). 0 runs flat out. The
+        /// default keeps a running ingest at about 0.8 of its rate (BENCHMARKS.md, 17).
+        #[arg(long, value_name = "RATIO", default_value_t = 2.0)]
         nice_ratio: f64,
         /// Also write the pass's figures to this file in the Prometheus text format, for
         /// node_exporter's textfile collector (written whole, then renamed into place).
