@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use backon::Retryable;
 use clap::Args;
 use serde::Serialize;
 
@@ -202,16 +203,24 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
                     }
                 })
                 .collect();
-            match lifecycle::forget(
-                &pool,
-                &users,
-                keys.newest(),
-                settings.why.reason(),
-                settings.why.ticket(),
-                settings.dry_run,
-            )
-            .await
-            {
+            let user_key = keys.newest();
+            // A chunk is one transaction: one that ended in a deadlock or waited its
+            // lock_timeout (beside ingest's resets of vault entries, or a busy epoch) changed
+            // nothing, and runs again.
+            let forgotten = (|| {
+                lifecycle::forget(
+                    &pool,
+                    &users,
+                    user_key,
+                    settings.why.reason(),
+                    settings.why.ticket(),
+                    settings.dry_run,
+                )
+            })
+            .retry(crate::pipeline::backoff())
+            .when(postgres::is_transient)
+            .await;
+            match forgotten {
                 // A user key rotation committed meanwhile: hash under the version now newest.
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(KEYS_CHANGED) => {
                     keys = user_keys(&pool, &kms).await?;
