@@ -57,7 +57,7 @@ fn transform(c: &mut Criterion) {
     group.bench_function("prepare 1000 distinct events", |b| {
         b.iter_batched(
             || (),
-            |()| transformer.prepare(&messages, ClaimKind::MessageIds, now, &known),
+            |()| transformer.prepare(&messages, ClaimKind::MessageIds, now, &known, None),
             BatchSize::SmallInput,
         )
     });

@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    self, audit, dev, doctor, export, forget, ingest, keys, lambda, quarantine, recover,
+    self, audit, dev, doctor, export, forget, ingest, keys, lambda, privacy, quarantine, recover,
     recovery_service, retention, DatabaseArgs, LogFormatArg,
 };
 
@@ -71,6 +71,10 @@ pub enum Command {
     /// Delete what is older than the retention settings stored in the database.
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
+    /// How well user_logins hides the people behind it (a re-identification risk report), and
+    /// the pseudonymisation's checks that a program can verify.
+    #[command(subcommand)]
+    Privacy(privacy::PrivacyCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(dev::DevCommand),

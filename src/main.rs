@@ -53,6 +53,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Forget(args) => commands::forget::run(args).await,
         Command::Export(args) => commands::export::run(args).await,
         Command::Retention(command) => commands::retention::run(command).await,
+        Command::Privacy(command) => commands::privacy::run(command).await,
         Command::Dev(command) => commands::dev::run(command).await,
     }
 }

@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use crate::adapters::kms::Kms;
 use crate::adapters::sqs::SqsProtocol;
 use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::domain::IpPrefix;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Args)]
@@ -19,6 +20,17 @@ impl DatabaseArgs {
     pub fn settings(&self) -> Result<DatabaseSettings, ConfigError> {
         DatabaseSettings::parse(&self.database_url)
     }
+}
+
+/// The generalised network column, for every command that writes rows (`ingest`, `lambda`,
+/// `quarantine replay`).
+#[derive(Debug, Args)]
+pub struct IpPrefixArgs {
+    /// Also write each row's network to user_logins.ip_network (a cidr analysts may read): the
+    /// first V4BITS bits of an IPv4 address, V6BITS of an IPv6 one; 24,48 is the usual choice.
+    /// Off by default: SECURITY.md says what a network reveals.
+    #[arg(long, env = "ETL_IP_PREFIX", value_name = "V4BITS,V6BITS")]
+    pub ip_prefix: Option<IpPrefix>,
 }
 
 /// The KMS key every data key must be wrapped under, for the commands that unwrap them.

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{DatabaseArgs, KmsPinArgs, Outcome, SqsProtocolArg};
+use super::{DatabaseArgs, IpPrefixArgs, KmsPinArgs, Outcome, SqsProtocolArg};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{self, DatabaseError};
@@ -22,7 +22,7 @@ use crate::adapters::s3::{AnchorLocation, AnchorStore};
 use crate::adapters::sqs::{SqsProtocol, SqsQueue, MAX_VISIBILITY_SECONDS, MAX_WAIT_SECONDS};
 use crate::configuration::{ConfigError, DatabaseSettings};
 use crate::crypto::GENESIS;
-use crate::domain::QueueUrl;
+use crate::domain::{IpPrefix, QueueUrl};
 use crate::keys::load_live_keys;
 use crate::pipeline::batcher::BatchLimits;
 use crate::pipeline::{writers, Committer, Stats, Summary, WriteJob};
@@ -135,6 +135,9 @@ pub struct IngestArgs {
     /// How often ingest writes an audit anchor, with --audit-anchor-to.
     #[arg(long, env = "ETL_AUDIT_ANCHOR_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]
     pub audit_anchor_every: Duration,
+
+    #[command(flatten)]
+    pub ip_prefix: IpPrefixArgs,
 }
 
 /// Where `etl ingest` reads messages.
@@ -167,6 +170,8 @@ pub struct IngestSettings {
     pub deprecated_pollers: bool,
     /// Where and how often to anchor the audit chain.
     pub audit_anchor: Option<(AnchorLocation, Duration)>,
+    /// Whether rows carry their ip's network, and how long a prefix.
+    pub ip_prefix: Option<IpPrefix>,
 }
 
 /// Receive wait in drain mode unless given: short, so the final empty receive ends the run quickly.
@@ -276,6 +281,7 @@ impl TryFrom<&IngestArgs> for IngestSettings {
             db_max_connections,
             metrics_addr: args.metrics_addr,
             deprecated_pollers: args.pollers.is_some(),
+            ip_prefix: args.ip_prefix.ip_prefix,
             audit_anchor: match &args.audit_anchor_to {
                 None => None,
                 Some(to) => {
@@ -408,6 +414,7 @@ async fn from_queue(
         batch_messages = settings.batch_messages,
         batch_wait_ms = settings.batch_wait.as_millis() as u64,
         drain = settings.drain,
+        ip_prefix = %ip_prefix_setting(settings),
         "ingest started"
     );
     let started = Instant::now();
@@ -420,7 +427,8 @@ async fn from_queue(
             progress_done.clone(),
         ));
     }
-    let committer = Committer::new(pool, keys, Arc::clone(&stats), settings.max_receives);
+    let committer = Committer::new(pool, keys, Arc::clone(&stats), settings.max_receives)
+        .with_ip_prefix(settings.ip_prefix);
     let (jobs, writers) = start_writers(settings, Arc::new(committer));
     let writers = tokio::spawn(watch_writers(writers, shutdown.clone()));
     let options = SqsSourceOptions {
@@ -529,20 +537,26 @@ async fn from_file(
     info!(
         writers = settings.writers,
         batch_messages = settings.batch_messages,
+        ip_prefix = %ip_prefix_setting(settings),
         "ingest from file started"
     );
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     // The reader needs the pool, the line key and the counters the writers' committer holds.
-    let committer = Arc::new(Committer::new(
-        pool,
-        keys,
-        Arc::clone(&stats),
-        settings.max_receives,
-    ));
+    let committer = Arc::new(
+        Committer::new(pool, keys, Arc::clone(&stats), settings.max_receives)
+            .with_ip_prefix(settings.ip_prefix),
+    );
     let (jobs, writers) = start_writers(settings, Arc::clone(&committer));
     sources::file::run(input, &committer, jobs, writers, settings.batch_messages)
         .await
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(stats.summary(started.elapsed()))
+}
+
+/// `--ip-prefix` as logged at start: `24,48`, or `off`.
+fn ip_prefix_setting(settings: &IngestSettings) -> String {
+    settings
+        .ip_prefix
+        .map_or("off".to_owned(), |prefix| prefix.to_string())
 }

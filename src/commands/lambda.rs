@@ -10,9 +10,10 @@ use clap::Args;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::info;
 
-use super::{KmsPinArgs, Outcome};
+use super::{IpPrefixArgs, KmsPinArgs, Outcome};
 use crate::adapters::{aws, postgres, secrets};
 use crate::configuration::{ConfigError, DatabaseSettings};
+use crate::domain::IpPrefix;
 use crate::keys::load_live_keys;
 use crate::sources::lambda::{Handler, SqsEventPayload};
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -46,6 +47,9 @@ pub struct LambdaArgs {
     /// PgBouncer) in front of PostgreSQL.
     #[arg(long, env = "ETL_DB_MAX_CONNECTIONS", default_value_t = 2)]
     pub db_max_connections: u32,
+
+    #[command(flatten)]
+    pub ip_prefix: IpPrefixArgs,
 }
 
 /// What `etl lambda` runs with.
@@ -54,6 +58,8 @@ pub struct LambdaSettings {
     pub database: DatabaseSource,
     pub max_receives: i32,
     pub db_max_connections: u32,
+    /// Whether rows carry their ip's network, and how long a prefix.
+    pub ip_prefix: Option<IpPrefix>,
 }
 
 /// Where the database URL comes from.
@@ -97,6 +103,7 @@ impl TryFrom<&LambdaArgs> for LambdaSettings {
             database,
             max_receives: args.max_receives,
             db_max_connections: args.db_max_connections,
+            ip_prefix: args.ip_prefix.ip_prefix,
         })
     }
 }
@@ -127,7 +134,12 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<Outcome> {
     // The runtime ends a function by freezing or killing it, not with a signal to give way to.
     let kms = args.kms.kms(&sdk).await?;
     let keys = load_live_keys(&pool, kms, &tokio_util::sync::CancellationToken::new()).await?;
-    let handler = Arc::new(Handler::new(pool, keys, settings.max_receives));
+    let handler = Arc::new(Handler::new(
+        pool,
+        keys,
+        settings.max_receives,
+        settings.ip_prefix,
+    ));
     info!(
         init_ms = started.elapsed().as_millis() as u64,
         db_max_connections = settings.db_max_connections,

@@ -29,12 +29,15 @@ pub mod ingest;
 pub mod keys;
 pub mod lambda;
 pub mod migrate;
+pub mod privacy;
 pub mod quarantine;
 pub mod recover;
 pub mod recovery_service;
 pub mod retention;
 
-pub use args::{DatabaseArgs, KmsPinArgs, LogFormatArg, OutputFormat, SqsProtocolArg};
+pub use args::{
+    DatabaseArgs, IpPrefixArgs, KmsPinArgs, LogFormatArg, OutputFormat, SqsProtocolArg,
+};
 
 use sqlx::PgPool;
 
@@ -56,7 +59,7 @@ pub const EXIT_CODES: &str = "Exit codes: 0 done; 1 nothing found or nothing to 
     apply) when it already held, so that schedulers and deployments can run them every time.";
 
 /// What exit code 1 means, for each command that uses it; every other command exits 0 or 2.
-pub const EXIT_ONE: [(&str, &str); 9] = [
+pub const EXIT_ONE: [(&str, &str); 10] = [
     (
         "recover",
         "a mask is not in the vault, or the request waits for approval",
@@ -67,6 +70,7 @@ pub const EXIT_ONE: [(&str, &str); 9] = [
     ),
     ("audit verify", "the chain does not hold"),
     ("doctor", "a check failed"),
+    ("privacy check", "a check failed"),
     (
         "quarantine show",
         "no such quarantined message, or the request waits for approval",
@@ -160,6 +164,14 @@ fn approver_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> anyhow::Error 
             _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(pool)(err)),
         }
     }
+}
+
+/// Writes a node_exporter textfile: whole, then renamed into place, since the collector may read
+/// at any moment and must never see half a file.
+fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("prom.partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// A file, or stdin for `-`.

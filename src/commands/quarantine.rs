@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, IpPrefixArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::postgres::lifecycle::{self, Expiring};
 use crate::adapters::postgres::{self, quarantine};
@@ -106,6 +106,9 @@ pub struct QuarantineReplayArgs {
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// Replayed rows carry their network as ingest's do.
+    #[command(flatten)]
+    pub ip_prefix: IpPrefixArgs,
 }
 
 pub async fn run(command: QuarantineCommand) -> anyhow::Result<Outcome> {
@@ -276,7 +279,8 @@ async fn replay(args: &QuarantineReplayArgs) -> anyhow::Result<Outcome> {
         Arc::new(LiveKeys::new(transformer, kms.clone())),
         Arc::new(Stats::default()),
         i32::MAX,
-    );
+    )
+    .with_ip_prefix(args.ip_prefix.ip_prefix);
     let mut openers = QuarantineOpeners::new(&pool, &kms).await?;
     let mut report = Replayed {
         dry_run: args.dry_run,

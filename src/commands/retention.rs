@@ -314,10 +314,7 @@ fn write_metrics(path: &std::path::Path, pass: &Pass) -> std::io::Result<()> {
         pass.elapsed_seconds,
         Utc::now().timestamp()
     ));
-    // The collector may read at any moment: never a half-written file.
-    let partial = path.with_extension("prom.partial");
-    std::fs::write(&partial, text)?;
-    std::fs::rename(&partial, path)
+    super::write_textfile(path, &text)
 }
 
 async fn delete_expired(

@@ -54,6 +54,11 @@ impl Ip {
             .map_err(|_| RejectReason::InvalidIp)
     }
 
+    /// The canonical address (an IPv4-mapped IPv6 one as IPv4).
+    pub fn addr(&self) -> IpAddr {
+        self.0
+    }
+
     /// The canonical text (RFC 5952 for IPv6) that is masked and sealed.
     pub fn canonical(&self) -> String {
         self.0.to_string()

@@ -3,6 +3,7 @@
 
 mod app_version;
 pub mod file_line;
+mod ip_prefix;
 mod justification;
 mod login_event;
 mod mask;
@@ -13,6 +14,7 @@ mod sent_timestamp;
 mod user_id;
 
 pub use app_version::AppVersion;
+pub use ip_prefix::{IpPrefix, Network};
 pub use justification::{BlankReason, Justification};
 pub use login_event::{user_id_of, DeviceId, Ip, LoginEvent};
 pub use mask::Mask;

@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::crypto::{MaskDigest, MaskHex, UserHash};
 use crate::domain::file_line::Fingerprint;
-use crate::domain::{PiiField, ReasonCode};
+use crate::domain::{Network, PiiField, ReasonCode};
 
 /// How the messages a source hands over prove they are written once. The source says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub struct LoginRow {
     pub app_version: i32,
     pub app_version_text: String,
     pub create_date: NaiveDate,
+    /// The ip's network, where ingest is configured to write it (`--ip-prefix`).
+    pub ip_network: Option<Network>,
 }
 
 pub struct QuarantineRow {

@@ -14,7 +14,7 @@ use super::transform::PrepareError;
 use super::vault_state::VaultState;
 use super::Stats;
 use crate::adapters::postgres::{self, redacted, writer};
-use crate::domain::{Message, ReasonCode};
+use crate::domain::{IpPrefix, Message, ReasonCode};
 use crate::keys::{KeyLoadError, LiveKeys};
 
 /// The one commit path of every source (SQS, file, Lambda) and of `etl quarantine replay`.
@@ -27,6 +27,8 @@ pub struct Committer {
     stats: Arc<Stats>,
     /// Receives after which a message that still cannot be written is quarantined.
     max_receives: i32,
+    /// Whether rows carry their ip's network, and how long a prefix.
+    ip_prefix: Option<IpPrefix>,
 }
 
 impl Committer {
@@ -38,7 +40,14 @@ impl Committer {
             vault: VaultState::default(),
             stats,
             max_receives,
+            ip_prefix: None,
         }
+    }
+
+    /// Rows also carry their ip's network (`--ip-prefix`).
+    pub fn with_ip_prefix(mut self, ip_prefix: Option<IpPrefix>) -> Self {
+        self.ip_prefix = ip_prefix;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -75,7 +84,8 @@ impl Committer {
         let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
             let transformer = self.keys.current();
-            let batch = transformer.prepare(part, kind, chrono::Utc::now(), &self.vault)?;
+            let batch =
+                transformer.prepare(part, kind, chrono::Utc::now(), &self.vault, self.ip_prefix)?;
             match self.write(&batch).await {
                 Ok(Some(outcome)) => committed.add(&outcome),
                 // Prepared before an erasure, a vault deletion or a key change: again, with what
@@ -123,10 +133,13 @@ impl Committer {
         let mut outcome = WriteOutcome::default();
         let mut pending: Vec<&[Message]> = vec![messages];
         while let Some(part) = pending.pop() {
-            let batch = self
-                .keys
-                .current()
-                .prepare(part, kind, chrono::Utc::now(), &self.vault)?;
+            let batch = self.keys.current().prepare(
+                part,
+                kind,
+                chrono::Utc::now(),
+                &self.vault,
+                self.ip_prefix,
+            )?;
             match writer::trial_logins(&self.pool, &batch).await {
                 Ok(()) => {
                     outcome.written += batch.logins.len() as u64;

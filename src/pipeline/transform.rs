@@ -10,7 +10,7 @@ use super::batch::{Claim, ClaimKind, LineRange, LoginRow, QuarantineRow, VaultEn
 use super::vault_state::{Forgotten, VaultState};
 use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys};
 use crate::domain::Message;
-use crate::domain::{create_date, sent_at, user_id_of, LoginEvent, PiiField, ReasonCode};
+use crate::domain::{create_date, sent_at, user_id_of, IpPrefix, LoginEvent, PiiField, ReasonCode};
 
 /// Why a batch could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +70,14 @@ impl Transformer {
     /// Builds the write batch of a set of messages, claimed as `kind` says. A message id listed
     /// twice is kept once. Values the vault is known to hold are masked but not sealed again;
     /// messages of forgotten users are only claimed. Replayed messages still invalid stay in
-    /// quarantine, unclaimed.
+    /// quarantine, unclaimed. With `ip_prefix`, each row also carries its ip's network.
     pub fn prepare(
         &self,
         messages: &[Message],
         kind: ClaimKind,
         now: DateTime<Utc>,
         vault: &VaultState,
+        ip_prefix: Option<IpPrefix>,
     ) -> Result<WriteBatch, PrepareError> {
         let (epoch, forgotten) = vault.forgotten();
         let mut batch = self.empty_batch(messages, kind)?;
@@ -118,6 +119,7 @@ impl Transformer {
                         app_version: event.app_version.code(),
                         app_version_text: event.app_version_text,
                         create_date: create_date(message.sent_timestamp.as_deref(), now),
+                        ip_network: ip_prefix.map(|prefix| prefix.network(&event.ip)),
                     });
                 }
                 Err(reason) => {

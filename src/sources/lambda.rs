@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 use tracing::{error, info};
 
-use crate::domain::Message;
+use crate::domain::{IpPrefix, Message};
 use crate::keys::LiveKeys;
 use crate::pipeline::batch::ClaimKind;
 use crate::pipeline::{Committer, Stats};
@@ -62,9 +62,15 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(pool: PgPool, keys: Arc<LiveKeys>, max_receives: i32) -> Self {
+    pub fn new(
+        pool: PgPool,
+        keys: Arc<LiveKeys>,
+        max_receives: i32,
+        ip_prefix: Option<IpPrefix>,
+    ) -> Self {
         Self {
-            committer: Committer::new(pool, keys, Arc::new(Stats::default()), max_receives),
+            committer: Committer::new(pool, keys, Arc::new(Stats::default()), max_receives)
+                .with_ip_prefix(ip_prefix),
         }
     }
 

@@ -173,11 +173,12 @@ fn without_code_spans(text: &str) -> String {
 /// The commands that exit 1 when they find nothing or have nothing to do, written out here by
 /// hand from what each one's code returns, so that the table in `etl::commands` is checked
 /// against it rather than against itself.
-const EXIT_ONE: [&str; 9] = [
+const EXIT_ONE: [&str; 10] = [
     "recover",
     "recover collect",
     "audit verify",
     "doctor",
+    "privacy check",
     "quarantine show",
     "quarantine replay",
     "quarantine purge",

@@ -107,6 +107,7 @@ async fn redelivered_messages_after_commit_make_no_second_row() {
             etl::pipeline::batch::ClaimKind::MessageIds,
             chrono::Utc::now(),
             &known,
+            None,
         )
         .unwrap();
     let written = etl::adapters::postgres::writer::write_batch(&app.pool, &batch)

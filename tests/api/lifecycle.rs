@@ -447,6 +447,7 @@ async fn a_batch_prepared_before_an_erasure_is_prepared_again_not_committed_dang
             ClaimKind::MessageIds,
             chrono::Utc::now(),
             committer.vault(),
+            None,
         )
         .unwrap();
     assert!(batch.vault.is_empty());

@@ -22,4 +22,5 @@ mod query_protocol;
 mod real_data;
 mod recovery;
 mod recovery_service;
+mod risk;
 mod tls;

@@ -6,7 +6,11 @@
 //! 16-bit -1 trailer. All integers are big-endian. sqlx has no encoder for this format (only
 //! `copy_in_raw`), and it is small enough to keep here with its tests.
 
+use std::net::IpAddr;
+
 use chrono::NaiveDate;
+
+use crate::domain::Network;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -44,6 +48,25 @@ impl BinaryCopy {
     pub fn int4(&mut self, value: i32) {
         self.buffer.extend_from_slice(&4i32.to_be_bytes());
         self.buffer.extend_from_slice(&value.to_be_bytes());
+    }
+
+    /// A `cidr`: family (PGSQL_AF_INET 2, PGSQL_AF_INET6 3), prefix bits, 1 for cidr, the
+    /// address's length, then its bytes; or NULL.
+    pub fn optional_cidr(&mut self, value: Option<Network>) {
+        let Some(network) = value else {
+            self.buffer.extend_from_slice(&(-1i32).to_be_bytes());
+            return;
+        };
+        let (family, octets) = match network.addr {
+            IpAddr::V4(addr) => (2u8, addr.octets().to_vec()),
+            IpAddr::V6(addr) => (3u8, addr.octets().to_vec()),
+        };
+        let len = octets.len() as u8;
+        self.buffer
+            .extend_from_slice(&(4 + i32::from(len)).to_be_bytes());
+        self.buffer
+            .extend_from_slice(&[family, network.bits, 1, len]);
+        self.buffer.extend_from_slice(&octets);
     }
 
     /// A `date`: days since 2000-01-01, PostgreSQL's epoch.
@@ -92,6 +115,21 @@ mod tests {
         expected.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 1]);
         expected.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(data, expected);
+    }
+
+    #[test]
+    fn encodes_cidr_networks_and_null() {
+        let mut copy = BinaryCopy::with_capacity(0);
+        copy.optional_cidr(Some(Network {
+            addr: "203.0.113.0".parse().unwrap(),
+            bits: 24,
+        }));
+        copy.optional_cidr(None);
+        let data = copy.finish();
+        assert_eq!(
+            &data[19..],
+            &[0, 0, 0, 8, 2, 24, 1, 4, 203, 0, 113, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod error;
 pub mod file_batches;
 pub mod keyring;
 pub mod lifecycle;
+pub mod privacy;
 pub mod quarantine;
 pub mod recovery;
 pub mod rekey;

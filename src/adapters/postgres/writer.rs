@@ -68,7 +68,7 @@ const KEYS_CHANGED: &str = "ET001";
 
 const COPY_LOGINS: &str = "\
 COPY user_logins (user_id, device_type, masked_ip, masked_device_id, locale, app_version,
-                  create_date, app_version_text, mask_key_version, message_id)
+                  create_date, app_version_text, mask_key_version, message_id, ip_network)
 FROM STDIN (FORMAT binary)";
 
 const INSERT_QUARANTINE: &str = "\
@@ -295,7 +295,7 @@ async fn copy_logins(
         .iter()
         .filter(|r| claimed.contains(&r.message_id))
     {
-        copy.row(10);
+        copy.row(11);
         copy.text(&row.user_id);
         copy.text(&row.device_type);
         copy.text(row.masked_ip.as_str());
@@ -306,6 +306,7 @@ async fn copy_logins(
         copy.text(&row.app_version_text);
         copy.int4(batch.mask_key_version);
         copy.text(&row.message_id);
+        copy.optional_cidr(row.ip_network);
         rows += 1;
     }
     if rows == 0 {

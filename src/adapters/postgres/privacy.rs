@@ -1,0 +1,206 @@
+//! The re-identification risk of `user_logins`, computed on the server in one statement that reads
+//! the table once: k-anonymity over quasi-identifiers, the l-diversity of `masked_ip` within their
+//! classes, and the masks that only one user's rows carry. Only counts leave the server.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// A column of `user_logins` that, with others, can single a person out. Closed set: the names
+/// go into SQL as identifiers, so none comes from input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum QuasiIdentifier {
+    DeviceType,
+    Locale,
+    AppVersion,
+    AppVersionText,
+    CreateDate,
+    /// The ip's network, where ingest writes it (`--ip-prefix`).
+    IpNetwork,
+}
+
+impl QuasiIdentifier {
+    /// The default set: what a row says about a login apart from who and where.
+    pub const DEFAULT: [Self; 4] = [
+        Self::DeviceType,
+        Self::Locale,
+        Self::AppVersion,
+        Self::CreateDate,
+    ];
+
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::DeviceType => "device_type",
+            Self::Locale => "locale",
+            Self::AppVersion => "app_version",
+            Self::AppVersionText => "app_version_text",
+            Self::CreateDate => "create_date",
+            Self::IpNetwork => "ip_network",
+        }
+    }
+}
+
+/// The figures of a report. An equivalence class is the rows that agree on every
+/// quasi-identifier; its size is the number of users among them (one person's many logins do not
+/// hide each other). Masks of different key versions count apart, as they compare apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct RiskReport {
+    pub rows: i64,
+    pub users: i64,
+    pub classes: i64,
+    /// Users in the smallest class; `None` for an empty table.
+    pub smallest_class: Option<i64>,
+    pub classes_below_k: i64,
+    pub rows_below_k: i64,
+    pub users_below_k: i64,
+    /// The fewest distinct masked ips in a class; `None` for an empty table.
+    pub l_diversity: Option<i64>,
+    /// Classes of two or more users whose rows all carry one masked ip: knowing someone is in
+    /// the class tells their network mask.
+    pub homogeneous_classes: i64,
+    pub single_user_masked_ip: i64,
+    pub single_user_masked_device_id: i64,
+}
+
+/// The report's statement. The grouping sets read `user_logins` once and give, per set (told
+/// apart by `GROUPING`): class × user (3), class × masked ip (5), masked ip × user (1) and masked
+/// device id × user (2); everything after works on those groups.
+fn report_sql(quasi_identifiers: &[QuasiIdentifier]) -> String {
+    let qi = quasi_identifiers
+        .iter()
+        .map(|q| q.column())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH per AS (
+            SELECT {qi}, user_id, masked_ip, masked_device_id, count(*) AS n,
+                   GROUPING(user_id, masked_ip, masked_device_id) AS set_id
+            FROM user_logins
+            GROUP BY GROUPING SETS (({qi}, user_id), ({qi}, masked_ip),
+                                    (masked_ip, user_id), (masked_device_id, user_id))
+        ),
+        classes AS (
+            SELECT count(*) FILTER (WHERE set_id = 3) AS users,
+                   coalesce(sum(n) FILTER (WHERE set_id = 3), 0) AS n,
+                   count(*) FILTER (WHERE set_id = 5) AS ips
+            FROM per WHERE set_id IN (3, 5)
+            GROUP BY {qi}
+        ),
+        members AS (
+            SELECT user_id, count(*) OVER (PARTITION BY {qi}) AS size
+            FROM per WHERE set_id = 3
+        ),
+        masks AS (
+            SELECT set_id, count(*) AS users
+            FROM per WHERE set_id IN (1, 2)
+            GROUP BY set_id, masked_ip, masked_device_id
+        )
+        SELECT (SELECT coalesce(sum(n), 0) FROM classes)::int8 AS rows,
+               m.users, c.classes, c.smallest_class, c.classes_below_k, c.rows_below_k,
+               m.users_below_k, c.l_diversity, c.homogeneous_classes,
+               s.single_user_masked_ip, s.single_user_masked_device_id
+        FROM (SELECT count(*) AS classes,
+                     min(users) AS smallest_class,
+                     count(*) FILTER (WHERE users < $1) AS classes_below_k,
+                     coalesce(sum(n) FILTER (WHERE users < $1), 0)::int8 AS rows_below_k,
+                     min(ips) AS l_diversity,
+                     count(*) FILTER (WHERE ips = 1 AND users > 1) AS homogeneous_classes
+              FROM classes) AS c,
+             (SELECT count(DISTINCT user_id) AS users,
+                     count(DISTINCT user_id) FILTER (WHERE size < $1) AS users_below_k
+              FROM members) AS m,
+             (SELECT count(*) FILTER (WHERE set_id = 1 AND users = 1) AS single_user_masked_ip,
+                     count(*) FILTER (WHERE set_id = 2 AND users = 1)
+                         AS single_user_masked_device_id
+              FROM masks) AS s"
+    )
+}
+
+/// The report over `quasi_identifiers` (at least one) with classes of fewer than `k` users
+/// counted as below k. Needs SELECT on `user_logins` only (the owner, `etl_analyst`).
+pub async fn risk_report(
+    pool: &PgPool,
+    quasi_identifiers: &[QuasiIdentifier],
+    k: i64,
+) -> Result<RiskReport, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The groups of a large table fit in memory rather than spill; for this statement only.
+    sqlx::query("SET LOCAL work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
+    let report = sqlx::query_as::<_, RiskReport>(&report_sql(quasi_identifiers))
+        .bind(k)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// A role that may read `user_logins` (apart from its owner, the owner's members and superusers,
+/// who hold everything), and the tables of the additional information it may read: the vault,
+/// the keyring and quarantine.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reader {
+    pub role: String,
+    pub login: bool,
+    pub reaches: Vec<String>,
+}
+
+/// Who reads the analysts' table, from the catalog: grants, inherited ones (`pg_read_all_data`
+/// among them) and column grants alike.
+pub async fn readers(pool: &PgPool) -> Result<Vec<Reader>, sqlx::Error> {
+    sqlx::query_as(
+        r"SELECT r.rolname::text AS role, r.rolcanlogin AS login,
+                 array(SELECT format('%I.%I', n.nspname, c.relname)
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE c.relkind IN ('r', 'p', 'v', 'm')
+                         AND (n.nspname IN ('vault', 'keyring')
+                              OR (n.nspname = 'etl' AND c.relname = 'quarantine'))
+                         AND has_any_column_privilege(r.oid, c.oid, 'SELECT')
+                       ORDER BY 1) AS reaches
+          FROM pg_roles r
+          WHERE r.rolname NOT LIKE 'pg\_%' AND NOT r.rolsuper
+            AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class
+                                        WHERE oid = 'user_logins'::regclass), 'USAGE')
+            AND has_table_privilege(r.oid, 'user_logins'::regclass, 'SELECT')
+          ORDER BY r.rolname",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether PUBLIC, every role present and future, holds SELECT on `user_logins`.
+pub async fn public_reads(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.oid = 'user_logins'::regclass AND a.grantee = 0 AND a.privilege_type = 'SELECT')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The audit log's triggers that are enabled: the one that chains each appended row and the two
+/// that refuse changing or emptying it.
+pub async fn audit_guards_enabled(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger \
+         WHERE tgrelid = 'recovery.audit_log'::regclass AND tgenabled <> 'D' \
+           AND tgname IN ('audit_append', 'audit_no_update_or_delete', 'audit_no_truncate')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Members of a group role that can log in, directly or through other groups.
+pub async fn logins_in(pool: &PgPool, group: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_roles r \
+         WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> $1::name \
+           AND pg_has_role(r.oid, $1::name, 'MEMBER') \
+         ORDER BY 1",
+    )
+    .bind(group)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,461 @@
+//! `etl privacy report`: how well the rows of `user_logins` hide the people behind them (see
+//! `adapters::postgres::privacy`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::{DatabaseArgs, Outcome, OutputFormat};
+use crate::adapters::postgres::privacy::{self, QuasiIdentifier, Reader, RiskReport};
+use crate::adapters::postgres::{audit, keyring, lifecycle, recovery};
+use crate::crypto::{ChainVerifier, KeyPurpose};
+use crate::human;
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// The re-identification risk of user_logins (for the owner and etl_analyst): k-anonymity
+    /// over quasi-identifiers, the l-diversity of masked_ip within their classes, and the masks
+    /// only one user carries. Counts only, computed on the server in one pass over the table.
+    Report(ReportArgs),
+    /// The items of the EDPB's pseudonymisation guidelines (01/2025) a program can verify, read
+    /// from the catalog and the key configuration (for the schema owner): the domains and who
+    /// reads each, analysts kept apart from the vault, keys and quarantine, keys wrapped by KMS,
+    /// recovery audited and under policy, erasure and retention configured. One line each.
+    Check {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// The columns that together may single a person out, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "COLUMNS",
+        default_values_t = QuasiIdentifier::DEFAULT
+    )]
+    quasi_identifiers: Vec<QuasiIdentifier>,
+    /// A class of fewer users than this is counted as below k.
+    #[arg(long, value_name = "K", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    k: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Also write the figures to this file in the Prometheus text format, for node_exporter's
+    /// textfile collector (written whole, then renamed into place).
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+}
+
+/// A report as printed: the settings it ran with, then its figures.
+#[derive(Debug, Serialize)]
+struct Printed<'a> {
+    quasi_identifiers: &'a [QuasiIdentifier],
+    k: u32,
+    #[serde(flatten)]
+    report: &'a RiskReport,
+    single_user_masks: i64,
+    elapsed_seconds: f64,
+}
+
+pub async fn run(command: PrivacyCommand) -> anyhow::Result<Outcome> {
+    match command {
+        PrivacyCommand::Report(args) => report(args).await,
+        PrivacyCommand::Check { database } => check(&database).await,
+    }
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<Outcome> {
+    let mut quasi_identifiers = args.quasi_identifiers;
+    // Each column once, in the order given.
+    let mut seen = Vec::new();
+    quasi_identifiers.retain(|q| {
+        let first = !seen.contains(q);
+        seen.push(*q);
+        first
+    });
+    anyhow::ensure!(
+        !quasi_identifiers.is_empty(),
+        "--quasi-identifiers needs at least one column"
+    );
+    let pool = super::pool(&args.database).await?;
+    let started = Instant::now();
+    let report = privacy::risk_report(&pool, &quasi_identifiers, i64::from(args.k))
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
+                "the database refused: the report reads user_logins (the schema owner and \
+                 etl_analyst may)"
+            ),
+            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
+                .context("computing the privacy report"),
+        })?;
+    let printed = Printed {
+        quasi_identifiers: &quasi_identifiers,
+        k: args.k,
+        report: &report,
+        single_user_masks: report.single_user_masked_ip + report.single_user_masked_device_id,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    };
+    match args.format {
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&printed)?)?,
+        OutputFormat::Text => print_text(&printed)?,
+    }
+    if let Some(path) = &args.metrics_file {
+        super::write_textfile(path, &metrics(&printed))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_text(printed: &Printed) -> anyhow::Result<()> {
+    let report = printed.report;
+    let columns: Vec<&str> = printed
+        .quasi_identifiers
+        .iter()
+        .map(|q| q.column())
+        .collect();
+    let or_none = |value: Option<i64>| value.map_or("none".to_owned(), |v| v.to_string());
+    outln!(
+        "user_logins: {} of {}, quasi-identifiers {}",
+        human::count(report.rows, "row"),
+        human::count(report.users, "user"),
+        columns.join(", ")
+    )?;
+    outln!(
+        "equivalence classes: {}; smallest: {}",
+        report.classes,
+        report
+            .smallest_class
+            .map_or("none".to_owned(), |n| human::count(n, "user"))
+    )?;
+    outln!(
+        "below k={}: {} of {} in {}",
+        printed.k,
+        human::count(report.users_below_k, "user"),
+        human::count(report.rows_below_k, "row"),
+        human::count(report.classes_below_k, "class")
+    )?;
+    outln!(
+        "l-diversity of masked_ip: {}; classes of several users sharing one masked_ip: {}",
+        or_none(report.l_diversity),
+        report.homogeneous_classes
+    )?;
+    outln!(
+        "masks of a single user: {} (masked_ip {}, masked_device_id {})",
+        printed.single_user_masks,
+        report.single_user_masked_ip,
+        report.single_user_masked_device_id
+    )?;
+    outln!("computed in {:.1} s", printed.elapsed_seconds)?;
+    Ok(())
+}
+
+/// The figures as gauges of the last report, with its time, for an alert on a falling k.
+fn metrics(printed: &Printed) -> String {
+    let report = printed.report;
+    let gauges: [(&str, &str, i64); 8] = [
+        (
+            "rows",
+            "Rows of user_logins the last report read.",
+            report.rows,
+        ),
+        (
+            "classes",
+            "Equivalence classes over the quasi-identifiers.",
+            report.classes,
+        ),
+        (
+            "smallest_class",
+            "Users in the smallest equivalence class.",
+            report.smallest_class.unwrap_or(0),
+        ),
+        (
+            "rows_below_k",
+            "Rows in classes of fewer than k users.",
+            report.rows_below_k,
+        ),
+        (
+            "users_below_k",
+            "Users with a row in a class of fewer than k users.",
+            report.users_below_k,
+        ),
+        (
+            "l_diversity",
+            "The fewest distinct masked ips in an equivalence class.",
+            report.l_diversity.unwrap_or(0),
+        ),
+        (
+            "homogeneous_classes",
+            "Classes of several users whose rows share one masked ip.",
+            report.homogeneous_classes,
+        ),
+        (
+            "single_user_masks",
+            "Masks that only one user's rows carry.",
+            printed.single_user_masks,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, value) in gauges {
+        text.push_str(&format!(
+            "# HELP etl_privacy_{name} {help}\n# TYPE etl_privacy_{name} gauge\netl_privacy_{name}{{k=\"{}\"}} {value}\n",
+            printed.k
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP etl_privacy_report_last_success_timestamp_seconds When the last report ended.\n\
+         # TYPE etl_privacy_report_last_success_timestamp_seconds gauge\n\
+         etl_privacy_report_last_success_timestamp_seconds {}\n",
+        Utc::now().timestamp()
+    ));
+    text
+}
+
+/// A check's verdict: what holds, or what does not and what to do.
+type Verdict = Result<String, (String, String)>;
+
+/// One line per check on stdout; exit 1 when any failed.
+async fn check(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
+    let pool = super::pool(database).await?;
+    let owner_only = |what: &'static str| {
+        move |err: sqlx::Error| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
+                "the database refused to show {what}: run `etl privacy check` as the owner of \
+                 the etl schemas"
+            ),
+            _ => anyhow::Error::new(err).context(format!("reading {what}")),
+        }
+    };
+    let readers = privacy::readers(&pool)
+        .await
+        .map_err(owner_only("the catalog"))?;
+    let public = privacy::public_reads(&pool)
+        .await
+        .map_err(owner_only("the catalog"))?;
+    let keys = keyring::list(&pool)
+        .await
+        .map_err(owner_only("keyring.data_keys"))?;
+    let mask_version = keyring::active_mask_version(&pool)
+        .await
+        .map_err(owner_only("the active mask key"))?;
+    let guards = privacy::audit_guards_enabled(&pool)
+        .await
+        .map_err(owner_only("the audit log's triggers"))?;
+    let mut chain = ChainVerifier::with_anchors([]);
+    audit::verify(&pool, &mut chain)
+        .await
+        .map_err(owner_only("recovery.audit_log"))?;
+    let policy = recovery::policy(&pool)
+        .await
+        .map_err(owner_only("recovery.policy"))?;
+    let retention = lifecycle::retention(&pool)
+        .await
+        .map_err(owner_only("etl.retention"))?;
+    let erasers = privacy::logins_in(&pool, "etl_privacy")
+        .await
+        .map_err(owner_only("the members of etl_privacy"))?;
+
+    let has_key = |purpose: KeyPurpose| keys.iter().any(|k| k.purpose == purpose.as_str());
+    let verdicts: [(&str, Verdict); 7] = [
+        ("domain user_logins", domain(&readers, public, mask_version)),
+        ("analysts kept apart", kept_apart(&readers)),
+        ("keys wrapped by KMS", wrapped(&keys, has_key)),
+        ("recovery audited", audited(guards, &chain)),
+        ("recovery under policy", under_policy(&policy)),
+        ("erasure", erasure(has_key(KeyPurpose::User), &erasers)),
+        ("retention", retention_set(&retention)),
+    ];
+    let mut failed = 0;
+    for (name, verdict) in verdicts {
+        match verdict {
+            Ok(detail) => outln!("PASS  {name}: {detail}")?,
+            Err((problem, fix)) => {
+                failed += 1;
+                outln!("FAIL  {name}: {problem} → {fix}")?;
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Negative
+    })
+}
+
+fn names(readers: &[&Reader]) -> String {
+    readers
+        .iter()
+        .map(|r| r.role.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The one domain so far: the masks of user_logins, and who reads them.
+fn domain(readers: &[Reader], public: bool, mask_version: Option<i32>) -> Verdict {
+    if public {
+        return Err((
+            "PUBLIC may read user_logins: every database user can".to_owned(),
+            "REVOKE SELECT ON user_logins FROM PUBLIC".to_owned(),
+        ));
+    }
+    let groups: Vec<&Reader> = readers.iter().filter(|r| !r.login).collect();
+    let logins: Vec<&Reader> = readers.iter().filter(|r| r.login).collect();
+    let key = mask_version.map_or("no mask key yet".to_owned(), |v| format!("mask key v{v}"));
+    Ok(format!(
+        "masks of ip and device_id under {key}; read by the owner and {} ({})",
+        if groups.is_empty() {
+            "no group".to_owned()
+        } else {
+            names(&groups)
+        },
+        human::count(logins.len() as i64, "login")
+    ))
+}
+
+/// No role that reads the masks may read what opens them.
+fn kept_apart(readers: &[Reader]) -> Verdict {
+    let reaching: Vec<&Reader> = readers.iter().filter(|r| !r.reaches.is_empty()).collect();
+    // Groups by name; logins (which inherit from them) by name only while they are few.
+    let mut named: Vec<String> = reaching
+        .iter()
+        .filter(|r| !r.login || reaching.iter().filter(|r| r.login).count() <= 5)
+        .map(|r| format!("{} reads {}", r.role, r.reaches.join(", ")))
+        .collect();
+    let logins = reaching.iter().filter(|r| r.login).count();
+    if logins > 5 {
+        named.push(format!(
+            "and {}",
+            human::count(logins as i64, "member login")
+        ));
+    }
+    if reaching.is_empty() {
+        Ok(format!(
+            "none of the {} reading user_logins reads the vault, the keyring or quarantine",
+            human::count(readers.len() as i64, "role")
+        ))
+    } else {
+        Err((
+            named.join("; "),
+            "REVOKE those privileges (docs/roles.md lists what each role holds)".to_owned(),
+        ))
+    }
+}
+
+/// Every data key is stored wrapped by a KMS key, and each purpose has one.
+fn wrapped(keys: &[keyring::StoredKey], has_key: impl Fn(KeyPurpose) -> bool) -> Verdict {
+    let missing: Vec<&str> = KeyPurpose::ALL
+        .into_iter()
+        .filter(|p| !has_key(*p))
+        .map(KeyPurpose::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err((
+            format!("no {} key", missing.join(", ")),
+            "etl keys init --kms-key-id <KMS key>".to_owned(),
+        ));
+    }
+    // A wrapped key is longer than the 32 bytes of a plain one: KMS adds its header and tag.
+    let bare = keys
+        .iter()
+        .filter(|k| k.kms_key_id.trim().is_empty() || k.wrapped_key.len() <= 32)
+        .count();
+    if bare > 0 {
+        return Err((
+            format!(
+                "{} not wrapped by KMS",
+                human::count(bare as i64, "data key")
+            ),
+            "etl keys rotate, then etl keys retire the bare versions".to_owned(),
+        ));
+    }
+    let kms_keys: std::collections::BTreeSet<&str> =
+        keys.iter().map(|k| k.kms_key_id.as_str()).collect();
+    Ok(format!(
+        "{} wrapped under {}",
+        human::count(keys.len() as i64, "data key"),
+        human::count(kms_keys.len() as i64, "KMS key")
+    ))
+}
+
+/// Every opening leaves a chained audit row that no one can change or remove.
+fn audited(guards: i64, chain: &ChainVerifier) -> Verdict {
+    if guards < 3 {
+        return Err((
+            format!("{} of the audit log's 3 triggers are enabled", guards),
+            "etl migrate (it restores them), then etl audit verify".to_owned(),
+        ));
+    }
+    if let Some(broken) = chain.first_break() {
+        return Err((
+            format!("the audit chain breaks at row {}", broken.id()),
+            "etl audit verify, and treat it as an incident".to_owned(),
+        ));
+    }
+    Ok(format!(
+        "openings go through the recovery service and the audit log; its chain of {} holds",
+        human::count(chain.rows() as i64, "row")
+    ))
+}
+
+/// An opening waits for another person's approval, or opening is capped per day.
+fn under_policy(policy: &recovery::Policy) -> Verdict {
+    if policy.approvals == 0 && policy.daily_limit == 0 {
+        return Err((
+            "a member of etl_recoverer opens any number of values with no approval".to_owned(),
+            "etl recover policy set --approvals 1 (or --daily-limit N)".to_owned(),
+        ));
+    }
+    Ok(format!(
+        "{}, {} per user per day{}",
+        human::count(policy.approvals, "approval"),
+        if policy.daily_limit == 0 {
+            "any number of values".to_owned()
+        } else {
+            human::count(policy.daily_limit, "value")
+        },
+        if policy.require_ticket {
+            ", a ticket"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Erasure needs the user key (it keeps the erased users' hashes) and someone who may run it.
+fn erasure(user_key: bool, erasers: &[String]) -> Verdict {
+    if !user_key {
+        return Err((
+            "no user key: erased users cannot be recorded".to_owned(),
+            "etl keys init --kms-key-id <KMS key>".to_owned(),
+        ));
+    }
+    Ok(format!(
+        "etl forget is ready; {} in etl_privacy besides the owner",
+        human::count(erasers.len() as i64, "login")
+    ))
+}
+
+/// The analysts' rows and quarantined messages are kept for a bounded time.
+fn retention_set(retention: &lifecycle::Retention) -> Verdict {
+    match (retention.logins_days, retention.quarantine_days) {
+        (Some(logins), Some(quarantine)) => Ok(format!(
+            "user_logins kept {}, quarantine {}; schedule etl retention apply",
+            human::count(logins, "day"),
+            human::count(quarantine, "day")
+        )),
+        _ => Err((
+            "user_logins or quarantine is kept forever".to_owned(),
+            "etl retention set --logins DAYS --quarantine DAYS".to_owned(),
+        )),
+    }
+}
