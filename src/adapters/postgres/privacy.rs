@@ -64,21 +64,20 @@ pub struct RiskReport {
 }
 
 /// The report's statement. The grouping sets read `user_logins` once and give, per set (told
-/// apart by `GROUPING`): class × user (3), class × masked ip (5), masked ip × user (1) and masked
-/// device id × user (2); everything after works on those groups.
+/// apart by `GROUPING`): class × user (3), class × masked ip (5), masked ip × user (9), masked
+/// device id × user (10) and user (11); everything after works on those groups, hashed (only the
+/// class size of each class × user needs a sort).
 fn report_sql(quasi_identifiers: &[QuasiIdentifier]) -> String {
-    let qi = quasi_identifiers
-        .iter()
-        .map(|q| q.column())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns: Vec<&str> = quasi_identifiers.iter().map(|q| q.column()).collect();
+    let qi = columns.join(", ");
+    let first = columns.first().copied().unwrap_or("device_type");
     format!(
         "WITH per AS (
             SELECT {qi}, user_id, masked_ip, masked_device_id, count(*) AS n,
-                   GROUPING(user_id, masked_ip, masked_device_id) AS set_id
+                   GROUPING({first}, user_id, masked_ip, masked_device_id) AS set_id
             FROM user_logins
-            GROUP BY GROUPING SETS (({qi}, user_id), ({qi}, masked_ip),
-                                    (masked_ip, user_id), (masked_device_id, user_id))
+            GROUP BY GROUPING SETS (({qi}, user_id), ({qi}, masked_ip), (masked_ip, user_id),
+                                    (masked_device_id, user_id), (user_id))
         ),
         classes AS (
             SELECT count(*) FILTER (WHERE set_id = 3) AS users,
@@ -93,11 +92,11 @@ fn report_sql(quasi_identifiers: &[QuasiIdentifier]) -> String {
         ),
         masks AS (
             SELECT set_id, count(*) AS users
-            FROM per WHERE set_id IN (1, 2)
+            FROM per WHERE set_id IN (9, 10)
             GROUP BY set_id, masked_ip, masked_device_id
         )
         SELECT (SELECT coalesce(sum(n), 0) FROM classes)::int8 AS rows,
-               m.users, c.classes, c.smallest_class, c.classes_below_k, c.rows_below_k,
+               (SELECT count(*) FROM per WHERE set_id = 11) AS users, c.classes, c.smallest_class, c.classes_below_k, c.rows_below_k,
                m.users_below_k, c.l_diversity, c.homogeneous_classes,
                s.single_user_masked_ip, s.single_user_masked_device_id
         FROM (SELECT count(*) AS classes,
@@ -107,11 +106,10 @@ fn report_sql(quasi_identifiers: &[QuasiIdentifier]) -> String {
                      min(ips) AS l_diversity,
                      count(*) FILTER (WHERE ips = 1 AND users > 1) AS homogeneous_classes
               FROM classes) AS c,
-             (SELECT count(DISTINCT user_id) AS users,
-                     count(DISTINCT user_id) FILTER (WHERE size < $1) AS users_below_k
+             (SELECT count(DISTINCT user_id) FILTER (WHERE size < $1) AS users_below_k
               FROM members) AS m,
-             (SELECT count(*) FILTER (WHERE set_id = 1 AND users = 1) AS single_user_masked_ip,
-                     count(*) FILTER (WHERE set_id = 2 AND users = 1)
+             (SELECT count(*) FILTER (WHERE set_id = 9 AND users = 1) AS single_user_masked_ip,
+                     count(*) FILTER (WHERE set_id = 10 AND users = 1)
                          AS single_user_masked_device_id
               FROM masks) AS s"
     )
