@@ -7,8 +7,8 @@ use std::path::Path;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    self, audit, dev, doctor, export, forget, ingest, keys, lambda, privacy, quarantine, recover,
-    recovery_service, retention, DatabaseArgs, LogFormatArg,
+    self, audit, dev, doctor, domains, export, forget, ingest, keys, lambda, privacy, quarantine,
+    recover, recovery_service, retention, DatabaseArgs, LogFormatArg,
 };
 
 /// Moves user-login events from Amazon SQS into PostgreSQL, masking ip and device_id with a keyed
@@ -71,6 +71,10 @@ pub enum Command {
     /// Delete what is older than the retention settings stored in the database.
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
+    /// Pseudonymisation domains: each with a mask key of its own, a table domains.NAME that ingest
+    /// fills, and a reader role etl_domain_NAME.
+    #[command(subcommand)]
+    Domains(domains::DomainsCommand),
     /// How well user_logins hides the people behind it (a re-identification risk report), and
     /// the pseudonymisation's checks that a program can verify.
     #[command(subcommand)]

@@ -54,6 +54,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Export(args) => commands::export::run(args).await,
         Command::Retention(command) => commands::retention::run(command).await,
         Command::Privacy(command) => commands::privacy::run(command).await,
+        Command::Domains(command) => commands::domains::run(command).await,
         Command::Dev(command) => commands::dev::run(command).await,
     }
 }

@@ -160,6 +160,21 @@ pub fn encryption_context(purpose: KeyPurpose, version: i32) -> HashMap<String, 
     ])
 }
 
+/// The purpose in a pseudonymisation domain's mask key context (domain keys are not in
+/// `keyring.data_keys`, whose purposes are [`KeyPurpose`]s).
+pub const DOMAIN_MASK_PURPOSE: &str = "domain_mask";
+
+/// The encryption context of a domain's mask key: a data key's, with the domain's name, so a blob
+/// moved to another domain does not unwrap.
+fn domain_context(domain: &str, version: i32) -> HashMap<String, String> {
+    HashMap::from([
+        ("application".to_owned(), CONTEXT_APPLICATION.to_owned()),
+        ("purpose".to_owned(), DOMAIN_MASK_PURPOSE.to_owned()),
+        ("domain".to_owned(), domain.to_owned()),
+        ("key_version".to_owned(), version.to_string()),
+    ])
+}
+
 impl Kms {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
@@ -284,6 +299,39 @@ impl Kms {
             zeroize::Zeroize::zeroize(&mut plaintext.into_inner());
         }
         Ok(())
+    }
+
+    /// Generates a pseudonymisation domain's mask key and returns only its wrapped form.
+    pub async fn generate_domain_key(
+        &self,
+        kms_key_id: &str,
+        domain: &str,
+        version: i32,
+    ) -> Result<WrappedKey, KmsError> {
+        self.generate_without_plaintext(kms_key_id, domain_context(domain, version))
+            .await
+    }
+
+    /// Unwraps a domain's mask key (a mask key's length), presenting its context.
+    pub async fn unwrap_domain_key(
+        &self,
+        kms_key_id: &str,
+        domain: &str,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<DataKey, UnwrapError> {
+        let unwrapped = match self
+            .decrypt(kms_key_id, domain_context(domain, version), wrapped)
+            .await
+        {
+            Ok(plaintext) => data_key("Decrypt", KeyPurpose::Mask, version, plaintext),
+            Err(err) => Err(err),
+        };
+        unwrapped.map_err(|source| UnwrapError {
+            purpose: DOMAIN_MASK_PURPOSE,
+            version,
+            source,
+        })
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.

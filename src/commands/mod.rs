@@ -23,6 +23,7 @@ mod args;
 pub mod audit;
 pub mod dev;
 pub mod doctor;
+pub mod domains;
 pub mod export;
 pub mod forget;
 pub mod ingest;

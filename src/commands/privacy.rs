@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use sqlx::ConnectOptions;
 use serde::Serialize;
+use sqlx::ConnectOptions;
 
 use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres::privacy::{self, QuasiIdentifier, Reader, RiskReport};
-use crate::adapters::postgres::{audit, keyring, lifecycle, recovery};
+use crate::adapters::postgres::{audit, domains, keyring, lifecycle, recovery};
 use crate::crypto::{ChainVerifier, KeyPurpose};
 use crate::human;
 
@@ -239,18 +239,39 @@ async fn check(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
             _ => anyhow::Error::new(err).context(format!("reading {what}")),
         }
     };
-    let readers = privacy::readers(&pool)
-        .await
-        .map_err(owner_only("the catalog"))?;
-    let public = privacy::public_reads(&pool)
-        .await
-        .map_err(owner_only("the catalog"))?;
     let keys = keyring::list(&pool)
         .await
         .map_err(owner_only("keyring.data_keys"))?;
     let mask_version = keyring::active_mask_version(&pool)
         .await
         .map_err(owner_only("the active mask key"))?;
+    let mut seen = vec![Domain {
+        name: "user_logins".to_owned(),
+        table: "user_logins".to_owned(),
+        key: mask_version.map_or("no mask key yet".to_owned(), |v| format!("mask key v{v}")),
+        public: false,
+        readers: Vec::new(),
+    }];
+    for domain in domains::list(&pool)
+        .await
+        .map_err(owner_only("etl.domains"))?
+    {
+        seen.push(Domain {
+            table: format!("domains.{}", domain.name),
+            key: format!("the domain's key v{}", domain.key_version),
+            name: domain.name,
+            public: false,
+            readers: Vec::new(),
+        });
+    }
+    for domain in &mut seen {
+        domain.readers = privacy::readers(&pool, &domain.table)
+            .await
+            .map_err(owner_only("the catalog"))?;
+        domain.public = privacy::public_reads(&pool, &domain.table)
+            .await
+            .map_err(owner_only("the catalog"))?;
+    }
     let guards = privacy::audit_guards_enabled(&pool)
         .await
         .map_err(owner_only("the audit log's triggers"))?;
@@ -269,15 +290,24 @@ async fn check(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
         .map_err(owner_only("the members of etl_privacy"))?;
 
     let has_key = |purpose: KeyPurpose| keys.iter().any(|k| k.purpose == purpose.as_str());
-    let verdicts: [(&str, Verdict); 7] = [
-        ("domain user_logins", domain(&readers, public, mask_version)),
-        ("analysts kept apart", kept_apart(&readers)),
-        ("keys wrapped by KMS", wrapped(&keys, has_key)),
-        ("recovery audited", audited(guards, &chain)),
-        ("recovery under policy", under_policy(&policy)),
-        ("erasure", erasure(has_key(KeyPurpose::User), &erasers)),
-        ("retention", retention_set(&retention)),
-    ];
+    let mut verdicts: Vec<(String, Verdict)> = seen
+        .iter()
+        .map(|d| (format!("domain {}", d.name), domain(d, &seen)))
+        .collect();
+    let mut readers: Vec<&Reader> = seen.iter().flat_map(|d| &d.readers).collect();
+    readers.sort_by(|a, b| a.role.cmp(&b.role));
+    readers.dedup_by(|a, b| a.role == b.role);
+    verdicts.extend(
+        [
+            ("analysts kept apart", kept_apart(&readers)),
+            ("keys wrapped by KMS", wrapped(&keys, has_key)),
+            ("recovery audited", audited(guards, &chain)),
+            ("recovery under policy", under_policy(&policy)),
+            ("erasure", erasure(has_key(KeyPurpose::User), &erasers)),
+            ("retention", retention_set(&retention)),
+        ]
+        .map(|(name, verdict)| (name.to_owned(), verdict)),
+    );
     let mut failed = 0;
     for (name, verdict) in verdicts {
         match verdict {
@@ -303,19 +333,60 @@ fn names(readers: &[&Reader]) -> String {
         .join(", ")
 }
 
-/// The one domain so far: the masks of user_logins, and who reads them.
-fn domain(readers: &[Reader], public: bool, mask_version: Option<i32>) -> Verdict {
-    if public {
+/// A pseudonymisation domain as the check sees it: `user_logins` (under the mask key) or one of
+/// `etl domains`, its key and its readers.
+struct Domain {
+    name: String,
+    table: String,
+    key: String,
+    public: bool,
+    readers: Vec<Reader>,
+}
+
+/// A domain's masks, and who reads them: not PUBLIC, and no reader of another domain's rows
+/// (through which the two domains' masks would link).
+fn domain(this: &Domain, all: &[Domain]) -> Verdict {
+    if this.public {
         return Err((
-            "PUBLIC may read user_logins: every database user can".to_owned(),
-            "REVOKE SELECT ON user_logins FROM PUBLIC".to_owned(),
+            format!("PUBLIC may read {}: every database user can", this.table),
+            format!("REVOKE SELECT ON {} FROM PUBLIC", this.table),
         ));
     }
+    let crossing: Vec<String> = this
+        .readers
+        .iter()
+        .filter_map(|reader| {
+            let others: Vec<&str> = all
+                .iter()
+                .filter(|other| other.table != this.table)
+                .filter(|other| other.readers.iter().any(|r| r.role == reader.role))
+                .map(|other| other.table.as_str())
+                .collect();
+            (!others.is_empty()).then(|| format!("{} reads {}", reader.role, others.join(", ")))
+        })
+        .collect();
+    if !crossing.is_empty() {
+        return Err((
+            format!(
+                "{}: their rows link the masks of {} to another domain's",
+                crossing.join("; "),
+                this.table
+            ),
+            "give each domain's readers that domain alone".to_owned(),
+        ));
+    }
+    let readers = &this.readers;
     let groups: Vec<&Reader> = readers.iter().filter(|r| !r.login).collect();
     let logins: Vec<&Reader> = readers.iter().filter(|r| r.login).collect();
-    let key = mask_version.map_or("no mask key yet".to_owned(), |v| format!("mask key v{v}"));
+    // user_logins is its own table; a domain's is named.
+    let table = if this.table == this.name {
+        String::new()
+    } else {
+        format!("table {}, ", this.table)
+    };
     Ok(format!(
-        "masks of ip and device_id under {key}; read by the owner and {} ({})",
+        "{table}masks of ip and device_id under {}; read by the owner and {} ({})",
+        this.key,
         if groups.is_empty() {
             "no group".to_owned()
         } else {
@@ -325,9 +396,13 @@ fn domain(readers: &[Reader], public: bool, mask_version: Option<i32>) -> Verdic
     ))
 }
 
-/// No role that reads the masks may read what opens them.
-fn kept_apart(readers: &[Reader]) -> Verdict {
-    let reaching: Vec<&Reader> = readers.iter().filter(|r| !r.reaches.is_empty()).collect();
+/// No role that reads masks may read what opens them.
+fn kept_apart(readers: &[&Reader]) -> Verdict {
+    let reaching: Vec<&Reader> = readers
+        .iter()
+        .copied()
+        .filter(|r| !r.reaches.is_empty())
+        .collect();
     // Groups by name; logins (which inherit from them) by name only while they are few.
     let mut named: Vec<String> = reaching
         .iter()
@@ -343,7 +418,7 @@ fn kept_apart(readers: &[Reader]) -> Verdict {
     }
     if reaching.is_empty() {
         Ok(format!(
-            "none of the {} reading user_logins reads the vault, the keyring or quarantine",
+            "none of the {} reading masks reads the vault, the keyring or quarantine",
             human::count(readers.len() as i64, "role")
         ))
     } else {

@@ -19,6 +19,7 @@ use clap::Subcommand;
 
 use super::{progress, DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::postgres;
+use crate::adapters::postgres::domains;
 use crate::adapters::postgres::lifecycle::{self, Expiring, Retention};
 use crate::human;
 
@@ -177,6 +178,8 @@ fn print_settings(settings: &Retention, format: OutputFormat) -> anyhow::Result<
 struct Pass {
     dry_run: bool,
     user_logins: u64,
+    /// Rows of the pseudonymisation domains' tables, all domains together.
+    domain_rows: u64,
     vault_entries: u64,
     quarantine: u64,
     processed_messages: u64,
@@ -233,7 +236,15 @@ async fn apply(
             .date_naive()
             .and_time(chrono::NaiveTime::MIN)
             .and_utc();
-        pass.user_logins = delete_expired(&pool, Expiring::Logins, cutoff, dry_run, pace).await?;
+        pass.user_logins = delete_expired(
+            &pool,
+            Target::Table(Expiring::Logins),
+            cutoff,
+            dry_run,
+            pace,
+        )
+        .await?;
+        pass.domain_rows = delete_expired_in_domains(&pool, cutoff, dry_run, pace).await?;
         pass.vault_entries = if dry_run {
             count_unused_vault(&pool, cutoff).await?
         } else {
@@ -241,23 +252,43 @@ async fn apply(
         };
     }
     if let Some(cutoff) = cutoff(settings.quarantine_days) {
-        pass.quarantine =
-            delete_expired(&pool, Expiring::Quarantine, cutoff, dry_run, pace).await?;
+        pass.quarantine = delete_expired(
+            &pool,
+            Target::Table(Expiring::Quarantine),
+            cutoff,
+            dry_run,
+            pace,
+        )
+        .await?;
     }
     if let Some(cutoff) = cutoff(settings.claims_days) {
-        pass.processed_messages =
-            delete_expired(&pool, Expiring::MessageClaims, cutoff, dry_run, pace).await?;
-        pass.file_batches =
-            delete_expired(&pool, Expiring::FileClaims, cutoff, dry_run, pace).await?;
+        pass.processed_messages = delete_expired(
+            &pool,
+            Target::Table(Expiring::MessageClaims),
+            cutoff,
+            dry_run,
+            pace,
+        )
+        .await?;
+        pass.file_batches = delete_expired(
+            &pool,
+            Target::Table(Expiring::FileClaims),
+            cutoff,
+            dry_run,
+            pace,
+        )
+        .await?;
     }
     pass.elapsed_seconds = started.elapsed().as_secs_f64();
     let figures = format!(
-        "user_logins={} vault_entries={} quarantine={} processed_messages={} file_batches={}",
+        "user_logins={} vault_entries={} quarantine={} processed_messages={} file_batches={} \
+         domain_rows={}",
         pass.user_logins,
         pass.vault_entries,
         pass.quarantine,
         pass.processed_messages,
-        pass.file_batches
+        pass.file_batches,
+        pass.domain_rows
     );
     info!(
         dry_run,
@@ -266,6 +297,7 @@ async fn apply(
         quarantine = pass.quarantine,
         processed_messages = pass.processed_messages,
         file_batches = pass.file_batches,
+        domain_rows = pass.domain_rows,
         "retention pass done"
     );
     if !dry_run {
@@ -295,6 +327,7 @@ fn write_metrics(path: &std::path::Path, pass: &Pass) -> std::io::Result<()> {
     );
     for (table, rows) in [
         ("user_logins", pass.user_logins),
+        ("domains", pass.domain_rows),
         ("vault.entries", pass.vault_entries),
         ("etl.quarantine", pass.quarantine),
         ("etl.processed_messages", pass.processed_messages),
@@ -317,29 +350,89 @@ fn write_metrics(path: &std::path::Path, pass: &Pass) -> std::io::Result<()> {
     super::write_textfile(path, &text)
 }
 
-async fn delete_expired(
+/// A table the pass deletes expired rows of: one of the product's, or a pseudonymisation
+/// domain's (whose rows expire with `user_logins`').
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Table(Expiring),
+    Domain(&'a str),
+}
+
+impl Target<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Table(what) => what.name().to_owned(),
+            Self::Domain(domain) => format!("domains.{domain}"),
+        }
+    }
+
+    async fn count(self, pool: &sqlx::PgPool, cutoff: chrono::DateTime<Utc>) -> sqlx::Result<i64> {
+        match self {
+            Self::Table(what) => lifecycle::count_expired(pool, what, cutoff).await,
+            Self::Domain(domain) => lifecycle::count_expired_in_domain(pool, domain, cutoff).await,
+        }
+    }
+
+    async fn delete_chunk(
+        self,
+        pool: &sqlx::PgPool,
+        cutoff: chrono::DateTime<Utc>,
+    ) -> sqlx::Result<u64> {
+        match self {
+            Self::Table(what) => {
+                lifecycle::delete_expired_chunk(pool, what, cutoff, ROW_CHUNK).await
+            }
+            Self::Domain(domain) => {
+                lifecycle::delete_expired_in_domain(pool, domain, cutoff, ROW_CHUNK).await
+            }
+        }
+    }
+}
+
+/// The rows of every pseudonymisation domain that expired with `user_logins`' rows.
+async fn delete_expired_in_domains(
     pool: &sqlx::PgPool,
-    what: Expiring,
     cutoff: chrono::DateTime<Utc>,
     dry_run: bool,
     pace: Pace,
 ) -> anyhow::Result<u64> {
-    let expired = lifecycle::count_expired(pool, what, cutoff)
+    let listed = domains::list(pool)
         .await
-        .with_context(|| format!("counting expired rows of {}", what.name()))?;
+        .context("reading the pseudonymisation domains")?;
+    let mut deleted = 0;
+    for domain in &listed {
+        deleted +=
+            delete_expired(pool, Target::Domain(&domain.name), cutoff, dry_run, pace).await?;
+    }
+    Ok(deleted)
+}
+
+async fn delete_expired(
+    pool: &sqlx::PgPool,
+    what: Target<'_>,
+    cutoff: chrono::DateTime<Utc>,
+    dry_run: bool,
+    pace: Pace,
+) -> anyhow::Result<u64> {
+    let name = what.name();
+    let expired = what
+        .count(pool, cutoff)
+        .await
+        .with_context(|| format!("counting expired rows of {name}"))?;
     let expired = u64::try_from(expired).unwrap_or(0);
-    info!(table = what.name(), expired, "retention");
+    info!(table = %name, expired, "retention");
     if dry_run || expired == 0 {
         return Ok(expired);
     }
-    let span = progress(what.name(), expired);
+    let span = progress(&name, expired);
     let _shown = span.enter();
     let mut deleted = 0;
     loop {
         let chunk = Instant::now();
-        let n = lifecycle::delete_expired_chunk(pool, what, cutoff, ROW_CHUNK)
+        let n = what
+            .delete_chunk(pool, cutoff)
             .await
-            .with_context(|| format!("deleting expired rows of {}", what.name()))?;
+            .with_context(|| format!("deleting expired rows of {name}"))?;
         deleted += n;
         span.pb_inc(n);
         if n < ROW_CHUNK as u64 {

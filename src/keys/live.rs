@@ -62,6 +62,7 @@ impl LiveKeys {
                 .min_quarantine_key_version
                 .is_none_or(|minimum| quarantine >= minimum)
             && state.user_key_version == Some(current.user_keys().newest().version())
+            && state.domains == current.domain_key_versions()
     }
 
     /// Loads the keys now active.
@@ -109,6 +110,7 @@ mod tests {
             quarantine_key_version: Some(1),
             min_quarantine_key_version: None,
             user_key_version: Some(1),
+            domains: String::new(),
         }
     }
 
@@ -134,6 +136,14 @@ mod tests {
             ..state(1, 2, None)
         };
         assert!(!held.matches(&users_rotated), "a user key rotation");
+        let domain_added = KeyState {
+            domains: "marketing:1".to_owned(),
+            ..state(1, 2, None)
+        };
+        assert!(
+            !held.matches(&domain_added),
+            "a pseudonymisation domain added"
+        );
     }
 
     #[tokio::test]

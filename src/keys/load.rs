@@ -1,12 +1,13 @@
 //! Loading the data keys a process masks and seals with: the active mask key, every user key
-//! version, the newest vault key, and the quarantine public key, checked with KMS.
+//! version, the newest vault key, the quarantine public key, checked with KMS, and each
+//! pseudonymisation domain's mask key.
 
 use sqlx::PgPool;
 
 use crate::adapters::kms::{Kms, KmsError, UnwrapError};
-use crate::adapters::postgres::{keyring, DatabaseError};
+use crate::adapters::postgres::{domains, keyring, DatabaseError};
 use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys};
-use crate::pipeline::Transformer;
+use crate::pipeline::{DomainMasker, Transformer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLoadError {
@@ -130,12 +131,31 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
         });
     }
     let vault = unwrap_stored(kms, KeyPurpose::Vault, &vault).await?;
-    Ok(Transformer::new(
-        masker,
-        users,
-        Sealer::new(&vault),
-        quarantine,
-    ))
+    let domains = load_domain_maskers(pool, kms).await?;
+    Ok(Transformer::new(masker, users, Sealer::new(&vault), quarantine).with_domains(domains))
+}
+
+/// Every pseudonymisation domain's newest mask key, unwrapped once with KMS, in name order.
+async fn load_domain_maskers(pool: &PgPool, kms: &Kms) -> Result<Vec<DomainMasker>, KeyLoadError> {
+    let mut maskers = Vec::new();
+    for stored in domains::newest_keys(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?
+    {
+        let key = kms
+            .unwrap_domain_key(
+                &stored.kms_key_id,
+                &stored.domain,
+                stored.version,
+                &stored.wrapped_key,
+            )
+            .await?;
+        maskers.push(DomainMasker {
+            name: stored.domain,
+            masker: Masker::new(&key),
+        });
+    }
+    Ok(maskers)
 }
 
 /// Unwraps every stored user key version once with KMS: the newest hashes, all recognise.

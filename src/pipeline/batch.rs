@@ -44,6 +44,9 @@ pub struct WriteBatch {
     pub quarantine: Vec<QuarantineRow>,
     /// Messages of forgotten users: claimed, never written.
     pub forgotten: Vec<String>,
+    /// The pseudonymisation domains each login row is also written to (name, mask key version),
+    /// in the order of [`LoginRow::domain_masks`].
+    pub domains: Vec<(String, i32)>,
 }
 
 /// How a batch proves it is written once.
@@ -87,6 +90,8 @@ pub struct LoginRow {
     pub create_date: NaiveDate,
     /// The ip's network, where ingest is configured to write it (`--ip-prefix`).
     pub ip_network: Option<Network>,
+    /// The masks of ip and device_id in each of the batch's domains.
+    pub domain_masks: Vec<[MaskHex; 2]>,
 }
 
 pub struct QuarantineRow {

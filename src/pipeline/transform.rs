@@ -21,10 +21,19 @@ pub enum PrepareError {
     NoLineKey(i32),
 }
 
+/// A pseudonymisation domain's masker: every row's masks under it go to `domains.<name>`.
+#[derive(Debug)]
+pub struct DomainMasker {
+    pub name: String,
+    pub masker: Masker,
+}
+
 /// Holds the unwrapped keys' derived states for the life of the process.
 #[derive(Debug)]
 pub struct Transformer {
     masker: Masker,
+    /// In name order (bytes), as `etl.domain_key_versions()` lists them.
+    domains: Vec<DomainMasker>,
     /// Every stored user key version: the suppression list holds hashes under the version that
     /// was newest when each user was forgotten, and backfill claims are keyed by it.
     users: UserKeys,
@@ -42,10 +51,26 @@ impl Transformer {
     ) -> Self {
         Self {
             masker,
+            domains: Vec::new(),
             users,
             sealer,
             quarantine,
         }
+    }
+
+    /// Also masks every row under each domain's key (given in name order).
+    pub fn with_domains(mut self, domains: Vec<DomainMasker>) -> Self {
+        self.domains = domains;
+        self
+    }
+
+    /// The domains and their key versions as `etl.domain_key_versions()` states them.
+    pub fn domain_key_versions(&self) -> String {
+        self.domains
+            .iter()
+            .map(|d| format!("{}:{}", d.name, d.masker.version()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The maskers of the active mask key version.
@@ -107,8 +132,21 @@ impl Transformer {
                         }
                         digest.hex()
                     };
-                    let masked_ip = mask(PiiField::Ip, &event.ip.canonical());
+                    let ip = event.ip.canonical();
+                    let masked_ip = mask(PiiField::Ip, &ip);
                     let masked_device_id = mask(PiiField::DeviceId, event.device_id.canonical());
+                    let domain_masks = self
+                        .domains
+                        .iter()
+                        .map(|d| {
+                            [
+                                d.masker.digest(PiiField::Ip, &ip).hex(),
+                                d.masker
+                                    .digest(PiiField::DeviceId, event.device_id.canonical())
+                                    .hex(),
+                            ]
+                        })
+                        .collect();
                     batch.logins.push(LoginRow {
                         message_id: message.id.clone(),
                         user_id: event.user_id,
@@ -120,6 +158,7 @@ impl Transformer {
                         app_version_text: event.app_version_text,
                         create_date: create_date(message.sent_timestamp.as_deref(), now),
                         ip_network: ip_prefix.map(|prefix| prefix.network(&event.ip)),
+                        domain_masks,
                     });
                 }
                 Err(reason) => {
@@ -224,6 +263,11 @@ impl Transformer {
             vault_key_version: self.sealer.version(),
             quarantine_key_version: self.quarantine.version(),
             user_key_version: self.users.newest().version(),
+            domains: self
+                .domains
+                .iter()
+                .map(|d| (d.name.clone(), d.masker.version()))
+                .collect(),
             claim: match kind {
                 ClaimKind::MessageIds => Claim::MessageIds,
                 ClaimKind::Replay => Claim::Replay,

@@ -5,6 +5,7 @@
 mod audit;
 mod batching;
 mod docs;
+mod domains;
 mod faults;
 mod file_source;
 mod helpers;

@@ -23,6 +23,7 @@ const ROLES: [&str; 8] = [
 /// only. The owner (the migrating user) is not listed: it is the operator.
 const EXPECTED: &[&str] = &[
     // schemas
+    "etl_ingest USAGE schema domains",
     "etl_ingest USAGE schema etl",
     "etl_ingest USAGE schema keyring",
     "etl_ingest USAGE schema public",
@@ -58,6 +59,10 @@ const EXPECTED: &[&str] = &[
     "etl_ingest SELECT keyring.data_keys(version)",
     "etl_ingest SELECT keyring.data_keys(wrapped_key)",
     "etl_ingest SELECT etl.forgotten_users",
+    // pseudonymisation domains: which exist, and their wrapped mask keys (each domain's table
+    // gets INSERT when `etl domains add` makes it)
+    "etl_ingest SELECT etl.domains",
+    "etl_ingest SELECT keyring.domain_keys",
     "etl_analyst SELECT user_logins",
     "etl_recoverer SELECT etl.quarantine(detail)",
     "etl_recoverer SELECT etl.quarantine(message_id)",
@@ -88,6 +93,8 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE keyring.active_mask_key_version()",
     "etl_ingest EXECUTE etl.missing_user_key_versions()",
     "etl_ingest EXECUTE etl.keep_vault_entries(bytea[])",
+    "etl_ingest EXECUTE etl.domain_key_versions()",
+    "etl_privacy EXECUTE etl.forget_in_domains(text[])",
     "etl_privacy EXECUTE etl.missing_user_key_versions()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])",
     "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",
@@ -119,7 +126,7 @@ const EXPECTED: &[&str] = &[
 /// Every privilege the catalog grants the roles on the product's objects.
 const ACTUAL: &str = r#"
 WITH roles(role) AS (SELECT unnest($1::text[])),
-schemas(name) AS (VALUES ('public'), ('etl'), ('vault'), ('keyring'), ('recovery')),
+schemas(name) AS (VALUES ('public'), ('etl'), ('vault'), ('keyring'), ('recovery'), ('domains')),
 tables AS (
     SELECT c.oid, CASE WHEN n.nspname = 'public' THEN c.relname
                        ELSE n.nspname || '.' || c.relname END AS name
@@ -264,7 +271,10 @@ fn roles_markdown(grants: &BTreeSet<String>) -> String {
          role holds what it holds. An administrator who creates a login role in one of these \
          groups also bounds its idle transactions, which PostgreSQL does not inherit from the \
          group: `ALTER ROLE <login> SET idle_in_transaction_session_timeout = '1min'` (`etl \
-         doctor` checks it). Back to [README](../README.md).\n",
+         doctor` checks it). Each pseudonymisation domain that `etl domains add NAME` makes \
+         adds a table `domains.NAME`, which its own role `etl_domain_NAME` may SELECT and \
+         `etl_ingest` may INSERT, and nothing else ([privacy.md](privacy.md#pseudonymisation-domains)). \
+         Back to [README](../README.md).\n",
     );
     let headers = ["Schemas", "Tables and columns", "Functions"];
     for (header, rows) in headers.iter().zip(&sections) {

@@ -251,7 +251,7 @@ pub async fn active_mask_version(pool: &PgPool) -> Result<Option<i32>, sqlx::Err
 }
 
 /// What ingest compares its keys with, read with the vault epoch in one snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyState {
     pub epoch: i64,
     pub mask_key_version: Option<i32>,
@@ -260,12 +260,15 @@ pub struct KeyState {
     pub quarantine_key_version: Option<i32>,
     pub min_quarantine_key_version: Option<i32>,
     pub user_key_version: Option<i32>,
+    /// The pseudonymisation domains and their newest key versions, `name:version,...`.
+    pub domains: String,
 }
 
 pub async fn key_state(pool: &PgPool) -> Result<KeyState, sqlx::Error> {
     sqlx::query_as(
         "SELECT epoch, mask_key_version, vault_key_version, min_vault_key_version, \
-                quarantine_key_version, min_quarantine_key_version, user_key_version \
+                quarantine_key_version, min_quarantine_key_version, user_key_version, \
+                etl.domain_key_versions() AS domains \
          FROM etl.key_state()",
     )
     .fetch_one(pool)

@@ -100,6 +100,11 @@ pub async fn forget(
     .bind(earlier_users)
     .fetch_all(&mut *tx)
     .await?;
+    // The same people's rows in every pseudonymisation domain, in the same transaction.
+    sqlx::query("SELECT etl.forget_in_domains($1)")
+        .bind(users.iter().map(|user| user.user_id).collect::<Vec<&str>>())
+        .execute(&mut *tx)
+        .await?;
     if dry_run {
         tx.rollback().await?;
     } else {
@@ -240,7 +245,7 @@ impl Expiring {
 
     fn table_and_condition(self) -> (&'static str, &'static str) {
         match self {
-            Expiring::Logins => ("public.user_logins", "create_date < $1::date"),
+            Expiring::Logins => ("public.user_logins", LOGINS_EXPIRED),
             Expiring::Quarantine => ("etl.quarantine", "received_at < $1"),
             Expiring::MessageClaims => ("etl.processed_messages", "processed_at < $1"),
             Expiring::FileClaims => ("etl.file_batches", "committed_at < $1"),
@@ -248,12 +253,48 @@ impl Expiring {
     }
 }
 
+/// Rows of `user_logins`, and of the domains' tables, that expired.
+const LOGINS_EXPIRED: &str = "create_date < $1::date";
+
 pub async fn count_expired(
     pool: &PgPool,
     what: Expiring,
     cutoff: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
     let (table, condition) = what.table_and_condition();
+    count_where(pool, table, condition, cutoff).await
+}
+
+/// A pseudonymisation domain's table (its name checked by `etl.domains`' constraint).
+fn domain_table(domain: &str) -> String {
+    format!("domains.\"{domain}\"")
+}
+
+/// [`count_expired`] of a domain's table: its rows expire with `user_logins`'.
+pub async fn count_expired_in_domain(
+    pool: &PgPool,
+    domain: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    count_where(pool, &domain_table(domain), LOGINS_EXPIRED, cutoff).await
+}
+
+/// [`delete_expired_chunk`] of a domain's table.
+pub async fn delete_expired_in_domain(
+    pool: &PgPool,
+    domain: &str,
+    cutoff: DateTime<Utc>,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    delete_chunk_where(pool, &domain_table(domain), LOGINS_EXPIRED, cutoff, chunk).await
+}
+
+async fn count_where(
+    pool: &PgPool,
+    table: &str,
+    condition: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {condition}"))
         .bind(cutoff)
         .fetch_one(pool)
@@ -269,6 +310,16 @@ pub async fn delete_expired_chunk(
     chunk: i64,
 ) -> Result<u64, sqlx::Error> {
     let (table, condition) = what.table_and_condition();
+    delete_chunk_where(pool, table, condition, cutoff, chunk).await
+}
+
+async fn delete_chunk_where(
+    pool: &PgPool,
+    table: &str,
+    condition: &str,
+    cutoff: DateTime<Utc>,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(&format!(
         "DELETE FROM {table} WHERE ctid = ANY(ARRAY(\
              SELECT ctid FROM {table} WHERE {condition} LIMIT $2))"

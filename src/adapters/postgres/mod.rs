@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod copy;
+pub mod domains;
 mod error;
 pub mod file_batches;
 pub mod keyring;

@@ -145,9 +145,9 @@ pub struct Reader {
     pub reaches: Vec<String>,
 }
 
-/// Who reads the analysts' table, from the catalog: grants, inherited ones (`pg_read_all_data`
-/// among them) and column grants alike.
-pub async fn readers(pool: &PgPool) -> Result<Vec<Reader>, sqlx::Error> {
+/// Who reads a table of pseudonymised rows (`user_logins`, `domains.<name>`), from the catalog:
+/// grants, inherited ones (`pg_read_all_data` among them) and column grants alike.
+pub async fn readers(pool: &PgPool, table: &str) -> Result<Vec<Reader>, sqlx::Error> {
     sqlx::query_as(
         r"SELECT r.rolname::text AS role, r.rolcanlogin AS login,
                  array(SELECT format('%I.%I', n.nspname, c.relname)
@@ -160,20 +160,22 @@ pub async fn readers(pool: &PgPool) -> Result<Vec<Reader>, sqlx::Error> {
           FROM pg_roles r
           WHERE r.rolname NOT LIKE 'pg\_%' AND NOT r.rolsuper
             AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class
-                                        WHERE oid = 'user_logins'::regclass), 'USAGE')
-            AND has_table_privilege(r.oid, 'user_logins'::regclass, 'SELECT')
+                                        WHERE oid = $1::regclass), 'USAGE')
+            AND has_table_privilege(r.oid, $1::regclass, 'SELECT')
           ORDER BY r.rolname",
     )
+    .bind(table)
     .fetch_all(pool)
     .await
 }
 
-/// Whether PUBLIC, every role present and future, holds SELECT on `user_logins`.
-pub async fn public_reads(pool: &PgPool) -> Result<bool, sqlx::Error> {
+/// Whether PUBLIC, every role present and future, holds SELECT on a table.
+pub async fn public_reads(pool: &PgPool, table: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_class c, aclexplode(c.relacl) a \
-         WHERE c.oid = 'user_logins'::regclass AND a.grantee = 0 AND a.privilege_type = 'SELECT')",
+         WHERE c.oid = $1::regclass AND a.grantee = 0 AND a.privilege_type = 'SELECT')",
     )
+    .bind(table)
     .fetch_one(pool)
     .await
 }

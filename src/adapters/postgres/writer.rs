@@ -120,6 +120,7 @@ pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<Written, s
     let mut outcome = WriteOutcome::default();
     if !claimed.is_none() {
         outcome.written = copy_logins(&mut tx, batch, &claimed).await?;
+        copy_domains(&mut tx, batch, &claimed).await?;
         outcome.quarantined = match insert_quarantine(&mut tx, batch, &claimed).await {
             // Sealed to a quarantine key version below the lowest allowed: a rotation committed.
             Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some(KEYS_CHANGED) => {
@@ -315,6 +316,51 @@ async fn copy_logins(
     let mut sink = conn.copy_in_raw(COPY_LOGINS).await?;
     sink.send(copy.finish()).await?;
     sink.finish().await
+}
+
+/// The same rows, masked under each domain's key, into each domain's table: in the batch's
+/// transaction, so a domain holds exactly the rows `user_logins` got since it was created.
+async fn copy_domains(
+    conn: &mut PgConnection,
+    batch: &WriteBatch,
+    claimed: &Claimed,
+) -> Result<(), sqlx::Error> {
+    for (index, (domain, key_version)) in batch.domains.iter().enumerate() {
+        let mut copy = BinaryCopy::with_capacity(batch.logins.len() * 200);
+        let mut rows = 0u64;
+        for row in batch
+            .logins
+            .iter()
+            .filter(|r| claimed.contains(&r.message_id))
+        {
+            let Some([masked_ip, masked_device_id]) = row.domain_masks.get(index) else {
+                continue;
+            };
+            copy.row(8);
+            copy.text(&row.user_id);
+            copy.text(&row.device_type);
+            copy.text(masked_ip.as_str());
+            copy.text(masked_device_id.as_str());
+            copy.optional_text(row.locale.as_deref());
+            copy.int4(row.app_version);
+            copy.date(row.create_date);
+            copy.int4(*key_version);
+            rows += 1;
+        }
+        if rows == 0 {
+            continue;
+        }
+        // The name is a domain's, checked by etl.domains' constraint: quoted as an identifier.
+        let mut sink = conn
+            .copy_in_raw(&format!(
+                "COPY domains.\"{domain}\" (user_id, device_type, masked_ip, masked_device_id, \
+                 locale, app_version, create_date, mask_key_version) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        sink.send(copy.finish()).await?;
+        sink.finish().await?;
+    }
+    Ok(())
 }
 
 async fn insert_quarantine(

@@ -1,0 +1,164 @@
+//! `etl domains add|list`: pseudonymisation domains, each with a mask key of its own, a table
+//! `domains.<name>` that ingest fills with every row's masks under that key, and a reader role
+//! `etl_domain_<name>` (see `docs/privacy.md`).
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
+use crate::adapters::aws;
+use crate::adapters::postgres::{domains, keyring};
+use crate::crypto::KeyPurpose;
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+#[derive(Debug, Subcommand)]
+pub enum DomainsCommand {
+    /// Create a domain (for the schema owner): its mask key, wrapped by KMS; its table
+    /// domains.NAME, which ingest fills from then on; its reader role etl_domain_NAME. A domain
+    /// that exists is left as it is.
+    Add {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The KMS key to wrap the domain's mask key under [default: the one wrapping the
+        /// active mask key].
+        #[command(flatten)]
+        kms: KmsPinArgs,
+        /// 1 to 40 lowercase letters, digits or underscores, starting with a letter.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the domains, their reader roles and key versions.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+/// Longest name: its role `etl_domain_<name>` stays well within PostgreSQL's 63 bytes.
+const NAME_MAX: usize = 40;
+
+/// Whether `name` can name a domain, its table and its role without quoting surprises.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= NAME_MAX
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+pub async fn run(command: DomainsCommand) -> anyhow::Result<Outcome> {
+    match command {
+        DomainsCommand::Add {
+            database,
+            kms,
+            name,
+        } => add(&database, &kms, &name).await,
+        DomainsCommand::List { database, format } => list(&database, format).await,
+    }
+}
+
+async fn add(database: &DatabaseArgs, kms: &KmsPinArgs, name: &str) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        valid_name(name),
+        "a domain name is 1 to {NAME_MAX} lowercase letters, digits or underscores, starting with \
+         a letter"
+    );
+    let pool = super::audit_pool(database).await?;
+    let existing = domains::list(&pool)
+        .await
+        .context("reading etl.domains (the schema owner may)")?;
+    if let Some(domain) = existing.iter().find(|d| d.name == name) {
+        outln!(
+            "domain {name} exists (mask key v{}, read by {}): nothing changed",
+            domain.key_version,
+            domain.role
+        )?;
+        return Ok(Outcome::Success);
+    }
+    // The domain's key goes where the mask key went, unless another KMS key is named.
+    let kms_key_id = match kms.kms_key_id.as_deref().filter(|id| !id.trim().is_empty()) {
+        Some(id) => id.to_owned(),
+        None => keyring::latest(&pool, KeyPurpose::Mask)
+            .await
+            .context("reading the mask key's KMS key")?
+            .map(|key| key.kms_key_id)
+            .ok_or_else(|| {
+                anyhow::anyhow!("no mask key yet: run `etl keys init --kms-key-id <id>` first")
+            })?,
+    };
+    let client = kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
+    let wrapped = client
+        .generate_domain_key(&kms_key_id, name, 1)
+        .await
+        .context("generating the domain's mask key")?;
+    let role = domains::add(&pool, name, &wrapped.kms_key_arn, &wrapped.blob)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                anyhow::anyhow!("only the owner of the etl schemas may add a domain")
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                anyhow::anyhow!("domain {name} was added meanwhile: nothing changed")
+            }
+            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
+                .context("adding the domain"),
+        })?;
+    outln!(
+        "domain {name} added: table domains.{name}, filled by ingest from now on (running \
+         processes too); read by {role} (GRANT {role} TO <login>); mask key v1 wrapped under {}",
+        wrapped.kms_key_arn
+    )?;
+    Ok(Outcome::Success)
+}
+
+async fn list(database: &DatabaseArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+    let pool = super::pool(database).await?;
+    let listed = domains::list(&pool)
+        .await
+        .context("reading etl.domains (the schema owner may)")?;
+    match format {
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&listed)?)?,
+        OutputFormat::Text => {
+            for domain in &listed {
+                outln!(
+                    "{}  table domains.{}  read by {}  mask key v{}  created {} by {}",
+                    domain.name,
+                    domain.name,
+                    domain.role,
+                    domain.key_version,
+                    domain.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    domain.created_by
+                )?;
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_identifiers() {
+        for good in ["marketing", "a", "risk_2026", &"a".repeat(NAME_MAX)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Marketing",
+            "2fa",
+            "_x",
+            "a-b",
+            "a b",
+            "x\"y",
+            &"a".repeat(41),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
