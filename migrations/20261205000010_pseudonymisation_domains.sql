@@ -1,8 +1,10 @@
 -- Pseudonymisation domains (issue 23; EDPB guidelines 01/2025): each domain has a mask key of its
--- own, and ingest writes every row's masks of ip and device_id under it into the domain's table
--- `domains.<name>`, which the domain's role `etl_domain_<name>` reads and no other reader role
--- does. Equal values have equal masks inside a domain and unrelated masks across domains and
--- `user_logins`, so counting and joining work inside a domain and not across.
+-- own, and ingest writes every row's masks of ip, device_id and user_id under it into the
+-- domain's table `domains.<name>`, which the domain's role `etl_domain_<name>` reads and no other
+-- reader role does. Equal values have equal masks inside a domain and unrelated masks across
+-- domains and `user_logins`, so counting and joining work inside a domain and not across. Each
+-- row also carries the user key's hash of its user id, for erasure, which the domain's role may
+-- not read.
 
 CREATE SCHEMA IF NOT EXISTS domains;
 REVOKE ALL ON SCHEMA domains FROM PUBLIC;
@@ -70,21 +72,26 @@ BEGIN
     INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
     VALUES (p_name, 1, p_kms_key_id, p_wrapped_key);
     EXECUTE format(
-        'CREATE TABLE domains.%I (user_id varchar(128), device_type varchar(32), '
+        'CREATE TABLE domains.%I (masked_user_id varchar(256), device_type varchar(32), '
         'masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), '
-        'app_version integer, create_date date, mask_key_version integer)', p_name);
-    -- Erasure finds a person's rows by user_id, retention by create_date.
-    EXECUTE format('CREATE INDEX %I ON domains.%I USING hash (user_id)',
-                   p_name || '_user_id_idx', p_name);
+        'app_version integer, create_date date, mask_key_version integer, user_hash bytea, '
+        'user_hash_key_version integer)', p_name);
+    -- Erasure finds a person's rows by user_hash, retention by create_date. The index names hold
+    -- a '-', which no domain name has, so they never take a later domain's table name.
+    EXECUTE format('CREATE INDEX %I ON domains.%I USING hash (user_hash)',
+                   p_name || '-user-hash', p_name);
     EXECUTE format('CREATE INDEX %I ON domains.%I (create_date)',
-                   p_name || '_create_date_idx', p_name);
+                   p_name || '-create-date', p_name);
     EXECUTE format('REVOKE ALL ON domains.%I FROM PUBLIC', p_name);
     EXECUTE format('GRANT INSERT ON domains.%I TO etl_ingest', p_name);
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
         EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA domains TO %I', v_role);
-    EXECUTE format('GRANT SELECT ON domains.%I TO %I', p_name, v_role);
+    -- Every column but the erasure hash.
+    EXECUTE format('GRANT SELECT (masked_user_id, device_type, masked_ip, masked_device_id, '
+                   'locale, app_version, create_date, mask_key_version) ON domains.%I TO %I',
+                   p_name, v_role);
     EXECUTE format('COMMENT ON TABLE domains.%I IS %L', p_name,
                    'Pseudonymisation domain ' || p_name || ': user_logins'' rows from its creation on, '
                    'ip and device_id masked under the domain''s own key; read by ' || v_role || '.');
@@ -97,9 +104,10 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION etl.add_domain(text, text, bytea) FROM PUBLIC;
 
--- Erasure in every domain: the rows of these users (by user_id, as `etl.forget` finds theirs in
--- user_logins). Called by `etl forget` in the transaction that calls `etl.forget`.
-CREATE OR REPLACE FUNCTION etl.forget_in_domains(p_user_ids text[])
+-- Erasure in every domain: the rows of these users, by the user key's hashes of their ids under
+-- every user key version (as `etl.forget` is given them). Called by `etl forget` in the
+-- transaction that calls `etl.forget`; returns how many rows went.
+CREATE OR REPLACE FUNCTION etl.forget_in_domains(p_user_hashes bytea[])
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -111,13 +119,13 @@ DECLARE
     v_total bigint := 0;
 BEGIN
     FOR v_domain IN SELECT d.name FROM etl.domains d ORDER BY d.name LOOP
-        EXECUTE format('DELETE FROM domains.%I WHERE user_id = ANY ($1)', v_domain)
-            USING p_user_ids;
+        EXECUTE format('DELETE FROM domains.%I WHERE user_hash = ANY ($1)', v_domain)
+            USING p_user_hashes;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_total := v_total + v_rows;
     END LOOP;
     RETURN v_total;
 END
 $fn$;
-REVOKE ALL ON FUNCTION etl.forget_in_domains(text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION etl.forget_in_domains(text[]) TO etl_privacy;
+REVOKE ALL ON FUNCTION etl.forget_in_domains(bytea[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etl.forget_in_domains(bytea[]) TO etl_privacy;

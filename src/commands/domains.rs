@@ -5,24 +5,22 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
+use crate::adapters::kms::Kms;
 use crate::adapters::postgres::{domains, keyring};
 use crate::crypto::KeyPurpose;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Subcommand)]
 pub enum DomainsCommand {
-    /// Create a domain (for the schema owner): its mask key, wrapped by KMS; its table
+    /// Create a domain (for the schema owner): its mask key, wrapped by KMS under the KMS key of
+    /// the active mask key (so every process that unwraps that key can unwrap it); its table
     /// domains.NAME, which ingest fills from then on; its reader role etl_domain_NAME. A domain
     /// that exists is left as it is.
     Add {
         #[command(flatten)]
         database: DatabaseArgs,
-        /// The KMS key to wrap the domain's mask key under [default: the one wrapping the
-        /// active mask key].
-        #[command(flatten)]
-        kms: KmsPinArgs,
         /// 1 to 40 lowercase letters, digits or underscores, starting with a letter.
         #[arg(value_name = "NAME")]
         name: String,
@@ -50,16 +48,12 @@ fn valid_name(name: &str) -> bool {
 
 pub async fn run(command: DomainsCommand) -> anyhow::Result<Outcome> {
     match command {
-        DomainsCommand::Add {
-            database,
-            kms,
-            name,
-        } => add(&database, &kms, &name).await,
+        DomainsCommand::Add { database, name } => add(&database, &name).await,
         DomainsCommand::List { database, format } => list(&database, format).await,
     }
 }
 
-async fn add(database: &DatabaseArgs, kms: &KmsPinArgs, name: &str) -> anyhow::Result<Outcome> {
+async fn add(database: &DatabaseArgs, name: &str) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         valid_name(name),
         "a domain name is 1 to {NAME_MAX} lowercase letters, digits or underscores, starting with \
@@ -77,20 +71,15 @@ async fn add(database: &DatabaseArgs, kms: &KmsPinArgs, name: &str) -> anyhow::R
         )?;
         return Ok(Outcome::Success);
     }
-    // The domain's key goes where the mask key went, unless another KMS key is named.
-    let kms_key_id = match kms.kms_key_id.as_deref().filter(|id| !id.trim().is_empty()) {
-        Some(id) => id.to_owned(),
-        None => keyring::latest(&pool, KeyPurpose::Mask)
-            .await
-            .context("reading the mask key's KMS key")?
-            .map(|key| key.kms_key_id)
-            .ok_or_else(|| {
-                anyhow::anyhow!("no mask key yet: run `etl keys init --kms-key-id <id>` first")
-            })?,
-    };
-    let client = kms
-        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
-        .await?;
+    // Under the mask key's KMS key: a process pinned to it (`--kms-key-id`) unwraps both.
+    let kms_key_id = keyring::latest(&pool, KeyPurpose::Mask)
+        .await
+        .context("reading the mask key's KMS key")?
+        .map(|key| key.kms_key_id)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no mask key yet: run `etl keys init --kms-key-id <id>` first")
+        })?;
+    let client = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let wrapped = client
         .generate_domain_key(&kms_key_id, name, 1)
         .await

@@ -166,50 +166,52 @@ fn print_text(printed: &Printed) -> anyhow::Result<()> {
 /// The figures as gauges of the last report, with its time, for an alert on a falling k.
 fn metrics(printed: &Printed) -> String {
     let report = printed.report;
-    let gauges: [(&str, &str, i64); 8] = [
+    // A figure an empty table has none of is left out, rather than written as a 0 that alerts.
+    let gauges: [(&str, &str, Option<i64>); 8] = [
         (
             "rows",
             "Rows of user_logins the last report read.",
-            report.rows,
+            Some(report.rows),
         ),
         (
             "classes",
             "Equivalence classes over the quasi-identifiers.",
-            report.classes,
+            Some(report.classes),
         ),
         (
             "smallest_class",
             "Users in the smallest equivalence class.",
-            report.smallest_class.unwrap_or(0),
+            report.smallest_class,
         ),
         (
             "rows_below_k",
             "Rows in classes of fewer than k users.",
-            report.rows_below_k,
+            Some(report.rows_below_k),
         ),
         (
             "users_below_k",
             "Users with a row in a class of fewer than k users.",
-            report.users_below_k,
+            Some(report.users_below_k),
         ),
         (
             "l_diversity",
             "The fewest distinct masked ips in an equivalence class.",
-            report.l_diversity.unwrap_or(0),
+            report.l_diversity,
         ),
         (
             "homogeneous_classes",
             "Classes of several users whose rows share one masked ip.",
-            report.homogeneous_classes,
+            Some(report.homogeneous_classes),
         ),
         (
             "single_user_masks",
             "Masks that only one user's rows carry.",
-            printed.single_user_masks,
+            Some(printed.single_user_masks),
         ),
     ];
     let mut text = String::new();
     for (name, help, value) in gauges {
+        let Some(value) = value else { continue };
         text.push_str(&format!(
             "# HELP etl_privacy_{name} {help}\n# TYPE etl_privacy_{name} gauge\netl_privacy_{name}{{k=\"{}\"}} {value}\n",
             printed.k
@@ -242,6 +244,9 @@ async fn check(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
     let keys = keyring::list(&pool)
         .await
         .map_err(owner_only("keyring.data_keys"))?;
+    let domain_keys = domains::stored_keys(&pool)
+        .await
+        .map_err(owner_only("keyring.domain_keys"))?;
     let mask_version = keyring::active_mask_version(&pool)
         .await
         .map_err(owner_only("the active mask key"))?;
@@ -300,7 +305,7 @@ async fn check(database: &DatabaseArgs) -> anyhow::Result<Outcome> {
     verdicts.extend(
         [
             ("analysts kept apart", kept_apart(&readers)),
-            ("keys wrapped by KMS", wrapped(&keys, has_key)),
+            ("keys wrapped by KMS", wrapped(&keys, &domain_keys, has_key)),
             ("recovery audited", audited(guards, &chain)),
             ("recovery under policy", under_policy(&policy)),
             ("erasure", erasure(has_key(KeyPurpose::User), &erasers)),
@@ -430,7 +435,11 @@ fn kept_apart(readers: &[&Reader]) -> Verdict {
 }
 
 /// Every data key is stored wrapped by a KMS key, and each purpose has one.
-fn wrapped(keys: &[keyring::StoredKey], has_key: impl Fn(KeyPurpose) -> bool) -> Verdict {
+fn wrapped(
+    keys: &[keyring::StoredKey],
+    domain_keys: &[(String, i32)],
+    has_key: impl Fn(KeyPurpose) -> bool,
+) -> Verdict {
     let missing: Vec<&str> = KeyPurpose::ALL
         .into_iter()
         .filter(|p| !has_key(*p))
@@ -443,9 +452,18 @@ fn wrapped(keys: &[keyring::StoredKey], has_key: impl Fn(KeyPurpose) -> bool) ->
         ));
     }
     // A wrapped key is longer than the 32 bytes of a plain one: KMS adds its header and tag.
-    let bare = keys
+    let stored: Vec<(&str, usize)> = keys
         .iter()
-        .filter(|k| k.kms_key_id.trim().is_empty() || k.wrapped_key.len() <= 32)
+        .map(|k| (k.kms_key_id.as_str(), k.wrapped_key.len()))
+        .chain(
+            domain_keys
+                .iter()
+                .map(|(id, len)| (id.as_str(), usize::try_from(*len).unwrap_or(0))),
+        )
+        .collect();
+    let bare = stored
+        .iter()
+        .filter(|(id, len)| id.trim().is_empty() || *len <= 32)
         .count();
     if bare > 0 {
         return Err((
@@ -456,11 +474,10 @@ fn wrapped(keys: &[keyring::StoredKey], has_key: impl Fn(KeyPurpose) -> bool) ->
             "etl keys rotate, then etl keys retire the bare versions".to_owned(),
         ));
     }
-    let kms_keys: std::collections::BTreeSet<&str> =
-        keys.iter().map(|k| k.kms_key_id.as_str()).collect();
+    let kms_keys: std::collections::BTreeSet<&str> = stored.iter().map(|(id, _)| *id).collect();
     Ok(format!(
         "{} wrapped under {}",
-        human::count(keys.len() as i64, "data key"),
+        human::count(stored.len() as i64, "data key"),
         human::count(kms_keys.len() as i64, "KMS key")
     ))
 }

@@ -56,6 +56,56 @@ impl Masker {
     }
 }
 
+/// A pseudonymisation domain's masks, under the domain's own key: of ip and device_id as
+/// [`Masker`] makes them, and of the user id, which a domain's rows carry instead of the id so
+/// that two domains' rows cannot be joined on it.
+pub struct DomainMasker {
+    name: String,
+    masker: Masker,
+    user_id: HmacSha256,
+}
+
+impl std::fmt::Debug for DomainMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainMasker")
+            .field("name", &self.name)
+            .field("version", &self.masker.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DomainMasker {
+    pub fn new(name: String, key: &DataKey) -> Self {
+        let subkey = derive_subkey(key.material(), "etl/domain/v1/user_id");
+        Self {
+            name,
+            masker: Masker::new(key),
+            user_id: hmac_state(subkey.as_slice()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The domain key's version, stored beside its masks.
+    pub fn version(&self) -> i32 {
+        self.masker.version
+    }
+
+    /// The domain's mask of a canonical value.
+    pub fn digest(&self, field: PiiField, canonical: &str) -> MaskDigest {
+        self.masker.digest(field, canonical)
+    }
+
+    /// The domain's mask of a user id.
+    pub fn user_mask(&self, user_id: &str) -> MaskHex {
+        let mut mac = self.user_id.clone();
+        mac.update(user_id.as_bytes());
+        MaskDigest(mac.finalize().into_bytes().into()).hex()
+    }
+}
+
 /// The HMAC-SHA256 digest behind a mask. It is uniformly distributed, so its first eight bytes
 /// are all a hash table needs.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::Ip;
 
-/// Prefix lengths for IPv4 and IPv6 addresses, validated: 1-32 and 1-128 bits. The full length
+/// Prefix lengths for IPv4 and IPv6 addresses, validated: 1-31 and 1-127 bits. The full length
 /// (32 or 128) would be the ip itself, personal data in a column analysts read: refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpPrefix {
@@ -21,14 +21,6 @@ impl IpPrefix {
             );
         }
         Ok(Self { v4, v6 })
-    }
-
-    pub fn v4(self) -> u8 {
-        self.v4
-    }
-
-    pub fn v6(self) -> u8 {
-        self.v6
     }
 
     /// The network `ip` is in: its first `bits` bits, the rest zero.

@@ -6,8 +6,10 @@ use sqlx::PgPool;
 
 use crate::adapters::kms::{Kms, KmsError, UnwrapError};
 use crate::adapters::postgres::{domains, keyring, DatabaseError};
-use crate::crypto::{KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys};
-use crate::pipeline::{DomainMasker, Transformer};
+use crate::crypto::{
+    DomainMasker, KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys,
+};
+use crate::pipeline::Transformer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLoadError {
@@ -150,10 +152,7 @@ async fn load_domain_maskers(pool: &PgPool, kms: &Kms) -> Result<Vec<DomainMaske
                 &stored.wrapped_key,
             )
             .await?;
-        maskers.push(DomainMasker {
-            name: stored.domain,
-            masker: Masker::new(&key),
-        });
+        maskers.push(DomainMasker::new(stored.domain, &key));
     }
     Ok(maskers)
 }

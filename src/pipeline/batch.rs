@@ -49,6 +49,17 @@ pub struct WriteBatch {
     pub domains: Vec<(String, i32)>,
 }
 
+impl WriteBatch {
+    /// The domains the batch writes, as `etl.domain_key_versions()` states them.
+    pub fn domain_key_versions(&self) -> String {
+        self.domains
+            .iter()
+            .map(|(name, version)| format!("{name}:{version}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// How a batch proves it is written once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Claim {
@@ -90,8 +101,11 @@ pub struct LoginRow {
     pub create_date: NaiveDate,
     /// The ip's network, where ingest is configured to write it (`--ip-prefix`).
     pub ip_network: Option<Network>,
-    /// The masks of ip and device_id in each of the batch's domains.
-    pub domain_masks: Vec<[MaskHex; 2]>,
+    /// The masks of ip, device_id and user_id in each of the batch's domains.
+    pub domain_masks: Vec<[MaskHex; 3]>,
+    /// The keyed hash of the user id under the newest user key, where the batch has domains:
+    /// erasure finds a person's domain rows by it.
+    pub user_hash: Option<UserHash>,
 }
 
 pub struct QuarantineRow {

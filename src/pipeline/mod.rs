@@ -14,5 +14,5 @@ pub mod writers;
 
 pub use commit::{backoff, CommitError, Committer};
 pub use stats::{Stats, Summary};
-pub use transform::{DomainMasker, PrepareError, Transformer};
+pub use transform::{PrepareError, Transformer};
 pub use writers::WriteJob;

@@ -8,7 +8,9 @@ use foldhash::fast::RandomState;
 
 use super::batch::{Claim, ClaimKind, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch};
 use super::vault_state::{Forgotten, VaultState};
-use crate::crypto::{BatchSealer, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys};
+use crate::crypto::{
+    BatchSealer, DomainMasker, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys,
+};
 use crate::domain::Message;
 use crate::domain::{create_date, sent_at, user_id_of, IpPrefix, LoginEvent, PiiField, ReasonCode};
 
@@ -19,13 +21,6 @@ pub enum PrepareError {
     Seal(#[from] SealError),
     #[error("user key version {0}, whose line key claims this input's lines, is not loaded")]
     NoLineKey(i32),
-}
-
-/// A pseudonymisation domain's masker: every row's masks under it go to `domains.<name>`.
-#[derive(Debug)]
-pub struct DomainMasker {
-    pub name: String,
-    pub masker: Masker,
 }
 
 /// Holds the unwrapped keys' derived states for the life of the process.
@@ -68,7 +63,7 @@ impl Transformer {
     pub fn domain_key_versions(&self) -> String {
         self.domains
             .iter()
-            .map(|d| format!("{}:{}", d.name, d.masker.version()))
+            .map(|d| format!("{}:{}", d.name(), d.version()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -140,13 +135,16 @@ impl Transformer {
                         .iter()
                         .map(|d| {
                             [
-                                d.masker.digest(PiiField::Ip, &ip).hex(),
-                                d.masker
-                                    .digest(PiiField::DeviceId, event.device_id.canonical())
+                                d.digest(PiiField::Ip, &ip).hex(),
+                                d.digest(PiiField::DeviceId, event.device_id.canonical())
                                     .hex(),
+                                d.user_mask(&event.user_id),
                             ]
                         })
                         .collect();
+                    // Domains find a person's rows for erasure by this hash, never by the id.
+                    let user_hash = (!self.domains.is_empty())
+                        .then(|| self.users.newest().user_hash(&event.user_id));
                     batch.logins.push(LoginRow {
                         message_id: message.id.clone(),
                         user_id: event.user_id,
@@ -159,6 +157,7 @@ impl Transformer {
                         create_date: create_date(message.sent_timestamp.as_deref(), now),
                         ip_network: ip_prefix.map(|prefix| prefix.network(&event.ip)),
                         domain_masks,
+                        user_hash,
                     });
                 }
                 Err(reason) => {
@@ -266,7 +265,7 @@ impl Transformer {
             domains: self
                 .domains
                 .iter()
-                .map(|d| (d.name.clone(), d.masker.version()))
+                .map(|d| (d.name().to_owned(), d.version()))
                 .collect(),
             claim: match kind {
                 ClaimKind::MessageIds => Claim::MessageIds,

@@ -39,8 +39,10 @@ async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
     ];
     app.ingest(&bodies).await;
     let table = format!("domains.{name}");
+    // {u} is the user column: the id in user_logins, the domain's mask of it in a domain.
     for (what, sql) in [
         ("rows", "SELECT count(*) FROM {t}"),
+        ("users", "SELECT count(DISTINCT {u}) FROM {t}"),
         ("ips", "SELECT count(DISTINCT masked_ip) FROM {t}"),
         (
             "devices",
@@ -48,28 +50,29 @@ async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
         ),
         (
             "rows sharing an ip",
-            "SELECT count(*) FROM {t} a JOIN {t} b ON a.masked_ip = b.masked_ip \
-             AND a.user_id < b.user_id",
+            "SELECT count(*) FROM {t} a JOIN {t} b ON a.masked_ip = b.masked_ip AND a.{u} < b.{u}",
         ),
         (
             "rows sharing a device",
             "SELECT count(*) FROM {t} a JOIN {t} b ON a.masked_device_id = b.masked_device_id \
-             AND a.user_id < b.user_id",
+             AND a.{u} < b.{u}",
         ),
     ] {
-        let main = count(&app, &sql.replace("{t}", "user_logins")).await;
-        let domain = count(&app, &sql.replace("{t}", &table)).await;
+        let main = sql.replace("{t}", "user_logins").replace("{u}", "user_id");
+        let domain = sql.replace("{t}", &table).replace("{u}", "masked_user_id");
+        let (main, domain) = (count(&app, &main).await, count(&app, &domain).await);
         assert_eq!(main, domain, "{what}");
         assert!(main > 0, "{what}");
     }
-    // Every user's row has the same shape of duplicates, under masks no user_logins row has.
+    // The same counts, under masks (and user masks) no user_logins row has: nothing joins.
     assert_eq!(
         count(
             &app,
             &format!(
                 "SELECT count(*) FROM {table} d JOIN user_logins u \
                  ON d.masked_ip IN (u.masked_ip, u.masked_device_id) \
-                 OR d.masked_device_id IN (u.masked_ip, u.masked_device_id)"
+                 OR d.masked_device_id IN (u.masked_ip, u.masked_device_id) \
+                 OR d.masked_user_id = u.user_id"
             )
         )
         .await,
@@ -88,6 +91,8 @@ async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
     let analyst = sqlx::PgPool::connect(&analyst).await.unwrap();
     for (pool, sql) in [
         (&reader, "SELECT count(*) FROM user_logins".to_owned()),
+        // nor the erasure hash of its own rows
+        (&reader, format!("SELECT count(user_hash) FROM {table}")),
         (&analyst, format!("SELECT count(*) FROM {table}")),
     ] {
         let refused = sqlx::query_scalar::<_, i64>(&sql)
@@ -116,7 +121,8 @@ async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
         count(
             &app,
             &format!(
-                "SELECT count(*) FROM domains.{other} o JOIN {table} d ON o.masked_ip = d.masked_ip"
+                "SELECT count(*) FROM domains.{other} o JOIN {table} d \
+                 ON o.masked_ip = d.masked_ip OR o.masked_user_id = d.masked_user_id"
             )
         )
         .await,
@@ -190,37 +196,19 @@ async fn erasure_retention_and_a_running_ingest_reach_every_domain() {
     .await;
     child.kill().await.unwrap();
     // The rows committed after the domain was added, each once.
-    assert_eq!(
-        count(&app, &format!("SELECT count(*) FROM {table}")).await,
-        6
-    );
-    assert_eq!(
-        count(
-            &app,
-            &format!(
-                "SELECT count(*) FROM {table} d WHERE NOT EXISTS \
-                 (SELECT 1 FROM user_logins u WHERE u.user_id = d.user_id)"
-            )
-        )
-        .await,
-        0
-    );
+    for sql in ["SELECT count(*)", "SELECT count(DISTINCT masked_user_id)"] {
+        assert_eq!(
+            count(&app, &format!("{sql} FROM {table}")).await,
+            6,
+            "{sql}"
+        );
+    }
 
-    // Erasure: the person's rows go from the domain too.
-    let user: String = sqlx::query_scalar(&format!("SELECT user_id FROM {table} LIMIT 1"))
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    app.etl_ok(&["forget", "--user-id", &user, "--reason", "erasure request"])
+    // Erasure: the person's rows go from the domain too, found by the user key's hash.
+    let body: Value = serde_json::from_str(&bodies[0]).unwrap();
+    let user = body["user_id"].as_str().unwrap();
+    app.etl_ok(&["forget", "--user-id", user, "--reason", "erasure request"])
         .await;
-    assert_eq!(
-        count(
-            &app,
-            &format!("SELECT count(*) FROM {table} WHERE user_id = '{user}'")
-        )
-        .await,
-        0
-    );
     assert_eq!(
         count(&app, &format!("SELECT count(*) FROM {table}")).await,
         5
@@ -229,8 +217,8 @@ async fn erasure_retention_and_a_running_ingest_reach_every_domain() {
     // Retention: the domain's rows expire with user_logins'.
     for t in ["user_logins", table.as_str()] {
         sqlx::query(&format!(
-            "UPDATE {t} SET create_date = current_date - 100 WHERE user_id IN \
-             (SELECT user_id FROM {t} ORDER BY user_id LIMIT 2)"
+            "UPDATE {t} SET create_date = current_date - 100 WHERE ctid IN \
+             (SELECT ctid FROM {t} LIMIT 2)"
         ))
         .execute(&app.pool)
         .await

@@ -45,6 +45,11 @@ impl BinaryCopy {
         }
     }
 
+    /// A `bytea`: its bytes.
+    pub fn bytea(&mut self, value: &[u8]) {
+        self.bytes(value);
+    }
+
     pub fn int4(&mut self, value: i32) {
         self.buffer.extend_from_slice(&4i32.to_be_bytes());
         self.buffer.extend_from_slice(&value.to_be_bytes());

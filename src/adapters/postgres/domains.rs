@@ -73,3 +73,10 @@ pub async fn newest_keys(pool: &PgPool) -> Result<Vec<DomainKey>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+/// Every version of every domain's key, as stored: whether each is a KMS ciphertext.
+pub async fn stored_keys(pool: &PgPool) -> Result<Vec<(String, i32)>, sqlx::Error> {
+    sqlx::query_as("SELECT kms_key_id, octet_length(wrapped_key) FROM keyring.domain_keys")
+        .fetch_all(pool)
+        .await
+}

@@ -91,20 +91,27 @@ pub async fn forget(
          FROM etl.forget($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(ids)
-    .bind(hashes)
+    .bind(&hashes)
     .bind(user_key.version())
     .bind(user_key.key_check().as_slice())
     .bind(reason)
     .bind(ticket)
-    .bind(earlier_hashes)
+    .bind(&earlier_hashes)
     .bind(earlier_users)
     .fetch_all(&mut *tx)
     .await?;
-    // The same people's rows in every pseudonymisation domain, in the same transaction.
-    sqlx::query("SELECT etl.forget_in_domains($1)")
-        .bind(users.iter().map(|user| user.user_id).collect::<Vec<&str>>())
-        .execute(&mut *tx)
+    // The same people's rows in every pseudonymisation domain, in the same transaction, found by
+    // their hashes under every user key version.
+    let all_hashes: Vec<&[u8]> = hashes.iter().chain(&earlier_hashes).copied().collect();
+    let domain_rows: i64 = sqlx::query_scalar("SELECT etl.forget_in_domains($1)")
+        .bind(all_hashes)
+        .fetch_one(&mut *tx)
         .await?;
+    tracing::info!(
+        domain_rows,
+        dry_run,
+        "erased from the pseudonymisation domains"
+    );
     if dry_run {
         tx.rollback().await?;
     } else {

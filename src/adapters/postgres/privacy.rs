@@ -127,6 +127,16 @@ pub async fn risk_report(
     sqlx::query("SET LOCAL work_mem = '256MB'")
         .execute(&mut *tx)
         .await?;
+    // Before PostgreSQL 13 a hash aggregate does not spill: past its estimate it grows without
+    // bound. There, the groups are sorted instead.
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut *tx)
+        .await?;
+    if version < 130_000 {
+        sqlx::query("SET LOCAL enable_hashagg = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     let report = sqlx::query_as::<_, RiskReport>(&report_sql(quasi_identifiers))
         .bind(k)
         .fetch_one(&mut *tx)
@@ -161,7 +171,7 @@ pub async fn readers(pool: &PgPool, table: &str) -> Result<Vec<Reader>, sqlx::Er
           WHERE r.rolname NOT LIKE 'pg\_%' AND NOT r.rolsuper
             AND NOT pg_has_role(r.oid, (SELECT relowner FROM pg_class
                                         WHERE oid = $1::regclass), 'USAGE')
-            AND has_table_privilege(r.oid, $1::regclass, 'SELECT')
+            AND has_any_column_privilege(r.oid, $1::regclass, 'SELECT')
           ORDER BY r.rolname",
     )
     .bind(table)
@@ -169,11 +179,15 @@ pub async fn readers(pool: &PgPool, table: &str) -> Result<Vec<Reader>, sqlx::Er
     .await
 }
 
-/// Whether PUBLIC, every role present and future, holds SELECT on a table.
+/// Whether PUBLIC, every role present and future, holds SELECT on a table or any of its columns.
 pub async fn public_reads(pool: &PgPool, table: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_class c, aclexplode(c.relacl) a \
-         WHERE c.oid = $1::regclass AND a.grantee = 0 AND a.privilege_type = 'SELECT')",
+                        WHERE c.oid = $1::regclass AND a.grantee = 0 \
+                          AND a.privilege_type = 'SELECT') \
+             OR EXISTS (SELECT 1 FROM pg_attribute t, aclexplode(t.attacl) a \
+                        WHERE t.attrelid = $1::regclass AND a.grantee = 0 \
+                          AND a.privilege_type = 'SELECT')",
     )
     .bind(table)
     .fetch_one(pool)

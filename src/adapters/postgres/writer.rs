@@ -84,7 +84,7 @@ WHERE etl.check_quarantine_version($1)";
 
 /// Held (shared) until the batch's transaction ends: no erasure or vault deletion commits
 /// in between, and none that committed before is missed.
-const HOLD_VAULT_EPOCH: &str = "SELECT etl.hold_vault_epoch()";
+const HOLD_VAULT_EPOCH: &str = "SELECT etl.hold_vault_epoch(), etl.domain_key_versions()";
 
 /// A replayed message's claim: its quarantine row goes, its outcome changes.
 const CLAIM_REPLAYED: &str = "\
@@ -109,12 +109,17 @@ pub async fn write_batch(pool: &PgPool, batch: &WriteBatch) -> Result<Written, s
         other => other?,
     }
     let mut tx = pool.begin().await?;
-    let epoch: i64 = sqlx::query_scalar(HOLD_VAULT_EPOCH)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (epoch, domains): (i64, String) =
+        sqlx::query_as(HOLD_VAULT_EPOCH).fetch_one(&mut *tx).await?;
     if batch.vault_epoch != Some(epoch) {
         tx.rollback().await?;
         return Ok(Written::Stale { epoch });
+    }
+    // Prepared with the keys of before a domain was added (another writer reloaded them since):
+    // again, with every domain.
+    if domains != batch.domain_key_versions() {
+        tx.rollback().await?;
+        return Ok(Written::KeysChanged);
     }
     let claimed = claim(&mut tx, batch).await?;
     let mut outcome = WriteOutcome::default();
@@ -333,11 +338,16 @@ async fn copy_domains(
             .iter()
             .filter(|r| claimed.contains(&r.message_id))
         {
-            let Some([masked_ip, masked_device_id]) = row.domain_masks.get(index) else {
-                continue;
+            // Prepared together: a row of a batch with domains has masks for each, and its hash.
+            let (Some([masked_ip, masked_device_id, masked_user_id]), Some(user_hash)) =
+                (row.domain_masks.get(index), row.user_hash.as_ref())
+            else {
+                return Err(sqlx::Error::Protocol(format!(
+                    "a row was prepared without its masks of domain {domain}"
+                )));
             };
-            copy.row(8);
-            copy.text(&row.user_id);
+            copy.row(10);
+            copy.text(masked_user_id.as_str());
             copy.text(&row.device_type);
             copy.text(masked_ip.as_str());
             copy.text(masked_device_id.as_str());
@@ -345,6 +355,8 @@ async fn copy_domains(
             copy.int4(row.app_version);
             copy.date(row.create_date);
             copy.int4(*key_version);
+            copy.bytea(user_hash.as_bytes());
+            copy.int4(batch.user_key_version);
             rows += 1;
         }
         if rows == 0 {
@@ -353,8 +365,9 @@ async fn copy_domains(
         // The name is a domain's, checked by etl.domains' constraint: quoted as an identifier.
         let mut sink = conn
             .copy_in_raw(&format!(
-                "COPY domains.\"{domain}\" (user_id, device_type, masked_ip, masked_device_id, \
-                 locale, app_version, create_date, mask_key_version) FROM STDIN (FORMAT binary)"
+                "COPY domains.\"{domain}\" (masked_user_id, device_type, masked_ip, \
+                 masked_device_id, locale, app_version, create_date, mask_key_version, user_hash, \
+                 user_hash_key_version) FROM STDIN (FORMAT binary)"
             ))
             .await?;
         sink.send(copy.finish()).await?;
