@@ -177,6 +177,8 @@ struct Totals {
     vault_entries: i64,
     quarantined: i64,
     newly_suppressed: usize,
+    /// Rows of the pseudonymisation domains (not per user: found together by their hashes).
+    domain_rows: i64,
 }
 
 pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
@@ -190,8 +192,9 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
         .await?;
     let mut keys = user_keys(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
+    let mut domain_rows = 0;
     for chunk in settings.users.chunks(CHUNK) {
-        let erased = loop {
+        let (erased, in_domains) = loop {
             let users: Vec<ToForget<'_>> = chunk
                 .iter()
                 .map(|user| {
@@ -234,12 +237,16 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
             erased.len(),
             chunk.len()
         );
+        domain_rows += in_domains;
         results.extend(chunk.iter().zip(erased).map(|(user, erased)| UserResult {
             source: &user.source,
             erased,
         }));
     }
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        domain_rows,
+        ..Totals::default()
+    };
     for result in &results {
         totals.users += 1;
         totals.user_logins += result.erased.logins;
@@ -250,7 +257,8 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
     print(&results, &totals, settings.dry_run, settings.format)?;
     // Done when something was erased or someone newly suppressed; when every user was already
     // forgotten, nothing was written (no receipt either).
-    let erased = totals.user_logins + totals.vault_entries + totals.quarantined;
+    let erased =
+        totals.user_logins + totals.vault_entries + totals.quarantined + totals.domain_rows;
     Ok(if erased > 0 || totals.newly_suppressed > 0 {
         Outcome::Success
     } else {
@@ -308,12 +316,13 @@ fn print(
         }
     }
     outln!(
-        "{}: user_logins={} vault_entries={} quarantined={} newly_suppressed={}{}",
+        "{}: user_logins={} vault_entries={} quarantined={} newly_suppressed={} domain_rows={}{}",
         human::count(totals.users as i64, "user"),
         totals.user_logins,
         totals.vault_entries,
         totals.quarantined,
         totals.newly_suppressed,
+        totals.domain_rows,
         if dry_run {
             " (dry run: nothing changed)"
         } else {

@@ -207,8 +207,10 @@ async fn erasure_retention_and_a_running_ingest_reach_every_domain() {
     // Erasure: the person's rows go from the domain too, found by the user key's hash.
     let body: Value = serde_json::from_str(&bodies[0]).unwrap();
     let user = body["user_id"].as_str().unwrap();
-    app.etl_ok(&["forget", "--user-id", user, "--reason", "erasure request"])
+    let erased = app
+        .etl_ok(&["forget", "--user-id", user, "--reason", "erasure request"])
         .await;
+    assert!(erased.contains(" domain_rows=1"), "{erased}");
     assert_eq!(
         count(&app, &format!("SELECT count(*) FROM {table}")).await,
         5

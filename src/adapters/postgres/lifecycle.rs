@@ -63,7 +63,8 @@ pub struct ToForget<'a> {
 }
 
 /// Erases these users in one transaction, committed unless `dry_run`, which rolls it back and so
-/// reports exactly what the real run would remove.
+/// reports exactly what the real run would remove: per user, and the rows of the
+/// pseudonymisation domains of them all.
 pub async fn forget(
     pool: &PgPool,
     users: &[ToForget<'_>],
@@ -71,7 +72,7 @@ pub async fn forget(
     reason: &str,
     ticket: Option<&str>,
     dry_run: bool,
-) -> Result<Vec<Erased>, sqlx::Error> {
+) -> Result<(Vec<Erased>, i64), sqlx::Error> {
     let ids: Vec<&str> = users.iter().map(|user| user.user_id).collect();
     let hashes: Vec<&[u8]> = users
         .iter()
@@ -107,17 +108,12 @@ pub async fn forget(
         .bind(all_hashes)
         .fetch_one(&mut *tx)
         .await?;
-    tracing::info!(
-        domain_rows,
-        dry_run,
-        "erased from the pseudonymisation domains"
-    );
     if dry_run {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
     }
-    Ok(erased)
+    Ok((erased, domain_rows))
 }
 
 /// One row of a subject's `user_logins`, as analysts see it.
