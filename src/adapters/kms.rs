@@ -320,18 +320,16 @@ impl Kms {
         version: i32,
         wrapped: &[u8],
     ) -> Result<DataKey, UnwrapError> {
-        let unwrapped = match self
-            .decrypt(kms_key_id, domain_context(domain, version), wrapped)
-            .await
-        {
-            Ok(plaintext) => data_key("Decrypt", KeyPurpose::Mask, version, plaintext),
-            Err(err) => Err(err),
-        };
-        unwrapped.map_err(|source| UnwrapError {
-            purpose: DOMAIN_MASK_PURPOSE,
+        let context = domain_context(domain, version);
+        self.unwrap_under(
+            kms_key_id,
+            context,
+            DOMAIN_MASK_PURPOSE,
+            KeyPurpose::Mask,
             version,
-            source,
-        })
+            wrapped,
+        )
+        .await
     }
 
     /// Unwraps a stored data key, presenting the key id and the encryption context.
@@ -342,15 +340,35 @@ impl Kms {
         version: i32,
         wrapped: &[u8],
     ) -> Result<DataKey, UnwrapError> {
-        let unwrapped = match self
-            .decrypt(kms_key_id, encryption_context(purpose, version), wrapped)
-            .await
-        {
-            Ok(plaintext) => data_key("Decrypt", purpose, version, plaintext),
+        let context = encryption_context(purpose, version);
+        self.unwrap_under(
+            kms_key_id,
+            context,
+            purpose.as_str(),
+            purpose,
+            version,
+            wrapped,
+        )
+        .await
+    }
+
+    /// Decrypts a wrapped key under `context`; it must have the length of a `shaped_as` key.
+    /// Errors name `purpose`.
+    async fn unwrap_under(
+        &self,
+        kms_key_id: &str,
+        context: HashMap<String, String>,
+        purpose: &'static str,
+        shaped_as: KeyPurpose,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<DataKey, UnwrapError> {
+        let unwrapped = match self.decrypt(kms_key_id, context, wrapped).await {
+            Ok(plaintext) => data_key("Decrypt", shaped_as, version, plaintext),
             Err(err) => Err(err),
         };
         unwrapped.map_err(|source| UnwrapError {
-            purpose: purpose.as_str(),
+            purpose,
             version,
             source,
         })

@@ -230,6 +230,24 @@ async fn the_check_passes_once_configured_and_fails_when_an_analyst_role_reaches
         "{stdout}"
     );
 
+    // A grant of one column of user_logins makes a reader too.
+    let column_reader = format!("cols_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    for sql in [
+        "REVOKE SELECT ON vault.entries FROM etl_analyst".to_owned(),
+        format!("CREATE ROLE {column_reader} NOLOGIN"),
+        format!("GRANT SELECT (masked_ip) ON user_logins TO {column_reader}"),
+        format!("GRANT SELECT ON etl.quarantine TO {column_reader}"),
+    ] {
+        sqlx::query(&sql).execute(&app.pool).await.unwrap();
+    }
+    let stdout = String::from_utf8(app.etl(&["privacy", "check"]).await.stdout).unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "FAIL  analysts kept apart: {column_reader} reads etl.quarantine"
+        )),
+        "{stdout}"
+    );
+
     // PUBLIC reading the masks fails the domain's line.
     sqlx::query("GRANT SELECT ON user_logins TO PUBLIC")
         .execute(&app.pool)
