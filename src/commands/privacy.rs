@@ -10,11 +10,15 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use sqlx::ConnectOptions;
 
-use super::{DatabaseArgs, Outcome, OutputFormat};
+use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
+use crate::adapters::aws;
 use crate::adapters::postgres::privacy::{self, QuasiIdentifier, Reader, RiskReport};
 use crate::adapters::postgres::{audit, domains, keyring, lifecycle, recovery};
 use crate::crypto::{ChainVerifier, KeyPurpose};
+use crate::domain::{Ip, IpPrefix, Justification};
 use crate::human;
+use crate::keys::{lock_key_job, VaultKeys};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -30,6 +34,45 @@ pub enum PrivacyCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Give the rows written before `--ip-prefix` their network (for the schema owner, with KMS
+    /// Decrypt on the vault key, as the key jobs have): each ip's vault entry is opened in this
+    /// process, on record (an audit row before any is, one with the figures after), and the rows
+    /// are updated a day at a time beside a running ingest. A run that stopped is finished by
+    /// running it again: rows filled stay filled.
+    FillNetworks(FillNetworksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FillNetworksArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    kms: KmsPinArgs,
+    /// The prefix lengths, as ingest's --ip-prefix (24,48 is the usual choice).
+    #[arg(long, env = "ETL_IP_PREFIX", value_name = "V4BITS,V6BITS")]
+    ip_prefix: IpPrefix,
+    /// Why the values are opened: recorded in the audit log before any is.
+    #[arg(long)]
+    reason: String,
+    /// Ticket or case reference, recorded with the reason.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Vault entries read per statement.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    batch: i64,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+/// What a fill opened and wrote.
+#[derive(Debug, Default, Serialize)]
+struct Filled {
+    ip_prefix: String,
+    vault_entries: u64,
+    user_logins: u64,
+    days: u64,
+    elapsed_seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +115,7 @@ pub async fn run(command: PrivacyCommand) -> anyhow::Result<Outcome> {
     match command {
         PrivacyCommand::Report(args) => report(args).await,
         PrivacyCommand::Check { database } => check(&database).await,
+        PrivacyCommand::FillNetworks(args) => fill_networks(&args).await,
     }
 }
 
@@ -553,4 +597,96 @@ fn retention_set(retention: &lifecycle::Retention) -> Verdict {
             "etl retention set --logins DAYS --quarantine DAYS".to_owned(),
         )),
     }
+}
+
+/// Opens every ip's vault entry once, into a session map of mask → network, then fills the rows
+/// without a network day by day. The map is the session's own temporary table: no value and no
+/// network leaves this process and connection but into `user_logins`.
+async fn fill_networks(args: &FillNetworksArgs) -> anyhow::Result<Outcome> {
+    let why = Justification::parse(&args.reason, args.ticket.as_deref(), "in the audit log")?;
+    // The audit rows, the map's session, and the key jobs' lock.
+    let pool = super::audit_pool_of(&args.database, 3).await?;
+    let started = Instant::now();
+    let mut filled = Filled {
+        ip_prefix: args.ip_prefix.to_string(),
+        ..Filled::default()
+    };
+    let on_record = |err: sqlx::Error| match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
+            "the database refused: filling networks opens the vault, which only the owner of the \
+             etl schemas may read"
+        ),
+        _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err)),
+    };
+    // On record before any value is opened.
+    let detail = format!("ip_prefix={}", filled.ip_prefix);
+    lifecycle::record(
+        &pool,
+        "network_fill",
+        (Some(why.reason()), why.ticket()),
+        "opening",
+        &detail,
+    )
+    .await
+    .map_err(on_record)?;
+    // One key job at a time: a re-mask or re-seal does not run beside the fill.
+    let _lock = lock_key_job(&pool).await?;
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
+    let mut keys = VaultKeys::new(&pool, &kms).await?;
+    keys.load(keys.versions()).await?;
+    let mut conn = pool.acquire().await.map_err(on_record)?;
+    privacy::create_network_map(&mut conn)
+        .await
+        .map_err(on_record)?;
+    let mut after = Vec::new();
+    loop {
+        let entries = privacy::ip_entries(&mut conn, &after, args.batch)
+            .await
+            .map_err(on_record)?;
+        let Some(last) = entries.last() else { break };
+        after = last.mask.clone();
+        let mut networks = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let (_, value) = keys.open(entry)?;
+            let ip = Ip::parse(&value)
+                .map_err(|_| anyhow::anyhow!("a vault entry of an ip holds no ip"))?;
+            networks.push((hex::encode(&entry.mask), args.ip_prefix.network(&ip)));
+        }
+        privacy::add_to_network_map(&mut conn, &networks)
+            .await
+            .map_err(on_record)?;
+        filled.vault_entries += entries.len() as u64;
+    }
+    for day in privacy::days_without_networks(&mut conn)
+        .await
+        .map_err(on_record)?
+    {
+        filled.user_logins += privacy::fill_day(&mut conn, day).await.map_err(on_record)?;
+        filled.days += 1;
+    }
+    filled.elapsed_seconds = started.elapsed().as_secs_f64();
+    let figures = format!(
+        "ip_prefix={} vault_entries={} user_logins={} days={}",
+        filled.ip_prefix, filled.vault_entries, filled.user_logins, filled.days
+    );
+    lifecycle::record(
+        &pool,
+        "network_fill",
+        (Some(why.reason()), why.ticket()),
+        "filled",
+        &figures,
+    )
+    .await
+    .map_err(on_record)?;
+    match args.format {
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&filled)?)?,
+        OutputFormat::Text => outln!(
+            "networks filled: {figures} in {:.1} s",
+            filled.elapsed_seconds
+        )?,
+    }
+    Ok(Outcome::Success)
 }

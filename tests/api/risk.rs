@@ -363,3 +363,51 @@ async fn ingest_writes_the_ip_network_where_configured_and_analysts_count_by_it(
     assert_exit(&output, 2);
     assert!(String::from_utf8_lossy(&output.stderr).contains("full-length"));
 }
+
+#[tokio::test]
+async fn fill_networks_gives_earlier_rows_their_network_on_record_and_once() {
+    let app = TestApp::spawn().await;
+    let bodies: Vec<String> = NETWORKS
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, _))| event(ip, &format!("556-00-{i:04}")))
+        .collect();
+    app.ingest(&bodies).await;
+    assert_eq!(networks(&app).await, vec![None; 4]);
+
+    let fill = [
+        "privacy",
+        "fill-networks",
+        "--ip-prefix",
+        "24,48",
+        "--reason",
+        "networks for the analysts",
+    ];
+    let out = app.etl_ok(&fill).await;
+    assert!(out.contains("user_logins=4"), "{out}");
+    let mut expected: Vec<Option<String>> = NETWORKS
+        .iter()
+        .map(|(_, n)| Some((*n).to_owned()))
+        .collect();
+    expected.sort();
+    let mut got = networks(&app).await;
+    got.sort();
+    assert_eq!(got, expected);
+
+    // Again: nothing is left to fill; every run is on record, before and after.
+    let out = app.etl_ok(&fill).await;
+    assert!(out.contains("user_logins=0"), "{out}");
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM recovery.audit_log WHERE kind = 'network_fill' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["opening", "filled", "opening", "filled"]);
+
+    // An analyst may not open the vault to fill them.
+    let (_, analyst) = app.login_user("etl_analyst").await;
+    let output = app.etl_as(&analyst, &fill).await;
+    assert_exit(&output, 2);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("owner"));
+}

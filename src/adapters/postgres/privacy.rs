@@ -1,9 +1,14 @@
 //! The re-identification risk of `user_logins`, computed on the server in one statement that reads
 //! the table once: k-anonymity over quasi-identifiers, the l-diversity of `masked_ip` within their
-//! classes, and the masks that only one user's rows carry. Only counts leave the server.
+//! classes, and the masks that only one user's rows carry. Only counts leave the server. Also the
+//! catalog reads of `etl privacy check`, and the statements of `etl privacy fill-networks`.
 
 use serde::Serialize;
 use sqlx::PgPool;
+
+use super::copy::BinaryCopy;
+use super::rekey::SealedEntry;
+use crate::domain::Network;
 
 /// A column of `user_logins` that, with others, can single a person out. Closed set: the names
 /// go into SQL as identifiers, so none comes from input.
@@ -217,4 +222,83 @@ pub async fn logins_in(pool: &PgPool, group: &str) -> Result<Vec<String>, sqlx::
     .bind(group)
     .fetch_all(pool)
     .await
+}
+
+/// Up to `limit` vault entries of ips after the mask `after`, in key order: what
+/// `etl privacy fill-networks` opens.
+pub async fn ip_entries(
+    conn: &mut sqlx::PgConnection,
+    after: &[u8],
+    limit: i64,
+) -> Result<Vec<SealedEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT mask, field, vault_key_version, ciphertext FROM vault.entries \
+         WHERE field = 'ip' AND mask > $1 ORDER BY mask LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The session's map of masks to networks, empty: a temporary table, gone with the connection.
+pub async fn create_network_map(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE ip_networks (mask varchar(256) PRIMARY KEY, network cidr NOT NULL)",
+    )
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Adds masks (lowercase hex, as `user_logins` holds them) and their networks to the map.
+pub async fn add_to_network_map(
+    conn: &mut sqlx::PgConnection,
+    networks: &[(String, Network)],
+) -> Result<(), sqlx::Error> {
+    if networks.is_empty() {
+        return Ok(());
+    }
+    let mut copy = BinaryCopy::with_capacity(networks.len() * 100);
+    for (mask, network) in networks {
+        copy.row(2);
+        copy.text(mask);
+        copy.optional_cidr(Some(*network));
+    }
+    let mut sink = conn
+        .copy_in_raw("COPY pg_temp.ip_networks (mask, network) FROM STDIN (FORMAT binary)")
+        .await?;
+    sink.send(copy.finish()).await?;
+    sink.finish().await.map(drop)
+}
+
+/// The days that still have rows without a network, oldest first.
+pub async fn days_without_networks(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<Option<chrono::NaiveDate>>, sqlx::Error> {
+    sqlx::query("ANALYZE pg_temp.ip_networks")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT DISTINCT create_date FROM user_logins WHERE ip_network IS NULL ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Gives one day's rows without a network theirs, from the map; how many. A short transaction
+/// of its own, beside a running ingest (which only inserts).
+pub async fn fill_day(
+    conn: &mut sqlx::PgConnection,
+    day: Option<chrono::NaiveDate>,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE user_logins u SET ip_network = n.network FROM pg_temp.ip_networks n \
+         WHERE u.create_date IS NOT DISTINCT FROM $1 AND u.ip_network IS NULL \
+           AND u.masked_ip = n.mask",
+    )
+    .bind(day)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected())
 }
