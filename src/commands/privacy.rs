@@ -599,88 +599,65 @@ fn retention_set(retention: &lifecycle::Retention) -> Verdict {
     }
 }
 
-/// Opens every ip's vault entry once, into a session map of mask → network, then fills the rows
-/// without a network day by day. The map is the session's own temporary table: no value and no
-/// network leaves this process and connection but into `user_logins`.
+/// Opens the vault entry of each ip whose rows have no network yet, once, into a session map of
+/// mask → network, then fills those rows day by day. The map is the session's own temporary
+/// table: no value leaves this process, and only networks reach the rows.
 async fn fill_networks(args: &FillNetworksArgs) -> anyhow::Result<Outcome> {
     let why = Justification::parse(&args.reason, args.ticket.as_deref(), "in the audit log")?;
-    // The audit rows, the map's session, and the key jobs' lock.
-    let pool = super::audit_pool_of(&args.database, 3).await?;
+    // The audit rows, the key jobs' lock, the map's session and the stream of masks.
+    let pool = super::audit_pool_of(&args.database, 4).await?;
     let started = Instant::now();
     let mut filled = Filled {
         ip_prefix: args.ip_prefix.to_string(),
         ..Filled::default()
     };
-    let on_record = |err: sqlx::Error| match &err {
+    let refused = |err: sqlx::Error| match &err {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
             "the database refused: filling networks opens the vault, which only the owner of the \
              etl schemas may read"
         ),
         _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err)),
     };
-    // On record before any value is opened.
-    let detail = format!("ip_prefix={}", filled.ip_prefix);
-    lifecycle::record(
-        &pool,
-        "network_fill",
-        (Some(why.reason()), why.ticket()),
-        "opening",
-        &detail,
-    )
-    .await
-    .map_err(on_record)?;
-    // One key job at a time: a re-mask or re-seal does not run beside the fill.
+    let mixed = privacy::other_network_lengths(&pool, args.ip_prefix.v4(), args.ip_prefix.v6())
+        .await
+        .map_err(refused)?;
+    anyhow::ensure!(
+        !mixed,
+        "user_logins already holds networks of another length than --ip-prefix {}: fill with the \
+         prefix ingest writes",
+        filled.ip_prefix
+    );
+    // One key job at a time (a re-mask or re-seal does not run beside the fill), taken before
+    // anything goes on record.
     let _lock = lock_key_job(&pool).await?;
-    let kms = args
-        .kms
-        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
-        .await?;
-    let mut keys = VaultKeys::new(&pool, &kms).await?;
-    keys.load(keys.versions()).await?;
-    let mut conn = pool.acquire().await.map_err(on_record)?;
-    privacy::create_network_map(&mut conn)
-        .await
-        .map_err(on_record)?;
-    let mut after = Vec::new();
-    loop {
-        let entries = privacy::ip_entries(&mut conn, &after, args.batch)
+    let record = |outcome: &'static str, filled: &Filled| {
+        let figures = format!(
+            "ip_prefix={} vault_entries={} user_logins={} days={}",
+            filled.ip_prefix, filled.vault_entries, filled.user_logins, filled.days
+        );
+        let pool = &pool;
+        let why = &why;
+        async move {
+            lifecycle::record(
+                pool,
+                "network_fill",
+                (Some(why.reason()), why.ticket()),
+                outcome,
+                &figures,
+            )
             .await
-            .map_err(on_record)?;
-        let Some(last) = entries.last() else { break };
-        after = last.mask.clone();
-        let mut networks = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let (_, value) = keys.open(entry)?;
-            let ip = Ip::parse(&value)
-                .map_err(|_| anyhow::anyhow!("a vault entry of an ip holds no ip"))?;
-            networks.push((hex::encode(&entry.mask), args.ip_prefix.network(&ip)));
+            .map(|()| figures)
         }
-        privacy::add_to_network_map(&mut conn, &networks)
-            .await
-            .map_err(on_record)?;
-        filled.vault_entries += entries.len() as u64;
-    }
-    for day in privacy::days_without_networks(&mut conn)
-        .await
-        .map_err(on_record)?
-    {
-        filled.user_logins += privacy::fill_day(&mut conn, day).await.map_err(on_record)?;
-        filled.days += 1;
+    };
+    // On record before any value is opened.
+    record("opening", &filled).await.map_err(refused)?;
+    if let Err(err) = fill(args, &pool, &mut filled).await {
+        // What was opened before the failure, on record too; the error is the one to report.
+        let _ = record("aborted", &filled).await;
+        return Err(err);
     }
     filled.elapsed_seconds = started.elapsed().as_secs_f64();
-    let figures = format!(
-        "ip_prefix={} vault_entries={} user_logins={} days={}",
-        filled.ip_prefix, filled.vault_entries, filled.user_logins, filled.days
-    );
-    lifecycle::record(
-        &pool,
-        "network_fill",
-        (Some(why.reason()), why.ticket()),
-        "filled",
-        &figures,
-    )
-    .await
-    .map_err(on_record)?;
+    let figures = record("filled", &filled).await.map_err(refused)?;
     match args.format {
         OutputFormat::Json => outln!("{}", serde_json::to_string(&filled)?)?,
         OutputFormat::Text => outln!(
@@ -689,4 +666,64 @@ async fn fill_networks(args: &FillNetworksArgs) -> anyhow::Result<Outcome> {
         )?,
     }
     Ok(Outcome::Success)
+}
+
+/// The work of [`fill_networks`], counting into `filled` as it goes.
+async fn fill(
+    args: &FillNetworksArgs,
+    pool: &sqlx::PgPool,
+    filled: &mut Filled,
+) -> anyhow::Result<()> {
+    use futures_util::TryStreamExt;
+
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
+    let mut keys = VaultKeys::new(pool, &kms).await?;
+    keys.load(keys.versions()).await?;
+    let database = |err| crate::adapters::postgres::DatabaseError::on(pool)(err);
+    let mut map = pool.acquire().await.map_err(database)?;
+    privacy::create_network_map(&mut map)
+        .await
+        .map_err(database)?;
+    let mut reader = pool.acquire().await.map_err(database)?;
+    let batch = usize::try_from(args.batch).unwrap_or(5000);
+    let mut masks = privacy::masks_without_networks(&mut reader);
+    let mut chunk = Vec::with_capacity(batch);
+    loop {
+        let next = masks.try_next().await.map_err(database)?;
+        let end = next.is_none();
+        chunk.extend(next);
+        if chunk.len() < batch && !end {
+            continue;
+        }
+        let entries = privacy::ip_entries(&mut map, &chunk)
+            .await
+            .map_err(database)?;
+        let mut networks = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let (_, value) = keys.open(entry)?;
+            let ip = Ip::parse(&value)
+                .map_err(|_| anyhow::anyhow!("a vault entry of an ip holds no ip"))?;
+            networks.push((hex::encode(&entry.mask), args.ip_prefix.network(&ip)));
+        }
+        privacy::add_to_network_map(&mut map, &networks)
+            .await
+            .map_err(database)?;
+        filled.vault_entries += entries.len() as u64;
+        chunk.clear();
+        if end {
+            break;
+        }
+    }
+    drop(masks);
+    for day in privacy::days_without_networks(&mut map)
+        .await
+        .map_err(database)?
+    {
+        filled.user_logins += privacy::fill_day(&mut map, day).await.map_err(database)?;
+        filled.days += 1;
+    }
+    Ok(())
 }

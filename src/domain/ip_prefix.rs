@@ -23,6 +23,14 @@ impl IpPrefix {
         Ok(Self { v4, v6 })
     }
 
+    pub fn v4(self) -> u8 {
+        self.v4
+    }
+
+    pub fn v6(self) -> u8 {
+        self.v6
+    }
+
     /// The network `ip` is in: its first `bits` bits, the rest zero.
     pub fn network(self, ip: &Ip) -> Network {
         match ip.addr() {

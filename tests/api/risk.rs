@@ -396,7 +396,11 @@ async fn fill_networks_gives_earlier_rows_their_network_on_record_and_once() {
 
     // Again: nothing is left to fill; every run is on record, before and after.
     let out = app.etl_ok(&fill).await;
-    assert!(out.contains("user_logins=0"), "{out}");
+    assert!(out.contains("vault_entries=0 user_logins=0"), "{out}");
+    // Nor with another prefix than the rows hold.
+    let mut other = fill;
+    other[3] = "16,48";
+    assert_exit(&app.etl(&other).await, 2);
     let outcomes: Vec<String> = sqlx::query_scalar(
         "SELECT outcome FROM recovery.audit_log WHERE kind = 'network_fill' ORDER BY id",
     )

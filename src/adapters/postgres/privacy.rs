@@ -224,20 +224,43 @@ pub async fn logins_in(pool: &PgPool, group: &str) -> Result<Vec<String>, sqlx::
     .await
 }
 
-/// Up to `limit` vault entries of ips after the mask `after`, in key order: what
-/// `etl privacy fill-networks` opens.
+/// The masks of `user_logins` rows without a network, each once, streamed: what
+/// `etl privacy fill-networks` opens, and no more.
+pub fn masks_without_networks(
+    conn: &mut sqlx::PgConnection,
+) -> impl futures_util::Stream<Item = Result<String, sqlx::Error>> + '_ {
+    sqlx::query_scalar(
+        "SELECT DISTINCT masked_ip FROM user_logins \
+         WHERE ip_network IS NULL AND masked_ip IS NOT NULL",
+    )
+    .fetch(conn)
+}
+
+/// The vault entries of these ip masks (lowercase hex, as `user_logins` holds them), found by
+/// the vault's key.
 pub async fn ip_entries(
     conn: &mut sqlx::PgConnection,
-    after: &[u8],
-    limit: i64,
+    masks: &[String],
 ) -> Result<Vec<SealedEntry>, sqlx::Error> {
     sqlx::query_as(
         "SELECT mask, field, vault_key_version, ciphertext FROM vault.entries \
-         WHERE field = 'ip' AND mask > $1 ORDER BY mask LIMIT $2",
+         WHERE field = 'ip' AND mask = ANY (SELECT decode(m, 'hex') FROM unnest($1::text[]) m)",
     )
-    .bind(after)
-    .bind(limit)
+    .bind(masks)
     .fetch_all(conn)
+    .await
+}
+
+/// Whether a row holds a network of another length than `v4` / `v6` bits: a fill with another
+/// prefix would mix lengths in one column.
+pub async fn other_network_lengths(pool: &PgPool, v4: u8, v6: u8) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM user_logins WHERE ip_network IS NOT NULL \
+         AND masklen(ip_network) <> CASE family(ip_network) WHEN 4 THEN $1 ELSE $2 END)",
+    )
+    .bind(i32::from(v4))
+    .bind(i32::from(v6))
+    .fetch_one(pool)
     .await
 }
 
@@ -287,16 +310,19 @@ pub async fn days_without_networks(
 }
 
 /// Gives one day's rows without a network theirs, from the map; how many. A short transaction
-/// of its own, beside a running ingest (which only inserts).
+/// of its own, beside a running ingest (which only inserts); the day is found by its index.
 pub async fn fill_day(
     conn: &mut sqlx::PgConnection,
     day: Option<chrono::NaiveDate>,
 ) -> Result<u64, sqlx::Error> {
-    sqlx::query(
+    let rows_of_the_day = match day {
+        Some(_) => "u.create_date = $1",
+        None => "u.create_date IS NULL AND $1::date IS NULL",
+    };
+    sqlx::query(&format!(
         "UPDATE user_logins u SET ip_network = n.network FROM pg_temp.ip_networks n \
-         WHERE u.create_date IS NOT DISTINCT FROM $1 AND u.ip_network IS NULL \
-           AND u.masked_ip = n.mask",
-    )
+         WHERE {rows_of_the_day} AND u.ip_network IS NULL AND u.masked_ip = n.mask"
+    ))
     .bind(day)
     .execute(conn)
     .await
