@@ -52,12 +52,17 @@ pub struct WriteBatch {
 impl WriteBatch {
     /// The domains the batch writes, as `etl.domain_key_versions()` states them.
     pub fn domain_key_versions(&self) -> String {
-        self.domains
-            .iter()
-            .map(|(name, version)| format!("{name}:{version}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        domain_key_versions(self.domains.iter().map(|(name, v)| (name.as_str(), *v)))
     }
+}
+
+/// Domains and their key versions (in name order) as `etl.domain_key_versions()` states them:
+/// `name:version,...`. The one form ingest compares its keys and its batches with.
+pub fn domain_key_versions<'a>(domains: impl Iterator<Item = (&'a str, i32)>) -> String {
+    domains
+        .map(|(name, version)| format!("{name}:{version}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How a batch proves it is written once.

@@ -61,11 +61,7 @@ impl Transformer {
 
     /// The domains and their key versions as `etl.domain_key_versions()` states them.
     pub fn domain_key_versions(&self) -> String {
-        self.domains
-            .iter()
-            .map(|d| format!("{}:{}", d.name(), d.version()))
-            .collect::<Vec<_>>()
-            .join(",")
+        super::batch::domain_key_versions(self.domains.iter().map(|d| (d.name(), d.version())))
     }
 
     /// The maskers of the active mask key version.
