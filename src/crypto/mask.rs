@@ -106,6 +106,25 @@ impl DomainMasker {
     }
 }
 
+/// A domain's maskers: the active key version's, and the pending one's from `etl domains rotate`
+/// until `etl domains remask` makes it active.
+#[derive(Debug)]
+pub struct DomainMaskers {
+    pub active: DomainMasker,
+    pub pending: Option<DomainMasker>,
+}
+
+impl DomainMaskers {
+    pub fn name(&self) -> &str {
+        self.active.name()
+    }
+
+    /// Every key version a row of the domain is masked under: the active one first.
+    pub fn each(&self) -> impl Iterator<Item = &DomainMasker> {
+        std::iter::once(&self.active).chain(&self.pending)
+    }
+}
+
 /// The HMAC-SHA256 digest behind a mask. It is uniformly distributed, so its first eight bytes
 /// are all a hash table needs.
 #[derive(Clone, Copy, PartialEq, Eq)]

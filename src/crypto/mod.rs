@@ -21,7 +21,7 @@ mod users;
 pub use audit_chain::{encode_payload, parse_head, ChainBreak, ChainRow, ChainVerifier, GENESIS};
 pub use keys::{DataKey, KeyPurpose, KEY_LEN, USER_KEY_LEN};
 pub use lines::{LineKey, LinesDigest};
-pub use mask::{DomainMasker, MaskDigest, MaskHex, Masker};
+pub use mask::{DomainMasker, DomainMaskers, MaskDigest, MaskHex, Masker};
 pub use quarantine::{quarantine_key_pair, BatchSealer, QuarantineOpener, QuarantineSealer};
 pub use reply::{ReplyKeyPair, ReplySealer, REPLY_PUBLIC_KEY_LEN, REPLY_SEED_LEN};
 pub use seal::{SealError, Sealer};

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crate::adapters::kms::{Kms, KmsError, UnwrapError};
 use crate::adapters::postgres::{domains, keyring, DatabaseError};
 use crate::crypto::{
-    DomainMasker, KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys,
+    DomainMasker, DomainMaskers, KeyPurpose, Masker, QuarantineSealer, Sealer, UserKey, UserKeys,
 };
 use crate::pipeline::Transformer;
 
@@ -137,10 +137,11 @@ pub async fn load_transformer(pool: &PgPool, kms: &Kms) -> Result<Transformer, K
     Ok(Transformer::new(masker, users, Sealer::new(&vault), quarantine).with_domains(domains))
 }
 
-/// Every pseudonymisation domain's newest mask key, unwrapped once with KMS, in name order.
-async fn load_domain_maskers(pool: &PgPool, kms: &Kms) -> Result<Vec<DomainMasker>, KeyLoadError> {
-    let mut maskers = Vec::new();
-    for stored in domains::newest_keys(pool)
+/// Every pseudonymisation domain's active mask key, and its pending one if any, unwrapped once
+/// with KMS, in name order.
+async fn load_domain_maskers(pool: &PgPool, kms: &Kms) -> Result<Vec<DomainMaskers>, KeyLoadError> {
+    let mut maskers: Vec<DomainMaskers> = Vec::new();
+    for stored in domains::write_keys(pool)
         .await
         .map_err(DatabaseError::on(pool))?
     {
@@ -152,7 +153,15 @@ async fn load_domain_maskers(pool: &PgPool, kms: &Kms) -> Result<Vec<DomainMaske
                 &stored.wrapped_key,
             )
             .await?;
-        maskers.push(DomainMasker::new(stored.domain, &key));
+        let masker = DomainMasker::new(stored.domain, &key);
+        // Listed by name, then version: a domain's second key is its pending one.
+        match maskers.last_mut() {
+            Some(last) if last.name() == masker.name() => last.pending = Some(masker),
+            _ => maskers.push(DomainMaskers {
+                active: masker,
+                pending: None,
+            }),
+        }
     }
     Ok(maskers)
 }

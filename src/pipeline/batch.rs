@@ -44,23 +44,41 @@ pub struct WriteBatch {
     pub quarantine: Vec<QuarantineRow>,
     /// Messages of forgotten users: claimed, never written.
     pub forgotten: Vec<String>,
-    /// The pseudonymisation domains each login row is also written to (name, mask key version),
-    /// in the order of [`LoginRow::domain_masks`].
-    pub domains: Vec<(String, i32)>,
+    /// The pseudonymisation domains each login row is also written to, in name order.
+    pub domains: Vec<DomainWrite>,
 }
 
 impl WriteBatch {
     /// The domains the batch writes, as `etl.domain_key_versions()` states them.
     pub fn domain_key_versions(&self) -> String {
-        domain_key_versions(self.domains.iter().map(|(name, v)| (name.as_str(), *v)))
+        domain_key_versions(
+            self.domains
+                .iter()
+                .map(|d| (d.name.as_str(), d.version, d.pending)),
+        )
     }
 }
 
+/// A domain a batch writes to, and the key versions of its masks: its rows carry masks under the
+/// active version and, while another is pending (`etl domains rotate`), under that one too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainWrite {
+    pub name: String,
+    pub version: i32,
+    pub pending: Option<i32>,
+}
+
 /// Domains and their key versions (in name order) as `etl.domain_key_versions()` states them:
-/// `name:version,...`. The one form ingest compares its keys and its batches with.
-pub fn domain_key_versions<'a>(domains: impl Iterator<Item = (&'a str, i32)>) -> String {
+/// `name:active` or `name:active>pending`, joined by commas. The one form ingest compares its
+/// keys and its batches with.
+pub fn domain_key_versions<'a>(
+    domains: impl Iterator<Item = (&'a str, i32, Option<i32>)>,
+) -> String {
     domains
-        .map(|(name, version)| format!("{name}:{version}"))
+        .map(|(name, version, pending)| match pending {
+            Some(pending) => format!("{name}:{version}>{pending}"),
+            None => format!("{name}:{version}"),
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -106,7 +124,8 @@ pub struct LoginRow {
     pub create_date: NaiveDate,
     /// The ip's network, where ingest is configured to write it (`--ip-prefix`).
     pub ip_network: Option<Network>,
-    /// The masks of ip, device_id and user_id in each of the batch's domains.
+    /// The masks of ip, device_id and user_id in each of the batch's domains, in the order of
+    /// [`WriteBatch::domains`]: under the active version, then under the pending one if any.
     pub domain_masks: Vec<[MaskHex; 3]>,
     /// The keyed hash of the user id under the newest user key, where the batch has domains:
     /// erasure finds a person's domain rows by it.

@@ -6,10 +6,12 @@ use chrono::{DateTime, Utc};
 
 use foldhash::fast::RandomState;
 
-use super::batch::{Claim, ClaimKind, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch};
+use super::batch::{
+    Claim, ClaimKind, DomainWrite, LineRange, LoginRow, QuarantineRow, VaultEntry, WriteBatch,
+};
 use super::vault_state::{Forgotten, VaultState};
 use crate::crypto::{
-    BatchSealer, DomainMasker, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys,
+    BatchSealer, DomainMaskers, Masker, QuarantineSealer, SealError, Sealer, UserHash, UserKeys,
 };
 use crate::domain::Message;
 use crate::domain::{create_date, sent_at, user_id_of, IpPrefix, LoginEvent, PiiField, ReasonCode};
@@ -28,7 +30,7 @@ pub enum PrepareError {
 pub struct Transformer {
     masker: Masker,
     /// In name order (bytes), as `etl.domain_key_versions()` lists them.
-    domains: Vec<DomainMasker>,
+    domains: Vec<DomainMaskers>,
     /// Every stored user key version: the suppression list holds hashes under the version that
     /// was newest when each user was forgotten, and backfill claims are keyed by it.
     users: UserKeys,
@@ -54,14 +56,20 @@ impl Transformer {
     }
 
     /// Also masks every row under each domain's key (given in name order).
-    pub fn with_domains(mut self, domains: Vec<DomainMasker>) -> Self {
+    pub fn with_domains(mut self, domains: Vec<DomainMaskers>) -> Self {
         self.domains = domains;
         self
     }
 
     /// The domains and their key versions as `etl.domain_key_versions()` states them.
     pub fn domain_key_versions(&self) -> String {
-        super::batch::domain_key_versions(self.domains.iter().map(|d| (d.name(), d.version())))
+        super::batch::domain_key_versions(self.domains.iter().map(|d| {
+            (
+                d.name(),
+                d.active.version(),
+                d.pending.as_ref().map(|p| p.version()),
+            )
+        }))
     }
 
     /// The maskers of the active mask key version.
@@ -129,6 +137,7 @@ impl Transformer {
                     let domain_masks = self
                         .domains
                         .iter()
+                        .flat_map(DomainMaskers::each)
                         .map(|d| {
                             [
                                 d.digest(PiiField::Ip, &ip).hex(),
@@ -261,7 +270,11 @@ impl Transformer {
             domains: self
                 .domains
                 .iter()
-                .map(|d| (d.name().to_owned(), d.version()))
+                .map(|d| DomainWrite {
+                    name: d.name().to_owned(),
+                    version: d.active.version(),
+                    pending: d.pending.as_ref().map(|p| p.version()),
+                })
                 .collect(),
             claim: match kind {
                 ClaimKind::MessageIds => Claim::MessageIds,

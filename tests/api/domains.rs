@@ -19,26 +19,8 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     app.count(sql).await
 }
 
-#[tokio::test]
-async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
-    let app = TestApp::spawn().await;
-    let name = domain_name("marketing");
-    let added = app.etl_ok(&["domains", "add", &name]).await;
-    let role = format!("etl_domain_{name}");
-    assert!(added.contains(&format!("read by {role}")), "{added}");
-    let again = app.etl_ok(&["domains", "add", &name]).await;
-    assert!(again.contains("nothing changed"), "{again}");
-    assert_exit(&app.etl(&["domains", "add", "Bad-Name"]).await, 2);
-
-    // Two rows share an ip, two a device: duplicates to count and join on.
-    let bodies = vec![
-        event("198.51.100.1", "111-11-1111"),
-        event("198.51.100.1", "222-22-2222"),
-        event("198.51.100.2", "222-22-2222"),
-        event("2001:db8::1", "333-33-3333"),
-    ];
-    app.ingest(&bodies).await;
-    let table = format!("domains.{name}");
+/// Counting and joining inside a domain gives what it gives on `user_logins`.
+async fn assert_counts_agree(app: &TestApp, table: &str) {
     // {u} is the user column: the id in user_logins, the domain's mask of it in a domain.
     for (what, sql) in [
         ("rows", "SELECT count(*) FROM {t}"),
@@ -59,11 +41,34 @@ async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
         ),
     ] {
         let main = sql.replace("{t}", "user_logins").replace("{u}", "user_id");
-        let domain = sql.replace("{t}", &table).replace("{u}", "masked_user_id");
-        let (main, domain) = (count(&app, &main).await, count(&app, &domain).await);
+        let domain = sql.replace("{t}", table).replace("{u}", "masked_user_id");
+        let (main, domain) = (count(app, &main).await, count(app, &domain).await);
         assert_eq!(main, domain, "{what}");
         assert!(main > 0, "{what}");
     }
+}
+
+#[tokio::test]
+async fn a_domain_masks_apart_and_counts_and_joins_as_user_logins_does() {
+    let app = TestApp::spawn().await;
+    let name = domain_name("marketing");
+    let added = app.etl_ok(&["domains", "add", &name]).await;
+    let role = format!("etl_domain_{name}");
+    assert!(added.contains(&format!("read by {role}")), "{added}");
+    let again = app.etl_ok(&["domains", "add", &name]).await;
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_exit(&app.etl(&["domains", "add", "Bad-Name"]).await, 2);
+
+    // Two rows share an ip, two a device: duplicates to count and join on.
+    let bodies = vec![
+        event("198.51.100.1", "111-11-1111"),
+        event("198.51.100.1", "222-22-2222"),
+        event("198.51.100.2", "222-22-2222"),
+        event("2001:db8::1", "333-33-3333"),
+    ];
+    app.ingest(&bodies).await;
+    let table = format!("domains.{name}");
+    assert_counts_agree(&app, &table).await;
     // The same counts, under masks (and user masks) no user_logins row has: nothing joins.
     assert_eq!(
         count(
@@ -244,4 +249,172 @@ async fn erasure_retention_and_a_running_ingest_reach_every_domain() {
         count(&app, &format!("SELECT count(*) FROM {table}")).await,
         3
     );
+}
+
+/// `event`, by a given user: a user's rows to count and join on.
+fn event_of(user: &str, ip: &str, device_id: &str) -> String {
+    let mut body: Value = serde_json::from_str(&event(ip, device_id)).unwrap();
+    body["user_id"] = user.into();
+    body.to_string()
+}
+
+async fn masks_of(app: &TestApp, table: &str) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT m FROM {table}, LATERAL (VALUES (masked_ip), (masked_device_id), \
+         (masked_user_id)) v(m) ORDER BY 1"
+    ))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_domain_key_rotates_and_its_rows_are_remasked_beside_a_running_ingest() {
+    let app = TestApp::spawn().await;
+    let name = domain_name("research");
+    let table = format!("domains.{name}");
+    app.etl_ok(&["domains", "add", &name]).await;
+    assert_exit(&app.etl(&["domains", "remask", &name]).await, 0);
+    // Before the rotation: values the later rows share.
+    app.ingest(&[
+        event_of("user-a", "192.0.2.1", "100-00-0001"),
+        event_of("user-a", "192.0.2.2", "100-00-0001"),
+        event_of("user-b", "192.0.2.1", "100-00-0002"),
+        event_of("user-c", "2001:db8::7", "100-00-0003"),
+    ])
+    .await;
+    let before = masks_of(&app, &table).await;
+
+    let mut child = app
+        .command(&["ingest", "--wait-seconds", "1", "--batch-wait", "100ms"])
+        .spawn()
+        .unwrap();
+    let rotated = app.etl_ok(&["domains", "rotate", &name]).await;
+    assert!(rotated.contains("v2 pending"), "{rotated}");
+    let listed: Value =
+        serde_json::from_str(&app.etl_ok(&["domains", "list", "--format", "json"]).await).unwrap();
+    assert_eq!(listed[0]["key_version"], 1, "{listed}");
+    assert_eq!(listed[0]["pending_key_version"], 2, "{listed}");
+    let twice = app.etl(&["domains", "rotate", &name]).await;
+    assert_exit(&twice, 2);
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("pending key version 2"),
+        "{twice:?}"
+    );
+
+    // The running service reloads and writes both versions' masks; the role reads only v1's.
+    app.send(&[
+        event_of("user-a", "192.0.2.1", "100-00-0004"),
+        event_of("user-d", "192.0.2.9", "100-00-0001"),
+    ])
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the rows after the rotation",
+        || async { app.count("SELECT count(*) FROM user_logins").await == 6 },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM {table} WHERE mask_key_version = 1 \
+                 AND next_mask_key_version = 2 AND next_masked_ip <> masked_ip"
+            )
+        )
+        .await,
+        2
+    );
+    let role = format!("etl_domain_{name}");
+    for column in [
+        "masked_ip",
+        "next_masked_ip",
+        "next_masked_user_id",
+        "user_hash",
+    ] {
+        let readable: bool =
+            sqlx::query_scalar("SELECT has_column_privilege($1, $2, $3, 'SELECT')")
+                .bind(&role)
+                .bind(&table)
+                .bind(column)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        assert_eq!(readable, column == "masked_ip", "{column}");
+    }
+
+    let remasked: Value = serde_json::from_str(
+        &app.etl_ok(&[
+            "domains", "remask", &name, "--format", "json", "--batch", "2",
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(remasked["from_key_version"], 1, "{remasked}");
+    assert_eq!(remasked["to_key_version"], 2, "{remasked}");
+    // The four rows of before the rotation were mapped; all six switched.
+    assert_eq!(remasked["rows_prepared"], 4, "{remasked}");
+    assert_eq!(remasked["rows_switched"], 6, "{remasked}");
+    assert_eq!(remasked["user_ids"], 4, "{remasked}");
+
+    // After the switch, rows of the running service carry v2 masks only, and equal values have
+    // equal masks across the switch.
+    app.send(&[event_of("user-b", "2001:db8::7", "100-00-0002")])
+        .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the row after the switch",
+        || async { app.count(&format!("SELECT count(*) FROM {table}")).await == 7 },
+    )
+    .await;
+    child.kill().await.unwrap();
+    assert_counts_agree(&app, &table).await;
+    for (sql, expected) in [
+        ("SELECT count(*) FROM {t} WHERE mask_key_version = 2", 7),
+        (
+            "SELECT count(*) FROM {t} WHERE num_nonnulls(next_masked_ip, next_masked_device_id, \
+             next_masked_user_id, next_mask_key_version) > 0",
+            0,
+        ),
+        // user-b's two rows, on v1 and v2 masks of one user: one user.
+        ("SELECT count(DISTINCT masked_user_id) FROM {t}", 4),
+    ] {
+        assert_eq!(
+            count(&app, &sql.replace("{t}", &table)).await,
+            expected,
+            "{sql}"
+        );
+    }
+    let after = masks_of(&app, &table).await;
+    assert!(
+        before.iter().all(|mask| after.binary_search(mask).is_err()),
+        "a v1 mask is left"
+    );
+    // Only the new key is kept; the rotation and the re-mask are on record.
+    let keys: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM keyring.domain_keys WHERE domain = $1 ORDER BY 1")
+            .bind(&name)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, [2]);
+    let trail: Vec<String> = sqlx::query_scalar(
+        "SELECT kind || ':' || outcome FROM recovery.audit_log \
+         WHERE detail LIKE 'domain=' || $1 || ' %' ORDER BY id",
+    )
+    .bind(&name)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        trail,
+        [
+            "domain_creation:created",
+            "key_rotation:pending",
+            "remask:opening",
+            "remask:switched"
+        ]
+    );
+    let again = app.etl_ok(&["domains", "remask", &name]).await;
+    assert!(again.contains("nothing to re-mask"), "{again}");
 }

@@ -1,15 +1,18 @@
 //! Pseudonymisation domains (migration `pseudonymisation_domains`): the domains, their wrapped
 //! mask keys, and their tables `domains.<name>`.
 
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::Stream;
+use sqlx::{PgConnection, PgPool};
 
-/// A domain as listed: its name, its reader role, its newest key version.
+/// A domain as listed: its name, its reader role, its active key version, and the pending one
+/// while a rotation waits for its re-mask.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Domain {
     pub name: String,
     pub role: String,
     pub key_version: i32,
+    pub pending_key_version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -52,23 +55,27 @@ pub async fn add(
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Domain>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT d.name, 'etl_domain_' || d.name AS role, max(k.version) AS key_version, \
+        "SELECT d.name, 'etl_domain_' || d.name AS role, d.active_version AS key_version, \
+                (SELECT max(k.version) FROM keyring.domain_keys k \
+                 WHERE k.domain = d.name AND k.version > d.active_version) AS pending_key_version, \
                 d.created_at, d.created_by \
-         FROM etl.domains d JOIN keyring.domain_keys k ON k.domain = d.name \
-         GROUP BY d.name, d.created_at, d.created_by ORDER BY d.name COLLATE \"C\"",
+         FROM etl.domains d ORDER BY d.name COLLATE \"C\"",
     )
     .fetch_all(pool)
     .await
 }
 
-/// Each domain's newest key, by name in byte order (the order of
-/// `etl.domain_key_versions()`).
-pub async fn newest_keys(pool: &PgPool) -> Result<Vec<DomainKey>, sqlx::Error> {
+/// The keys ingest masks each domain's rows under: the active version, and the pending one if
+/// any (the newest above the active), by name in byte order (the order of
+/// `etl.domain_key_versions()`), then by version.
+pub async fn write_keys(pool: &PgPool) -> Result<Vec<DomainKey>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (k.domain COLLATE \"C\") k.domain, k.version, k.kms_key_id, \
-                k.wrapped_key \
+        "SELECT k.domain, k.version, k.kms_key_id, k.wrapped_key \
          FROM keyring.domain_keys k JOIN etl.domains d ON d.name = k.domain \
-         ORDER BY k.domain COLLATE \"C\", k.version DESC",
+         WHERE k.version = d.active_version \
+            OR k.version = (SELECT max(n.version) FROM keyring.domain_keys n \
+                            WHERE n.domain = d.name AND n.version > d.active_version) \
+         ORDER BY k.domain COLLATE \"C\", k.version",
     )
     .fetch_all(pool)
     .await
@@ -78,5 +85,122 @@ pub async fn newest_keys(pool: &PgPool) -> Result<Vec<DomainKey>, sqlx::Error> {
 pub async fn stored_keys(pool: &PgPool) -> Result<Vec<(String, i32)>, sqlx::Error> {
     sqlx::query_as("SELECT kms_key_id, octet_length(wrapped_key) FROM keyring.domain_keys")
         .fetch_all(pool)
+        .await
+}
+
+/// Adds `version` (the next) of a domain's key, pending; on record, and every running ingest
+/// writes the domain's rows under it too before its next commit.
+pub async fn rotate(
+    pool: &PgPool,
+    name: &str,
+    version: i32,
+    kms_key_id: &str,
+    wrapped_key: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT etl.rotate_domain_key($1, $2, $3, $4)")
+        .bind(name)
+        .bind(version)
+        .bind(kms_key_id)
+        .bind(wrapped_key)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// The session's map of a domain's masks under the active key to its masks under the pending
+/// one, by field (`ip`, `device_id`, `user_id`), empty: a temporary table, gone with the
+/// connection.
+pub async fn create_remask_map(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE domain_remask (field text, old_mask varchar(256), \
+         new_mask varchar(256) NOT NULL, PRIMARY KEY (field, old_mask))",
+    )
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Adds (field, old mask, new mask) triples to the map; a value seen twice (two entries of one
+/// value while the main masks are re-masked) once.
+pub async fn add_to_remask_map(
+    conn: &mut PgConnection,
+    fields: &[&str],
+    old: &[String],
+    new: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pg_temp.domain_remask (field, old_mask, new_mask) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(fields)
+    .bind(old)
+    .bind(new)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Every distinct user id of `user_logins`, streamed: the values behind the domain's user masks.
+pub fn user_ids(conn: &mut PgConnection) -> impl Stream<Item = Result<String, sqlx::Error>> + '_ {
+    sqlx::query_scalar("SELECT DISTINCT user_id FROM user_logins WHERE user_id IS NOT NULL")
+        .fetch(conn)
+}
+
+/// The days with rows of the domain that have no masks under the pending key yet, oldest first.
+pub async fn days_to_remask(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Vec<NaiveDate>, sqlx::Error> {
+    sqlx::query("ANALYZE pg_temp.domain_remask")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(&format!(
+        "SELECT DISTINCT create_date FROM domains.\"{name}\" \
+         WHERE next_mask_key_version IS NULL AND create_date IS NOT NULL ORDER BY 1"
+    ))
+    .fetch_all(conn)
+    .await
+}
+
+/// Gives rows of the domain under key version `from` that lack them their masks under `to`,
+/// from the map; how many. One day's rows (found by the date index) in a short transaction of
+/// its own beside a running ingest, or with no day every row left, in the switch.
+pub async fn remask_rows(
+    conn: &mut PgConnection,
+    name: &str,
+    day: Option<NaiveDate>,
+    from: i32,
+    to: i32,
+) -> Result<u64, sqlx::Error> {
+    let rows_of_the_day = if day.is_some() {
+        "d.create_date = $1"
+    } else {
+        "$1::date IS NULL"
+    };
+    sqlx::query(&format!(
+        "UPDATE domains.\"{name}\" d SET next_masked_user_id = mu.new_mask, \
+             next_masked_ip = mi.new_mask, next_masked_device_id = md.new_mask, \
+             next_mask_key_version = $3 \
+         FROM pg_temp.domain_remask mi, pg_temp.domain_remask md, pg_temp.domain_remask mu \
+         WHERE {rows_of_the_day} AND d.next_mask_key_version IS NULL AND d.mask_key_version = $2 \
+           AND mi.field = 'ip' AND mi.old_mask = d.masked_ip \
+           AND md.field = 'device_id' AND md.old_mask = d.masked_device_id \
+           AND mu.field = 'user_id' AND mu.old_mask = d.masked_user_id"
+    ))
+    .bind(day)
+    .bind(from)
+    .bind(to)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected())
+}
+
+/// The switch, in the caller's transaction, which holds the vault epoch: every row takes its
+/// masks under `to`, which becomes active; the older keys go. Returns how many rows moved.
+pub async fn switch(conn: &mut PgConnection, name: &str, to: i32) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT etl.switch_domain_key($1, $2)")
+        .bind(name)
+        .bind(to)
+        .fetch_one(conn)
         .await
 }

@@ -31,6 +31,14 @@ impl VaultCursor {
     }
 }
 
+/// Every vault entry, streamed.
+pub fn all_entries(
+    conn: &mut PgConnection,
+) -> impl futures_util::Stream<Item = Result<SealedEntry, sqlx::Error>> + '_ {
+    sqlx::query_as("SELECT mask, field, vault_key_version, ciphertext FROM vault.entries")
+        .fetch(conn)
+}
+
 /// Vault entries and quarantined bodies not sealed under `target`.
 pub async fn count_to_reseal(pool: &PgPool, target: i32) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(

@@ -324,13 +324,19 @@ async fn copy_logins(
 }
 
 /// The same rows, masked under each domain's key, into each domain's table: in the batch's
-/// transaction, so a domain holds exactly the rows `user_logins` got since it was created.
+/// transaction, so a domain holds exactly the rows `user_logins` got since it was created. While
+/// a domain's key version is pending, each row also carries its masks under that version.
 async fn copy_domains(
     conn: &mut PgConnection,
     batch: &WriteBatch,
     claimed: &Claimed,
 ) -> Result<(), sqlx::Error> {
-    for (index, (domain, key_version)) in batch.domains.iter().enumerate() {
+    // Where each domain's masks start in a row's `domain_masks`.
+    let mut slot = 0;
+    for domain in &batch.domains {
+        let (active, pending) = (slot, domain.pending.map(|_| slot + 1));
+        slot += 1 + usize::from(pending.is_some());
+        let columns: i16 = if pending.is_some() { 14 } else { 10 };
         let mut copy = BinaryCopy::with_capacity(batch.logins.len() * 200);
         let mut rows = 0u64;
         for row in batch
@@ -339,14 +345,13 @@ async fn copy_domains(
             .filter(|r| claimed.contains(&r.message_id))
         {
             // Prepared together: a row of a batch with domains has masks for each, and its hash.
+            let masks = |slot: usize| row.domain_masks.get(slot);
             let (Some([masked_ip, masked_device_id, masked_user_id]), Some(user_hash)) =
-                (row.domain_masks.get(index), row.user_hash.as_ref())
+                (masks(active), row.user_hash.as_ref())
             else {
-                return Err(sqlx::Error::Protocol(format!(
-                    "a row was prepared without its masks of domain {domain}"
-                )));
+                return Err(unprepared(&domain.name));
             };
-            copy.row(10);
+            copy.row(columns);
             copy.text(masked_user_id.as_str());
             copy.text(&row.device_type);
             copy.text(masked_ip.as_str());
@@ -354,26 +359,47 @@ async fn copy_domains(
             copy.optional_text(row.locale.as_deref());
             copy.int4(row.app_version);
             copy.date(row.create_date);
-            copy.int4(*key_version);
+            copy.int4(domain.version);
             copy.bytea(user_hash.as_bytes());
             copy.int4(batch.user_key_version);
+            if let (Some(slot), Some(version)) = (pending, domain.pending) {
+                let Some([next_ip, next_device_id, next_user_id]) = masks(slot) else {
+                    return Err(unprepared(&domain.name));
+                };
+                copy.text(next_user_id.as_str());
+                copy.text(next_ip.as_str());
+                copy.text(next_device_id.as_str());
+                copy.int4(version);
+            }
             rows += 1;
         }
         if rows == 0 {
             continue;
         }
+        let next = if pending.is_some() {
+            ", next_masked_user_id, next_masked_ip, next_masked_device_id, next_mask_key_version"
+        } else {
+            ""
+        };
         // The name is a domain's, checked by etl.domains' constraint: quoted as an identifier.
         let mut sink = conn
             .copy_in_raw(&format!(
-                "COPY domains.\"{domain}\" (masked_user_id, device_type, masked_ip, \
+                "COPY domains.\"{}\" (masked_user_id, device_type, masked_ip, \
                  masked_device_id, locale, app_version, create_date, mask_key_version, user_hash, \
-                 user_hash_key_version) FROM STDIN (FORMAT binary)"
+                 user_hash_key_version{next}) FROM STDIN (FORMAT binary)",
+                domain.name
             ))
             .await?;
         sink.send(copy.finish()).await?;
         sink.finish().await?;
     }
     Ok(())
+}
+
+fn unprepared(domain: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!(
+        "a row was prepared without its masks of domain {domain}"
+    ))
 }
 
 async fn insert_quarantine(

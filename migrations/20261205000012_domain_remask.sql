@@ -1,0 +1,195 @@
+-- Domain key rotation and re-mask (issue 23): `etl domains rotate NAME` adds a pending key
+-- version, `etl domains remask NAME` moves the domain's rows to it and makes it active.
+--
+-- A domain row holds masks only, and no link to the `user_logins` row it came from, so a value
+-- first seen while a re-mask runs could not be mapped after the fact. Instead, from the rotation
+-- on, ingest writes every new row's masks under both versions: the active ones in the columns
+-- the domain's role reads, the pending ones in `next_*` columns it cannot read. The re-mask then
+-- maps only the rows written before the rotation, whose values the vault and `user_logins`
+-- hold, and its switch copies `next_*` over in one transaction.
+
+ALTER TABLE etl.domains ADD COLUMN IF NOT EXISTS active_version integer NOT NULL DEFAULT 1
+    CHECK (active_version > 0);
+
+-- The columns a domain's rows carry their masks under the pending key in. Not granted to the
+-- domain's role.
+CREATE OR REPLACE FUNCTION etl.add_domain_next_columns(p_name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('ALTER TABLE domains.%I '
+                   'ADD COLUMN IF NOT EXISTS next_masked_user_id varchar(256), '
+                   'ADD COLUMN IF NOT EXISTS next_masked_ip varchar(256), '
+                   'ADD COLUMN IF NOT EXISTS next_masked_device_id varchar(256), '
+                   'ADD COLUMN IF NOT EXISTS next_mask_key_version integer', p_name);
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.add_domain_next_columns(text) FROM PUBLIC;
+
+DO $do$
+DECLARE
+    v_domain text;
+BEGIN
+    FOR v_domain IN SELECT name FROM etl.domains LOOP
+        PERFORM etl.add_domain_next_columns(v_domain);
+    END LOOP;
+END
+$do$;
+
+-- As before, and the next columns.
+CREATE OR REPLACE FUNCTION etl.add_domain(p_name text, p_kms_key_id text, p_wrapped_key bytea)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_role text := 'etl_domain_' || p_name;
+BEGIN
+    PERFORM etl.lock_vault_epoch();
+    INSERT INTO etl.domains (name) VALUES (p_name);
+    INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
+    VALUES (p_name, 1, p_kms_key_id, p_wrapped_key);
+    EXECUTE format(
+        'CREATE TABLE domains.%I (masked_user_id varchar(256), device_type varchar(32), '
+        'masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), '
+        'app_version integer, create_date date, mask_key_version integer, user_hash bytea, '
+        'user_hash_key_version integer)', p_name);
+    PERFORM etl.add_domain_next_columns(p_name);
+    -- Erasure finds a person's rows by user_hash, retention by create_date. The index names hold
+    -- a '-', which no domain name has, so they never take a later domain's table name.
+    EXECUTE format('CREATE INDEX %I ON domains.%I USING hash (user_hash)',
+                   p_name || '-user-hash', p_name);
+    EXECUTE format('CREATE INDEX %I ON domains.%I (create_date)',
+                   p_name || '-create-date', p_name);
+    EXECUTE format('REVOKE ALL ON domains.%I FROM PUBLIC', p_name);
+    EXECUTE format('GRANT INSERT ON domains.%I TO etl_ingest', p_name);
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA domains TO %I', v_role);
+    -- Every column but the erasure hash and the masks under a pending key.
+    EXECUTE format('GRANT SELECT (masked_user_id, device_type, masked_ip, masked_device_id, '
+                   'locale, app_version, create_date, mask_key_version) ON domains.%I TO %I',
+                   p_name, v_role);
+    EXECUTE format('COMMENT ON TABLE domains.%I IS %L', p_name,
+                   'Pseudonymisation domain ' || p_name || ': user_logins'' rows from its creation on, '
+                   'ip and device_id masked under the domain''s own key; read by ' || v_role || '.');
+    INSERT INTO recovery.audit_log (kind, outcome, detail)
+    VALUES ('domain_creation', 'created',
+            format('domain=%s role=%s kms_key_id=%s', p_name, v_role, p_kms_key_id));
+    PERFORM etl.raise_vault_epoch();
+    RETURN v_role;
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.add_domain(text, text, bytea) FROM PUBLIC;
+
+-- "name:active" per domain, or "name:active>pending" while a version is pending, in byte order:
+-- what ingest must write each domain with, read with the vault epoch.
+CREATE OR REPLACE FUNCTION etl.domain_key_versions()
+RETURNS text
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(string_agg(d.name || ':' || d.active_version
+                               || coalesce('>' || p.version, ''),
+                               ',' ORDER BY d.name COLLATE "C"), '')
+    FROM etl.domains d
+    LEFT JOIN LATERAL (SELECT max(dk.version) AS version FROM keyring.domain_keys dk
+                       WHERE dk.domain = d.name AND dk.version > d.active_version) p ON true
+$fn$;
+REVOKE ALL ON FUNCTION etl.domain_key_versions() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etl.domain_key_versions() TO etl_ingest;
+
+-- Adds a domain's next key version, pending: on record, and under the vault epoch, so every
+-- running ingest reloads its keys and writes both versions' masks before its next batch commits.
+-- One version may be pending at a time. For the schema owner.
+CREATE OR REPLACE FUNCTION etl.rotate_domain_key(p_name text, p_version integer,
+                                                 p_kms_key_id text, p_wrapped_key bytea)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_active integer;
+    v_newest integer;
+BEGIN
+    PERFORM etl.lock_vault_epoch();
+    SELECT d.active_version, (SELECT max(k.version) FROM keyring.domain_keys k
+                              WHERE k.domain = d.name)
+    INTO v_active, v_newest
+    FROM etl.domains d WHERE d.name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no domain %', p_name USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_newest > v_active THEN
+        RAISE EXCEPTION 'domain % has a pending key version %', p_name, v_newest
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF p_version <> v_newest + 1 THEN
+        RAISE EXCEPTION 'domain % is at key version %, not %', p_name, v_newest, p_version - 1
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
+    VALUES (p_name, p_version, p_kms_key_id, p_wrapped_key);
+    INSERT INTO recovery.audit_log (kind, outcome, detail)
+    VALUES ('key_rotation', 'pending',
+            format('domain=%s key_version=%s kms_key_id=%s', p_name, p_version, p_kms_key_id));
+    PERFORM etl.raise_vault_epoch();
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.rotate_domain_key(text, integer, text, bytea) FROM PUBLIC;
+
+-- The re-mask's switch, in the caller's transaction, which holds the vault epoch exclusively (no
+-- ingest batch commits meanwhile): every row takes its masks under the pending version at once,
+-- the pending version becomes active, the older keys are deleted (no mask of theirs is left),
+-- and ingest reloads. Refused while a row has no mask under the pending version. Returns how many
+-- rows moved.
+CREATE OR REPLACE FUNCTION etl.switch_domain_key(p_name text, p_version integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_active integer;
+    v_left bigint;
+    v_rows bigint;
+    v_keys bigint;
+BEGIN
+    SELECT d.active_version INTO v_active FROM etl.domains d WHERE d.name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no domain %', p_name USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM keyring.domain_keys k
+                   WHERE k.domain = p_name AND k.version = p_version AND p_version > v_active) THEN
+        RAISE EXCEPTION 'domain % has no pending key version %', p_name, p_version
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM domains.%I WHERE next_mask_key_version IS DISTINCT FROM $1',
+                   p_name)
+        INTO v_left USING p_version;
+    IF v_left > 0 THEN
+        RAISE EXCEPTION '% rows of domains.% have no mask under key version %', v_left, p_name,
+            p_version USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE format('UPDATE domains.%I SET masked_user_id = next_masked_user_id, '
+                   'masked_ip = next_masked_ip, masked_device_id = next_masked_device_id, '
+                   'mask_key_version = next_mask_key_version, next_masked_user_id = NULL, '
+                   'next_masked_ip = NULL, next_masked_device_id = NULL, '
+                   'next_mask_key_version = NULL', p_name);
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    UPDATE etl.domains SET active_version = p_version WHERE name = p_name;
+    DELETE FROM keyring.domain_keys WHERE domain = p_name AND version < p_version;
+    GET DIAGNOSTICS v_keys = ROW_COUNT;
+    INSERT INTO recovery.audit_log (kind, outcome, detail)
+    VALUES ('remask', 'switched',
+            format('domain=%s from_key_version=%s to_key_version=%s rows=%s keys_deleted=%s',
+                   p_name, v_active, p_version, v_rows, v_keys));
+    PERFORM etl.raise_vault_epoch();
+    RETURN v_rows;
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.switch_domain_key(text, integer) FROM PUBLIC;

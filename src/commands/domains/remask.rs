@@ -1,0 +1,278 @@
+//! `etl domains remask NAME`: a domain's rows move to its pending key version (`etl domains
+//! rotate`), which then becomes the active one. The domain's readers never see a value under two
+//! masks:
+//!
+//! 1. **Prepare** (beside a running ingest, resumable). Rows written since the rotation already
+//!    carry their masks under the pending version (ingest writes both). For the rows written
+//!    before, a session map of old mask → new mask is built from every vault value and every
+//!    user id of `user_logins` (a domain row has no link to its `user_logins` row, by design);
+//!    then each day's rows get their new masks in `next_*` columns the domain's role cannot read,
+//!    a short transaction per day.
+//! 2. **Switch** (one transaction, holding the vault epoch exclusively, so no ingest batch
+//!    commits meanwhile): rows still without new masks get them from the map; every row takes
+//!    its new masks in one `UPDATE`; the pending version becomes active, the older keys are
+//!    deleted, and the epoch is raised. Running ingest processes reload their keys at their next
+//!    commit.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgPool, Postgres};
+use tracing::info;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+
+use super::RemaskArgs;
+use crate::adapters::aws;
+use crate::adapters::postgres::{self, domains, lifecycle, rekey, DatabaseError};
+use crate::commands::{audit_pool_of, progress, Outcome, OutputFormat};
+use crate::crypto::DomainMasker;
+use crate::keys::{lock_key_job, VaultKeys};
+use crate::startup::KMS_ATTEMPT_TIMEOUT;
+
+/// The map's field of user ids (the vault's fields are `PiiField`'s).
+const USER_ID: &str = "user_id";
+
+#[derive(Debug, Default, Serialize)]
+struct Remasked {
+    domain: String,
+    from_key_version: i32,
+    to_key_version: i32,
+    /// Vault entries opened to map their values' masks.
+    vault_entries: u64,
+    /// Distinct user ids of `user_logins` mapped.
+    user_ids: u64,
+    /// Rows written before the rotation given their new masks, day by day.
+    rows_prepared: u64,
+    /// Rows that took their new masks at the switch: every row of the domain.
+    rows_switched: u64,
+    switch_seconds: f64,
+    elapsed_seconds: f64,
+}
+
+pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
+    let name = args.name.as_str();
+    // The job lock, the map's session, the stream it reads, and the audit rows.
+    let pool = audit_pool_of(&args.database, 4).await?;
+    let domain = super::find(&pool, name).await?;
+    let Some(to) = domain.pending_key_version else {
+        outln!(
+            "nothing to re-mask: domain {name}'s mask key v{} is active and no version is \
+             pending (`etl domains rotate {name}` creates one)",
+            domain.key_version
+        )?;
+        return Ok(Outcome::Success);
+    };
+    // One key job at a time: no main re-mask or re-seal runs beside it.
+    let _lock = lock_key_job(&pool).await?;
+    let started = Instant::now();
+    let mut report = Remasked {
+        domain: name.to_owned(),
+        from_key_version: domain.key_version,
+        to_key_version: to,
+        ..Remasked::default()
+    };
+    let figures = |report: &Remasked| {
+        format!(
+            "domain={name} from_key_version={} to_key_version={to} vault_entries={} user_ids={} \
+             rows_prepared={}",
+            report.from_key_version, report.vault_entries, report.user_ids, report.rows_prepared
+        )
+    };
+    // On record before any value is opened.
+    lifecycle::record(&pool, "remask", (None, None), "opening", &figures(&report))
+        .await
+        .map_err(DatabaseError::on(&pool))?;
+    if let Err(err) = remask(args, &pool, &mut report).await {
+        // What was opened before the failure, on record too; the error is the one to report.
+        let _ =
+            lifecycle::record(&pool, "remask", (None, None), "aborted", &figures(&report)).await;
+        return Err(err);
+    }
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    match args.format {
+        OutputFormat::Json => outln!("{}", serde_json::to_string(&report)?)?,
+        OutputFormat::Text => outln!(
+            "domain {name} re-masked to key v{to}: {} vault entries and {} user ids opened, {} \
+             rows prepared, {} rows switched; the switch held ingest for {:.1} s; key v{} \
+             deleted; {:.1} s in all",
+            report.vault_entries,
+            report.user_ids,
+            report.rows_prepared,
+            report.rows_switched,
+            report.switch_seconds,
+            report.from_key_version,
+            report.elapsed_seconds
+        )?,
+    }
+    Ok(Outcome::Success)
+}
+
+/// The work of [`run`], counting into `report` as it goes.
+async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let kms = args
+        .kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
+    let mut maskers = Vec::with_capacity(2);
+    for version in [report.from_key_version, report.to_key_version] {
+        let stored = domains::write_keys(pool)
+            .await
+            .map_err(DatabaseError::on(pool))?
+            .into_iter()
+            .find(|key| key.domain == name && key.version == version)
+            .with_context(|| format!("domain {name} has no key version {version}"))?;
+        let key = kms
+            .unwrap_domain_key(&stored.kms_key_id, name, version, &stored.wrapped_key)
+            .await
+            .with_context(|| format!("unwrapping domain {name}'s key v{version}"))?;
+        maskers.push(DomainMasker::new(name.to_owned(), &key));
+    }
+    let [old, new] = maskers.as_slice() else {
+        anyhow::bail!("domain {name}'s two key versions were not both loaded");
+    };
+    let mut keys = VaultKeys::new(pool, &kms).await?;
+    keys.load(keys.versions()).await?;
+    let database = |err| DatabaseError::on(pool)(err);
+    let mut map = pool.acquire().await.map_err(database)?;
+    domains::create_remask_map(&mut map)
+        .await
+        .map_err(database)?;
+    let batch = usize::try_from(args.batch).unwrap_or(5000);
+    let mut reader = pool.acquire().await.map_err(database)?;
+
+    let span = progress("vault entries", 0);
+    let shown = span.enter();
+    let mut entries = rekey::all_entries(&mut reader).try_chunks(batch);
+    while let Some(chunk) = entries.try_next().await.map_err(|err| database(err.1))? {
+        let mut fields = Vec::with_capacity(chunk.len());
+        let mut olds = Vec::with_capacity(chunk.len());
+        let mut news = Vec::with_capacity(chunk.len());
+        for entry in &chunk {
+            let (field, value) = keys.open(entry)?;
+            fields.push(field.as_str());
+            olds.push(old.digest(field, &value).hex().as_str().to_owned());
+            news.push(new.digest(field, &value).hex().as_str().to_owned());
+        }
+        domains::add_to_remask_map(&mut map, &fields, &olds, &news)
+            .await
+            .map_err(database)?;
+        report.vault_entries += chunk.len() as u64;
+        span.pb_inc(chunk.len() as u64);
+    }
+    drop(entries);
+    drop(shown);
+
+    let mut users = domains::user_ids(&mut reader).try_chunks(batch);
+    while let Some(chunk) = users.try_next().await.map_err(|err| database(err.1))? {
+        let olds: Vec<String> = chunk
+            .iter()
+            .map(|id| old.user_mask(id).as_str().to_owned())
+            .collect();
+        let news: Vec<String> = chunk
+            .iter()
+            .map(|id| new.user_mask(id).as_str().to_owned())
+            .collect();
+        domains::add_to_remask_map(&mut map, &vec![USER_ID; chunk.len()], &olds, &news)
+            .await
+            .map_err(database)?;
+        report.user_ids += chunk.len() as u64;
+    }
+    drop(users);
+
+    for day in domains::days_to_remask(&mut map, name)
+        .await
+        .map_err(database)?
+    {
+        report.rows_prepared += domains::remask_rows(
+            &mut map,
+            name,
+            Some(day),
+            report.from_key_version,
+            report.to_key_version,
+        )
+        .await
+        .map_err(database)?;
+    }
+
+    let switch_started = Instant::now();
+    // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout (or a
+    // lost connection) changed nothing, its transaction rolled back: it is tried again.
+    let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
+    let switched = loop {
+        match switch(&mut map, name, report).await {
+            Err(err) if is_transient(&err) => match waits.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => break Err(err),
+            },
+            other => break other,
+        }
+    }?;
+    report.rows_switched = switched;
+    report.switch_seconds = switch_started.elapsed().as_secs_f64();
+    info!(
+        domain = name,
+        to = report.to_key_version,
+        rows = switched,
+        switch_ms = (report.switch_seconds * 1000.0) as u64,
+        "domain re-mask switched; running ingest processes reload their keys at their next commit"
+    );
+    Ok(())
+}
+
+/// Phase 2, in one transaction holding the vault epoch exclusively, on the map's session.
+async fn switch(
+    map: &mut PoolConnection<Postgres>,
+    name: &str,
+    report: &mut Remasked,
+) -> anyhow::Result<u64> {
+    let mut tx = map.begin().await?;
+    sqlx::query("SELECT etl.lock_vault_epoch()")
+        .execute(&mut *tx)
+        .await
+        .context("taking the vault epoch")?;
+    // Rows of no day, or of a day the prepare did not list: few, in one scan.
+    let rest = domains::remask_rows(
+        &mut tx,
+        name,
+        None,
+        report.from_key_version,
+        report.to_key_version,
+    )
+    .await
+    .context("giving the last rows their new masks")?;
+    let switched = domains::switch(&mut tx, name, report.to_key_version)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => anyhow::anyhow!(
+                "{}; nothing was switched (their values are in neither the vault nor user_logins)",
+                db.message()
+            ),
+            _ => anyhow::Error::new(err).context("switching the domain's rows"),
+        })?;
+    tx.commit().await.context("committing the switch")?;
+    report.rows_prepared += rest;
+    Ok(u64::try_from(switched).unwrap_or(0))
+}
+
+/// Whether the switch failed for a reason that may pass (a lock wait that timed out among
+/// them): its transaction rolled back, so it may run again.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
+        .any(postgres::is_transient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PiiField;
+
+    #[test]
+    fn the_user_field_is_none_of_the_vaults() {
+        assert!(PiiField::parse(USER_ID).is_none());
+    }
+}
