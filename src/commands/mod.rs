@@ -184,6 +184,14 @@ fn read_input(path: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Whether a switch-like transaction failed for a reason that may pass (a lock wait that timed
+/// out among them): it rolled back, so it may run again.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
+        .any(postgres::is_transient)
+}
+
 /// A progress bar for a long pass of a command, shown on a terminal only (elsewhere the command
 /// logs a line per step); the caller enters the span and moves it with `pb_inc`.
 fn progress(what: &str, total: u64) -> tracing::Span {

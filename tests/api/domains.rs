@@ -418,3 +418,67 @@ async fn a_domain_key_rotates_and_its_rows_are_remasked_beside_a_running_ingest(
     let again = app.etl_ok(&["domains", "remask", &name]).await;
     assert!(again.contains("nothing to re-mask"), "{again}");
 }
+
+#[tokio::test]
+async fn a_domain_added_with_backfill_holds_every_row_once_and_erasure_reaches_them() {
+    let app = TestApp::spawn().await;
+    let mut child = app
+        .command(&["ingest", "--wait-seconds", "1", "--batch-wait", "100ms"])
+        .spawn()
+        .unwrap();
+    app.send(&[
+        event_of("user-a", "192.0.2.1", "200-00-0001"),
+        event_of("user-a", "192.0.2.2", "200-00-0001"),
+        event_of("user-b", "192.0.2.1", "200-00-0002"),
+        event_of("user-c", "2001:db8::9", "200-00-0003"),
+    ])
+    .await;
+    wait_until(Duration::from_secs(60), "the rows of before", || async {
+        app.count("SELECT count(*) FROM user_logins").await == 4
+    })
+    .await;
+    let name = domain_name("history");
+    let table = format!("domains.{name}");
+    let added = app.etl_ok(&["domains", "add", &name, "--backfill"]).await;
+    assert!(added.contains("filled with the 4 rows"), "{added}");
+    // The running service writes the later rows itself: each row once.
+    app.send(&[
+        event_of("user-a", "192.0.2.1", "200-00-0004"),
+        event_of("user-d", "192.0.2.9", "200-00-0001"),
+    ])
+    .await;
+    wait_until(Duration::from_secs(60), "the rows after", || async {
+        app.count(&format!("SELECT count(*) FROM {table}")).await == 6
+    })
+    .await;
+    child.kill().await.unwrap();
+    assert_counts_agree(&app, &table).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM user_logins").await,
+        6,
+        "exactly once"
+    );
+    let trail: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM recovery.audit_log WHERE kind = 'domain_creation' \
+         AND detail LIKE 'domain=' || $1 || ' %' ORDER BY id",
+    )
+    .bind(&name)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(trail, ["opening", "created", "backfilled"]);
+    // The rows of before carry the erasure hash: erasure finds them.
+    let erased = app
+        .etl_ok(&[
+            "forget",
+            "--user-id",
+            "user-a",
+            "--reason",
+            "erasure request",
+        ])
+        .await;
+    assert!(erased.contains(" domain_rows=3"), "{erased}");
+    // Adding it again changes nothing, with or without --backfill.
+    let again = app.etl_ok(&["domains", "add", &name, "--backfill"]).await;
+    assert!(again.contains("nothing changed"), "{again}");
+}

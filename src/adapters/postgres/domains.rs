@@ -5,6 +5,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::Stream;
 use sqlx::{PgConnection, PgPool};
 
+use super::rekey::SealedEntry;
+
 /// A domain as listed: its name, its reader role, its active key version, and the pending one
 /// while a rotation waits for its re-mask.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
@@ -40,7 +42,7 @@ impl std::fmt::Debug for DomainKey {
 /// Creates a domain with its first key; returns its reader role. On record, and every running
 /// ingest reloads its keys before its next commit.
 pub async fn add(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     name: &str,
     kms_key_id: &str,
     wrapped_key: &[u8],
@@ -49,7 +51,7 @@ pub async fn add(
         .bind(name)
         .bind(kms_key_id)
         .bind(wrapped_key)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
 }
 
@@ -203,4 +205,123 @@ pub async fn switch(conn: &mut PgConnection, name: &str, to: i32) -> Result<i64,
         .bind(to)
         .fetch_one(conn)
         .await
+}
+
+/// The session's maps for filling a new domain with the rows `user_logins` holds: each vault
+/// value's `user_logins` mask → its domain mask, and each user id → its domain mask and erasure
+/// hash. Temporary tables, gone with the connection.
+pub async fn create_history_maps(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE history_values (field text, main_mask varchar(256), \
+         domain_mask varchar(256) NOT NULL, PRIMARY KEY (field, main_mask))",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "CREATE TEMPORARY TABLE history_users (user_id varchar(128) PRIMARY KEY, \
+         domain_mask varchar(256) NOT NULL, user_hash bytea NOT NULL)",
+    )
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Adds (field, `user_logins` mask, domain mask) triples to the value map.
+pub async fn add_history_values(
+    conn: &mut PgConnection,
+    fields: &[&str],
+    main: &[String],
+    domain: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pg_temp.history_values (field, main_mask, domain_mask) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(fields)
+    .bind(main)
+    .bind(domain)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Adds user ids, their domain masks and erasure hashes to the user map.
+pub async fn add_history_users(
+    conn: &mut PgConnection,
+    user_ids: &[String],
+    domain: &[String],
+    hashes: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pg_temp.history_users (user_id, domain_mask, user_hash) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(user_ids)
+    .bind(domain)
+    .bind(hashes)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Vault entries the value map lacks (added since it was built), in one scan.
+pub async fn unmapped_history_entries(
+    conn: &mut PgConnection,
+) -> Result<Vec<SealedEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.mask, e.field, e.vault_key_version, e.ciphertext FROM vault.entries e \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_temp.history_values m \
+                           WHERE m.field = e.field AND m.main_mask = encode(e.mask, 'hex'))",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// User ids of `user_logins` the user map lacks (seen since it was built), in one scan.
+pub async fn unmapped_history_users(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT u.user_id FROM user_logins u WHERE u.user_id IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM pg_temp.history_users m WHERE m.user_id = u.user_id)",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Writes every `user_logins` row etl wrote into the new domain, masked through the maps; in the
+/// transaction that creates the domain, which holds the vault epoch. Returns (rows to write, rows
+/// written): they differ when a row's value is in no map.
+pub async fn fill_history(
+    conn: &mut PgConnection,
+    name: &str,
+    key_version: i32,
+    user_key_version: i32,
+) -> Result<(i64, u64), sqlx::Error> {
+    sqlx::query("ANALYZE pg_temp.history_values")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("ANALYZE pg_temp.history_users")
+        .execute(&mut *conn)
+        .await?;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_logins WHERE mask_key_version IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    let written = sqlx::query(&format!(
+        "INSERT INTO domains.\"{name}\" (masked_user_id, device_type, masked_ip, \
+             masked_device_id, locale, app_version, create_date, mask_key_version, user_hash, \
+             user_hash_key_version) \
+         SELECT mu.domain_mask, u.device_type, mi.domain_mask, md.domain_mask, u.locale, \
+                u.app_version, u.create_date, $1, mu.user_hash, $2 \
+         FROM user_logins u \
+         JOIN pg_temp.history_values mi ON mi.field = 'ip' AND mi.main_mask = u.masked_ip \
+         JOIN pg_temp.history_values md \
+              ON md.field = 'device_id' AND md.main_mask = u.masked_device_id \
+         JOIN pg_temp.history_users mu ON mu.user_id = u.user_id \
+         WHERE u.mask_key_version IS NOT NULL"
+    ))
+    .bind(key_version)
+    .bind(user_key_version)
+    .execute(conn)
+    .await?;
+    Ok((rows, written.rows_affected()))
 }

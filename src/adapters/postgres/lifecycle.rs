@@ -656,7 +656,7 @@ pub async fn count_unused_entries(
 /// Appends a lifecycle row to the audit log (`retention`, `quarantine_purge`,
 /// `quarantine_replay`): what was done, never to whom.
 pub async fn record(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     kind: &str,
     (reason, ticket): (Option<&str>, Option<&str>),
     outcome: &str,
@@ -671,7 +671,7 @@ pub async fn record(
     .bind(ticket)
     .bind(outcome)
     .bind(detail)
-    .execute(pool)
+    .execute(conn)
     .await
     .map(|_| ())
 }

@@ -3,6 +3,7 @@
 //! reader role `etl_domain_<name>` (see `docs/privacy.md`). The re-mask, a long job, has a module
 //! of its own.
 
+mod history;
 mod remask;
 
 use anyhow::Context;
@@ -20,13 +21,21 @@ pub enum DomainsCommand {
     /// Create a domain (for the schema owner): its mask key, wrapped by KMS under the KMS key of
     /// the active mask key (so every process that unwraps that key can unwrap it); its table
     /// domains.NAME, which ingest fills from then on; its reader role etl_domain_NAME. A domain
-    /// that exists is left as it is.
+    /// that exists is left as it is. With --backfill, the domain also gets every row
+    /// user_logins holds already.
     Add {
         #[command(flatten)]
         database: DatabaseArgs,
+        #[command(flatten)]
+        kms: KmsPinArgs,
         /// 1 to 40 lowercase letters, digits or underscores, starting with a letter.
         #[arg(value_name = "NAME")]
         name: String,
+        /// Also write every row user_logins holds into the domain, so that it agrees with
+        /// user_logins from the first day: opens every vault entry (on record; KMS Decrypt on the
+        /// vault and user keys), and ingest waits while the creating transaction writes the rows.
+        #[arg(long)]
+        backfill: bool,
     },
     /// List the domains, their reader roles and key versions (active, and pending while a
     /// rotation waits for its re-mask).
@@ -91,7 +100,12 @@ fn valid_name(name: &str) -> bool {
 
 pub async fn run(command: DomainsCommand) -> anyhow::Result<Outcome> {
     match command {
-        DomainsCommand::Add { database, name } => add(&database, &name).await,
+        DomainsCommand::Add {
+            database,
+            kms,
+            name,
+            backfill,
+        } => add(&database, &kms, &name, backfill).await,
         DomainsCommand::List { database, format } => list(&database, format).await,
         DomainsCommand::Rotate {
             database,
@@ -102,13 +116,19 @@ pub async fn run(command: DomainsCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-async fn add(database: &DatabaseArgs, name: &str) -> anyhow::Result<Outcome> {
+async fn add(
+    database: &DatabaseArgs,
+    kms: &KmsPinArgs,
+    name: &str,
+    backfill: bool,
+) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         valid_name(name),
         "a domain name is 1 to {NAME_MAX} lowercase letters, digits or underscores, starting with \
          a letter"
     );
-    let pool = super::audit_pool(database).await?;
+    // A backfill's job lock, its maps' session and its reading stream, and the audit rows.
+    let pool = super::audit_pool_of(database, if backfill { 4 } else { 1 }).await?;
     let existing = domains::list(&pool)
         .await
         .context("reading etl.domains (the schema owner may)")?;
@@ -128,29 +148,48 @@ async fn add(database: &DatabaseArgs, name: &str) -> anyhow::Result<Outcome> {
         .ok_or_else(|| {
             anyhow::anyhow!("no mask key yet: run `etl keys init --kms-key-id <id>` first")
         })?;
-    let client = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
+    let client = kms
+        .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
+        .await?;
     let wrapped = client
         .generate_domain_key(&kms_key_id, name, 1)
         .await
         .context("generating the domain's mask key")?;
-    let role = domains::add(&pool, name, &wrapped.kms_key_arn, &wrapped.blob)
-        .await
-        .map_err(|err| match &err {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                anyhow::anyhow!("only the owner of the etl schemas may add a domain")
-            }
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-                anyhow::anyhow!("domain {name} was added meanwhile: nothing changed")
-            }
-            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
-                .context("adding the domain"),
-        })?;
+    let (role, filled) = if backfill {
+        let (role, filled) = history::add(&pool, &client, name, &wrapped).await?;
+        let filled = format!(
+            "; filled with the {} rows user_logins held ({} vault entries and {} user ids \
+             opened; ingest waited {:.1} s)",
+            filled.rows, filled.vault_entries, filled.user_ids, filled.held_seconds
+        );
+        (role, filled)
+    } else {
+        let role = domains::add(&pool, name, &wrapped.kms_key_arn, &wrapped.blob)
+            .await
+            .map_err(|err| refused_add(name, &pool, err))?;
+        (role, String::new())
+    };
     outln!(
         "domain {name} added: table domains.{name}, filled by ingest from now on (running \
-         processes too); read by {role} (GRANT {role} TO <login>); mask key v1 wrapped under {}",
+         processes too){filled}; read by {role} (GRANT {role} TO <login>); mask key v1 wrapped \
+         under {}",
         wrapped.kms_key_arn
     )?;
     Ok(Outcome::Success)
+}
+
+/// What the database's refusal to add a domain means.
+fn refused_add(name: &str, pool: &sqlx::PgPool, err: sqlx::Error) -> anyhow::Error {
+    match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+            anyhow::anyhow!("only the owner of the etl schemas may add a domain")
+        }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            anyhow::anyhow!("domain {name} was added meanwhile: nothing changed")
+        }
+        _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(pool)(err))
+            .context("adding the domain"),
+    }
 }
 
 async fn rotate(

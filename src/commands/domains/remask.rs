@@ -26,7 +26,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use super::RemaskArgs;
 use crate::adapters::aws;
-use crate::adapters::postgres::{self, domains, lifecycle, rekey, DatabaseError};
+use crate::adapters::postgres::{domains, lifecycle, rekey, DatabaseError};
 use crate::commands::{audit_pool_of, progress, Outcome, OutputFormat};
 use crate::crypto::DomainMasker;
 use crate::keys::{lock_key_job, VaultKeys};
@@ -204,7 +204,7 @@ async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyh
     let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
     let switched = loop {
         match switch(&mut map, name, report).await {
-            Err(err) if is_transient(&err) => match waits.next() {
+            Err(err) if crate::commands::is_transient(&err) => match waits.next() {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => break Err(err),
             },
@@ -256,14 +256,6 @@ async fn switch(
     tx.commit().await.context("committing the switch")?;
     report.rows_prepared += rest;
     Ok(u64::try_from(switched).unwrap_or(0))
-}
-
-/// Whether the switch failed for a reason that may pass (a lock wait that timed out among
-/// them): its transaction rolled back, so it may run again.
-fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
-        .any(postgres::is_transient)
 }
 
 #[cfg(test)]

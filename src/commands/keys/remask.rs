@@ -26,7 +26,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 use super::KeyJobArgs;
 use crate::adapters::aws;
 use crate::adapters::postgres::rekey::{self, SealedEntry, VaultCursor};
-use crate::adapters::postgres::{self, keyring, lifecycle, DatabaseError};
+use crate::adapters::postgres::{keyring, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, OutputFormat};
 use crate::crypto::{KeyPurpose, Masker};
 use crate::keys::{lock_key_job, unwrap_stored, VaultKeys};
@@ -99,7 +99,7 @@ pub async fn run(args: &KeyJobArgs) -> anyhow::Result<()> {
         let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
         let switched = loop {
             match job.switch(&pool, prepared_at).await {
-                Err(err) if is_transient(&err) => match waits.next() {
+                Err(err) if crate::commands::is_transient(&err) => match waits.next() {
                     Some(delay) => tokio::time::sleep(delay).await,
                     None => break Err(err),
                 },
@@ -320,12 +320,4 @@ async fn clean_up(pool: &PgPool, active: i32, batch: i64) -> anyhow::Result<u64>
     .await
     .context("recording the clean-up in the audit log")?;
     Ok(done)
-}
-
-/// Whether the switch failed for a reason that may pass (a lock wait that timed out among
-/// them): its transaction rolled back, so it may run again.
-fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
-        .any(postgres::is_transient)
 }
