@@ -321,6 +321,13 @@ pub async fn fill_history(
     ))
     .bind(key_version)
     .bind(user_key_version)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "COMMENT ON TABLE domains.\"{name}\" IS 'Pseudonymisation domain {name}: every \
+         user_logins row, ip and device_id masked under the domain''s own key; read by \
+         etl_domain_{name}.'"
+    ))
     .execute(conn)
     .await?;
     Ok((rows, written.rows_affected()))
