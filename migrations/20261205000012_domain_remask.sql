@@ -8,8 +8,7 @@
 -- maps only the rows written before the rotation, whose values the vault and `user_logins`
 -- hold, and its switch copies `next_*` over in one transaction.
 
-ALTER TABLE etl.domains ADD COLUMN IF NOT EXISTS active_version integer NOT NULL DEFAULT 1
-    CHECK (active_version > 0);
+ALTER TABLE etl.domains ADD COLUMN IF NOT EXISTS active_version integer NOT NULL DEFAULT 1;
 
 -- The columns a domain's rows carry their masks under the pending key in. Not granted to the
 -- domain's role.
@@ -38,8 +37,10 @@ BEGIN
 END
 $do$;
 
--- As before, and the next columns.
-CREATE OR REPLACE FUNCTION etl.add_domain(p_name text, p_kms_key_id text, p_wrapped_key bytea)
+-- A domain's row, first key, table (with the next columns), reader role; no epoch, no record:
+-- the parts of `etl.add_domain`, which `etl domains add --backfill` also runs in its own order
+-- (its rows first, then the indexes, then the record). For the schema owner.
+CREATE OR REPLACE FUNCTION etl.create_domain(p_name text, p_kms_key_id text, p_wrapped_key bytea)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -47,7 +48,6 @@ AS $fn$
 DECLARE
     v_role text := 'etl_domain_' || p_name;
 BEGIN
-    PERFORM etl.lock_vault_epoch();
     INSERT INTO etl.domains (name) VALUES (p_name);
     INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
     VALUES (p_name, 1, p_kms_key_id, p_wrapped_key);
@@ -57,12 +57,6 @@ BEGIN
         'app_version integer, create_date date, mask_key_version integer, user_hash bytea, '
         'user_hash_key_version integer)', p_name);
     PERFORM etl.add_domain_next_columns(p_name);
-    -- Erasure finds a person's rows by user_hash, retention by create_date. The index names hold
-    -- a '-', which no domain name has, so they never take a later domain's table name.
-    EXECUTE format('CREATE INDEX %I ON domains.%I USING hash (user_hash)',
-                   p_name || '-user-hash', p_name);
-    EXECUTE format('CREATE INDEX %I ON domains.%I (create_date)',
-                   p_name || '-create-date', p_name);
     EXECUTE format('REVOKE ALL ON domains.%I FROM PUBLIC', p_name);
     EXECUTE format('GRANT INSERT ON domains.%I TO etl_ingest', p_name);
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
@@ -74,11 +68,56 @@ BEGIN
                    'locale, app_version, create_date, mask_key_version) ON domains.%I TO %I',
                    p_name, v_role);
     EXECUTE format('COMMENT ON TABLE domains.%I IS %L', p_name,
-                   'Pseudonymisation domain ' || p_name || ': user_logins'' rows from its creation on, '
-                   'ip and device_id masked under the domain''s own key; read by ' || v_role || '.');
+                   'Pseudonymisation domain ' || p_name || ': user_logins'' rows, ip, device_id '
+                   'and user_id masked under the domain''s own key; read by ' || v_role || '.');
+    RETURN v_role;
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.create_domain(text, text, bytea) FROM PUBLIC;
+
+-- Erasure finds a person's rows by user_hash, retention by create_date. The index names hold a
+-- '-', which no domain name has, so they never take a later domain's table name.
+CREATE OR REPLACE FUNCTION etl.index_domain(p_name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('CREATE INDEX %I ON domains.%I USING hash (user_hash)',
+                   p_name || '-user-hash', p_name);
+    EXECUTE format('CREATE INDEX %I ON domains.%I (create_date)',
+                   p_name || '-create-date', p_name);
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.index_domain(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION etl.record_domain_creation(p_name text, p_kms_key_id text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
     INSERT INTO recovery.audit_log (kind, outcome, detail)
     VALUES ('domain_creation', 'created',
-            format('domain=%s role=%s kms_key_id=%s', p_name, v_role, p_kms_key_id));
+            format('domain=%s role=etl_domain_%s kms_key_id=%s', p_name, p_name, p_kms_key_id));
+$fn$;
+REVOKE ALL ON FUNCTION etl.record_domain_creation(text, text) FROM PUBLIC;
+
+-- Creates a domain: its row, its first key, its table, its reader role; on record. Raises the
+-- vault epoch, which waits for the batches committing now and makes every running ingest reload
+-- its keys before its next batch commits: every row committed after this one commits has its
+-- domain rows. For the schema owner (who may create roles).
+CREATE OR REPLACE FUNCTION etl.add_domain(p_name text, p_kms_key_id text, p_wrapped_key bytea)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_role text;
+BEGIN
+    PERFORM etl.lock_vault_epoch();
+    v_role := etl.create_domain(p_name, p_kms_key_id, p_wrapped_key);
+    PERFORM etl.index_domain(p_name);
+    PERFORM etl.record_domain_creation(p_name, p_kms_key_id);
     PERFORM etl.raise_vault_epoch();
     RETURN v_role;
 END
@@ -131,7 +170,7 @@ BEGIN
     END IF;
     IF p_version <> v_newest + 1 THEN
         RAISE EXCEPTION 'domain % is at key version %, not %', p_name, v_newest, p_version - 1
-            USING ERRCODE = 'serialization_failure';
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
     VALUES (p_name, p_version, p_kms_key_id, p_wrapped_key);
@@ -143,11 +182,11 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION etl.rotate_domain_key(text, integer, text, bytea) FROM PUBLIC;
 
--- The re-mask's switch, in the caller's transaction, which holds the vault epoch exclusively (no
--- ingest batch commits meanwhile): every row takes its masks under the pending version at once,
--- the pending version becomes active, the older keys are deleted (no mask of theirs is left),
--- and ingest reloads. Refused while a row has no mask under the pending version. Returns how many
--- rows moved.
+-- The re-mask's switch, in one transaction that holds the vault epoch exclusively (no ingest
+-- batch commits meanwhile): every row takes its masks under the pending version at once, the
+-- pending version becomes active, the older keys are deleted (no live row holds a mask of
+-- theirs), and ingest reloads. Refused, changing nothing, while a row has no mask under the
+-- pending version. One scan of the table. Returns how many rows moved.
 CREATE OR REPLACE FUNCTION etl.switch_domain_key(p_name text, p_version integer)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -155,10 +194,11 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_active integer;
-    v_left bigint;
     v_rows bigint;
+    v_left bigint;
     v_keys bigint;
 BEGIN
+    PERFORM etl.lock_vault_epoch();
     SELECT d.active_version INTO v_active FROM etl.domains d WHERE d.name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no domain %', p_name USING ERRCODE = 'no_data_found';
@@ -166,21 +206,21 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM keyring.domain_keys k
                    WHERE k.domain = p_name AND k.version = p_version AND p_version > v_active) THEN
         RAISE EXCEPTION 'domain % has no pending key version %', p_name, p_version
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+            USING ERRCODE = 'no_data_found';
     END IF;
-    EXECUTE format('SELECT count(*) FROM domains.%I WHERE next_mask_key_version IS DISTINCT FROM $1',
-                   p_name)
-        INTO v_left USING p_version;
+    -- A row without a next mask would take NULL masks: counted, and the exception undoes all.
+    EXECUTE format('WITH moved AS (UPDATE domains.%I SET masked_user_id = next_masked_user_id, '
+                   'masked_ip = next_masked_ip, masked_device_id = next_masked_device_id, '
+                   'mask_key_version = next_mask_key_version, next_masked_user_id = NULL, '
+                   'next_masked_ip = NULL, next_masked_device_id = NULL, '
+                   'next_mask_key_version = NULL RETURNING mask_key_version) '
+                   'SELECT count(*), count(*) FILTER (WHERE mask_key_version IS DISTINCT FROM $1) '
+                   'FROM moved', p_name)
+        INTO v_rows, v_left USING p_version;
     IF v_left > 0 THEN
         RAISE EXCEPTION '% rows of domains.% have no mask under key version %', v_left, p_name,
             p_version USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    EXECUTE format('UPDATE domains.%I SET masked_user_id = next_masked_user_id, '
-                   'masked_ip = next_masked_ip, masked_device_id = next_masked_device_id, '
-                   'mask_key_version = next_mask_key_version, next_masked_user_id = NULL, '
-                   'next_masked_ip = NULL, next_masked_device_id = NULL, '
-                   'next_mask_key_version = NULL', p_name);
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
     UPDATE etl.domains SET active_version = p_version WHERE name = p_name;
     DELETE FROM keyring.domain_keys WHERE domain = p_name AND version < p_version;
     GET DIAGNOSTICS v_keys = ROW_COUNT;

@@ -192,6 +192,32 @@ fn is_transient(err: &anyhow::Error) -> bool {
         .any(postgres::is_transient)
 }
 
+/// Runs `attempt` again, with the pipeline's backoff, while it fails waiting for a lock (its
+/// `lock_timeout` spent on ingest's commits, or a deadlock): such a transaction rolled back and
+/// its session, with the session's temporary tables, is intact. Any other failure is returned.
+async fn again_after_lock_waits<T>(
+    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let is_lock_wait = |err: &anyhow::Error| {
+        err.chain()
+            .filter_map(|layer| layer.downcast_ref::<sqlx::Error>())
+            .any(|err| {
+                matches!(err, sqlx::Error::Database(db)
+                    if matches!(db.code().as_deref(), Some("55P03" | "40P01")))
+            })
+    };
+    let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
+    loop {
+        match attempt().await {
+            Err(err) if is_lock_wait(&err) => match waits.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err),
+            },
+            other => return other,
+        }
+    }
+}
+
 /// A progress bar for a long pass of a command, shown on a terminal only (elsewhere the command
 /// logs a line per step); the caller enters the span and moves it with `pb_inc`.
 fn progress(what: &str, total: u64) -> tracing::Span {

@@ -44,7 +44,7 @@ pub async fn lock_key_job(pool: &PgPool) -> anyhow::Result<PgConnection> {
         .map_err(DatabaseError::on(pool))?;
     anyhow::ensure!(
         locked,
-        "another key job (`etl keys reseal`, `etl keys remask` or `etl privacy fill-networks`) is running on this database; wait for it to end"
+        "another key job (`etl keys reseal`, `etl keys remask`, `etl privacy fill-networks`, `etl domains remask` or `etl domains add --backfill`) is running on this database; wait for it to end"
     );
     Ok(conn)
 }

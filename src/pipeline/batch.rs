@@ -54,7 +54,7 @@ impl WriteBatch {
         domain_key_versions(
             self.domains
                 .iter()
-                .map(|d| (d.name.as_str(), d.version, d.pending)),
+                .map(|d| (d.name.as_str(), d.active, d.pending)),
         )
     }
 }
@@ -64,7 +64,7 @@ impl WriteBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainWrite {
     pub name: String,
-    pub version: i32,
+    pub active: i32,
     pub pending: Option<i32>,
 }
 

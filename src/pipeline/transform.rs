@@ -272,7 +272,7 @@ impl Transformer {
                 .iter()
                 .map(|d| DomainWrite {
                     name: d.name().to_owned(),
-                    version: d.active.version(),
+                    active: d.active.version(),
                     pending: d.pending.as_ref().map(|p| p.version()),
                 })
                 .collect(),

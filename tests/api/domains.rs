@@ -482,3 +482,64 @@ async fn a_domain_added_with_backfill_holds_every_row_once_and_erasure_reaches_t
     let again = app.etl_ok(&["domains", "add", &name, "--backfill"]).await;
     assert!(again.contains("nothing changed"), "{again}");
 }
+
+#[tokio::test]
+async fn a_domain_remask_refuses_a_row_it_cannot_map_and_finishes_once_it_is_gone() {
+    let app = TestApp::spawn().await;
+    let name = domain_name("orphans");
+    let table = format!("domains.{name}");
+    app.etl_ok(&["domains", "add", &name]).await;
+    app.ingest(&[
+        event_of("user-a", "192.0.2.1", "300-00-0001"),
+        event_of("user-b", "192.0.2.2", "300-00-0002"),
+    ])
+    .await;
+    app.etl_ok(&["domains", "rotate", &name]).await;
+    // A row whose values are in neither the vault nor user_logins (written by hand).
+    sqlx::query(&format!(
+        "INSERT INTO {table} (masked_user_id, device_type, masked_ip, masked_device_id, \
+         create_date, mask_key_version) VALUES (md5('u'), 'ios', md5('i'), md5('d'), \
+         current_date, 1)"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let refused = app.etl(&["domains", "remask", &name]).await;
+    assert_exit(&refused, 2);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("1 rows of {table} have no mask under key version 2"))
+            && stderr.contains("nothing was switched"),
+        "{stderr}"
+    );
+    // Nothing switched: v1 masks where the role reads, v2 still pending, on record as aborted.
+    assert_eq!(
+        count(&app, &format!("SELECT count(*) FROM {table} WHERE mask_key_version = 1")).await,
+        3
+    );
+    let listed: Value =
+        serde_json::from_str(&app.etl_ok(&["domains", "list", "--format", "json"]).await).unwrap();
+    assert_eq!(listed[0]["pending_key_version"], 2, "{listed}");
+    sqlx::query(&format!("DELETE FROM {table} WHERE device_type = 'ios'"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // The two rows were mapped by the first run: the rerun opens nothing and switches.
+    let remasked: Value = serde_json::from_str(
+        &app.etl_ok(&["domains", "remask", &name, "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(remasked["vault_entries"], 0, "{remasked}");
+    assert_eq!(remasked["rows_prepared"], 0, "{remasked}");
+    assert_eq!(remasked["rows_switched"], 2, "{remasked}");
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM recovery.audit_log WHERE kind = 'remask' \
+         AND detail LIKE 'domain=' || $1 || ' %' ORDER BY id",
+    )
+    .bind(&name)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["opening", "aborted", "opening", "switched"]);
+}

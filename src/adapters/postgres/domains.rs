@@ -7,6 +7,12 @@ use sqlx::{PgConnection, PgPool};
 
 use super::rekey::SealedEntry;
 
+/// A domain's table, quoted: its name is checked by `etl.domains`' constraint (and by the
+/// commands before), lowercase letters, digits and underscores only.
+pub fn table(name: &str) -> String {
+    format!("domains.\"{name}\"")
+}
+
 /// A domain as listed: its name, its reader role, its active key version, and the pending one
 /// while a rotation waits for its re-mask.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
@@ -148,46 +154,63 @@ pub fn user_ids(conn: &mut PgConnection) -> impl Stream<Item = Result<String, sq
         .fetch(conn)
 }
 
-/// The days with rows of the domain that have no masks under the pending key yet, oldest first.
+/// Whether rows of the domain have no masks under the pending key yet (the rows written before
+/// the rotation, until the re-mask has mapped them).
+pub async fn rows_to_remask(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE next_mask_key_version IS NULL)",
+        table(name)
+    ))
+    .fetch_one(conn)
+    .await
+}
+
+/// Statistics of the session's map, for the plans that join it.
+pub async fn analyze_remask_map(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("ANALYZE pg_temp.domain_remask")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The days (NULL among them, if a row has none) with rows of the domain that have no masks
+/// under the pending key yet, oldest first.
 pub async fn days_to_remask(
     conn: &mut PgConnection,
     name: &str,
-) -> Result<Vec<NaiveDate>, sqlx::Error> {
-    sqlx::query("ANALYZE pg_temp.domain_remask")
-        .execute(&mut *conn)
-        .await?;
+) -> Result<Vec<Option<NaiveDate>>, sqlx::Error> {
     sqlx::query_scalar(&format!(
-        "SELECT DISTINCT create_date FROM domains.\"{name}\" \
-         WHERE next_mask_key_version IS NULL AND create_date IS NOT NULL ORDER BY 1"
+        "SELECT DISTINCT create_date FROM {} WHERE next_mask_key_version IS NULL ORDER BY 1",
+        table(name)
     ))
     .fetch_all(conn)
     .await
 }
 
-/// Gives rows of the domain under key version `from` that lack them their masks under `to`,
-/// from the map; how many. One day's rows (found by the date index) in a short transaction of
-/// its own beside a running ingest, or with no day every row left, in the switch.
-pub async fn remask_rows(
+/// Gives one day's rows of the domain under key version `from` their masks under `to`, from
+/// the map, where they lack them; how many. A short transaction of its own beside a running
+/// ingest (which only inserts); the day is found by its index.
+pub async fn remask_day(
     conn: &mut PgConnection,
     name: &str,
     day: Option<NaiveDate>,
     from: i32,
     to: i32,
 ) -> Result<u64, sqlx::Error> {
-    let rows_of_the_day = if day.is_some() {
-        "d.create_date = $1"
-    } else {
-        "$1::date IS NULL"
+    let rows_of_the_day = match day {
+        Some(_) => "d.create_date = $1",
+        None => "d.create_date IS NULL AND $1::date IS NULL",
     };
     sqlx::query(&format!(
-        "UPDATE domains.\"{name}\" d SET next_masked_user_id = mu.new_mask, \
+        "UPDATE {} d SET next_masked_user_id = mu.new_mask, \
              next_masked_ip = mi.new_mask, next_masked_device_id = md.new_mask, \
              next_mask_key_version = $3 \
          FROM pg_temp.domain_remask mi, pg_temp.domain_remask md, pg_temp.domain_remask mu \
          WHERE {rows_of_the_day} AND d.next_mask_key_version IS NULL AND d.mask_key_version = $2 \
            AND mi.field = 'ip' AND mi.old_mask = d.masked_ip \
            AND md.field = 'device_id' AND md.old_mask = d.masked_device_id \
-           AND mu.field = 'user_id' AND mu.old_mask = d.masked_user_id"
+           AND mu.field = 'user_id' AND mu.old_mask = d.masked_user_id",
+        table(name)
     ))
     .bind(day)
     .bind(from)
@@ -197,13 +220,13 @@ pub async fn remask_rows(
     .map(|done| done.rows_affected())
 }
 
-/// The switch, in the caller's transaction, which holds the vault epoch: every row takes its
-/// masks under `to`, which becomes active; the older keys go. Returns how many rows moved.
-pub async fn switch(conn: &mut PgConnection, name: &str, to: i32) -> Result<i64, sqlx::Error> {
+/// The switch, one transaction holding the vault epoch: every row takes its masks under `to`,
+/// which becomes active; the older keys go. Returns how many rows moved.
+pub async fn switch(pool: &PgPool, name: &str, to: i32) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT etl.switch_domain_key($1, $2)")
         .bind(name)
         .bind(to)
-        .fetch_one(conn)
+        .fetch_one(pool)
         .await
 }
 
@@ -287,48 +310,72 @@ pub async fn unmapped_history_users(conn: &mut PgConnection) -> Result<Vec<Strin
     .await
 }
 
-/// Writes every `user_logins` row etl wrote into the new domain, masked through the maps; in the
-/// transaction that creates the domain, which holds the vault epoch. Returns (rows to write, rows
-/// written): they differ when a row's value is in no map.
+/// The domain's row, key, table and role, without its indexes, the record or the epoch:
+/// `--backfill` writes its rows first.
+pub async fn create(
+    conn: &mut PgConnection,
+    name: &str,
+    kms_key_id: &str,
+    wrapped_key: &[u8],
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT etl.create_domain($1, $2, $3)")
+        .bind(name)
+        .bind(kms_key_id)
+        .bind(wrapped_key)
+        .fetch_one(conn)
+        .await
+}
+
+/// The domain's indexes (erasure's and retention's), and the record of its creation.
+pub async fn index_and_record(
+    conn: &mut PgConnection,
+    name: &str,
+    kms_key_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT etl.index_domain($1), etl.record_domain_creation($1, $2)")
+        .bind(name)
+        .bind(kms_key_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Writes every `user_logins` row etl wrote into the new domain, masked through the maps, in
+/// one statement; in the transaction that creates the domain, which holds the vault epoch.
+/// Returns (rows etl wrote, rows written): they differ when a row's value is in no map.
 pub async fn fill_history(
     conn: &mut PgConnection,
     name: &str,
     key_version: i32,
     user_key_version: i32,
-) -> Result<(i64, u64), sqlx::Error> {
+) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query("ANALYZE pg_temp.history_values")
         .execute(&mut *conn)
         .await?;
     sqlx::query("ANALYZE pg_temp.history_users")
         .execute(&mut *conn)
         .await?;
-    let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM user_logins WHERE mask_key_version IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
-    let written = sqlx::query(&format!(
-        "INSERT INTO domains.\"{name}\" (masked_user_id, device_type, masked_ip, \
-             masked_device_id, locale, app_version, create_date, mask_key_version, user_hash, \
-             user_hash_key_version) \
-         SELECT mu.domain_mask, u.device_type, mi.domain_mask, md.domain_mask, u.locale, \
-                u.app_version, u.create_date, $1, mu.user_hash, $2 \
-         FROM user_logins u \
-         JOIN pg_temp.history_values mi ON mi.field = 'ip' AND mi.main_mask = u.masked_ip \
-         JOIN pg_temp.history_values md \
-              ON md.field = 'device_id' AND md.main_mask = u.masked_device_id \
-         JOIN pg_temp.history_users mu ON mu.user_id = u.user_id \
-         WHERE u.mask_key_version IS NOT NULL"
+    sqlx::query_as(&format!(
+        "WITH written AS ( \
+             INSERT INTO {} (masked_user_id, device_type, masked_ip, masked_device_id, locale, \
+                             app_version, create_date, mask_key_version, user_hash, \
+                             user_hash_key_version) \
+             SELECT mu.domain_mask, u.device_type, mi.domain_mask, md.domain_mask, u.locale, \
+                    u.app_version, u.create_date, $1, mu.user_hash, $2 \
+             FROM user_logins u \
+             JOIN pg_temp.history_values mi ON mi.field = 'ip' AND mi.main_mask = u.masked_ip \
+             JOIN pg_temp.history_values md \
+                  ON md.field = 'device_id' AND md.main_mask = u.masked_device_id \
+             JOIN pg_temp.history_users mu ON mu.user_id = u.user_id \
+             WHERE u.mask_key_version IS NOT NULL \
+             RETURNING 1 \
+         ) \
+         SELECT (SELECT count(*) FROM user_logins WHERE mask_key_version IS NOT NULL), \
+                (SELECT count(*) FROM written)",
+        table(name)
     ))
     .bind(key_version)
     .bind(user_key_version)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(&format!(
-        "COMMENT ON TABLE domains.\"{name}\" IS 'Pseudonymisation domain {name}: every \
-         user_logins row, ip and device_id masked under the domain''s own key; read by \
-         etl_domain_{name}.'"
-    ))
-    .execute(conn)
-    .await?;
-    Ok((rows, written.rows_affected()))
+    .fetch_one(conn)
+    .await
 }

@@ -260,7 +260,8 @@ pub struct KeyState {
     pub quarantine_key_version: Option<i32>,
     pub min_quarantine_key_version: Option<i32>,
     pub user_key_version: Option<i32>,
-    /// The pseudonymisation domains and their newest key versions, `name:version,...`.
+    /// The pseudonymisation domains and their key versions, as `etl.domain_key_versions()`
+    /// states them (`name:active` or `name:active>pending`, joined by commas).
     pub domains: String,
 }
 

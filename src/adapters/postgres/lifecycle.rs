@@ -268,18 +268,13 @@ pub async fn count_expired(
     count_where(pool, table, condition, cutoff).await
 }
 
-/// A pseudonymisation domain's table (its name checked by `etl.domains`' constraint).
-fn domain_table(domain: &str) -> String {
-    format!("domains.\"{domain}\"")
-}
-
 /// [`count_expired`] of a domain's table: its rows expire with `user_logins`'.
 pub async fn count_expired_in_domain(
     pool: &PgPool,
     domain: &str,
     cutoff: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
-    count_where(pool, &domain_table(domain), LOGINS_EXPIRED, cutoff).await
+    count_where(pool, &super::domains::table(domain), LOGINS_EXPIRED, cutoff).await
 }
 
 /// [`delete_expired_chunk`] of a domain's table.
@@ -289,7 +284,7 @@ pub async fn delete_expired_in_domain(
     cutoff: DateTime<Utc>,
     chunk: i64,
 ) -> Result<u64, sqlx::Error> {
-    delete_chunk_where(pool, &domain_table(domain), LOGINS_EXPIRED, cutoff, chunk).await
+    delete_chunk_where(pool, &super::domains::table(domain), LOGINS_EXPIRED, cutoff, chunk).await
 }
 
 async fn count_where(
@@ -653,8 +648,9 @@ pub async fn count_unused_entries(
     Ok(unused)
 }
 
-/// Appends a lifecycle row to the audit log (`retention`, `quarantine_purge`,
-/// `quarantine_replay`): what was done, never to whom.
+/// Appends a row to the audit log for a job that names no person (`retention`,
+/// `quarantine_purge`, `quarantine_replay`, `network_fill`, `remask`, `domain_creation`): what
+/// was done, never to whom.
 pub async fn record(
     conn: impl sqlx::PgExecutor<'_>,
     kind: &str,

@@ -323,6 +323,10 @@ async fn copy_logins(
     sink.finish().await
 }
 
+/// The columns a domain row is copied with, and those of its masks under a pending key.
+const DOMAIN_COLUMNS: i16 = 10;
+const NEXT_COLUMNS: i16 = 4;
+
 /// The same rows, masked under each domain's key, into each domain's table: in the batch's
 /// transaction, so a domain holds exactly the rows `user_logins` got since it was created. While
 /// a domain's key version is pending, each row also carries its masks under that version.
@@ -336,7 +340,11 @@ async fn copy_domains(
     for domain in &batch.domains {
         let (active, pending) = (slot, domain.pending.map(|_| slot + 1));
         slot += 1 + usize::from(pending.is_some());
-        let columns: i16 = if pending.is_some() { 14 } else { 10 };
+        let columns = if pending.is_some() {
+            DOMAIN_COLUMNS + NEXT_COLUMNS
+        } else {
+            DOMAIN_COLUMNS
+        };
         let mut copy = BinaryCopy::with_capacity(batch.logins.len() * 200);
         let mut rows = 0u64;
         for row in batch
@@ -359,7 +367,7 @@ async fn copy_domains(
             copy.optional_text(row.locale.as_deref());
             copy.int4(row.app_version);
             copy.date(row.create_date);
-            copy.int4(domain.version);
+            copy.int4(domain.active);
             copy.bytea(user_hash.as_bytes());
             copy.int4(batch.user_key_version);
             if let (Some(slot), Some(version)) = (pending, domain.pending) {
@@ -381,13 +389,12 @@ async fn copy_domains(
         } else {
             ""
         };
-        // The name is a domain's, checked by etl.domains' constraint: quoted as an identifier.
         let mut sink = conn
             .copy_in_raw(&format!(
-                "COPY domains.\"{}\" (masked_user_id, device_type, masked_ip, \
-                 masked_device_id, locale, app_version, create_date, mask_key_version, user_hash, \
+                "COPY {} (masked_user_id, device_type, masked_ip, masked_device_id, locale, \
+                 app_version, create_date, mask_key_version, user_hash, \
                  user_hash_key_version{next}) FROM STDIN (FORMAT binary)",
-                domain.name
+                super::domains::table(&domain.name)
             ))
             .await?;
         sink.send(copy.finish()).await?;

@@ -6,8 +6,10 @@
 //! batch commits between the rows it reads and the domain's creation, and every batch after it
 //! writes the domain itself. The slow part, opening every vault value and reading every user id
 //! into session maps, runs before that transaction, beside a running ingest; inside it, only what
-//! was added meanwhile is mapped, then one `INSERT ... SELECT` writes the rows. Ingest waits for
-//! that transaction (its messages stay on the queue).
+//! was added meanwhile is mapped, then one `INSERT ... SELECT` writes the rows, and only then are
+//! the indexes built and the creation recorded (the audit chain's lock is held for a moment, not
+//! for the fill). Ingest waits for that transaction (its messages stay on the queue). No
+//! retention pass runs meanwhile: it deletes `user_logins`' rows apart from the domain's.
 
 use std::time::Instant;
 
@@ -46,6 +48,14 @@ pub async fn add(
     name: &str,
     wrapped: &WrappedKey,
 ) -> anyhow::Result<(String, History)> {
+    // One key job at a time: no re-mask moves the masks the maps are keyed by meanwhile.
+    let _lock = lock_key_job(pool).await?;
+    let (_retention, waited) = lifecycle::lock_retention_pass(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?;
+    if waited {
+        tracing::info!("waited for a retention pass to end");
+    }
     let key = kms
         .unwrap_domain_key(&wrapped.kms_key_arn, name, 1, &wrapped.blob)
         .await
@@ -57,8 +67,6 @@ pub async fn add(
         keys: VaultKeys::new(pool, kms).await?,
     };
     job.keys.load(job.keys.versions()).await?;
-    // One key job at a time: no re-mask moves the masks the maps are keyed by meanwhile.
-    let _lock = lock_key_job(pool).await?;
     let mut history = History::default();
     let figures = |history: &History| {
         format!(
@@ -123,21 +131,15 @@ impl Job<'_> {
         drop(users);
 
         // The creating transaction waits at most the epoch's lock_timeout for ingest's commits;
-        // a timeout (or a lost connection) changed nothing, its transaction rolled back: again.
-        let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
-        loop {
-            match self.create(&mut maps, pool, wrapped, history).await {
-                Err(err) if crate::commands::is_transient(&err) => match waits.next() {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => break Err(err),
-                },
-                other => break other,
-            }
-        }
+        // then it rolled back, the maps are intact, and it is tried again.
+        crate::commands::again_after_lock_waits(async || {
+            self.create(&mut maps, pool, wrapped, history).await
+        })
+        .await
     }
 
-    /// The creating transaction: the domain, the values and users first seen meanwhile, and
-    /// every row. Counts into `history` only once it committed.
+    /// The creating transaction: the epoch, the domain, the values and users first seen
+    /// meanwhile, every row, the indexes, the record. Counts into `history` once it committed.
     async fn create(
         &self,
         maps: &mut PgConnection,
@@ -147,7 +149,11 @@ impl Job<'_> {
     ) -> anyhow::Result<String> {
         let held = Instant::now();
         let mut tx = maps.begin().await?;
-        let role = domains::add(&mut *tx, self.name, &wrapped.kms_key_arn, &wrapped.blob)
+        sqlx::query("SELECT etl.lock_vault_epoch()")
+            .execute(&mut *tx)
+            .await
+            .context("taking the vault epoch")?;
+        let role = domains::create(&mut tx, self.name, &wrapped.kms_key_arn, &wrapped.blob)
             .await
             .map_err(|err| super::refused_add(self.name, pool, err))?;
         // Values and users first seen while the maps were built: few, found in one scan each.
@@ -168,17 +174,20 @@ impl Job<'_> {
                 .await
                 .context("writing the domain's rows of before")?;
         anyhow::ensure!(
-            i64::try_from(written).is_ok_and(|w| w == rows),
+            written == rows,
             "{} of {rows} user_logins rows have a value in neither the vault nor user_logins; \
              nothing was created",
-            rows - i64::try_from(written).unwrap_or(rows)
+            rows - written
         );
         let mut created = History {
             vault_entries: history.vault_entries + added.len() as u64,
             user_ids: history.user_ids + seen.len() as u64,
-            rows: written,
+            rows: u64::try_from(written).unwrap_or(0),
             held_seconds: 0.0,
         };
+        domains::index_and_record(&mut tx, self.name, &wrapped.kms_key_arn)
+            .await
+            .context("indexing the domain")?;
         lifecycle::record(
             &mut *tx,
             "domain_creation",
@@ -190,6 +199,9 @@ impl Job<'_> {
             ),
         )
         .await?;
+        sqlx::query("SELECT etl.raise_vault_epoch()")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await.context("committing the domain")?;
         created.held_seconds = held.elapsed().as_secs_f64();
         *history = created;

@@ -7,20 +7,22 @@
 //!    before, a session map of old mask → new mask is built from every vault value and every
 //!    user id of `user_logins` (a domain row has no link to its `user_logins` row, by design);
 //!    then each day's rows get their new masks in `next_*` columns the domain's role cannot read,
-//!    a short transaction per day.
-//! 2. **Switch** (one transaction, holding the vault epoch exclusively, so no ingest batch
-//!    commits meanwhile): rows still without new masks get them from the map; every row takes
-//!    its new masks in one `UPDATE`; the pending version becomes active, the older keys are
+//!    a short transaction per day. A rerun after that skips the map.
+//! 2. **Switch** (`etl.switch_domain_key`: one transaction, holding the vault epoch exclusively,
+//!    so no ingest batch commits meanwhile): every row takes its new masks in one `UPDATE`, or
+//!    none does if a row has none; the pending version becomes active, the older keys are
 //!    deleted, and the epoch is raised. Running ingest processes reload their keys at their next
 //!    commit.
+//!
+//! No retention pass runs meanwhile: it deletes `user_logins`' rows before the domain's, and a
+//! domain row whose user id is gone could not be mapped.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool};
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
@@ -54,8 +56,10 @@ struct Remasked {
 
 pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
     let name = args.name.as_str();
-    // The job lock, the map's session, the stream it reads, and the audit rows.
-    let pool = audit_pool_of(&args.database, 4).await?;
+    // The job lock, the retention lock, the map's session, the stream it reads.
+    let pool = audit_pool_of(&args.database, 5).await?;
+    // One key job at a time: no main re-mask or re-seal runs beside it.
+    let _lock = lock_key_job(&pool).await?;
     let domain = super::find(&pool, name).await?;
     let Some(to) = domain.pending_key_version else {
         outln!(
@@ -65,8 +69,12 @@ pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
         )?;
         return Ok(Outcome::Success);
     };
-    // One key job at a time: no main re-mask or re-seal runs beside it.
-    let _lock = lock_key_job(&pool).await?;
+    let (_retention, waited) = lifecycle::lock_retention_pass(&pool)
+        .await
+        .map_err(DatabaseError::on(&pool))?;
+    if waited {
+        info!("waited for a retention pass to end");
+    }
     let started = Instant::now();
     let mut report = Remasked {
         domain: name.to_owned(),
@@ -87,8 +95,7 @@ pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
         .map_err(DatabaseError::on(&pool))?;
     if let Err(err) = remask(args, &pool, &mut report).await {
         // What was opened before the failure, on record too; the error is the one to report.
-        let _ =
-            lifecycle::record(&pool, "remask", (None, None), "aborted", &figures(&report)).await;
+        let _ = lifecycle::record(&pool, "remask", (None, None), "aborted", &figures(&report)).await;
         return Err(err);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
@@ -113,16 +120,62 @@ pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
 /// The work of [`run`], counting into `report` as it goes.
 async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyhow::Result<()> {
     let name = args.name.as_str();
+    let database = |err| DatabaseError::on(pool)(err);
+    let mut map = pool.acquire().await.map_err(database)?;
+    if domains::rows_to_remask(&mut map, name)
+        .await
+        .map_err(database)?
+    {
+        prepare(args, pool, &mut map, report).await?;
+    }
+    let switch_started = Instant::now();
+    let switched = crate::commands::again_after_lock_waits(async || {
+        domains::switch(pool, name, report.to_key_version)
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
+                    anyhow::anyhow!(
+                        "{}; nothing was switched (their values are in neither the vault nor \
+                         user_logins)",
+                        db.message()
+                    )
+                }
+                _ => anyhow::Error::new(err).context("switching the domain's rows"),
+            })
+    })
+    .await?;
+    report.rows_switched = u64::try_from(switched).unwrap_or(0);
+    report.switch_seconds = switch_started.elapsed().as_secs_f64();
+    info!(
+        domain = name,
+        to = report.to_key_version,
+        rows = switched,
+        switch_ms = (report.switch_seconds * 1000.0) as u64,
+        "domain re-mask switched; running ingest processes reload their keys at their next commit"
+    );
+    Ok(())
+}
+
+/// Phase 1: the map of the domain's masks under the active key to those under the pending one,
+/// from every vault value and user id, then each day's rows without new masks given them.
+async fn prepare(
+    args: &RemaskArgs,
+    pool: &PgPool,
+    map: &mut PgConnection,
+    report: &mut Remasked,
+) -> anyhow::Result<()> {
+    let name = args.name.as_str();
     let kms = args
         .kms
         .kms(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await)
         .await?;
     let mut maskers = Vec::with_capacity(2);
+    let stored = domains::write_keys(pool)
+        .await
+        .map_err(DatabaseError::on(pool))?;
     for version in [report.from_key_version, report.to_key_version] {
-        let stored = domains::write_keys(pool)
-            .await
-            .map_err(DatabaseError::on(pool))?
-            .into_iter()
+        let stored = stored
+            .iter()
             .find(|key| key.domain == name && key.version == version)
             .with_context(|| format!("domain {name} has no key version {version}"))?;
         let key = kms
@@ -137,17 +190,18 @@ async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyh
     let mut keys = VaultKeys::new(pool, &kms).await?;
     keys.load(keys.versions()).await?;
     let database = |err| DatabaseError::on(pool)(err);
-    let mut map = pool.acquire().await.map_err(database)?;
-    domains::create_remask_map(&mut map)
-        .await
-        .map_err(database)?;
+    domains::create_remask_map(map).await.map_err(database)?;
     let batch = usize::try_from(args.batch).unwrap_or(5000);
     let mut reader = pool.acquire().await.map_err(database)?;
 
     let span = progress("vault entries", 0);
     let shown = span.enter();
     let mut entries = rekey::all_entries(&mut reader).try_chunks(batch);
-    while let Some(chunk) = entries.try_next().await.map_err(|err| database(err.1))? {
+    while let Some(chunk) = entries
+        .try_next()
+        .await
+        .map_err(|err| database(err.1))?
+    {
         let mut fields = Vec::with_capacity(chunk.len());
         let mut olds = Vec::with_capacity(chunk.len());
         let mut news = Vec::with_capacity(chunk.len());
@@ -157,7 +211,7 @@ async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyh
             olds.push(old.digest(field, &value).hex().as_str().to_owned());
             news.push(new.digest(field, &value).hex().as_str().to_owned());
         }
-        domains::add_to_remask_map(&mut map, &fields, &olds, &news)
+        domains::add_to_remask_map(map, &fields, &olds, &news)
             .await
             .map_err(database)?;
         report.vault_entries += chunk.len() as u64;
@@ -176,86 +230,26 @@ async fn remask(args: &RemaskArgs, pool: &PgPool, report: &mut Remasked) -> anyh
             .iter()
             .map(|id| new.user_mask(id).as_str().to_owned())
             .collect();
-        domains::add_to_remask_map(&mut map, &vec![USER_ID; chunk.len()], &olds, &news)
+        domains::add_to_remask_map(map, &vec![USER_ID; chunk.len()], &olds, &news)
             .await
             .map_err(database)?;
         report.user_ids += chunk.len() as u64;
     }
     drop(users);
 
-    for day in domains::days_to_remask(&mut map, name)
+    domains::analyze_remask_map(map).await.map_err(database)?;
+    for day in domains::days_to_remask(map, name)
         .await
         .map_err(database)?
     {
-        report.rows_prepared += domains::remask_rows(
-            &mut map,
-            name,
-            Some(day),
-            report.from_key_version,
-            report.to_key_version,
-        )
+        let (from, to) = (report.from_key_version, report.to_key_version);
+        report.rows_prepared += crate::commands::again_after_lock_waits(async || {
+            Ok(domains::remask_day(map, name, day, from, to).await?)
+        })
         .await
-        .map_err(database)?;
+        .context("giving a day's rows their new masks")?;
     }
-
-    let switch_started = Instant::now();
-    // The switch waits at most the epoch's lock_timeout for ingest's commits; a timeout (or a
-    // lost connection) changed nothing, its transaction rolled back: it is tried again.
-    let mut waits = backon::BackoffBuilder::build(crate::pipeline::backoff());
-    let switched = loop {
-        match switch(&mut map, name, report).await {
-            Err(err) if crate::commands::is_transient(&err) => match waits.next() {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => break Err(err),
-            },
-            other => break other,
-        }
-    }?;
-    report.rows_switched = switched;
-    report.switch_seconds = switch_started.elapsed().as_secs_f64();
-    info!(
-        domain = name,
-        to = report.to_key_version,
-        rows = switched,
-        switch_ms = (report.switch_seconds * 1000.0) as u64,
-        "domain re-mask switched; running ingest processes reload their keys at their next commit"
-    );
     Ok(())
-}
-
-/// Phase 2, in one transaction holding the vault epoch exclusively, on the map's session.
-async fn switch(
-    map: &mut PoolConnection<Postgres>,
-    name: &str,
-    report: &mut Remasked,
-) -> anyhow::Result<u64> {
-    let mut tx = map.begin().await?;
-    sqlx::query("SELECT etl.lock_vault_epoch()")
-        .execute(&mut *tx)
-        .await
-        .context("taking the vault epoch")?;
-    // Rows of no day, or of a day the prepare did not list: few, in one scan.
-    let rest = domains::remask_rows(
-        &mut tx,
-        name,
-        None,
-        report.from_key_version,
-        report.to_key_version,
-    )
-    .await
-    .context("giving the last rows their new masks")?;
-    let switched = domains::switch(&mut tx, name, report.to_key_version)
-        .await
-        .map_err(|err| match &err {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => anyhow::anyhow!(
-                "{}; nothing was switched (their values are in neither the vault nor user_logins)",
-                db.message()
-            ),
-            _ => anyhow::Error::new(err).context("switching the domain's rows"),
-        })?;
-    tx.commit().await.context("committing the switch")?;
-    report.rows_prepared += rest;
-    Ok(u64::try_from(switched).unwrap_or(0))
 }
 
 #[cfg(test)]
