@@ -508,13 +508,18 @@ async fn a_domain_remask_refuses_a_row_it_cannot_map_and_finishes_once_it_is_gon
     assert_exit(&refused, 2);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains(&format!("1 rows of {table} have no mask under key version 2"))
-            && stderr.contains("nothing was switched"),
+        stderr.contains(&format!(
+            "1 rows of {table} have no mask under key version 2"
+        )) && stderr.contains("nothing was switched"),
         "{stderr}"
     );
     // Nothing switched: v1 masks where the role reads, v2 still pending, on record as aborted.
     assert_eq!(
-        count(&app, &format!("SELECT count(*) FROM {table} WHERE mask_key_version = 1")).await,
+        count(
+            &app,
+            &format!("SELECT count(*) FROM {table} WHERE mask_key_version = 1")
+        )
+        .await,
         3
     );
     let listed: Value =

@@ -235,7 +235,7 @@ pub async fn switch(pool: &PgPool, name: &str, to: i32) -> Result<i64, sqlx::Err
 /// hash. Temporary tables, gone with the connection.
 pub async fn create_history_maps(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "CREATE TEMPORARY TABLE history_values (field text, main_mask varchar(256), \
+        "CREATE TEMPORARY TABLE history_values (field text, main_mask bytea, \
          domain_mask varchar(256) NOT NULL, PRIMARY KEY (field, main_mask))",
     )
     .execute(&mut *conn)
@@ -249,16 +249,16 @@ pub async fn create_history_maps(conn: &mut PgConnection) -> Result<(), sqlx::Er
     .map(drop)
 }
 
-/// Adds (field, `user_logins` mask, domain mask) triples to the value map.
+/// Adds (field, `user_logins` mask as the vault keys it, domain mask) triples to the value map.
 pub async fn add_history_values(
     conn: &mut PgConnection,
     fields: &[&str],
-    main: &[String],
+    main: &[&[u8]],
     domain: &[String],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO pg_temp.history_values (field, main_mask, domain_mask) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+         SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[]) ON CONFLICT DO NOTHING",
     )
     .bind(fields)
     .bind(main)
@@ -287,6 +287,19 @@ pub async fn add_history_users(
     .map(drop)
 }
 
+/// Statistics of the session's maps, for the plan that joins them: taken before the creating
+/// transaction, which then adds only the few values first seen meanwhile.
+pub async fn analyze_history_maps(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // One table per statement: PostgreSQL 10 takes no list.
+    sqlx::query("ANALYZE pg_temp.history_values")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("ANALYZE pg_temp.history_users")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Vault entries the value map lacks (added since it was built), in one scan.
 pub async fn unmapped_history_entries(
     conn: &mut PgConnection,
@@ -294,7 +307,7 @@ pub async fn unmapped_history_entries(
     sqlx::query_as(
         "SELECT e.mask, e.field, e.vault_key_version, e.ciphertext FROM vault.entries e \
          WHERE NOT EXISTS (SELECT 1 FROM pg_temp.history_values m \
-                           WHERE m.field = e.field AND m.main_mask = encode(e.mask, 'hex'))",
+                           WHERE m.field = e.field AND m.main_mask = e.mask)",
     )
     .fetch_all(conn)
     .await
@@ -349,12 +362,6 @@ pub async fn fill_history(
     key_version: i32,
     user_key_version: i32,
 ) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query("ANALYZE pg_temp.history_values")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("ANALYZE pg_temp.history_users")
-        .execute(&mut *conn)
-        .await?;
     sqlx::query_as(&format!(
         "WITH written AS ( \
              INSERT INTO {} (masked_user_id, device_type, masked_ip, masked_device_id, locale, \
@@ -363,9 +370,10 @@ pub async fn fill_history(
              SELECT mu.domain_mask, u.device_type, mi.domain_mask, md.domain_mask, u.locale, \
                     u.app_version, u.create_date, $1, mu.user_hash, $2 \
              FROM user_logins u \
-             JOIN pg_temp.history_values mi ON mi.field = 'ip' AND mi.main_mask = u.masked_ip \
+             JOIN pg_temp.history_values mi \
+                  ON mi.field = 'ip' AND mi.main_mask = decode(u.masked_ip, 'hex') \
              JOIN pg_temp.history_values md \
-                  ON md.field = 'device_id' AND md.main_mask = u.masked_device_id \
+                  ON md.field = 'device_id' AND md.main_mask = decode(u.masked_device_id, 'hex') \
              JOIN pg_temp.history_users mu ON mu.user_id = u.user_id \
              WHERE u.mask_key_version IS NOT NULL \
              RETURNING 1 \

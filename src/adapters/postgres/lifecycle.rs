@@ -284,7 +284,14 @@ pub async fn delete_expired_in_domain(
     cutoff: DateTime<Utc>,
     chunk: i64,
 ) -> Result<u64, sqlx::Error> {
-    delete_chunk_where(pool, &super::domains::table(domain), LOGINS_EXPIRED, cutoff, chunk).await
+    delete_chunk_where(
+        pool,
+        &super::domains::table(domain),
+        LOGINS_EXPIRED,
+        cutoff,
+        chunk,
+    )
+    .await
 }
 
 async fn count_where(

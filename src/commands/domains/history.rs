@@ -129,6 +129,9 @@ impl Job<'_> {
             history.user_ids += self.map_users(&mut maps, &chunk).await?;
         }
         drop(users);
+        domains::analyze_history_maps(&mut maps)
+            .await
+            .map_err(database)?;
 
         // The creating transaction waits at most the epoch's lock_timeout for ingest's commits;
         // then it rolled back, the maps are intact, and it is tried again.
@@ -220,7 +223,7 @@ impl Job<'_> {
         for entry in entries {
             let (field, value) = self.keys.open(entry)?;
             fields.push(field.as_str());
-            main.push(hex::encode(&entry.mask));
+            main.push(entry.mask.as_slice());
             masked.push(self.masker.digest(field, &value).hex().as_str().to_owned());
         }
         domains::add_history_values(conn, &fields, &main, &masked)

@@ -95,7 +95,8 @@ pub async fn run(args: &RemaskArgs) -> anyhow::Result<Outcome> {
         .map_err(DatabaseError::on(&pool))?;
     if let Err(err) = remask(args, &pool, &mut report).await {
         // What was opened before the failure, on record too; the error is the one to report.
-        let _ = lifecycle::record(&pool, "remask", (None, None), "aborted", &figures(&report)).await;
+        let _ =
+            lifecycle::record(&pool, "remask", (None, None), "aborted", &figures(&report)).await;
         return Err(err);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
@@ -197,11 +198,7 @@ async fn prepare(
     let span = progress("vault entries", 0);
     let shown = span.enter();
     let mut entries = rekey::all_entries(&mut reader).try_chunks(batch);
-    while let Some(chunk) = entries
-        .try_next()
-        .await
-        .map_err(|err| database(err.1))?
-    {
+    while let Some(chunk) = entries.try_next().await.map_err(|err| database(err.1))? {
         let mut fields = Vec::with_capacity(chunk.len());
         let mut olds = Vec::with_capacity(chunk.len());
         let mut news = Vec::with_capacity(chunk.len());
@@ -238,10 +235,7 @@ async fn prepare(
     drop(users);
 
     domains::analyze_remask_map(map).await.map_err(database)?;
-    for day in domains::days_to_remask(map, name)
-        .await
-        .map_err(database)?
-    {
+    for day in domains::days_to_remask(map, name).await.map_err(database)? {
         let (from, to) = (report.from_key_version, report.to_key_version);
         report.rows_prepared += crate::commands::again_after_lock_waits(async || {
             Ok(domains::remask_day(map, name, day, from, to).await?)
