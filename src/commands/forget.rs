@@ -177,7 +177,7 @@ struct Totals {
     vault_entries: i64,
     quarantined: i64,
     newly_suppressed: usize,
-    /// Rows of the pseudonymisation domains (not per user: found together by their hashes).
+    /// Rows of the pseudonymisation domains.
     domain_rows: i64,
 }
 
@@ -192,9 +192,8 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
         .await?;
     let mut keys = user_keys(&pool, &kms).await?;
     let mut results = Vec::with_capacity(settings.users.len());
-    let mut domain_rows = 0;
     for chunk in settings.users.chunks(CHUNK) {
-        let (erased, in_domains) = loop {
+        let erased = loop {
             let users: Vec<ToForget<'_>> = chunk
                 .iter()
                 .map(|user| {
@@ -237,21 +236,18 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<Outcome> {
             erased.len(),
             chunk.len()
         );
-        domain_rows += in_domains;
         results.extend(chunk.iter().zip(erased).map(|(user, erased)| UserResult {
             source: &user.source,
             erased,
         }));
     }
-    let mut totals = Totals {
-        domain_rows,
-        ..Totals::default()
-    };
+    let mut totals = Totals::default();
     for result in &results {
         totals.users += 1;
         totals.user_logins += result.erased.logins;
         totals.vault_entries += result.erased.vault_entries;
         totals.quarantined += result.erased.quarantined;
+        totals.domain_rows += result.erased.domain_rows;
         totals.newly_suppressed += usize::from(result.erased.newly_suppressed);
     }
     print(&results, &totals, settings.dry_run, settings.format)?;
@@ -298,13 +294,14 @@ fn print(
             format!(" (receipt {})", hex::encode(&e.user_hash))
         };
         let source = &result.source;
-        if e.logins + e.vault_entries + e.quarantined > 0 {
+        if e.logins + e.vault_entries + e.quarantined + e.domain_rows > 0 {
             let verb = if dry_run { "would erase" } else { "erased" };
             outln!(
-                "{source}: {verb} user_logins={} vault_entries={} quarantined={}{receipt}",
+                "{source}: {verb} user_logins={} vault_entries={} quarantined={} domain_rows={}{receipt}",
                 e.logins,
                 e.vault_entries,
-                e.quarantined
+                e.quarantined,
+                e.domain_rows
             )?;
         } else if e.newly_suppressed {
             let verb = if dry_run { "would be added" } else { "added" };

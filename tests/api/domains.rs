@@ -220,6 +220,17 @@ async fn erasure_retention_and_a_running_ingest_reach_every_domain() {
         count(&app, &format!("SELECT count(*) FROM {table}")).await,
         5
     );
+    // The person's receipt counts them.
+    let receipt: String = sqlx::query_scalar(
+        "SELECT detail FROM recovery.audit_log WHERE kind = 'erasure' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        receipt.starts_with("user_logins=1 vault_entries=") && receipt.contains(" domain_rows=1 "),
+        "{receipt}"
+    );
 
     // Retention: the domain's rows expire with user_logins'.
     for t in ["user_logins", table.as_str()] {

@@ -123,7 +123,7 @@ async fn forget_erases_a_user_keeps_shared_entries_suppresses_and_is_idempotent(
     assert_eq!(receipt.2.as_deref(), Some("PRIV-12"));
     assert_eq!(
         receipt.3,
-        "user_logins=2 vault_entries=3 quarantine=1 suppressed=new"
+        "user_logins=2 vault_entries=3 quarantine=1 domain_rows=0 suppressed=new"
     );
 
     // Twice: nothing changes, and it says so.

@@ -94,7 +94,6 @@ const EXPECTED: &[&str] = &[
     "etl_ingest EXECUTE etl.missing_user_key_versions()",
     "etl_ingest EXECUTE etl.keep_vault_entries(bytea[])",
     "etl_ingest EXECUTE etl.domain_key_versions()",
-    "etl_privacy EXECUTE etl.forget_in_domains(bytea[])",
     "etl_privacy EXECUTE etl.missing_user_key_versions()",
     "etl_privacy EXECUTE etl.forget(text[], bytea[], integer, bytea, text, text, bytea[], integer[])",
     "etl_recoverer EXECUTE recovery.subject_access(text, text, text)",

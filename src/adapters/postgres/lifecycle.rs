@@ -46,6 +46,8 @@ pub struct Erased {
     pub logins: i64,
     pub vault_entries: i64,
     pub quarantined: i64,
+    /// Rows of the pseudonymisation domains, found by the user's hashes.
+    pub domain_rows: i64,
     /// Added to the suppression list now (false: it was there already).
     pub newly_suppressed: bool,
 }
@@ -63,8 +65,8 @@ pub struct ToForget<'a> {
 }
 
 /// Erases these users in one transaction, committed unless `dry_run`, which rolls it back and so
-/// reports exactly what the real run would remove: per user, and the rows of the
-/// pseudonymisation domains of them all.
+/// reports exactly what the real run would remove, per user (their rows in the pseudonymisation
+/// domains among it).
 pub async fn forget(
     pool: &PgPool,
     users: &[ToForget<'_>],
@@ -72,7 +74,7 @@ pub async fn forget(
     reason: &str,
     ticket: Option<&str>,
     dry_run: bool,
-) -> Result<(Vec<Erased>, i64), sqlx::Error> {
+) -> Result<Vec<Erased>, sqlx::Error> {
     let ids: Vec<&str> = users.iter().map(|user| user.user_id).collect();
     let hashes: Vec<&[u8]> = users
         .iter()
@@ -88,7 +90,7 @@ pub async fn forget(
     }
     let mut tx = pool.begin().await?;
     let erased = sqlx::query_as(
-        "SELECT user_hash, logins, vault_entries, quarantined, newly_suppressed \
+        "SELECT user_hash, logins, vault_entries, quarantined, domain_rows, newly_suppressed \
          FROM etl.forget($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(ids)
@@ -101,19 +103,12 @@ pub async fn forget(
     .bind(earlier_users)
     .fetch_all(&mut *tx)
     .await?;
-    // The same people's rows in every pseudonymisation domain, in the same transaction, found by
-    // their hashes under every user key version.
-    let all_hashes: Vec<&[u8]> = hashes.iter().chain(&earlier_hashes).copied().collect();
-    let domain_rows: i64 = sqlx::query_scalar("SELECT etl.forget_in_domains($1)")
-        .bind(all_hashes)
-        .fetch_one(&mut *tx)
-        .await?;
     if dry_run {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
     }
-    Ok((erased, domain_rows))
+    Ok(erased)
 }
 
 /// One row of a subject's `user_logins`, as analysts see it.
