@@ -9,6 +9,9 @@
 -- hold, and its switch copies `next_*` over in one transaction.
 
 ALTER TABLE etl.domains ADD COLUMN IF NOT EXISTS active_version integer NOT NULL DEFAULT 1;
+-- The highest key version the domain ever had: a rotation takes the next, so that no number
+-- names two keys (a cancelled rotation's included). Ingest tells keys apart by their versions.
+ALTER TABLE etl.domains ADD COLUMN IF NOT EXISTS last_version integer NOT NULL DEFAULT 1;
 
 -- The columns a domain's rows carry their masks under the pending key in. Not granted to the
 -- domain's role.
@@ -155,11 +158,12 @@ AS $fn$
 DECLARE
     v_active integer;
     v_newest integer;
+    v_last integer;
 BEGIN
     PERFORM etl.lock_vault_epoch();
-    SELECT d.active_version, (SELECT max(k.version) FROM keyring.domain_keys k
-                              WHERE k.domain = d.name)
-    INTO v_active, v_newest
+    SELECT d.active_version, d.last_version,
+           (SELECT max(k.version) FROM keyring.domain_keys k WHERE k.domain = d.name)
+    INTO v_active, v_last, v_newest
     FROM etl.domains d WHERE d.name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no domain %', p_name USING ERRCODE = 'no_data_found';
@@ -168,12 +172,13 @@ BEGIN
         RAISE EXCEPTION 'domain % has a pending key version %', p_name, v_newest
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF p_version <> v_newest + 1 THEN
-        RAISE EXCEPTION 'domain % is at key version %, not %', p_name, v_newest, p_version - 1
+    IF p_version <> v_last + 1 THEN
+        RAISE EXCEPTION 'domain %''s next key version is %, not %', p_name, v_last + 1, p_version
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     INSERT INTO keyring.domain_keys (domain, version, kms_key_id, wrapped_key)
     VALUES (p_name, p_version, p_kms_key_id, p_wrapped_key);
+    UPDATE etl.domains SET last_version = p_version WHERE name = p_name;
     INSERT INTO recovery.audit_log (kind, outcome, detail)
     VALUES ('key_rotation', 'pending',
             format('domain=%s key_version=%s kms_key_id=%s', p_name, p_version, p_kms_key_id));
@@ -233,3 +238,42 @@ BEGIN
 END
 $fn$;
 REVOKE ALL ON FUNCTION etl.switch_domain_key(text, integer) FROM PUBLIC;
+
+-- Cancels a domain's pending key version (`etl domains rotate NAME --cancel`): its masks leave the
+-- rows, its key is deleted, and ingest, reloading at the raised epoch, writes the active version
+-- only again. For a rotation made by mistake, or whose re-mask cannot finish. On record. Returns
+-- the version cancelled.
+CREATE OR REPLACE FUNCTION etl.cancel_domain_rotation(p_name text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_active integer;
+    v_pending integer;
+    v_rows bigint;
+BEGIN
+    PERFORM etl.lock_vault_epoch();
+    SELECT d.active_version INTO v_active FROM etl.domains d WHERE d.name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no domain %', p_name USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT max(k.version) INTO v_pending FROM keyring.domain_keys k
+    WHERE k.domain = p_name AND k.version > v_active;
+    IF v_pending IS NULL THEN
+        RAISE EXCEPTION 'domain % has no pending key version', p_name
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    EXECUTE format('UPDATE domains.%I SET next_masked_user_id = NULL, next_masked_ip = NULL, '
+                   'next_masked_device_id = NULL, next_mask_key_version = NULL '
+                   'WHERE next_mask_key_version IS NOT NULL', p_name);
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    DELETE FROM keyring.domain_keys WHERE domain = p_name AND version > v_active;
+    INSERT INTO recovery.audit_log (kind, outcome, detail)
+    VALUES ('key_rotation', 'cancelled',
+            format('domain=%s key_version=%s rows=%s', p_name, v_pending, v_rows));
+    PERFORM etl.raise_vault_epoch();
+    RETURN v_pending;
+END
+$fn$;
+REVOKE ALL ON FUNCTION etl.cancel_domain_rotation(text) FROM PUBLIC;

@@ -570,3 +570,61 @@ async fn a_domain_remask_refuses_a_row_it_cannot_map_and_finishes_once_it_is_gon
     .unwrap();
     assert_eq!(outcomes, ["opening", "aborted", "opening", "switched"]);
 }
+
+#[tokio::test]
+async fn a_pending_domain_rotation_can_be_cancelled_and_its_number_is_not_used_again() {
+    let app = TestApp::spawn().await;
+    let name = domain_name("cancel");
+    let table = format!("domains.{name}");
+    app.etl_ok(&["domains", "add", &name]).await;
+    app.ingest(&[
+        event_of("user-a", "192.0.2.1", "400-00-0001"),
+        event_of("user-b", "192.0.2.1", "400-00-0001"),
+    ])
+    .await;
+    app.etl_ok(&["domains", "rotate", &name]).await;
+    app.ingest(&[event_of("user-a", "192.0.2.3", "400-00-0001")])
+        .await;
+    let pending = format!("SELECT count(*) FROM {table} WHERE next_mask_key_version IS NOT NULL");
+    assert_eq!(count(&app, &pending).await, 1);
+
+    let cancelled = app.etl_ok(&["domains", "rotate", &name, "--cancel"]).await;
+    assert!(
+        cancelled.contains("pending mask key v2 cancelled"),
+        "{cancelled}"
+    );
+    assert_eq!(count(&app, &pending).await, 0);
+    let listed: Value =
+        serde_json::from_str(&app.etl_ok(&["domains", "list", "--format", "json"]).await).unwrap();
+    assert_eq!(listed[0]["pending_key_version"], Value::Null, "{listed}");
+    let again = app.etl_ok(&["domains", "rotate", &name, "--cancel"]).await;
+    assert!(again.contains("nothing changed"), "{again}");
+
+    // The next rotation is v3: v2 named the cancelled key, which a process may still hold.
+    let rotated = app.etl_ok(&["domains", "rotate", &name]).await;
+    assert!(rotated.contains("v3 pending"), "{rotated}");
+    let remasked: Value = serde_json::from_str(
+        &app.etl_ok(&["domains", "remask", &name, "--format", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(remasked["to_key_version"], 3, "{remasked}");
+    assert_eq!(remasked["rows_switched"], 3, "{remasked}");
+    assert_counts_agree(&app, &table).await;
+    let keys: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM keyring.domain_keys WHERE domain = $1 ORDER BY 1")
+            .bind(&name)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, [3]);
+    let rotations: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM recovery.audit_log WHERE kind = 'key_rotation' \
+         AND detail LIKE 'domain=' || $1 || ' %' ORDER BY id",
+    )
+    .bind(&name)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rotations, ["pending", "cancelled", "pending"]);
+}

@@ -21,6 +21,9 @@ pub struct Domain {
     pub role: String,
     pub key_version: i32,
     pub pending_key_version: Option<i32>,
+    /// The highest key version the domain ever had: the next rotation takes the one after.
+    #[serde(skip)]
+    pub last_key_version: i32,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -66,7 +69,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Domain>, sqlx::Error> {
         "SELECT d.name, 'etl_domain_' || d.name AS role, d.active_version AS key_version, \
                 (SELECT max(k.version) FROM keyring.domain_keys k \
                  WHERE k.domain = d.name AND k.version > d.active_version) AS pending_key_version, \
-                d.created_at, d.created_by \
+                d.last_version AS last_key_version, d.created_at, d.created_by \
          FROM etl.domains d ORDER BY d.name COLLATE \"C\"",
     )
     .fetch_all(pool)
@@ -113,6 +116,15 @@ pub async fn rotate(
         .execute(pool)
         .await
         .map(drop)
+}
+
+/// Cancels a domain's pending key version: its masks leave the rows and its key is deleted; on
+/// record, and ingest writes the active version only from its next commit. Returns the version.
+pub async fn cancel_rotation(pool: &PgPool, name: &str) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT etl.cancel_domain_rotation($1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
 }
 
 /// The session's map of a domain's masks under the active key to its masks under the pending

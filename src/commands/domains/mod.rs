@@ -49,7 +49,8 @@ pub enum DomainsCommand {
     /// Create the next version of a domain's mask key, pending (for the schema owner): from now
     /// on ingest writes every row's masks under both versions, the pending ones in columns the
     /// domain's role cannot read (running processes too). `etl domains remask NAME` then moves
-    /// the rows written before to it and makes it active. One version may be pending at a time.
+    /// the rows written before to it and makes it active. One version may be pending at a time;
+    /// --cancel withdraws it.
     Rotate {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -59,6 +60,11 @@ pub enum DomainsCommand {
         /// KMS key for the new version [default: the KMS key of the active version].
         #[arg(long, env = "ETL_KMS_KEY_ID")]
         kms_key_id: Option<String>,
+        /// Cancel the pending version instead (a rotation made by mistake, or whose re-mask
+        /// cannot finish): its masks leave the rows, its key is deleted, and ingest writes the
+        /// active version only again.
+        #[arg(long, conflicts_with = "kms_key_id")]
+        cancel: bool,
     },
     /// Move a domain to its pending key version (for the schema owner, with KMS Decrypt on the
     /// vault keys and the domain's keys): the rows written before the rotation get their masks
@@ -110,7 +116,14 @@ pub async fn run(command: DomainsCommand) -> anyhow::Result<Outcome> {
         DomainsCommand::Rotate {
             database,
             name,
+            cancel: true,
+            ..
+        } => cancel_rotation(&database, &name).await,
+        DomainsCommand::Rotate {
+            database,
+            name,
             kms_key_id,
+            cancel: false,
         } => rotate(&database, &name, kms_key_id.as_deref()).await,
         DomainsCommand::Remask(args) => remask::run(&args).await,
     }
@@ -215,8 +228,8 @@ async fn rotate(
             .map(|key| key.kms_key_id)
             .with_context(|| format!("domain {name} has no key version {}", domain.key_version))?,
     };
-    // The versions' numbers only grow: a retired version's number is never used again.
-    let version = domain.key_version + 1;
+    // No number names two keys, a cancelled rotation's included: ingest tells keys apart by it.
+    let version = domain.last_key_version + 1;
     let client = Kms::new(&aws::load_config(KMS_ATTEMPT_TIMEOUT).await);
     let wrapped = client
         .generate_domain_key(&kms_key_id, name, version)
@@ -241,6 +254,33 @@ async fn rotate(
          masks under v{} and v{version} from now on (running processes too); `etl domains remask \
          {name}` moves the rows to v{version}",
         wrapped.kms_key_arn,
+        domain.key_version
+    )?;
+    Ok(Outcome::Success)
+}
+
+async fn cancel_rotation(database: &DatabaseArgs, name: &str) -> anyhow::Result<Outcome> {
+    let pool = super::audit_pool(database).await?;
+    let domain = find(&pool, name).await?;
+    if domain.pending_key_version.is_none() {
+        outln!(
+            "domain {name} has no pending key version (mask key v{} is active): nothing changed",
+            domain.key_version
+        )?;
+        return Ok(Outcome::Success);
+    }
+    let cancelled = domains::cancel_rotation(&pool, name)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                anyhow::anyhow!("only the owner of the etl schemas may cancel a domain's rotation")
+            }
+            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
+                .context("cancelling the domain's rotation"),
+        })?;
+    outln!(
+        "domain {name}: pending mask key v{cancelled} cancelled and deleted; ingest writes v{} only \
+         from now on (running processes too)",
         domain.key_version
     )?;
     Ok(Outcome::Success)
