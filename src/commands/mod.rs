@@ -167,6 +167,21 @@ fn approver_error(pool: &sqlx::PgPool) -> impl Fn(sqlx::Error) -> anyhow::Error 
     }
 }
 
+/// The refusal of a statement only the owner of the etl schemas may run, in words (`doing`: what
+/// was refused, "add a domain"); any other error is the database's, with `doing` as context.
+fn owner_only<'a>(
+    pool: &'a sqlx::PgPool,
+    doing: &'static str,
+) -> impl Fn(sqlx::Error) -> anyhow::Error + Copy + 'a {
+    move |err| match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+            anyhow::anyhow!("only the owner of the etl schemas may {doing}")
+        }
+        _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(pool)(err))
+            .context(format!("trying to {doing}")),
+    }
+}
+
 /// Writes a node_exporter textfile: whole, then renamed into place, since the collector may read
 /// at any moment and must never see half a file.
 fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {

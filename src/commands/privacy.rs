@@ -611,13 +611,7 @@ async fn fill_networks(args: &FillNetworksArgs) -> anyhow::Result<Outcome> {
         ip_prefix: args.ip_prefix.to_string(),
         ..Filled::default()
     };
-    let refused = |err: sqlx::Error| match &err {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => anyhow::anyhow!(
-            "the database refused: filling networks opens the vault, which only the owner of the \
-             etl schemas may read"
-        ),
-        _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err)),
-    };
+    let refused = super::owner_only(&pool, "fill networks (it opens the vault)");
     let mixed = privacy::other_network_lengths(&pool, args.ip_prefix.v4(), args.ip_prefix.v6())
         .await
         .map_err(refused)?;

@@ -14,12 +14,12 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use super::Values;
 use crate::adapters::kms::{Kms, WrappedKey};
-use crate::adapters::postgres::rekey::{self, SealedEntry};
+use crate::adapters::postgres::rekey::SealedEntry;
 use crate::adapters::postgres::{domains, lifecycle, DatabaseError};
 use crate::crypto::{DomainMasker, UserKeys};
 use crate::keys::{load_user_keys, lock_key_job, VaultKeys};
@@ -61,6 +61,7 @@ pub async fn add(
         .await
         .context("unwrapping the domain's new key")?;
     let mut job = Job {
+        pool,
         name,
         masker: DomainMasker::new(name.to_owned(), &key),
         users: load_user_keys(pool, kms).await?,
@@ -83,7 +84,7 @@ pub async fn add(
     )
     .await
     .map_err(DatabaseError::on(pool))?;
-    let created = job.run(pool, wrapped, &mut history).await;
+    let created = job.run(wrapped, &mut history).await;
     if created.is_err() {
         // What was opened before the failure, on record too; the error is the one to report.
         let _ = lifecycle::record(
@@ -99,6 +100,7 @@ pub async fn add(
 }
 
 struct Job<'a> {
+    pool: &'a PgPool,
     name: &'a str,
     masker: DomainMasker,
     /// The newest of them makes the domain rows' erasure hashes, as ingest's does.
@@ -107,28 +109,23 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    async fn run(
-        &self,
-        pool: &PgPool,
-        wrapped: &WrappedKey,
-        history: &mut History,
-    ) -> anyhow::Result<String> {
+    async fn run(&self, wrapped: &WrappedKey, history: &mut History) -> anyhow::Result<String> {
+        let pool = self.pool;
         let database = |err| DatabaseError::on(pool)(err);
         let mut maps = pool.acquire().await.map_err(database)?;
         domains::create_history_maps(&mut maps)
             .await
             .map_err(database)?;
-        let mut reader = pool.acquire().await.map_err(database)?;
-        let mut entries = rekey::all_entries(&mut reader).try_chunks(CHUNK);
-        while let Some(chunk) = entries.try_next().await.map_err(|err| database(err.1))? {
-            history.vault_entries += self.map_values(&mut maps, &chunk).await?;
-        }
-        drop(entries);
-        let mut users = domains::user_ids(&mut reader).try_chunks(CHUNK);
-        while let Some(chunk) = users.try_next().await.map_err(|err| database(err.1))? {
-            history.user_ids += self.map_users(&mut maps, &chunk).await?;
-        }
-        drop(users);
+        super::each_value(pool, &mut maps, CHUNK, async |maps, values| {
+            match values {
+                Values::Vault(entries) => {
+                    history.vault_entries += self.map_values(maps, entries).await?
+                }
+                Values::Users(ids) => history.user_ids += self.map_users(maps, ids).await?,
+            }
+            Ok(())
+        })
+        .await?;
         domains::analyze_history_maps(&mut maps)
             .await
             .map_err(database)?;
@@ -136,7 +133,7 @@ impl Job<'_> {
         // The creating transaction waits at most the epoch's lock_timeout for ingest's commits;
         // then it rolled back, the maps are intact, and it is tried again.
         crate::commands::again_after_lock_waits(async || {
-            self.create(&mut maps, pool, wrapped, history).await
+            self.create(&mut maps, wrapped, history).await
         })
         .await
     }
@@ -146,7 +143,6 @@ impl Job<'_> {
     async fn create(
         &self,
         maps: &mut PgConnection,
-        pool: &PgPool,
         wrapped: &WrappedKey,
         history: &mut History,
     ) -> anyhow::Result<String> {
@@ -158,7 +154,7 @@ impl Job<'_> {
             .context("taking the vault epoch")?;
         let role = domains::create(&mut tx, self.name, &wrapped.kms_key_arn, &wrapped.blob)
             .await
-            .map_err(|err| super::refused_add(self.name, pool, err))?;
+            .map_err(|err| super::refused_add(self.name, self.pool, err))?;
         // Values and users first seen while the maps were built: few, found in one scan each.
         let added = domains::unmapped_history_entries(&mut tx)
             .await
@@ -228,6 +224,7 @@ impl Job<'_> {
         }
         domains::add_history_values(conn, &fields, &main, &masked)
             .await
+            .map_err(DatabaseError::on(self.pool))
             .context("mapping vault values")?;
         Ok(entries.len() as u64)
     }
@@ -244,6 +241,7 @@ impl Job<'_> {
             .collect();
         domains::add_history_users(conn, user_ids, &masked, &hashes)
             .await
+            .map_err(DatabaseError::on(self.pool))
             .context("mapping user ids")?;
         Ok(user_ids.len() as u64)
     }

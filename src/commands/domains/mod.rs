@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use super::{DatabaseArgs, KmsPinArgs, Outcome, OutputFormat};
 use crate::adapters::aws;
 use crate::adapters::kms::Kms;
+use crate::adapters::postgres::rekey::{self, SealedEntry};
 use crate::adapters::postgres::{domains, keyring};
 use crate::crypto::KeyPurpose;
 use crate::startup::KMS_ATTEMPT_TIMEOUT;
@@ -194,14 +195,10 @@ async fn add(
 /// What the database's refusal to add a domain means.
 fn refused_add(name: &str, pool: &sqlx::PgPool, err: sqlx::Error) -> anyhow::Error {
     match &err {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-            anyhow::anyhow!("only the owner of the etl schemas may add a domain")
-        }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
             anyhow::anyhow!("domain {name} was added meanwhile: nothing changed")
         }
-        _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(pool)(err))
-            .context("adding the domain"),
+        _ => super::owner_only(pool, "add a domain")(err),
     }
 }
 
@@ -238,16 +235,13 @@ async fn rotate(
     domains::rotate(&pool, name, version, &wrapped.kms_key_arn, &wrapped.blob)
         .await
         .map_err(|err| match &err {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                anyhow::anyhow!("only the owner of the etl schemas may rotate a domain's key")
-            }
+            // Another rotation committed since this one read the versions.
             sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("55000" | "40001" | "23505")) =>
+                if matches!(db.code().as_deref(), Some("55000" | "23505")) =>
             {
                 anyhow::anyhow!("domain {name}'s key was rotated meanwhile: nothing changed")
             }
-            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
-                .context("rotating the domain's key"),
+            _ => super::owner_only(&pool, "rotate a domain's key")(err),
         })?;
     outln!(
         "domain {name}: mask key v{version} pending, wrapped under {}; ingest writes every row's \
@@ -271,19 +265,46 @@ async fn cancel_rotation(database: &DatabaseArgs, name: &str) -> anyhow::Result<
     }
     let cancelled = domains::cancel_rotation(&pool, name)
         .await
-        .map_err(|err| match &err {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                anyhow::anyhow!("only the owner of the etl schemas may cancel a domain's rotation")
-            }
-            _ => anyhow::Error::new(crate::adapters::postgres::DatabaseError::on(&pool)(err))
-                .context("cancelling the domain's rotation"),
-        })?;
+        .map_err(super::owner_only(&pool, "cancel a domain's rotation"))?;
     outln!(
         "domain {name}: pending mask key v{cancelled} cancelled and deleted; ingest writes v{} only \
          from now on (running processes too)",
         domain.key_version
     )?;
     Ok(Outcome::Success)
+}
+
+/// What the domain jobs map, a chunk at a time.
+enum Values<'a> {
+    /// Vault entries, still sealed.
+    Vault(&'a [SealedEntry]),
+    /// Distinct user ids of `user_logins`.
+    Users(&'a [String]),
+}
+
+/// Hands every vault entry, then every distinct user id of `user_logins`, to `each`, `chunk` at
+/// a time, with the session whose temporary tables it fills (`maps`); they are read on a
+/// connection of their own. The values behind a domain's masks, for `remask` and `--backfill`.
+async fn each_value(
+    pool: &sqlx::PgPool,
+    maps: &mut sqlx::PgConnection,
+    chunk: usize,
+    mut each: impl AsyncFnMut(&mut sqlx::PgConnection, Values<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use futures_util::TryStreamExt;
+
+    let database = |err| crate::adapters::postgres::DatabaseError::on(pool)(err);
+    let mut reader = pool.acquire().await.map_err(database)?;
+    let mut entries = rekey::all_entries(&mut reader).try_chunks(chunk);
+    while let Some(entries) = entries.try_next().await.map_err(|err| database(err.1))? {
+        each(maps, Values::Vault(&entries)).await?;
+    }
+    drop(entries);
+    let mut users = domains::user_ids(&mut reader).try_chunks(chunk);
+    while let Some(users) = users.try_next().await.map_err(|err| database(err.1))? {
+        each(maps, Values::Users(&users)).await?;
+    }
+    Ok(())
 }
 
 /// The domain named `name`, or an error that says how to list them.

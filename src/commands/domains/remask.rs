@@ -20,15 +20,14 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tracing::info;
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use super::RemaskArgs;
+use super::{RemaskArgs, Values};
 use crate::adapters::aws;
-use crate::adapters::postgres::{domains, lifecycle, rekey, DatabaseError};
+use crate::adapters::postgres::{domains, lifecycle, DatabaseError};
 use crate::commands::{audit_pool_of, progress, Outcome, OutputFormat};
 use crate::crypto::DomainMasker;
 use crate::keys::{lock_key_job, VaultKeys};
@@ -193,46 +192,38 @@ async fn prepare(
     let database = |err| DatabaseError::on(pool)(err);
     domains::create_remask_map(map).await.map_err(database)?;
     let batch = usize::try_from(args.batch).unwrap_or(5000);
-    let mut reader = pool.acquire().await.map_err(database)?;
-
     let span = progress("vault entries", 0);
     let shown = span.enter();
-    let mut entries = rekey::all_entries(&mut reader).try_chunks(batch);
-    while let Some(chunk) = entries.try_next().await.map_err(|err| database(err.1))? {
-        let mut fields = Vec::with_capacity(chunk.len());
-        let mut olds = Vec::with_capacity(chunk.len());
-        let mut news = Vec::with_capacity(chunk.len());
-        for entry in &chunk {
-            let (field, value) = keys.open(entry)?;
-            fields.push(field.as_str());
-            olds.push(old.digest(field, &value).hex().as_str().to_owned());
-            news.push(new.digest(field, &value).hex().as_str().to_owned());
+    super::each_value(pool, map, batch, async |map, values| {
+        let mut fields = Vec::new();
+        let (mut olds, mut news) = (Vec::new(), Vec::new());
+        match values {
+            Values::Vault(entries) => {
+                for entry in entries {
+                    let (field, value) = keys.open(entry)?;
+                    fields.push(field.as_str());
+                    olds.push(old.digest(field, &value).hex().as_str().to_owned());
+                    news.push(new.digest(field, &value).hex().as_str().to_owned());
+                }
+                report.vault_entries += entries.len() as u64;
+                span.pb_inc(entries.len() as u64);
+            }
+            Values::Users(ids) => {
+                for id in ids {
+                    fields.push(USER_ID);
+                    olds.push(old.user_mask(id).as_str().to_owned());
+                    news.push(new.user_mask(id).as_str().to_owned());
+                }
+                report.user_ids += ids.len() as u64;
+            }
         }
         domains::add_to_remask_map(map, &fields, &olds, &news)
             .await
-            .map_err(database)?;
-        report.vault_entries += chunk.len() as u64;
-        span.pb_inc(chunk.len() as u64);
-    }
-    drop(entries);
+            .map_err(database)
+            .context("mapping the domain's masks")
+    })
+    .await?;
     drop(shown);
-
-    let mut users = domains::user_ids(&mut reader).try_chunks(batch);
-    while let Some(chunk) = users.try_next().await.map_err(|err| database(err.1))? {
-        let olds: Vec<String> = chunk
-            .iter()
-            .map(|id| old.user_mask(id).as_str().to_owned())
-            .collect();
-        let news: Vec<String> = chunk
-            .iter()
-            .map(|id| new.user_mask(id).as_str().to_owned())
-            .collect();
-        domains::add_to_remask_map(map, &vec![USER_ID; chunk.len()], &olds, &news)
-            .await
-            .map_err(database)?;
-        report.user_ids += chunk.len() as u64;
-    }
-    drop(users);
 
     domains::analyze_remask_map(map).await.map_err(database)?;
     for day in domains::days_to_remask(map, name).await.map_err(database)? {
